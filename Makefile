@@ -1,0 +1,48 @@
+# flashsync — developer entry points. The local stack (MariaDB, 4x Redis, nsqd)
+# is managed by scripts/stack.sh and lives under .stack/.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+
+STACK := scripts/stack.sh
+
+.PHONY: stack-up stack-down stack-status seed build run test fmt vet clean
+
+stack-up:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status
+
+seed: stack-up
+	$(STACK) seed
+
+build:
+	go mod download
+	go build -o bin/flashsync ./cmd/flashsync
+
+run: seed build
+	@echo
+	@echo "Try this in another terminal:"
+	@echo '  mariadb -h127.0.0.1 -P13306 -uroot -e "UPDATE shop.item SET price=price+1 WHERE id=1"'
+	@echo '  redis-cli -p 16379 EXISTS item:1 item:page:1'
+	@echo '  for p in 16379 16380 16381 16382; do echo -n "$$p: "; redis-cli -p $$p exists item:1 item:page:1; done'
+	@echo '  curl -s http://127.0.0.1:18080/metrics'
+	@echo '  curl -s http://127.0.0.1:18080/healthz'
+	@echo
+	exec bin/flashsync all -config configs/dev.toml
+
+test: stack-up
+	go vet ./...
+	CI=$${CI:-} go test -race -count=1 -timeout 15m ./...
+
+fmt:
+	go fmt ./...
+
+vet:
+	go vet ./...
+
+clean:
+	rm -rf bin/

@@ -1,0 +1,99 @@
+package canal
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Position is a binlog position whose invalidations, and those of everything
+// before it, NSQ has acknowledged.
+type Position struct {
+	File string `json:"file"`
+	Pos  uint32 `json:"pos"`
+	// GTID is the executed GTID set at the position; resuming by GTID
+	// survives a failover to another server of the same replication set.
+	GTID    string    `json:"gtid,omitempty"`
+	Flavor  string    `json:"flavor"`
+	SavedAt time.Time `json:"saved_at"`
+}
+
+func (p Position) String() string {
+	s := fmt.Sprintf("%s:%d", p.File, p.Pos)
+	if p.GTID != "" {
+		s += " gtid " + p.GTID
+	}
+	return s
+}
+
+// PositionFile stores a Position so that a crash at any instant leaves
+// either the old or the new one on disk, never a torn file.
+type PositionFile struct {
+	path string
+}
+
+// NewPositionFile returns the store at path.
+func NewPositionFile(path string) *PositionFile { return &PositionFile{path: path} }
+
+// Load returns the saved position; ok is false when none was saved yet.
+func (f *PositionFile) Load() (pos Position, ok bool, err error) {
+	data, err := os.ReadFile(f.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Position{}, false, nil
+	}
+	if err != nil {
+		return Position{}, false, err
+	}
+	if err := json.Unmarshal(data, &pos); err != nil {
+		return Position{}, false, fmt.Errorf("position file %s: %w", f.path, err)
+	}
+	if pos.File == "" && pos.GTID == "" {
+		return Position{}, false, fmt.Errorf("position file %s: neither file nor gtid set", f.path)
+	}
+	return pos, true, nil
+}
+
+// Save writes pos to a temp file, fsyncs it, renames it over the old file and
+// fsyncs the directory, so the rename itself survives a power cut.
+func (f *PositionFile) Save(pos Position) error {
+	data, err := json.MarshalIndent(pos, "", "  ")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(f.path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("save position: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, filepath.Base(f.path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("save position: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after a successful rename
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save position: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("save position: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("save position: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), f.path); err != nil {
+		return fmt.Errorf("save position: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("save position: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("save position: sync dir: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,89 @@
+// Command flashsync keeps Redis caches consistent with MySQL by tailing the
+// binlog. Each role is a subcommand; `flashsync all` runs every configured
+// role in one process.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/node"
+)
+
+const usage = `usage: flashsync <command> [-config file]
+
+commands:
+  all         run every role the config has settings for
+  canal       tail the binlog and publish invalidations
+  purger      apply invalidations to every Redis replica
+  check       load and validate the config, then exit
+  seed-cache  write the keys the rules derive from existing rows (demo)
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd := args[0]
+	fs := flag.NewFlagSet("flashsync "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "configs/dev.toml", "TOML config file")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	seedLimit := fs.Int("limit", 1000, "seed-cache: rows per table")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "flashsync: -log-level: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	cfg, err := configs.Load(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "flashsync: config %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	switch cmd {
+	case "check":
+		fmt.Fprintf(stderr, "%s: ok\n", *configPath)
+		return 0
+	case "seed-cache":
+		err = node.SeedCache(ctx, cfg, *seedLimit, log)
+	case "all", node.RoleCanal, node.RoleRedisPurger:
+		var roles []string
+		if cmd != "all" {
+			roles = []string{cmd}
+		}
+		var n *node.Node
+		n, err = node.New(node.Options{Config: cfg, Roles: roles, Logger: log})
+		if err == nil {
+			err = n.Run(ctx)
+		}
+	default:
+		fmt.Fprintf(stderr, "flashsync: unknown command %q\n%s", cmd, usage)
+		return 2
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(stderr, "flashsync %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}

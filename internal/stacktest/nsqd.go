@@ -1,0 +1,106 @@
+package stacktest
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nsqio/nsq/nsqd"
+)
+
+// NSQD is an nsqd running in the test process, owned by one test.
+type NSQD struct {
+	t    testing.TB
+	n    *nsqd.NSQD
+	done chan struct{} // closed when Main has returned
+	err  error         // result of Main, valid once done is closed
+}
+
+// StartNSQD starts an in-process nsqd on free loopback ports with its data in
+// t.TempDir(), and waits until it answers HTTP /ping. Its warnings and
+// errors are logged if the test fails. It is stopped at cleanup.
+func StartNSQD(t testing.TB) *NSQD {
+	t.Helper()
+	logs := new(logBuffer)
+	opts := nsqd.NewOptions()
+	opts.TCPAddress = "127.0.0.1:0"
+	opts.HTTPAddress = "127.0.0.1:0"
+	opts.HTTPSAddress = ""
+	opts.BroadcastAddress = "127.0.0.1"
+	opts.DataPath = t.TempDir()
+	opts.Logger = logs
+	opts.LogLevel = nsqd.LOG_WARN
+	n, err := nsqd.New(opts)
+	if err != nil {
+		t.Fatalf("start nsqd: %v", err)
+	}
+	s := &NSQD{t: t, n: n, done: make(chan struct{})}
+	go func() {
+		s.err = n.Main()
+		close(s.done)
+	}()
+	t.Cleanup(func() {
+		s.Stop()
+		if out := logs.String(); t.Failed() && out != "" {
+			t.Logf("nsqd log:\n%s", out)
+		}
+	})
+	if err := poll(10*time.Second, 10*time.Millisecond, s.ping); err != nil {
+		t.Fatalf("nsqd not ready: %v", err)
+	}
+	return s
+}
+
+// TCPAddr returns the host:port of nsqd's TCP protocol.
+func (s *NSQD) TCPAddr() string { return s.n.RealTCPAddr().String() }
+
+// HTTPAddr returns the host:port of nsqd's HTTP API.
+func (s *NSQD) HTTPAddr() string { return s.n.RealHTTPAddr().String() }
+
+// Stop stops nsqd and waits until it has. It may be called more than once
+// and from any goroutine.
+func (s *NSQD) Stop() {
+	s.n.Exit()
+	<-s.done
+	if s.err != nil {
+		s.t.Errorf("nsqd: %v", s.err)
+	}
+}
+
+func (s *NSQD) ping() error {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + s.HTTPAddr() + "/ping")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("/ping: %s %s", resp.Status, body)
+	}
+	return nil
+}
+
+// logBuffer is an nsqd logger that keeps the messages in memory.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Output(_ int, s string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.WriteString(s)
+	l.buf.WriteByte('\n')
+	return nil
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}

@@ -1,0 +1,120 @@
+// Package stacktest holds helpers for integration tests that run against real
+// servers: MariaDB, Redis and nsqd.
+//
+// Two kinds of servers are available.
+//
+// The shared stack is started once by `make stack-up` and listens on fixed
+// loopback ports. Tests reach it through [MySQL], [NewDatabase], [Redis] and
+// the address functions below. Its addresses can be overridden with
+// environment variables:
+//
+//	FLASHSYNC_TEST_MYSQL      MariaDB host:port, user root, empty password (default 127.0.0.1:13306)
+//	FLASHSYNC_TEST_REDIS_A    comma-separated Redis group A (default 127.0.0.1:16379,127.0.0.1:16380)
+//	FLASHSYNC_TEST_REDIS_B    comma-separated Redis group B (default 127.0.0.1:16381,127.0.0.1:16382)
+//	FLASHSYNC_TEST_NSQD_TCP   nsqd TCP address (default 127.0.0.1:14150)
+//	FLASHSYNC_TEST_NSQD_HTTP  nsqd HTTP address (default 127.0.0.1:14151)
+//
+// When a shared server cannot be reached the test is skipped with a hint to
+// run `make stack-up`, unless CI=true, in which case it fails (see [Require]).
+//
+// Private servers are owned by a single test, which may stop, restart or kill
+// them: [StartRedis], [StartMariaDB] and [StartNSQD]. They listen on free
+// loopback ports, keep their data in t.TempDir() and are stopped at cleanup.
+// Their methods must be called from the test goroutine, except NSQD.Stop.
+package stacktest
+
+import (
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Default addresses of the shared stack started by `make stack-up`.
+const (
+	DefaultMySQLAddr   = "127.0.0.1:13306"
+	DefaultRedisGroupA = "127.0.0.1:16379,127.0.0.1:16380"
+	DefaultRedisGroupB = "127.0.0.1:16381,127.0.0.1:16382"
+	DefaultNSQDTCP     = "127.0.0.1:14150"
+	DefaultNSQDHTTP    = "127.0.0.1:14151"
+)
+
+// MySQLAddr returns the address of the shared MariaDB (user root, empty
+// password): $FLASHSYNC_TEST_MYSQL or [DefaultMySQLAddr].
+func MySQLAddr() string { return env("FLASHSYNC_TEST_MYSQL", DefaultMySQLAddr) }
+
+// RedisGroupA returns the addresses of the shared Redis group A:
+// $FLASHSYNC_TEST_REDIS_A or [DefaultRedisGroupA].
+func RedisGroupA() []string {
+	return strings.Split(env("FLASHSYNC_TEST_REDIS_A", DefaultRedisGroupA), ",")
+}
+
+// RedisGroupB returns the addresses of the shared Redis group B:
+// $FLASHSYNC_TEST_REDIS_B or [DefaultRedisGroupB].
+func RedisGroupB() []string {
+	return strings.Split(env("FLASHSYNC_TEST_REDIS_B", DefaultRedisGroupB), ",")
+}
+
+// NSQDTCP returns the TCP address of the shared nsqd:
+// $FLASHSYNC_TEST_NSQD_TCP or [DefaultNSQDTCP].
+func NSQDTCP() string { return env("FLASHSYNC_TEST_NSQD_TCP", DefaultNSQDTCP) }
+
+// NSQDHTTP returns the HTTP address of the shared nsqd:
+// $FLASHSYNC_TEST_NSQD_HTTP or [DefaultNSQDHTTP].
+func NSQDHTTP() string { return env("FLASHSYNC_TEST_NSQD_HTTP", DefaultNSQDHTTP) }
+
+func env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// Require stops the test when err, the result of reaching a server the test
+// needs, is not nil: it fails the test if CI=true and skips it otherwise, so
+// that `go test` works on a machine without the shared stack.
+func Require(t testing.TB, what string, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s unavailable: %v", what, err)
+	} else {
+		t.Skipf("%s unavailable: %v (run `make stack-up` to start the test stack)", what, err)
+	}
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Eventually calls cond every 10 ms until it returns nil, and fails the test
+// with cond's last error if that has not happened within timeout.
+func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	if err := poll(timeout, 10*time.Millisecond, cond); err != nil {
+		t.Fatalf("condition not met within %v: %v", timeout, err)
+	}
+}
+
+// poll calls cond every interval until it returns nil or timeout has passed,
+// and returns cond's last error. cond is always called at least once.
+func poll(timeout, interval time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(interval)
+	}
+}

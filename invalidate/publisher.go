@@ -1,0 +1,270 @@
+package invalidate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// PublisherOptions configure a Publisher.
+type PublisherOptions struct {
+	// NSQDTCP and NSQDHTTP list the nsqd daemons, same order.
+	NSQDTCP  []string
+	NSQDHTTP []string
+	// TopicPrefix starts every topic name.
+	TopicPrefix string
+	// Groups are the Redis groups in routing order, with the replica
+	// addresses whose channels must exist before anything is published.
+	Groups []GroupReplicas
+	// Timeout bounds one publish attempt.
+	Timeout time.Duration
+	// MaxKeysPerMessage splits a group's keys into messages.
+	MaxKeysPerMessage int
+	// RetryMin and RetryMax bound the backoff between failed attempts.
+	RetryMin, RetryMax time.Duration
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer
+}
+
+// GroupReplicas names a group and its replicas.
+type GroupReplicas struct {
+	Name     string
+	Replicas []string
+}
+
+// Meta describes where a batch comes from.
+type Meta struct {
+	Pos        string
+	GTID       string
+	CommitUnix int64
+	Seen       time.Time
+}
+
+// Publisher sends batches to NSQ and returns only once nsqd acknowledged
+// them, retrying across nsqd daemons with backoff.
+type Publisher struct {
+	opts      PublisherOptions
+	producers []*nsq.Producer
+	topics    []string
+	next      int // index of the producer to try first
+
+	published *prometheus.CounterVec
+	keys      *prometheus.CounterVec
+	latency   prometheus.Histogram
+
+	closeOnce sync.Once
+}
+
+// NewPublisher checks the options and connects lazily (go-nsq dials on the
+// first publish).
+func NewPublisher(opts PublisherOptions) (*Publisher, error) {
+	if len(opts.NSQDTCP) == 0 {
+		return nil, errors.New("publisher: no nsqd address")
+	}
+	if len(opts.NSQDHTTP) != len(opts.NSQDTCP) {
+		return nil, errors.New("publisher: need one nsqd HTTP address per TCP address")
+	}
+	if len(opts.Groups) == 0 {
+		return nil, errors.New("publisher: no groups")
+	}
+	if opts.TopicPrefix == "" {
+		opts.TopicPrefix = "flashsync"
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	if opts.MaxKeysPerMessage <= 0 {
+		opts.MaxKeysPerMessage = 1000
+	}
+	if opts.RetryMin <= 0 {
+		opts.RetryMin = 50 * time.Millisecond
+	}
+	if opts.RetryMax <= 0 {
+		opts.RetryMax = 2 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	p := &Publisher{opts: opts}
+	for _, g := range opts.Groups {
+		p.topics = append(p.topics, RedisTopic(opts.TopicPrefix, g.Name))
+	}
+	for _, addr := range opts.NSQDTCP {
+		cfg := nsq.NewConfig()
+		cfg.DialTimeout = opts.Timeout
+		cfg.WriteTimeout = opts.Timeout
+		prod, err := nsq.NewProducer(addr, cfg)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("nsq producer %s: %w", addr, err)
+		}
+		prod.SetLogger(nsqLogger{opts.Logger.With("nsqd", addr)}, nsq.LogLevelWarning)
+		p.producers = append(p.producers, prod)
+	}
+	p.published = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_invalidate_publishes_total",
+		Help: "NSQ publish attempts of purge messages by result.",
+	}, []string{"result"})
+	p.keys = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_invalidate_keys_published_total",
+		Help: "Cache keys published for purging, by group.",
+	}, []string{"group"})
+	p.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "flashsync_invalidate_publish_seconds",
+		Help:    "Time to publish one batch until nsqd acknowledged it, retries included.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	})
+	for _, c := range []prometheus.Collector{p.published, p.keys, p.latency} {
+		if err := opts.Registerer.Register(c); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return p, nil
+}
+
+// EnsureChannels creates every group's topic with one channel per replica on
+// every nsqd, and the dead-letter topic. NSQ copies a message only to the
+// channels that exist when it is published, so a replica whose purger has
+// never connected must already have its channel buffering for it.
+func (p *Publisher) EnsureChannels(ctx context.Context) error {
+	client := &http.Client{Timeout: p.opts.Timeout}
+	post := func(base, path string, q url.Values) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+base+path+"?"+q.Encode(), nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s %s: %s", path, q.Encode(), resp.Status)
+		}
+		return nil
+	}
+	for _, addr := range p.opts.NSQDHTTP {
+		if err := post(addr, "/topic/create", url.Values{"topic": {DeadLetterTopic(p.opts.TopicPrefix)}}); err != nil {
+			return fmt.Errorf("nsqd %s: %w", addr, err)
+		}
+		for i, g := range p.opts.Groups {
+			// Channels can only be created in an existing topic.
+			if err := post(addr, "/topic/create", url.Values{"topic": {p.topics[i]}}); err != nil {
+				return fmt.Errorf("nsqd %s: %w", addr, err)
+			}
+			for _, r := range g.Replicas {
+				q := url.Values{"topic": {p.topics[i]}, "channel": {ReplicaChannel(r)}}
+				if err := post(addr, "/channel/create", q); err != nil {
+					return fmt.Errorf("nsqd %s: %w", addr, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Publish sends every group's keys of b and returns when nsqd acknowledged
+// all of them. It retries failed groups with backoff, moving to the next
+// nsqd, until ctx ends; only then does it return an error.
+func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
+	if b.Len() == 0 {
+		return nil
+	}
+	start := time.Now()
+	bodies := make([][][]byte, b.NumGroups())
+	for g := range bodies {
+		keys := b.Keys(g)
+		for len(keys) > 0 {
+			n := min(len(keys), p.opts.MaxKeysPerMessage)
+			msg := Purge{V: PurgeVersion, Group: p.opts.Groups[g].Name, Keys: keys[:n],
+				Pos: meta.Pos, GTID: meta.GTID, CommitUnix: meta.CommitUnix, SeenUnixNano: meta.Seen.UnixNano()}
+			body, err := msg.Marshal()
+			if err != nil {
+				return fmt.Errorf("encode purge: %w", err)
+			}
+			bodies[g] = append(bodies[g], body)
+			keys = keys[n:]
+		}
+	}
+	backoff := p.opts.RetryMin
+	for attempt := 0; ; attempt++ {
+		err := p.publishOnce(bodies)
+		if err == nil {
+			p.published.WithLabelValues("ok").Inc()
+			for g := range bodies {
+				if n := len(b.Keys(g)); n > 0 {
+					p.keys.WithLabelValues(p.opts.Groups[g].Name).Add(float64(n))
+				}
+			}
+			p.latency.Observe(time.Since(start).Seconds())
+			return nil
+		}
+		p.published.WithLabelValues("error").Inc()
+		p.next = (p.next + 1) % len(p.producers)
+		p.opts.Logger.Warn("publish purge batch; retrying", "attempt", attempt+1, "backoff", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("publish purge batch at %s: %w (last error: %v)", meta.Pos, ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, p.opts.RetryMax)
+	}
+}
+
+// publishOnce sends every non-empty group on one nsqd, all groups in flight
+// at once, and clears each group that nsqd acknowledged so a retry sends only
+// what failed.
+func (p *Publisher) publishOnce(bodies [][][]byte) error {
+	prod := p.producers[p.next]
+	done := make(chan *nsq.ProducerTransaction, len(bodies))
+	inflight := 0
+	for g, bs := range bodies {
+		if len(bs) == 0 {
+			continue
+		}
+		if err := prod.MultiPublishAsync(p.topics[g], bs, done, g); err != nil {
+			return fmt.Errorf("publish %s: %w", p.topics[g], err)
+		}
+		inflight++
+	}
+	var errs []error
+	for ; inflight > 0; inflight-- {
+		t := <-done
+		g := t.Args[0].(int)
+		if t.Error != nil {
+			errs = append(errs, fmt.Errorf("publish %s: %w", p.topics[g], t.Error))
+			continue
+		}
+		bodies[g] = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops the producers; it is safe to call more than once.
+func (p *Publisher) Close() {
+	p.closeOnce.Do(func() {
+		for _, prod := range p.producers {
+			prod.Stop()
+		}
+	})
+}
+
+// nsqLogger adapts go-nsq's logger to slog.
+type nsqLogger struct{ l *slog.Logger }
+
+func (n nsqLogger) Output(_ int, s string) error {
+	n.l.Warn(s)
+	return nil
+}

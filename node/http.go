@@ -1,0 +1,83 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// apiError is an error with the HTTP status it answers with.
+type apiError struct {
+	Status int
+	Err    error
+}
+
+func (e *apiError) Error() string { return e.Err.Error() }
+func (e *apiError) Unwrap() error { return e.Err }
+
+// apiHandler is an HTTP handler that returns its error; handle writes it.
+type apiHandler func(w http.ResponseWriter, r *http.Request) error
+
+// handle adapts an apiHandler: every error becomes one JSON body
+// {"error": "..."} with the status of an *apiError, or 500.
+func handle(log *slog.Logger, h apiHandler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := h(w, r)
+		if err == nil {
+			return
+		}
+		status := http.StatusInternalServerError
+		var ae *apiError
+		if errors.As(err, &ae) {
+			status = ae.Status
+		}
+		if status >= 500 {
+			log.Error("http handler", "path", r.URL.Path, "err", err)
+		}
+		writeJSON(w, status, map[string]string{"error": err.Error()})
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+func (n *Node) mux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{Registry: n.registry}))
+	mux.Handle("GET /healthz", handle(n.log, n.healthz))
+	return mux
+}
+
+type health struct {
+	Status   string            `json:"status"`
+	Roles    map[string]string `json:"roles"`
+	Position string            `json:"position,omitempty"`
+}
+
+// healthz answers 200 while every role is healthy and 503 otherwise, with
+// each role's state.
+func (n *Node) healthz(w http.ResponseWriter, _ *http.Request) error {
+	h := health{Status: "ok", Roles: map[string]string{}}
+	if n.canal != nil {
+		h.Roles[RoleCanal] = "ok"
+		h.Position = n.canal.Position().String()
+	}
+	if n.purger != nil {
+		h.Roles[RoleRedisPurger] = "ok"
+		if err := n.purger.Health(); err != nil {
+			h.Roles[RoleRedisPurger] = err.Error()
+			h.Status = "degraded"
+		}
+	}
+	status := http.StatusOK
+	if h.Status != "ok" {
+		status = http.StatusServiceUnavailable
+	}
+	return writeJSON(w, status, h)
+}

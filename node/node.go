@@ -1,0 +1,289 @@
+// Package node runs the flashsync roles a configuration asks for in one
+// process, with the HTTP endpoint for metrics and health.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/flashsync/flashsync/canal"
+	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/nsqembed"
+)
+
+// Role names, as subcommands.
+const (
+	RoleCanal       = "canal"
+	RoleRedisPurger = "purger"
+)
+
+// Roles lists every role in start order.
+var Roles = []string{RoleCanal, RoleRedisPurger}
+
+// Options configure a Node.
+type Options struct {
+	Config *configs.Config
+	// Roles to run; empty means every role the config has settings for.
+	Roles  []string
+	Logger *slog.Logger
+}
+
+// Node is one flashsync process.
+type Node struct {
+	cfg      *configs.Config
+	log      *slog.Logger
+	registry *prometheus.Registry
+	roles    []string
+
+	nsqd      *nsqembed.Server
+	nsqdTCP   []string
+	nsqdHTTP  []string
+	publisher *invalidate.Publisher
+	canal     *canal.Canal
+	purger    *invalidate.RedisPurger
+	listener  net.Listener
+
+	closeOnce sync.Once
+}
+
+// New builds every requested role: templates are parsed, options checked,
+// listeners bound. Nothing talks to MySQL, Redis or NSQ before Run.
+func New(opts Options) (*Node, error) {
+	cfg := opts.Config
+	if cfg == nil {
+		return nil, errors.New("node: no config")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	n := &Node{cfg: cfg, log: opts.Logger, registry: prometheus.NewRegistry()}
+	n.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	n.roles = opts.Roles
+	if len(n.roles) == 0 {
+		if len(cfg.Rules) > 0 {
+			n.roles = append(n.roles, RoleCanal)
+		}
+		if len(cfg.RedisGroups) > 0 {
+			n.roles = append(n.roles, RoleRedisPurger)
+		}
+		if len(n.roles) == 0 {
+			return nil, errors.New("config has neither [[rule]] nor [[redis_group]]: no role to run")
+		}
+	}
+	for _, r := range n.roles {
+		if !slices.Contains(Roles, r) {
+			return nil, fmt.Errorf("unknown role %q (roles: %v)", r, Roles)
+		}
+	}
+	if err := n.build(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) has(role string) bool { return slices.Contains(n.roles, role) }
+
+func (n *Node) build() error {
+	cfg := n.cfg
+	rules, err := invalidate.NewRules(cfg.Rules, groupNames(cfg.RedisGroups))
+	if err != nil {
+		return err
+	}
+	n.nsqdTCP, n.nsqdHTTP = cfg.NSQ.NSQDTCP, cfg.NSQ.NSQDHTTP
+	if len(n.nsqdTCP) == 0 {
+		n.nsqd, err = nsqembed.New(nsqembed.Options{
+			TCPAddress: cfg.NSQ.EmbeddedTCP, HTTPAddress: cfg.NSQ.EmbeddedHTTP,
+			DataPath: cfg.NSQ.EmbeddedDataPath, Logger: n.log,
+		})
+		if err != nil {
+			return err
+		}
+		n.nsqdTCP, n.nsqdHTTP = []string{n.nsqd.TCPAddr()}, []string{n.nsqd.HTTPAddr()}
+	}
+	if n.has(RoleCanal) {
+		if len(cfg.Rules) == 0 {
+			return errors.New("canal role: config has no [[rule]]")
+		}
+		var groups []invalidate.GroupReplicas
+		for _, g := range cfg.RedisGroups {
+			groups = append(groups, invalidate.GroupReplicas{Name: g.Name, Replicas: g.Replicas})
+		}
+		n.publisher, err = invalidate.NewPublisher(invalidate.PublisherOptions{
+			NSQDTCP: n.nsqdTCP, NSQDHTTP: n.nsqdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
+			Groups: groups, Timeout: cfg.NSQ.PublishTimeout, Logger: n.log, Registerer: n.registry,
+		})
+		if err != nil {
+			return err
+		}
+		n.canal, err = canal.New(canal.Options{
+			MySQL: cfg.MySQL, Canal: cfg.Canal, Rules: rules, Publisher: n.publisher,
+			Logger: n.log, Registerer: n.registry,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if n.has(RoleRedisPurger) {
+		if len(cfg.RedisGroups) == 0 {
+			return errors.New("purger role: config has no [[redis_group]]")
+		}
+		n.purger, err = invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
+			Groups: cfg.RedisGroups, NSQDTCP: n.nsqdTCP, TopicPrefix: cfg.NSQ.TopicPrefix,
+			MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight,
+			Timeout: cfg.Purger.Timeout, PipelineKeys: cfg.Purger.PipelineKeys,
+			Logger: n.log.With("role", RoleRedisPurger), Registerer: n.registry,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	n.listener, err = net.Listen("tcp", cfg.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("http.addr: %w", err)
+	}
+	return nil
+}
+
+func groupNames(gs []configs.RedisGroup) []string {
+	names := make([]string, len(gs))
+	for i, g := range gs {
+		names[i] = g.Name
+	}
+	return names
+}
+
+// HTTPAddr is the bound address of /metrics and /healthz.
+func (n *Node) HTTPAddr() string { return n.listener.Addr().String() }
+
+// Run runs every role until ctx ends or one fails; a failing role stops the
+// others. Shutdown order: the canal stops reading and saves its position,
+// then purgers finish the messages in hand, then the embedded nsqd persists
+// its queues.
+func (n *Node) Run(ctx context.Context) error {
+	defer n.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	srv := &http.Server{Handler: n.mux(), ReadHeaderTimeout: 5 * time.Second}
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Serve(n.listener) }()
+	n.log.Info("serving metrics and health", "addr", "http://"+n.HTTPAddr())
+
+	var nsqdDone chan error
+	nsqdCtx, stopNSQD := context.WithCancel(context.Background())
+	defer stopNSQD()
+	if n.nsqd != nil {
+		nsqdDone = make(chan error, 1)
+		go func() { nsqdDone <- n.nsqd.Run(nsqdCtx) }()
+		n.log.Info("embedded nsqd running", "tcp", n.nsqd.TCPAddr(), "http", n.nsqd.HTTPAddr())
+	}
+
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	fail := func(role string, err error) {
+		if err != nil && ctx.Err() == nil {
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("%s: %w", role, err))
+			mu.Unlock()
+			cancel()
+		}
+	}
+	if n.canal != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := n.ensureChannels(ctx); err != nil {
+				fail(RoleCanal, err)
+				return
+			}
+			fail(RoleCanal, n.canal.Run(ctx))
+		}()
+	}
+	if n.purger != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail(RoleRedisPurger, n.purger.Run(ctx))
+		}()
+	}
+	if nsqdDone != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case err := <-nsqdDone:
+				nsqdDone <- err // for the shutdown below
+				fail("nsqd", err)
+			case <-ctx.Done():
+			}
+		}()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	stopNSQD()
+	if nsqdDone != nil {
+		<-nsqdDone
+	}
+	shutCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
+	defer done()
+	srv.Shutdown(shutCtx)
+	<-httpDone
+	return errors.Join(errs...)
+}
+
+// ensureChannels waits for nsqd and creates every replica's channel before
+// the first publish.
+func (n *Node) ensureChannels(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := n.publisher.EnsureChannels(ctx)
+		if err == nil {
+			return nil
+		}
+		n.log.Warn("create nsq channels; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// Close releases what New acquired; it is safe to call more than once.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		if n.listener != nil {
+			n.listener.Close()
+		}
+		if n.canal != nil {
+			n.canal.Close()
+		}
+		if n.publisher != nil {
+			n.publisher.Close()
+		}
+		if n.purger != nil {
+			n.purger.Close()
+		}
+		if n.nsqd != nil {
+			n.nsqd.Close()
+		}
+	})
+	return nil
+}
