@@ -30,8 +30,8 @@ type PublisherOptions struct {
 	MaxKeysPerMessage int
 	// RetryMin and RetryMax bound the backoff between failed attempts.
 	RetryMin, RetryMax time.Duration
-	Logger            *slog.Logger
-	Registerer        prometheus.Registerer
+	Logger             *slog.Logger
+	Registerer         prometheus.Registerer
 }
 
 // GroupReplicas names a group and its replicas.

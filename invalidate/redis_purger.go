@@ -177,6 +177,7 @@ func (p *RedisPurger) Run(ctx context.Context) error {
 		cfg.DefaultRequeueDelay = 100 * time.Millisecond
 		cfg.MaxRequeueDelay = 5 * time.Second
 		cfg.MaxBackoffDuration = 2 * time.Second
+		cfg.BackoffMultiplier = 100 * time.Millisecond
 		c, err := nsq.NewConsumer(r.topic, r.channel, cfg)
 		if err != nil {
 			stopAll()
