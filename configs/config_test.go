@@ -75,7 +75,7 @@ func TestParseValidAndDefaults(t *testing.T) {
 func TestParseErrorsNameTheKey(t *testing.T) {
 	tests := []struct {
 		name, edit, from string
-		want     []string
+		want             []string
 	}{
 		{"unknown key with line", "[mysql]\naddr", "[mysql]\nadress = 1\naddr", []string{`line 3: unknown key "mysql.adress"`}},
 		{"unknown table", "[canal]", "[cannal]\nx = 1\n[canal]", []string{`unknown key "cannal"`}},
