@@ -5,7 +5,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 
 STACK := scripts/stack.sh
 
-.PHONY: stack-up stack-down stack-status seed build run test fmt vet clean
+.PHONY: stack-up stack-down stack-status seed build run bench test fmt vet clean
 
 stack-up:
 	$(STACK) up
@@ -25,14 +25,18 @@ build:
 
 run: seed build
 	@echo
-	@echo "Try this in another terminal:"
+	@echo "flashsync is starting (Ctrl-C stops it). In another terminal, watch a purge:"
+	@echo "  # item 1 hashes to group hot-a (replicas 16379, 16380); both hold its two keys:"
+	@echo '  for p in 16379 16380; do redis-cli -p $$p exists item:1 item:page:1; done'
 	@echo '  mariadb -h127.0.0.1 -P13306 -uroot -e "UPDATE shop.item SET price=price+1 WHERE id=1"'
-	@echo '  redis-cli -p 16379 EXISTS item:1 item:page:1'
-	@echo '  for p in 16379 16380 16381 16382; do echo -n "$$p: "; redis-cli -p $$p exists item:1 item:page:1; done'
-	@echo '  curl -s http://127.0.0.1:18080/metrics'
-	@echo '  curl -s http://127.0.0.1:18080/healthz'
+	@echo '  for p in 16379 16380; do redis-cli -p $$p exists item:1 item:page:1; done   # 0 and 0'
+	@echo "  # metrics and health: curl -s http://127.0.0.1:18080/metrics | grep ^flashsync_ ; curl -s http://127.0.0.1:18080/healthz"
 	@echo
 	exec bin/flashsync all -config configs/dev.toml
+
+bench: stack-up
+	go test -run '^$$' -bench . -benchtime 2s ./invalidate
+	go run ./bench/bulkupdate
 
 test: stack-up
 	go vet ./...

@@ -178,6 +178,10 @@ func (p *RedisPurger) Run(ctx context.Context) error {
 		cfg.MaxRequeueDelay = 5 * time.Second
 		cfg.MaxBackoffDuration = 2 * time.Second
 		cfg.BackoffMultiplier = 100 * time.Millisecond
+		// nsqd buffers a consumer's messages for up to 250 ms by default;
+		// a purge is latency-bound and already a batch, so send each at once.
+		cfg.OutputBufferSize = -1
+		cfg.OutputBufferTimeout = -1
 		c, err := nsq.NewConsumer(r.topic, r.channel, cfg)
 		if err != nil {
 			stopAll()
