@@ -66,7 +66,7 @@ func BenchmarkRulesAndPublish(b *testing.B) {
 	nsqd := stacktest.StartNSQD(b)
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{nsqd.TCPAddr()}, NSQDHTTP: []string{nsqd.HTTPAddr()},
-		Groups: []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{"r1", "r2"}}, {Name: "hot-b", Replicas: []string{"r3", "r4"}}},
+		Groups:     []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{"r1", "r2"}}, {Name: "hot-b", Replicas: []string{"r3", "r4"}}},
 		Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
