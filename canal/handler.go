@@ -98,6 +98,12 @@ func (h *handler) OnPosSynced(header *replication.EventHeader, pos mysql.Positio
 	if header == nil {
 		return h.c.saveAcked()
 	}
+	if header.EventType == replication.ROTATE_EVENT && header.Timestamp == 0 {
+		// A fake rotate sent when the stream starts carries no data; after a
+		// GTID start it would restate the position as file:4, behind the
+		// saved one. Keep the saved one.
+		return nil
+	}
 	if h.batch.Len() > 0 {
 		if err := h.flush(invalidate.Meta{Pos: pos.String(), GTID: h.gtid, CommitUnix: int64(header.Timestamp), Seen: time.Now()}); err != nil {
 			return err

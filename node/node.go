@@ -208,6 +208,12 @@ func (n *Node) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// Check the server before waiting on nsqd: a wrong binlog format
+			// should fail the start at once, whatever nsqd is doing.
+			if err := canal.Preflight(ctx, n.cfg.MySQL); err != nil {
+				fail(RoleCanal, err)
+				return
+			}
 			if err := n.ensureChannels(ctx); err != nil {
 				fail(RoleCanal, err)
 				return
