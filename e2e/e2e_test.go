@@ -323,37 +323,50 @@ func TestBadConfigFailsWithOneLine(t *testing.T) {
 	}
 }
 
-func TestStatementBinlogRefused(t *testing.T) {
-	m := stacktest.StartMariaDB(t, "--binlog-format=STATEMENT")
-	conn := m.Conn(t)
-	stacktest.Exec(t, conn, "CREATE DATABASE shop")
-	stacktest.Exec(t, conn, "CREATE TABLE shop.item (id BIGINT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2), view_count INT NOT NULL DEFAULT 0)")
-	nsqd := stacktest.StartNSQD(t)
-	cfg := Config{
-		MySQLAddr:    m.Addr(),
-		ServerID:     newServerID(),
-		PositionFile: filepath.Join(t.TempDir(), "position"),
-		DB:           "shop",
-		NSQDTCP:      nsqd.TCPAddr(),
-		NSQDHTTP:     nsqd.HTTPAddr(),
-		HTTPAddr:     fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t)),
-		// The canal never talks to Redis; the addresses only name channels.
-		Groups: [][]string{{"127.0.0.1:4", "127.0.0.1:5"}, {"127.0.0.1:6", "127.0.0.1:7"}},
-		Keys:   []string{"item:{id}", "item:page:{id}"},
+func TestUnusableBinlogRefused(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"statement format", []string{"--binlog-format=STATEMENT"}, "binlog_format is STATEMENT"},
+		{"minimal row image", []string{"--binlog-row-image=MINIMAL"}, "binlog_row_image is MINIMAL"},
+		{"binary log off", []string{"--skip-log-bin"}, "the binary log is off"},
 	}
-	path := writeFile(t, "flashsync.toml", cfg.TOML())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := stacktest.StartMariaDB(t, tt.args...)
+			conn := m.Conn(t)
+			stacktest.Exec(t, conn, "CREATE DATABASE shop")
+			stacktest.Exec(t, conn, "CREATE TABLE shop.item (id BIGINT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2), view_count INT NOT NULL DEFAULT 0)")
+			nsqd := stacktest.StartNSQD(t)
+			cfg := Config{
+				MySQLAddr:    m.Addr(),
+				ServerID:     newServerID(),
+				PositionFile: filepath.Join(t.TempDir(), "position"),
+				DB:           "shop",
+				NSQDTCP:      nsqd.TCPAddr(),
+				NSQDHTTP:     nsqd.HTTPAddr(),
+				HTTPAddr:     fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t)),
+				// The canal never talks to Redis; the addresses only name channels.
+				Groups: [][]string{{"127.0.0.1:4", "127.0.0.1:5"}, {"127.0.0.1:6", "127.0.0.1:7"}},
+				Keys:   []string{"item:{id}", "item:page:{id}"},
+			}
+			path := writeFile(t, "flashsync.toml", cfg.TOML())
 
-	code, stderr := runFlashsync(t, 30*time.Second, "canal", "-config", path)
-	if code != 1 {
-		t.Errorf("exit code %d, want 1; stderr:\n%s", code, stderr)
-	}
-	lines := nonEmptyLines(stderr)
-	if len(lines) == 0 {
-		t.Fatal("no output")
-	}
-	last := lines[len(lines)-1]
-	if !strings.HasPrefix(last, "flashsync canal:") || !strings.Contains(last, "binlog_format is STATEMENT") {
-		t.Errorf("last line %q, want the error `flashsync canal: ... binlog_format is STATEMENT ...`; stderr:\n%s", last, stderr)
+			code, stderr := runFlashsync(t, 30*time.Second, "canal", "-config", path)
+			if code != 1 {
+				t.Errorf("exit code %d, want 1; stderr:\n%s", code, stderr)
+			}
+			lines := nonEmptyLines(stderr)
+			if len(lines) == 0 {
+				t.Fatal("no output")
+			}
+			last := lines[len(lines)-1]
+			if !strings.HasPrefix(last, "flashsync canal:") || !strings.Contains(last, tt.want) {
+				t.Errorf("last line %q, want the error `flashsync canal: ... %s ...`; stderr:\n%s", last, tt.want, stderr)
+			}
+		})
 	}
 }
 
