@@ -242,7 +242,9 @@ func (c *Canal) canalConfig() *gocanal.Config {
 	cfg.Dump.ExecutionPath = "" // binlog only: flashsync invalidates, it never copies data
 	cfg.HeartbeatPeriod = time.Second
 	cfg.ReadTimeout = 10 * time.Second
-	cfg.Logger = c.opts.Logger.With("component", "go-mysql")
+	// go-mysql logs every connection and rotation at info; keep its
+	// warnings and errors unless debug logging is on.
+	cfg.Logger = slog.New(minLevel{c.opts.Logger.Handler(), slog.LevelWarn}).With("component", "go-mysql")
 	return cfg
 }
 
@@ -375,4 +377,25 @@ func Preflight(ctx context.Context, m configs.MySQL) error {
 		return fmt.Errorf("mysql %s: binlog_row_image is %s; flashsync needs FULL so updates carry whole before images (set binlog_row_image=FULL)", m.Addr, image)
 	}
 	return nil
+}
+
+// minLevel drops records below min, unless the wrapped handler wants debug.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	if h.Handler.Enabled(ctx, slog.LevelDebug) {
+		return true
+	}
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(as), h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{h.Handler.WithGroup(name), h.min}
 }

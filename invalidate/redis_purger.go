@@ -187,7 +187,9 @@ func (p *RedisPurger) Run(ctx context.Context) error {
 			stopAll()
 			return fmt.Errorf("nsq consumer %s/%s: %w", r.topic, r.channel, err)
 		}
-		c.SetLogger(nsqLogger{r.log}, nsq.LogLevelWarning)
+		// go-nsq warns on every clean stop; its errors (lost nsqd
+		// connections) matter, and the handler logs its own failures.
+		c.SetLogger(nsqLogger{r.log}, nsq.LogLevelError)
 		c.AddHandler(r)
 		if err := c.ConnectToNSQDs(p.opts.NSQDTCP); err != nil {
 			c.Stop()
