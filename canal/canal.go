@@ -9,14 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	gocanal "github.com/go-mysql-org/go-mysql/canal"
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
-	"github.com/go-mysql-org/go-mysql/schema"
 	pingcaperrors "github.com/pingcap/errors"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -38,18 +38,34 @@ type Options struct {
 	Canal     configs.Canal
 	Rules     *invalidate.Rules
 	Publisher Publisher
-	// DrainTimeout bounds how long shutdown waits for the transaction being
-	// published; past it the transaction is replayed on the next start.
+	// DrainTimeout bounds how long shutdown waits for the batches being
+	// published; past it they are replayed on the next start.
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// ResetToCurrent ignores the saved position and starts at the server's
+	// current one: the recovery when the saved position is gone (error 1236).
+	// OnReset runs after the current position is taken and before anything
+	// is saved or read; it is where caches are flushed, so nothing changed
+	// after that position can survive in them.
+	ResetToCurrent bool
+	OnReset        func(context.Context) error
+	// Checkpoint stores the position; nil means the canal.position_file.
+	Checkpoint Checkpoint
+	// Lease, when set, makes this canal one of several for the source:
+	// it streams only while it holds the lease, publishes only while the
+	// lease is valid, and Checkpoint must be shared (a MySQLCheckpoint).
+	Lease      *Lease
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Canal is the binlog-reading role.
 type Canal struct {
-	opts  Options
-	store *PositionFile
-	log   *slog.Logger
+	opts    Options
+	store   Checkpoint
+	log     *slog.Logger
+	include []*regexp.Regexp
+	exclude []*regexp.Regexp
+	ruled   map[string]bool // tables with rules: only their rows are decoded
 
 	rowEvents    *prometheus.CounterVec
 	transactions prometheus.Counter
@@ -73,7 +89,7 @@ func New(opts Options) (*Canal, error) {
 		return nil, errors.New("canal: mysql.addr is missing")
 	case opts.MySQL.ServerID == 0:
 		return nil, errors.New("canal: mysql.server_id is missing")
-	case opts.Canal.PositionFile == "":
+	case opts.Canal.PositionFile == "" && opts.Checkpoint == nil:
 		return nil, errors.New("canal: canal.position_file is missing")
 	case opts.Rules == nil:
 		return nil, errors.New("canal: no rules")
@@ -83,11 +99,17 @@ func New(opts Options) (*Canal, error) {
 	if opts.MySQL.Flavor == "" {
 		opts.MySQL.Flavor = mysql.MariaDBFlavor
 	}
+	if opts.Checkpoint == nil {
+		opts.Checkpoint = NewPositionFile(opts.Canal.PositionFile)
+	}
 	if opts.Canal.SaveInterval <= 0 {
 		opts.Canal.SaveInterval = time.Second
 	}
 	if opts.Canal.MaxBatchKeys <= 0 {
 		opts.Canal.MaxBatchKeys = 10000
+	}
+	if opts.Canal.MaxBatchBytes <= 0 {
+		opts.Canal.MaxBatchBytes = 1 << 20
 	}
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 5 * time.Second
@@ -100,7 +122,7 @@ func New(opts Options) (*Canal, error) {
 	}
 	c := &Canal{
 		opts:  opts,
-		store: NewPositionFile(opts.Canal.PositionFile),
+		store: opts.Checkpoint,
 		log:   opts.Logger.With("role", "canal", "mysql", opts.MySQL.Addr),
 		rowEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flashsync_canal_row_events_total",
@@ -119,6 +141,27 @@ func New(opts Options) (*Canal, error) {
 			Help: "Binlog positions written to the position file.",
 		}),
 	}
+	for _, expr := range opts.Canal.IncludeTables {
+		re, err := regexp.Compile("^(?:" + expr + ")$")
+		if err != nil {
+			return nil, fmt.Errorf("canal.include_tables: %w", err)
+		}
+		c.include = append(c.include, re)
+	}
+	for _, expr := range opts.Canal.ExcludeTables {
+		re, err := regexp.Compile("^(?:" + expr + ")$")
+		if err != nil {
+			return nil, fmt.Errorf("canal.exclude_tables: %w", err)
+		}
+		c.exclude = append(c.exclude, re)
+	}
+	c.ruled = map[string]bool{}
+	for _, t := range opts.Rules.Tables() {
+		if !c.accepts(t) {
+			return nil, fmt.Errorf("rule table %s is not matched by canal.include_tables %q", t, opts.Canal.IncludeTables)
+		}
+		c.ruled[t] = true
+	}
 	for _, col := range []prometheus.Collector{c.rowEvents, c.transactions, c.delay, c.saves} {
 		if err := opts.Registerer.Register(col); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
@@ -127,10 +170,31 @@ func New(opts Options) (*Canal, error) {
 	return c, nil
 }
 
+// accepts reports whether the canal follows table ("db.table").
+func (c *Canal) accepts(table string) bool {
+	in := len(c.include) == 0
+	for _, re := range c.include {
+		if re.MatchString(table) {
+			in = true
+			break
+		}
+	}
+	for _, re := range c.exclude {
+		if re.MatchString(table) {
+			return false
+		}
+	}
+	return in
+}
+
 // Run checks the server, resumes from the saved position (or, on first
-// start, the current one) and streams until ctx ends or the stream fails.
-// On the way out it finishes the transaction being published (bounded by
-// DrainTimeout) and saves the position.
+// start, the current one) and streams until ctx ends or a fatal error. A
+// lost connection (the server restarting, say) is retried with backoff from
+// the last acknowledged position. On the way out it finishes the batches
+// being published (bounded by DrainTimeout) and saves the position.
+//
+// With a Lease, Run waits as a standby until it holds the lease, streams for
+// as long as it keeps it, and goes back to standby when it loses it.
 func (c *Canal) Run(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed || c.running {
@@ -143,70 +207,100 @@ func (c *Canal) Run(ctx context.Context) error {
 	c.mu.Unlock()
 	defer cancel()
 
+	l := c.opts.Lease
+	if l == nil {
+		return c.term(ctx)
+	}
+	defer l.Release()
+	for {
+		c.log.Info("canal standby: waiting for the lease", "holder", l.Holder())
+		if err := l.Acquire(ctx); err != nil {
+			return nil // ctx ended
+		}
+		c.log.Info("canal lease acquired: active", "token", l.Token())
+		termCtx, endTerm := context.WithCancelCause(ctx)
+		kept := make(chan struct{})
+		go func() {
+			defer close(kept)
+			if err := l.Keep(termCtx); err != nil {
+				endTerm(err)
+			}
+		}()
+		err := c.term(termCtx)
+		lost := context.Cause(termCtx)
+		endTerm(nil)
+		<-kept
+		l.Release()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, ErrLeaseLost) || errors.Is(lost, ErrLeaseLost):
+			c.log.Warn("canal lease lost: back to standby", "err", errors.Join(err, lost))
+			c.mu.Lock()
+			c.haveAck, c.dirty = false, false // the next term loads the shared checkpoint
+			c.mu.Unlock()
+		case err != nil:
+			return err
+		}
+	}
+}
+
+// term is one stretch of streaming: Run without a lease, or one leadership
+// term with it.
+func (c *Canal) term(ctx context.Context) error {
 	if err := Preflight(ctx, c.opts.MySQL); err != nil {
 		return err
 	}
-	gc, err := gocanal.NewCanal(c.canalConfig())
-	if err != nil {
-		return fmt.Errorf("mysql %s: %w", c.opts.MySQL.Addr, err)
-	}
-	defer gc.Close()
-	if err := c.checkRules(gc); err != nil {
+	if err := c.start(ctx); err != nil {
 		return err
 	}
-	start, err := c.startPosition(gc)
-	if err != nil {
-		return err
-	}
-
-	// Publishing outlives ctx by DrainTimeout so that a shutdown finishes the
-	// transaction in hand instead of replaying it.
-	pubCtx, cancelPub := context.WithCancel(context.Background())
-	defer cancelPub()
-	h := &handler{c: c, ctx: pubCtx, batch: invalidate.NewBatch(len(c.opts.Rules.Groups())), bound: map[string]boundTable{}}
-	gc.SetEventHandler(h)
-
-	done := make(chan error, 1)
+	saverCtx, stopSaver := context.WithCancel(ctx)
+	saverDone := make(chan struct{})
 	go func() {
-		if start.GTID != "" {
-			set, err := mysql.ParseGTIDSet(c.opts.MySQL.Flavor, start.GTID)
-			if err != nil {
-				done <- fmt.Errorf("saved gtid %q: %w", start.GTID, err)
+		defer close(saverDone)
+		tick := time.NewTicker(c.opts.Canal.SaveInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-saverCtx.Done():
 				return
+			case <-tick.C:
+				if err := c.saveAcked(); err != nil {
+					c.log.Error("save position", "err", err)
+				}
 			}
-			done <- gc.StartFromGTID(set)
-			return
 		}
-		done <- gc.RunFrom(mysql.Position{Name: start.File, Pos: start.Pos})
 	}()
-	c.log.Info("canal streaming", "from", start.String(), "include", c.opts.Canal.IncludeTables)
+	defer func() { stopSaver(); <-saverDone }()
 
-	tick := time.NewTicker(c.opts.Canal.SaveInterval)
-	defer tick.Stop()
+	backoff := 100 * time.Millisecond
 	for {
+		from := c.lastAcked()
+		c.log.Info("canal streaming", "from", from.String())
+		began := time.Now()
+		err := c.stream(ctx, from)
+		saveErr := c.saveAcked()
+		if ctx.Err() != nil {
+			c.log.Info("canal stopped", "position", c.lastAcked().String())
+			return saveErr
+		}
+		var fe *fatalError
+		if errors.As(err, &fe) {
+			if errors.Is(err, ErrPositionGone) {
+				return fmt.Errorf("mysql %s: %w; recover with `flashsync canal -config <file> --reset-to-current --flush-all` (flushes every configured cache group, then continues from the current position)", c.opts.MySQL.Addr, err)
+			}
+			return fmt.Errorf("mysql %s: %w", c.opts.MySQL.Addr, err)
+		}
+		if time.Since(began) > time.Minute {
+			backoff = 100 * time.Millisecond
+		}
+		c.log.Warn("binlog stream interrupted; reconnecting from the acknowledged position", "err", pingcaperrors.Cause(err), "backoff", backoff)
 		select {
 		case <-ctx.Done():
-			drain := time.AfterFunc(c.opts.DrainTimeout, cancelPub)
-			gc.Close()
-			<-done
-			drain.Stop()
-			if err := c.saveAcked(); err != nil {
-				return err
-			}
-			c.log.Info("canal stopped", "position", c.lastAcked().String())
-			return nil
-		case err := <-done:
-			gc.Close()
-			saveErr := c.saveAcked()
-			if err == nil {
-				err = errors.New("binlog stream ended")
-			}
-			return errors.Join(fmt.Errorf("mysql %s: binlog stream: %w", c.opts.MySQL.Addr, pingcaperrors.Cause(err)), saveErr)
-		case <-tick.C:
-			if err := c.saveAcked(); err != nil {
-				c.log.Error("save position", "err", err)
-			}
+			return c.saveAcked()
+		case <-time.After(backoff):
 		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
@@ -230,75 +324,177 @@ func (c *Canal) lastAcked() Position {
 	return c.acked
 }
 
-func (c *Canal) canalConfig() *gocanal.Config {
-	cfg := gocanal.NewDefaultConfig()
-	cfg.Addr = c.opts.MySQL.Addr
-	cfg.User = c.opts.MySQL.User
-	cfg.Password = c.opts.MySQL.Password
-	cfg.Flavor = c.opts.MySQL.Flavor
-	cfg.ServerID = c.opts.MySQL.ServerID
-	cfg.IncludeTableRegex = c.opts.Canal.IncludeTables
-	cfg.ExcludeTableRegex = c.opts.Canal.ExcludeTables
-	cfg.Dump.ExecutionPath = "" // binlog only: flashsync invalidates, it never copies data
-	cfg.HeartbeatPeriod = time.Second
-	cfg.ReadTimeout = 10 * time.Second
-	// go-mysql logs every connection and rotation at info; keep its
-	// warnings and errors unless debug logging is on.
-	cfg.Logger = slog.New(minLevel{c.opts.Logger.Handler(), slog.LevelWarn}).With("component", "go-mysql")
-	return cfg
+// start sets the position to resume from: the saved one, or the server's
+// current one on a first start or a reset, saved at once so that a crash
+// before the first commit cannot move the start past changes made meanwhile.
+// It also checks every rule against its table's current columns.
+func (c *Canal) start(ctx context.Context) error {
+	conn, err := connect(ctx, c.opts.MySQL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	current, err := LoadSchema(conn, c.accepts)
+	if err != nil {
+		return fmt.Errorf("mysql %s: %w", c.opts.MySQL.Addr, err)
+	}
+	if err := c.checkRules(current); err != nil {
+		return err
+	}
+	pos, ok, err := c.store.Load()
+	if err != nil {
+		return err
+	}
+	if ok && !c.opts.ResetToCurrent {
+		if pos.Flavor != "" && pos.Flavor != c.opts.MySQL.Flavor {
+			return fmt.Errorf("position file %s was written for flavor %s, config says %s", c.opts.Canal.PositionFile, pos.Flavor, c.opts.MySQL.Flavor)
+		}
+		if err := checkStillThere(conn, pos); err != nil {
+			return fmt.Errorf("mysql %s: %w; recover with `flashsync canal -config <file> --reset-to-current --flush-all` (flushes every configured cache group, then continues from the current position)", c.opts.MySQL.Addr, err)
+		}
+		if pos.Schema == nil {
+			c.log.Warn("saved position has no schema history; using the current schema (tables altered since that position need binlog_row_metadata=FULL)")
+			pos.Schema = current
+		}
+		c.setAcked(pos)
+		c.log.Info("resuming from saved position", "position", pos.String())
+		return nil
+	}
+	pos, err = currentPosition(conn, c.opts.MySQL.Flavor)
+	if err != nil {
+		return err
+	}
+	pos.Schema = current
+	if c.opts.ResetToCurrent && c.opts.OnReset != nil {
+		if err := c.opts.OnReset(ctx); err != nil {
+			return fmt.Errorf("reset: %w", err)
+		}
+	}
+	c.setAcked(pos)
+	if err := c.saveAcked(); err != nil {
+		return err
+	}
+	if c.opts.ResetToCurrent {
+		c.log.Warn("position reset to the server's current position", "position", pos.String())
+	} else {
+		c.log.Info("first start: beginning at the current position", "position", pos.String())
+	}
+	return nil
 }
 
 // checkRules binds every rule to its table's current columns, so a rule that
 // names a missing table or column fails the start, not the first row.
-func (c *Canal) checkRules(gc *gocanal.Canal) error {
+func (c *Canal) checkRules(schema *Schema) error {
 	for _, table := range c.opts.Rules.Tables() {
-		db, name, _ := strings.Cut(table, ".")
-		t, err := gc.GetTable(db, name)
-		switch cause := pingcaperrors.Cause(err); {
-		case cause == gocanal.ErrExcludedTable:
-			return fmt.Errorf("rule table %s is not matched by canal.include_tables %q", table, c.opts.Canal.IncludeTables)
-		case cause == schema.ErrTableNotExist:
+		cols, ok := schema.Tables[table]
+		if !ok {
 			return fmt.Errorf("rule table %s does not exist on %s", table, c.opts.MySQL.Addr)
-		case err != nil:
-			return fmt.Errorf("rule table %s: %w", table, err)
 		}
-		if _, err := c.opts.Rules.Bind(table, columnNames(t)); err != nil {
+		if _, err := c.opts.Rules.Bind(table, cols); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// startPosition returns the saved position or, on the first start, the
-// server's current one, which it saves at once: a crash before the first
-// commit must not move the start past changes made meanwhile.
-func (c *Canal) startPosition(gc *gocanal.Canal) (Position, error) {
-	pos, ok, err := c.store.Load()
+func connect(ctx context.Context, m configs.MySQL) (*client.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := client.ConnectWithContext(ctx, m.Addr, m.User, m.Password, "", 10*time.Second)
 	if err != nil {
-		return Position{}, err
+		return nil, fmt.Errorf("mysql %s: connect: %w", m.Addr, pingcaperrors.Cause(err))
 	}
-	if ok {
-		if pos.Flavor != "" && pos.Flavor != c.opts.MySQL.Flavor {
-			return Position{}, fmt.Errorf("position file %s was written for flavor %s, config says %s", c.opts.Canal.PositionFile, pos.Flavor, c.opts.MySQL.Flavor)
+	return conn, nil
+}
+
+// checkStillThere catches a saved position the server cannot resume from
+// but would accept without an error: after RESET MASTER or a restore from
+// an older backup, MariaDB takes a GTID it has not reached yet and waits,
+// while new transactions reuse lower sequence numbers and are skipped.
+func checkStillThere(conn *client.Conn, pos Position) error {
+	if pos.GTID != "" && pos.Flavor == mysql.MariaDBFlavor {
+		r, err := conn.Execute("SELECT @@GLOBAL.gtid_binlog_pos")
+		if err != nil {
+			return fmt.Errorf("read gtid_binlog_pos: %w", err)
 		}
-		c.setAcked(pos)
-		c.log.Info("resuming from saved position", "position", pos.String())
-		return pos, nil
+		have, _ := r.GetString(0, 0)
+		serverSeq := map[string]uint64{}
+		for _, g := range strings.Split(have, ",") {
+			if d, n, ok := splitGTID(g); ok {
+				serverSeq[d] = n
+			}
+		}
+		for _, g := range strings.Split(pos.GTID, ",") {
+			d, n, ok := splitGTID(g)
+			if ok && serverSeq[d] < n {
+				return fmt.Errorf("%w: %s (the server's binlog ends at gtid %q: reset or restored)", ErrPositionGone, pos, have)
+			}
+		}
+		return nil
 	}
-	mpos, err := gc.GetMasterPos()
+	if pos.GTID != "" {
+		r, err := conn.Execute("SELECT GTID_SUBSET(?, @@GLOBAL.gtid_executed)", pos.GTID)
+		if err != nil {
+			return fmt.Errorf("check gtid: %w", err)
+		}
+		if ok, _ := r.GetInt(0, 0); ok != 1 {
+			return fmt.Errorf("%w: %s (not in the server's gtid_executed: reset or restored)", ErrPositionGone, pos)
+		}
+		return nil
+	}
+	r, err := conn.Execute("SHOW BINARY LOGS")
 	if err != nil {
-		return Position{}, fmt.Errorf("mysql %s: current binlog position: %w", c.opts.MySQL.Addr, err)
+		return fmt.Errorf("list binary logs: %w", err)
 	}
-	pos = Position{File: mpos.Name, Pos: mpos.Pos, Flavor: c.opts.MySQL.Flavor}
-	if set, err := gc.GetMasterGTIDSet(); err == nil && set != nil {
-		pos.GTID = set.String()
+	for i := range r.RowNumber() {
+		name, _ := r.GetString(i, 0)
+		size, _ := r.GetUint(i, 1)
+		if name == pos.File {
+			if uint64(pos.Pos) > size {
+				return fmt.Errorf("%w: %s (the file is only %d bytes: reset or restored)", ErrPositionGone, pos, size)
+			}
+			return nil
+		}
 	}
-	c.setAcked(pos)
-	if err := c.saveAcked(); err != nil {
-		return Position{}, err
+	return fmt.Errorf("%w: %s (the file is no longer on the server)", ErrPositionGone, pos)
+}
+
+// splitGTID splits a MariaDB GTID "domain-server-seq" into domain and seq.
+func splitGTID(g string) (domain string, seq uint64, ok bool) {
+	parts := strings.Split(strings.TrimSpace(g), "-")
+	if len(parts) != 3 {
+		return "", 0, false
 	}
-	c.log.Info("first start: beginning at the current position", "position", pos.String())
-	return pos, nil
+	n, err := strconv.ParseUint(parts[2], 10, 64)
+	return parts[0], n, err == nil
+}
+
+// currentPosition reads the server's binlog file, position and GTID set.
+func currentPosition(conn *client.Conn, flavor string) (Position, error) {
+	query := "SHOW MASTER STATUS"
+	if flavor == mysql.MariaDBFlavor {
+		query = "SHOW BINLOG STATUS"
+	} else if cmp, err := mysql.CompareServerVersions(conn.GetServerVersion(), "8.4.0"); err == nil && cmp >= 0 {
+		query = "SHOW BINARY LOG STATUS"
+	}
+	r, err := conn.Execute(query)
+	if err != nil {
+		return Position{}, fmt.Errorf("current binlog position: %w", err)
+	}
+	if r.RowNumber() == 0 {
+		return Position{}, errors.New("current binlog position: the server reports none (is log_bin on?)")
+	}
+	file, _ := r.GetString(0, 0)
+	pos, _ := r.GetInt(0, 1)
+	p := Position{File: file, Pos: uint32(pos), Flavor: flavor}
+	gq := "SELECT @@GLOBAL.gtid_executed"
+	if flavor == mysql.MariaDBFlavor {
+		gq = "SELECT @@GLOBAL.gtid_binlog_pos"
+	}
+	if g, err := conn.Execute(gq); err == nil {
+		p.GTID, _ = g.GetString(0, 0)
+	}
+	return p, nil
 }
 
 func (c *Canal) setAcked(pos Position) {
@@ -307,21 +503,12 @@ func (c *Canal) setAcked(pos Position) {
 	c.mu.Unlock()
 }
 
-// ack records that everything up to pos is acknowledged and saves it when
-// force is set or SaveInterval has passed since the last save.
-func (c *Canal) ack(pos mysql.Position, set mysql.GTIDSet, force bool) error {
-	p := Position{File: pos.Name, Pos: pos.Pos, Flavor: c.opts.MySQL.Flavor}
-	if set != nil {
-		p.GTID = set.String()
-	}
+// ack records that everything up to p is acknowledged by NSQ; the saver
+// writes it within SaveInterval.
+func (c *Canal) ack(p Position) {
 	c.mu.Lock()
 	c.acked, c.haveAck, c.dirty = p, true, true
-	due := force || time.Since(c.lastSave) >= c.opts.Canal.SaveInterval
 	c.mu.Unlock()
-	if due {
-		return c.saveAcked()
-	}
-	return nil
 }
 
 // saveAcked writes the acknowledged position if it changed.
@@ -342,23 +529,13 @@ func (c *Canal) saveAcked() error {
 	return nil
 }
 
-func columnNames(t *schema.Table) []string {
-	names := make([]string, len(t.Columns))
-	for i, col := range t.Columns {
-		names[i] = col.Name
-	}
-	return names
-}
-
 // Preflight connects to the server and checks that its binlog can drive
 // invalidation: on, ROW format, FULL row image. Each failure is one line
 // naming the setting.
 func Preflight(ctx context.Context, m configs.MySQL) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	conn, err := client.ConnectWithContext(ctx, m.Addr, m.User, m.Password, "", 10*time.Second)
+	conn, err := connect(ctx, m)
 	if err != nil {
-		return fmt.Errorf("mysql %s: connect: %w", m.Addr, pingcaperrors.Cause(err))
+		return err
 	}
 	defer conn.Close()
 	r, err := conn.Execute("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image")
@@ -377,6 +554,12 @@ func Preflight(ctx context.Context, m configs.MySQL) error {
 		return fmt.Errorf("mysql %s: binlog_row_image is %s; flashsync needs FULL so updates carry whole before images (set binlog_row_image=FULL)", m.Addr, image)
 	}
 	return nil
+}
+
+// goMySQLLogger keeps go-mysql's warnings and errors; its info lines (every
+// connection and rotation) only with debug logging.
+func (c *Canal) goMySQLLogger() *slog.Logger {
+	return slog.New(minLevel{c.opts.Logger.Handler(), slog.LevelWarn}).With("component", "go-mysql")
 }
 
 // minLevel drops records below min, unless the wrapped handler wants debug.

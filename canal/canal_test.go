@@ -126,7 +126,7 @@ func TestPositionMovesOnlyAfterPublishAcknowledged(t *testing.T) {
 	// Publish is in progress and not acknowledged: give the canal every
 	// chance to save (save_interval is 1 ms) and check it did not move.
 	stacktest.Exec(t, conn, "SELECT 1")
-	if got := f.saved(t); got != before {
+	if got := f.saved(t); got.File != before.File || got.Pos != before.Pos || got.GTID != before.GTID {
 		t.Fatalf("position moved to %v while the publish of the transaction was unacknowledged (was %v)", got, before)
 	}
 	close(pub.gate)

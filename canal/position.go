@@ -20,6 +20,14 @@ type Position struct {
 	GTID    string    `json:"gtid,omitempty"`
 	Flavor  string    `json:"flavor"`
 	SavedAt time.Time `json:"saved_at"`
+	// Schema is the included tables' columns at this position, the start of
+	// the schema history replayed when the binlog has no column names.
+	Schema *Schema `json:"schema,omitempty"`
+}
+
+// samePlace reports whether p and q name the same binlog position.
+func (p Position) samePlace(q Position) bool {
+	return p.File == q.File && p.Pos == q.Pos && p.GTID == q.GTID
 }
 
 func (p Position) String() string {

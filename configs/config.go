@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ type Config struct {
 	HTTP        HTTP         `toml:"http"`
 	Purger      Purger       `toml:"purger"`
 	RedisGroups []RedisGroup `toml:"redis_group"`
+	HTTPGroups  []HTTPGroup  `toml:"http_group"`
 	Rules       []Rule       `toml:"rule"`
 }
 
@@ -54,6 +56,23 @@ type Canal struct {
 	// MaxBatchKeys flushes a large transaction's keys to NSQ before its
 	// commit, so memory stays bounded; the position still moves only at commit.
 	MaxBatchKeys int `toml:"max_batch_keys"`
+	// MaxBatchBytes bounds the targets' bytes held per batch; with a few
+	// batches in flight it bounds the canal's memory on any transaction.
+	MaxBatchBytes int `toml:"max_batch_bytes"`
+	// CoalesceWindow gathers the targets of the transactions committed
+	// within it into one batch, so a key changed by many of them is purged
+	// once; "0s" publishes every transaction on its own. Default
+	// DefaultCoalesceWindow.
+	CoalesceWindow time.Duration `toml:"coalesce_window"`
+	// HA runs this canal as one of several for the source: the one holding
+	// a lease (a row in HADatabase on the source server) streams, the
+	// others wait, and the position is kept in that database too, so a
+	// standby resumes where the leader stopped. HAName names the stream;
+	// every canal of one source uses the same name and its own server_id.
+	HA         bool          `toml:"ha"`
+	HAName     string        `toml:"ha_name"`
+	HADatabase string        `toml:"ha_database"`
+	LeaseTTL   time.Duration `toml:"lease_ttl"`
 }
 
 // NSQ says where invalidations travel.
@@ -62,6 +81,11 @@ type NSQ struct {
 	// nsqd embedded in this process.
 	NSQDTCP  []string `toml:"nsqd_tcp"`
 	NSQDHTTP []string `toml:"nsqd_http"`
+	// LookupdHTTP lists nsqlookupd HTTP addresses. Set, purgers discover the
+	// nsqd that carry their topics through them (polling every 5 s, so a new
+	// nsqd is consumed without a restart); empty, purgers connect to every
+	// nsqd_tcp. Publishers always use nsqd_tcp.
+	LookupdHTTP []string `toml:"nsqlookupd_http"`
 	// TopicPrefix starts every topic name flashsync uses.
 	TopicPrefix string `toml:"topic_prefix"`
 	// Embedded configures the in-process nsqd used when NSQDTCP is empty.
@@ -101,15 +125,43 @@ type RedisGroup struct {
 	DB       int      `toml:"db"`
 }
 
-// Rule maps the rows of one table to cache keys.
+// HTTPGroup is a set of HTTP caches (Varnish, CDN nodes) that all hold the
+// same pages; every instance gets every URL and tag purge of the group.
+type HTTPGroup struct {
+	Name      string   `toml:"name"`
+	Instances []string `toml:"instances"`
+}
+
+// Rule maps the rows of one table to cache targets: Redis keys, HTTP URLs
+// and surrogate-key tags.
 type Rule struct {
 	// Table is "db.table".
 	Table string `toml:"table"`
-	// Keys are templates over the row's columns, e.g. "item:{id}".
+	// Keys are Redis key templates over the row's columns, e.g. "item:{id}";
+	// they go to the [[redis_group]] the route value picks.
 	Keys []string `toml:"keys"`
-	// RouteBy is the column whose value picks the Redis group.
+	// URLs are HTTP URL or path templates, e.g. "/item/{id}.html", and Tags
+	// surrogate-key (xkey) templates, e.g. "item-{id}"; both go to the
+	// [[http_group]] the route value picks.
+	URLs []string `toml:"urls"`
+	Tags []string `toml:"tags"`
+	// RouteBy is the column whose value picks the group in each tier.
 	RouteBy string `toml:"route_by"`
+	// Actions are the row actions the rule fires on: "insert", "update",
+	// "delete". Empty means all three.
+	Actions []string `toml:"actions"`
+	// Changed: an UPDATE fires only if one of these columns changed.
+	Changed []string `toml:"changed"`
+	// IgnoreChanges: an UPDATE does not fire if every column that changed is
+	// listed here. Exclusive with Changed.
+	IgnoreChanges []string `toml:"ignore_changes"`
 }
+
+// RuleActions are the values Rule.Actions accepts.
+var RuleActions = []string{"insert", "update", "delete"}
+
+// DefaultCoalesceWindow is canal.coalesce_window when the file has none.
+const DefaultCoalesceWindow = 2 * time.Millisecond
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
@@ -125,15 +177,27 @@ func (c *Config) Defaults() {
 	if c.Canal.MaxBatchKeys == 0 {
 		c.Canal.MaxBatchKeys = 10000
 	}
+	if c.Canal.HAName == "" {
+		c.Canal.HAName = "default"
+	}
+	if c.Canal.HADatabase == "" {
+		c.Canal.HADatabase = "flashsync"
+	}
+	if c.Canal.LeaseTTL == 0 {
+		c.Canal.LeaseTTL = 3 * time.Second
+	}
+	if c.Canal.MaxBatchBytes == 0 {
+		c.Canal.MaxBatchBytes = 1 << 20
+	}
 	if c.NSQ.TopicPrefix == "" {
 		c.NSQ.TopicPrefix = "flashsync"
 	}
 	if len(c.NSQ.NSQDTCP) == 0 {
 		if c.NSQ.EmbeddedTCP == "" {
-			c.NSQ.EmbeddedTCP = "127.0.0.1:14160"
+			c.NSQ.EmbeddedTCP = "127.0.0.1:14170"
 		}
 		if c.NSQ.EmbeddedHTTP == "" {
-			c.NSQ.EmbeddedHTTP = "127.0.0.1:14161"
+			c.NSQ.EmbeddedHTTP = "127.0.0.1:14171"
 		}
 		if c.NSQ.EmbeddedDataPath == "" {
 			c.NSQ.EmbeddedDataPath = ".stack/flashsync/nsqd"
@@ -162,7 +226,10 @@ func (c *Config) Defaults() {
 var (
 	nameRe  = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,32}$`)
 	tableRe = regexp.MustCompile(`^[^.\s]+\.[^.\s]+$`)
+	identRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`)
 	topicRe = regexp.MustCompile(`^[.a-zA-Z0-9_-]{1,32}$`)
+	// columnRe matches the column names rules may use (as in templates).
+	columnRe = regexp.MustCompile(`^[a-zA-Z_$][a-zA-Z0-9_$]{0,63}$`)
 )
 
 // Validate checks the whole configuration and reports every problem, each
@@ -189,8 +256,14 @@ func (c *Config) Validate() error {
 		if c.MySQL.ServerID == 0 {
 			bad("mysql.server_id", "missing; give every binlog reader its own non-zero id")
 		}
-		if c.Canal.PositionFile == "" {
-			bad("canal.position_file", "missing")
+		if c.Canal.PositionFile == "" && !c.Canal.HA {
+			bad("canal.position_file", "missing (or set canal.ha = true to keep the position in MySQL)")
+		}
+		if c.Canal.HA && (c.Canal.LeaseTTL < 300*time.Millisecond || c.Canal.LeaseTTL > time.Minute) {
+			bad("canal.lease_ttl", "must be between 300ms and 1m")
+		}
+		if c.Canal.HA && (!identRe.MatchString(c.Canal.HAName) || !identRe.MatchString(c.Canal.HADatabase)) {
+			bad("canal.ha_name", "ha_name %q and ha_database %q must be 1-64 of [A-Za-z0-9_]", c.Canal.HAName, c.Canal.HADatabase)
 		}
 		for i, expr := range append(append([]string(nil), c.Canal.IncludeTables...), c.Canal.ExcludeTables...) {
 			key := fmt.Sprintf("canal.include_tables[%d]", i)
@@ -207,6 +280,12 @@ func (c *Config) Validate() error {
 		if c.Canal.MaxBatchKeys < 1 {
 			bad("canal.max_batch_keys", "must be at least 1")
 		}
+		if c.Canal.MaxBatchBytes < 1024 {
+			bad("canal.max_batch_bytes", "must be at least 1024")
+		}
+		if c.Canal.CoalesceWindow < 0 || c.Canal.CoalesceWindow > time.Second {
+			bad("canal.coalesce_window", "must be between 0 and 1s")
+		}
 	}
 	if len(c.NSQ.NSQDTCP) == 0 {
 		checkAddr("nsq.embedded_tcp", c.NSQ.EmbeddedTCP)
@@ -221,6 +300,12 @@ func (c *Config) Validate() error {
 		for i, a := range c.NSQ.NSQDHTTP {
 			checkAddr(fmt.Sprintf("nsq.nsqd_http[%d]", i), a)
 		}
+	}
+	for i, a := range c.NSQ.LookupdHTTP {
+		checkAddr(fmt.Sprintf("nsq.nsqlookupd_http[%d]", i), a)
+	}
+	if len(c.NSQ.LookupdHTTP) > 0 && len(c.NSQ.NSQDTCP) == 0 {
+		bad("nsq.nsqlookupd_http", "needs nsqd_tcp: the embedded nsqd does not register with nsqlookupd")
 	}
 	if !topicRe.MatchString(c.NSQ.TopicPrefix) {
 		bad("nsq.topic_prefix", "%q must be 1-32 of [.a-zA-Z0-9_-]", c.NSQ.TopicPrefix)
@@ -257,19 +342,65 @@ func (c *Config) Validate() error {
 			seen[r] = true
 		}
 	}
+	httpGroups := map[string]bool{}
+	for i, g := range c.HTTPGroups {
+		key := fmt.Sprintf("http_group[%d]", i)
+		if !nameRe.MatchString(g.Name) {
+			bad(key+".name", "%q must be 1-32 of [a-zA-Z0-9_-]", g.Name)
+		}
+		if httpGroups[g.Name] {
+			bad(key+".name", "%q is used twice", g.Name)
+		}
+		httpGroups[g.Name] = true
+		if len(g.Instances) == 0 {
+			bad(key+".instances", "missing address")
+		}
+		seen := map[string]bool{}
+		for j, a := range g.Instances {
+			checkAddr(fmt.Sprintf("%s.instances[%d]", key, j), a)
+			if seen[a] {
+				bad(fmt.Sprintf("%s.instances[%d]", key, j), "%q is listed twice", a)
+			}
+			seen[a] = true
+		}
+	}
 	for i, r := range c.Rules {
 		key := fmt.Sprintf("rule[%d]", i)
 		if !tableRe.MatchString(r.Table) {
 			bad(key+".table", "%q is not db.table", r.Table)
 		}
-		if len(r.Keys) == 0 {
-			bad(key+".keys", "missing; a rule needs at least one key template")
+		if len(r.Keys)+len(r.URLs)+len(r.Tags) == 0 {
+			bad(key, "no target; a rule needs at least one of keys, urls, tags")
+		}
+		if len(r.Keys) > 0 && len(c.RedisGroups) == 0 {
+			bad(key+".keys", "needs at least one [[redis_group]] to purge them in")
+		}
+		if len(r.URLs) > 0 && len(c.HTTPGroups) == 0 {
+			bad(key+".urls", "needs at least one [[http_group]] to purge them in")
+		}
+		if len(r.Tags) > 0 && len(c.HTTPGroups) == 0 {
+			bad(key+".tags", "needs at least one [[http_group]] to purge them in")
 		}
 		if r.RouteBy == "" {
-			bad(key+".route_by", "missing; name the column whose value picks the Redis group")
+			bad(key+".route_by", "missing; name the column whose value picks the group")
 		}
-		if len(c.RedisGroups) == 0 {
-			bad(key, "rules need at least one [[redis_group]]")
+		for j, a := range r.Actions {
+			if !slices.Contains(RuleActions, a) {
+				bad(fmt.Sprintf("%s.actions[%d]", key, j), "unknown action %q (%s)", a, strings.Join(RuleActions, ", "))
+			}
+		}
+		if len(r.Changed) > 0 && len(r.IgnoreChanges) > 0 {
+			bad(key, "changed and ignore_changes are mutually exclusive")
+		}
+		for _, cond := range []struct {
+			name string
+			cols []string
+		}{{"changed", r.Changed}, {"ignore_changes", r.IgnoreChanges}} {
+			for j, col := range cond.cols {
+				if !columnRe.MatchString(col) {
+					bad(fmt.Sprintf("%s.%s[%d]", key, cond.name, j), "%q is not a column name", col)
+				}
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -295,7 +426,8 @@ func Load(path string) (*Config, error) {
 
 // Parse is Load without the file.
 func Parse(data []byte) (*Config, error) {
-	var cfg Config
+	// Defaults that zero must not override are set before decoding.
+	cfg := Config{Canal: Canal{CoalesceWindow: DefaultCoalesceWindow}}
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
 	if err != nil {
 		var perr toml.ParseError

@@ -22,11 +22,7 @@ func TestShippedConfigsLoad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var groups []string
-			for _, g := range cfg.RedisGroups {
-				groups = append(groups, g.Name)
-			}
-			if _, err := invalidate.NewRules(cfg.Rules, groups); err != nil {
+			if _, err := invalidate.RulesFromConfig(cfg); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -72,6 +68,44 @@ func TestParseValidAndDefaults(t *testing.T) {
 	}
 }
 
+func TestParseRuleTargetsAndConditions(t *testing.T) {
+	cfg, err := configs.Parse([]byte(strings.Replace(valid, `keys = ["item:{id}"]`, `keys = ["item:{id}"]
+urls = ["/item/{id}.html"]
+tags = ["item-{id}"]
+actions = ["update", "delete"]
+ignore_changes = ["view_count", "updated_at"]`, 1) + `
+[[http_group]]
+name = "varnish-a"
+instances = ["127.0.0.1:16081", "127.0.0.1:16083"]
+
+[[rule]]
+table = "shop.stock"
+tags = ["stock-{item_id}"]
+route_by = "item_id"
+changed = ["qty"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Rules[0]
+	if r.URLs[0] != "/item/{id}.html" || r.Tags[0] != "item-{id}" || len(r.Actions) != 2 || r.IgnoreChanges[1] != "updated_at" {
+		t.Errorf("rule[0] = %+v", r)
+	}
+	if cfg.Rules[1].Changed[0] != "qty" || len(cfg.Rules[1].Keys) != 0 {
+		t.Errorf("rule[1] = %+v", cfg.Rules[1])
+	}
+	if len(cfg.HTTPGroups) != 1 || cfg.HTTPGroups[0].Name != "varnish-a" || cfg.HTTPGroups[0].Instances[1] != "127.0.0.1:16083" {
+		t.Errorf("http groups = %+v", cfg.HTTPGroups)
+	}
+	rules, err := invalidate.RulesFromConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := rules.HTTPGroups(); len(g) != 1 || g[0].Replicas[0] != "127.0.0.1:16081" {
+		t.Errorf("rules' http groups = %+v", g)
+	}
+}
+
 func TestParseErrorsNameTheKey(t *testing.T) {
 	tests := []struct {
 		name, edit, from string
@@ -89,6 +123,18 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"bad include regexp", `save_interval = "250ms"`, `include_tables = ["("]`, []string{"canal.include_tables[0]"}},
 		{"rule without route", `route_by = "id"`, ``, []string{"rule[0].route_by: missing"}},
 		{"bad group name", `name = "hot-a"`, `name = "hot a"`, []string{`redis_group[0].name: "hot a"`}},
+		{"rule without target", `keys = ["item:{id}"]`, ``, []string{"rule[0]: no target; a rule needs at least one of keys, urls, tags"}},
+		{"urls without http group", `keys = ["item:{id}"]`, `urls = ["/item/{id}.html"]`, []string{"rule[0].urls: needs at least one [[http_group]]"}},
+		{"tags without http group", `keys = ["item:{id}"]`, `tags = ["item-{id}"]`, []string{"rule[0].tags: needs at least one [[http_group]]"}},
+		{"keys without redis group", "[[redis_group]]\nname = \"hot-a\"\nreplicas = [\"127.0.0.1:16379\"]\n", "", []string{"rule[0].keys: needs at least one [[redis_group]]"}},
+		{"unknown action", `route_by = "id"`, `route_by = "id"` + "\nactions = [\"insert\", \"upsert\"]", []string{`rule[0].actions[1]: unknown action "upsert" (insert, update, delete)`}},
+		{"changed and ignore_changes", `route_by = "id"`, `route_by = "id"` + "\nchanged = [\"price\"]\nignore_changes = [\"view_count\"]", []string{"rule[0]: changed and ignore_changes are mutually exclusive"}},
+		{"bad condition column", `route_by = "id"`, `route_by = "id"` + "\nchanged = [\"unit price\"]", []string{`rule[0].changed[0]: "unit price" is not a column name`}},
+		{"unknown rule key", `route_by = "id"`, `route_by = "id"` + "\nurl = [\"/x\"]", []string{`unknown key "rule.url"`}},
+		{"bad http group", `[[rule]]`, "[[http_group]]\nname = \"varnish a\"\ninstances = [\"localhost\", \"localhost\"]\n\n[[http_group]]\nname = \"v\"\n\n[[rule]]",
+			[]string{`http_group[0].name: "varnish a"`, `http_group[0].instances[0]: "localhost" is not host:port`, `http_group[0].instances[1]: "localhost" is listed twice`, "http_group[1].instances: missing address"}},
+		{"http group name twice", `[[rule]]`, "[[http_group]]\nname = \"v\"\ninstances = [\"127.0.0.1:1\"]\n[[http_group]]\nname = \"v\"\ninstances = [\"127.0.0.1:2\"]\n[[rule]]",
+			[]string{`http_group[1].name: "v" is used twice`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,12 +10,16 @@ import (
 // PurgeVersion is the version of the Purge wire format.
 const PurgeVersion = 1
 
-// Purge is one NSQ message: keys to delete from every replica of a group,
-// with where in the binlog they came from.
+// Purge is one NSQ message: targets to purge from every replica (or
+// instance) of a group, with where in the binlog they came from. A message on
+// a Redis topic carries keys; one on an HTTP topic carries URLs and/or tags.
 type Purge struct {
 	V     int      `json:"v"`
 	Group string   `json:"group"`
-	Keys  []string `json:"keys"`
+	Keys  []string `json:"keys,omitempty"`
+	// URLs are HTTP URLs or paths to purge; Tags are surrogate keys (xkey).
+	URLs []string `json:"urls,omitempty"`
+	Tags []string `json:"tags,omitempty"`
 	// Pos and GTID name the commit (or, for a large transaction flushed in
 	// parts, the commit to come) the keys derive from.
 	Pos  string `json:"pos,omitempty"`
@@ -33,6 +37,13 @@ func (p *Purge) Marshal() ([]byte, error) { return json.Marshal(p) }
 // maxKeyLen bounds one key; Redis allows 512 MB but a key this long is a bug.
 const maxKeyLen = 64 << 10
 
+// maxURLLen and maxTagLen bound one URL and one tag: they travel in an HTTP
+// request line or header, which caches limit to 8 KB by default.
+const (
+	maxURLLen = 8 << 10
+	maxTagLen = 8 << 10
+)
+
 // DecodePurge decodes and checks a Purge message.
 func DecodePurge(body []byte) (*Purge, error) {
 	var p Purge
@@ -42,12 +53,21 @@ func DecodePurge(body []byte) (*Purge, error) {
 	if p.V != PurgeVersion {
 		return nil, fmt.Errorf("decode purge: version %d, want %d", p.V, PurgeVersion)
 	}
-	if len(p.Keys) == 0 {
-		return nil, errors.New("decode purge: no keys")
+	if len(p.Keys)+len(p.URLs)+len(p.Tags) == 0 {
+		return nil, errors.New("decode purge: no keys, urls or tags")
 	}
-	for i, k := range p.Keys {
-		if k == "" || len(k) > maxKeyLen {
-			return nil, fmt.Errorf("decode purge: keys[%d] has length %d", i, len(k))
+	for _, f := range []struct {
+		name    string
+		targets *[]string
+		max     int
+	}{{"keys", &p.Keys, maxKeyLen}, {"urls", &p.URLs, maxURLLen}, {"tags", &p.Tags, maxTagLen}} {
+		for i, t := range *f.targets {
+			if t == "" || len(t) > f.max {
+				return nil, fmt.Errorf("decode purge: %s[%d] has length %d (1 to %d)", f.name, i, len(t), f.max)
+			}
+		}
+		if len(*f.targets) == 0 {
+			*f.targets = nil // "keys":[] and no keys are the same message
 		}
 	}
 	return &p, nil
@@ -55,6 +75,9 @@ func DecodePurge(body []byte) (*Purge, error) {
 
 // RedisTopic is the NSQ topic of a Redis group's purges.
 func RedisTopic(prefix, group string) string { return prefix + ".redis." + group }
+
+// HTTPTopic is the NSQ topic of an HTTP group's URL and tag purges.
+func HTTPTopic(prefix, group string) string { return prefix + ".http." + group }
 
 // DeadLetterTopic receives messages that kept failing.
 func DeadLetterTopic(prefix string) string { return prefix + ".dead" }

@@ -2,6 +2,7 @@ package invalidate
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -12,6 +13,14 @@ func TestDecodePurge(t *testing.T) {
 	}{
 		{"valid", `{"v":1,"group":"hot-a","keys":["item:1"]}`, true},
 		{"no keys", `{"v":1,"group":"hot-a","keys":[]}`, false},
+		{"no target at all", `{"v":1,"group":"hot-a"}`, false},
+		{"urls", `{"v":1,"group":"varnish-a","urls":["/item/1.html"]}`, true},
+		{"tags", `{"v":1,"group":"varnish-a","tags":["item-1"]}`, true},
+		{"urls and tags, empty keys", `{"v":1,"group":"varnish-a","keys":[],"urls":["/a"],"tags":["t"]}`, true},
+		{"empty url", `{"v":1,"group":"varnish-a","urls":["/a",""]}`, false},
+		{"empty tag", `{"v":1,"group":"varnish-a","tags":[""]}`, false},
+		{"url too long", `{"v":1,"group":"varnish-a","urls":["/` + strings.Repeat("x", 8<<10) + `"]}`, false},
+		{"tag too long", `{"v":1,"group":"varnish-a","tags":["` + strings.Repeat("x", 8<<10+1) + `"]}`, false},
 		{"empty key", `{"v":1,"group":"hot-a","keys":[""]}`, false},
 		{"wrong version", `{"v":2,"group":"hot-a","keys":["a"]}`, false},
 		{"not json", `item:1`, false},
@@ -30,6 +39,8 @@ func TestDecodePurge(t *testing.T) {
 func FuzzDecodePurge(f *testing.F) {
 	f.Add([]byte(`{"v":1,"group":"hot-a","keys":["item:1","item:page:1"],"pos":"mysql-bin.000001:4","seen_unix_nano":1}`))
 	f.Add([]byte(`{"v":1,"keys":["\u0000"]}`))
+	f.Add([]byte(`{"v":1,"group":"varnish-a","urls":["/item/1.html"],"tags":["item-1"],"pos":"mysql-bin.000001:4"}`))
+	f.Add([]byte(`{"v":1,"keys":[],"tags":["t"]}`))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		p, err := DecodePurge(body)
@@ -49,6 +60,23 @@ func FuzzDecodePurge(f *testing.F) {
 			t.Fatalf("round trip changed %+v into %+v", p, q)
 		}
 	})
+}
+
+func TestPurgeWireFormat(t *testing.T) {
+	b, err := (&Purge{V: 1, Group: "varnish-a", URLs: []string{"/item/1.html"}, Tags: []string{"item-1"}}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"v":1,"group":"varnish-a","urls":["/item/1.html"],"tags":["item-1"]}`; string(b) != want {
+		t.Errorf("HTTP purge = %s, want %s", b, want)
+	}
+	b, _ = (&Purge{V: 1, Group: "hot-a", Keys: []string{"item:1"}}).Marshal()
+	if want := `{"v":1,"group":"hot-a","keys":["item:1"]}`; string(b) != want {
+		t.Errorf("Redis purge = %s, want %s", b, want)
+	}
+	if got := HTTPTopic("flashsync", "varnish-a"); got != "flashsync.http.varnish-a" {
+		t.Errorf("HTTPTopic = %q", got)
+	}
 }
 
 func TestReplicaChannel(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,9 +25,13 @@ type PublisherOptions struct {
 	// Groups are the Redis groups in routing order, with the replica
 	// addresses whose channels must exist before anything is published.
 	Groups []GroupReplicas
+	// HTTPGroups are the HTTP cache groups in routing order, with their
+	// instance addresses (in Replicas), published to <prefix>.http.<group>.
+	HTTPGroups []GroupReplicas
 	// Timeout bounds one publish attempt.
 	Timeout time.Duration
-	// MaxKeysPerMessage splits a group's keys into messages.
+	// MaxKeysPerMessage splits a group's keys (or URLs and tags) into
+	// messages.
 	MaxKeysPerMessage int
 	// RetryMin and RetryMax bound the backoff between failed attempts.
 	RetryMin, RetryMax time.Duration
@@ -34,7 +39,8 @@ type PublisherOptions struct {
 	Registerer         prometheus.Registerer
 }
 
-// GroupReplicas names a group and its replicas.
+// GroupReplicas names a group and its replicas: a Redis group's replicas or
+// an HTTP group's instances.
 type GroupReplicas struct {
 	Name     string
 	Replicas []string
@@ -53,12 +59,13 @@ type Meta struct {
 type Publisher struct {
 	opts      PublisherOptions
 	producers []*nsq.Producer
-	topics    []string
-	next      int // index of the producer to try first
+	topics    []string // Redis groups' topics, then HTTP groups'
+	next      int      // index of the producer to try first
 
-	published *prometheus.CounterVec
-	keys      *prometheus.CounterVec
-	latency   prometheus.Histogram
+	published   *prometheus.CounterVec
+	keys        *prometheus.CounterVec
+	httpTargets *prometheus.CounterVec
+	latency     prometheus.Histogram
 
 	closeOnce sync.Once
 }
@@ -72,7 +79,7 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	if len(opts.NSQDHTTP) != len(opts.NSQDTCP) {
 		return nil, errors.New("publisher: need one nsqd HTTP address per TCP address")
 	}
-	if len(opts.Groups) == 0 {
+	if len(opts.Groups)+len(opts.HTTPGroups) == 0 {
 		return nil, errors.New("publisher: no groups")
 	}
 	if opts.TopicPrefix == "" {
@@ -100,6 +107,9 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	for _, g := range opts.Groups {
 		p.topics = append(p.topics, RedisTopic(opts.TopicPrefix, g.Name))
 	}
+	for _, g := range opts.HTTPGroups {
+		p.topics = append(p.topics, HTTPTopic(opts.TopicPrefix, g.Name))
+	}
 	for _, addr := range opts.NSQDTCP {
 		cfg := nsq.NewConfig()
 		cfg.DialTimeout = opts.Timeout
@@ -120,12 +130,16 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 		Name: "flashsync_invalidate_keys_published_total",
 		Help: "Cache keys published for purging, by group.",
 	}, []string{"group"})
+	p.httpTargets = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_invalidate_http_targets_published_total",
+		Help: "HTTP cache URLs and tags published for purging, by group and kind (url, tag).",
+	}, []string{"group", "kind"})
 	p.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "flashsync_invalidate_publish_seconds",
 		Help:    "Time to publish one batch until nsqd acknowledged it, retries included.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	})
-	for _, c := range []prometheus.Collector{p.published, p.keys, p.latency} {
+	for _, c := range []prometheus.Collector{p.published, p.keys, p.httpTargets, p.latency} {
 		if err := opts.Registerer.Register(c); err != nil {
 			p.Close()
 			return nil, fmt.Errorf("register metrics: %w", err)
@@ -134,8 +148,8 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	return p, nil
 }
 
-// EnsureChannels creates every group's topic with one channel per replica on
-// every nsqd, and the dead-letter topic. NSQ copies a message only to the
+// EnsureChannels creates every group's topic with one channel per replica
+// (or HTTP instance) on every nsqd, and the dead-letter topic. NSQ copies a message only to the
 // channels that exist when it is published, so a replica whose purger has
 // never connected must already have its channel buffering for it.
 func (p *Publisher) EnsureChannels(ctx context.Context) error {
@@ -159,7 +173,7 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 		if err := post(addr, "/topic/create", url.Values{"topic": {DeadLetterTopic(p.opts.TopicPrefix)}}); err != nil {
 			return fmt.Errorf("nsqd %s: %w", addr, err)
 		}
-		for i, g := range p.opts.Groups {
+		for i, g := range slices.Concat(p.opts.Groups, p.opts.HTTPGroups) {
 			// Channels can only be created in an existing topic.
 			if err := post(addr, "/topic/create", url.Values{"topic": {p.topics[i]}}); err != nil {
 				return fmt.Errorf("nsqd %s: %w", addr, err)
@@ -175,27 +189,56 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 	return nil
 }
 
-// Publish sends every group's keys of b and returns when nsqd acknowledged
-// all of them. It retries failed groups with backoff, moving to the next
-// nsqd, until ctx ends; only then does it return an error.
+// Publish sends every group's targets of b — keys to the Redis groups'
+// topics, URLs and tags to the HTTP groups' topics — and returns when nsqd
+// acknowledged all of them. It retries failed groups with backoff, moving to
+// the next nsqd, until ctx ends; only then does it return an error.
 func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	if b.Len() == 0 {
 		return nil
 	}
+	if b.NumGroups() > len(p.opts.Groups) || b.NumHTTPGroups() > len(p.opts.HTTPGroups) {
+		return fmt.Errorf("publish: batch has %d redis and %d http groups, the publisher %d and %d",
+			b.NumGroups(), b.NumHTTPGroups(), len(p.opts.Groups), len(p.opts.HTTPGroups))
+	}
 	start := time.Now()
-	bodies := make([][][]byte, b.NumGroups())
-	for g := range bodies {
+	nRedis := len(p.opts.Groups)
+	bodies := make([][][]byte, len(p.topics))
+	encode := func(i int, msg Purge) error {
+		msg.V, msg.Pos, msg.GTID, msg.CommitUnix, msg.SeenUnixNano = PurgeVersion, meta.Pos, meta.GTID, meta.CommitUnix, meta.Seen.UnixNano()
+		body, err := msg.Marshal()
+		if err != nil {
+			return fmt.Errorf("encode purge: %w", err)
+		}
+		bodies[i] = append(bodies[i], body)
+		return nil
+	}
+	for g := 0; g < b.NumGroups(); g++ {
 		keys := b.Keys(g)
 		for len(keys) > 0 {
 			n := min(len(keys), p.opts.MaxKeysPerMessage)
-			msg := Purge{V: PurgeVersion, Group: p.opts.Groups[g].Name, Keys: keys[:n],
-				Pos: meta.Pos, GTID: meta.GTID, CommitUnix: meta.CommitUnix, SeenUnixNano: meta.Seen.UnixNano()}
-			body, err := msg.Marshal()
-			if err != nil {
-				return fmt.Errorf("encode purge: %w", err)
+			if err := encode(g, Purge{Group: p.opts.Groups[g].Name, Keys: keys[:n]}); err != nil {
+				return err
 			}
-			bodies[g] = append(bodies[g], body)
 			keys = keys[n:]
+		}
+	}
+	for g := 0; g < b.NumHTTPGroups(); g++ {
+		urls, tags := b.URLs(g), b.Tags(g)
+		for len(urls)+len(tags) > 0 {
+			nu := min(len(urls), p.opts.MaxKeysPerMessage)
+			nt := min(len(tags), p.opts.MaxKeysPerMessage-nu)
+			msg := Purge{Group: p.opts.HTTPGroups[g].Name}
+			if nu > 0 {
+				msg.URLs = urls[:nu]
+			}
+			if nt > 0 {
+				msg.Tags = tags[:nt]
+			}
+			if err := encode(nRedis+g, msg); err != nil {
+				return err
+			}
+			urls, tags = urls[nu:], tags[nt:]
 		}
 	}
 	backoff := p.opts.RetryMin
@@ -203,9 +246,18 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 		err := p.publishOnce(bodies)
 		if err == nil {
 			p.published.WithLabelValues("ok").Inc()
-			for g := range bodies {
+			for g := 0; g < b.NumGroups(); g++ {
 				if n := len(b.Keys(g)); n > 0 {
 					p.keys.WithLabelValues(p.opts.Groups[g].Name).Add(float64(n))
+				}
+			}
+			for g := 0; g < b.NumHTTPGroups(); g++ {
+				name := p.opts.HTTPGroups[g].Name
+				if n := len(b.URLs(g)); n > 0 {
+					p.httpTargets.WithLabelValues(name, "url").Add(float64(n))
+				}
+				if n := len(b.Tags(g)); n > 0 {
+					p.httpTargets.WithLabelValues(name, "tag").Add(float64(n))
 				}
 			}
 			p.latency.Observe(time.Since(start).Seconds())
@@ -223,8 +275,8 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	}
 }
 
-// publishOnce sends every non-empty group on one nsqd, all groups in flight
-// at once, and clears each group that nsqd acknowledged so a retry sends only
+// publishOnce sends every non-empty group of both tiers on one nsqd (one
+// MultiPublishAsync per topic), all groups in flight at once, and clears each group that nsqd acknowledged so a retry sends only
 // what failed.
 func (p *Publisher) publishOnce(bodies [][][]byte) error {
 	prod := p.producers[p.next]

@@ -8,8 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,9 +26,19 @@ import (
 
 // RedisPurgerOptions configure a RedisPurger.
 type RedisPurgerOptions struct {
-	Groups      []configs.RedisGroup
-	NSQDTCP     []string
-	TopicPrefix string
+	Groups []configs.RedisGroup
+	// NSQDTCP lists the nsqd to consume from when LookupdHTTP is empty, and
+	// those dead letters go to (the first that takes them).
+	NSQDTCP []string
+	// LookupdHTTP lists nsqlookupd HTTP addresses. Set, each replica's
+	// consumer connects to every nsqd that nsqlookupd reports for its topic,
+	// polling every LookupdPollInterval, so an nsqd added later is consumed
+	// without a restart. Without NSQDTCP, dead letters go to the nsqd that
+	// nsqlookupd lists.
+	LookupdHTTP []string
+	// LookupdPollInterval is how often nsqlookupd is asked (default 5 s).
+	LookupdPollInterval time.Duration
+	TopicPrefix         string
 	// MaxAttempts dead-letters a message that failed this many times for a
 	// reason other than its replica being unreachable.
 	MaxAttempts  uint16
@@ -40,8 +54,13 @@ type RedisPurgerOptions struct {
 type RedisPurger struct {
 	opts     RedisPurgerOptions
 	replicas []*replicaPurger
-	dead     *nsq.Producer
 	metrics  purgerMetrics
+
+	// Dead-letter producers by nsqd address, created on first use, and the
+	// address that took the last dead letter (tried first next time).
+	deadMu        sync.Mutex
+	deadProducers map[string]*nsq.Producer
+	deadLast      string
 
 	mu      sync.Mutex
 	stopped bool
@@ -92,8 +111,11 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if len(opts.Groups) == 0 {
 		return nil, errors.New("redis purger: no redis groups")
 	}
-	if len(opts.NSQDTCP) == 0 {
-		return nil, errors.New("redis purger: no nsqd address")
+	if len(opts.NSQDTCP) == 0 && len(opts.LookupdHTTP) == 0 {
+		return nil, errors.New("redis purger: no nsqd or nsqlookupd address")
+	}
+	if opts.LookupdPollInterval <= 0 {
+		opts.LookupdPollInterval = 5 * time.Second
 	}
 	if opts.TopicPrefix == "" {
 		opts.TopicPrefix = "flashsync"
@@ -120,7 +142,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &RedisPurger{opts: opts, metrics: m}
+	p := &RedisPurger{opts: opts, metrics: m, deadProducers: map[string]*nsq.Producer{}}
 	for _, g := range opts.Groups {
 		for _, addr := range g.Replicas {
 			p.replicas = append(p.replicas, &replicaPurger{
@@ -149,14 +171,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 // Run consumes until ctx ends, then stops every consumer, waiting for the
 // messages in hand.
 func (p *RedisPurger) Run(ctx context.Context) error {
-	cfg := nsq.NewConfig()
-	dead, err := nsq.NewProducer(p.opts.NSQDTCP[0], cfg)
-	if err != nil {
-		return fmt.Errorf("nsq producer %s: %w", p.opts.NSQDTCP[0], err)
-	}
-	dead.SetLogger(nsqLogger{p.opts.Logger}, nsq.LogLevelWarning)
-	p.dead = dead
-	defer dead.Stop()
+	defer p.stopDeadProducers()
 
 	var consumers []*nsq.Consumer
 	stopAll := func() {
@@ -182,6 +197,7 @@ func (p *RedisPurger) Run(ctx context.Context) error {
 		// a purge is latency-bound and already a batch, so send each at once.
 		cfg.OutputBufferSize = -1
 		cfg.OutputBufferTimeout = -1
+		cfg.LookupdPollInterval = p.opts.LookupdPollInterval
 		c, err := nsq.NewConsumer(r.topic, r.channel, cfg)
 		if err != nil {
 			stopAll()
@@ -189,9 +205,17 @@ func (p *RedisPurger) Run(ctx context.Context) error {
 		}
 		// go-nsq warns on every clean stop; its errors (lost nsqd
 		// connections) matter, and the handler logs its own failures.
-		c.SetLogger(nsqLogger{r.log}, nsq.LogLevelError)
+		c.SetLogger(&consumerLogger{l: r.log, poll: p.opts.LookupdPollInterval}, nsq.LogLevelError)
 		c.AddHandler(r)
-		if err := c.ConnectToNSQDs(p.opts.NSQDTCP); err != nil {
+		// A message is only in the channels of the nsqd it was published
+		// to, so every consumer reads from every nsqd: all that nsqlookupd
+		// knows for the topic, or else every configured one.
+		if len(p.opts.LookupdHTTP) > 0 {
+			err = c.ConnectToNSQLookupds(p.opts.LookupdHTTP)
+		} else {
+			err = c.ConnectToNSQDs(p.opts.NSQDTCP)
+		}
+		if err != nil {
 			c.Stop()
 			stopAll()
 			return fmt.Errorf("nsq consumer %s/%s: %w", r.topic, r.channel, err)
@@ -199,7 +223,7 @@ func (p *RedisPurger) Run(ctx context.Context) error {
 		consumers = append(consumers, c)
 		p.metrics.up.WithLabelValues(r.group, r.addr).Set(1)
 	}
-	p.opts.Logger.Info("redis purger running", "replicas", len(p.replicas))
+	p.opts.Logger.Info("redis purger running", "replicas", len(p.replicas), "nsqd", p.opts.NSQDTCP, "nsqlookupd", p.opts.LookupdHTTP)
 	<-ctx.Done()
 	stopAll()
 	return p.Close()
@@ -374,10 +398,119 @@ func (r *replicaPurger) deadLetter(m *nsq.Message, cause error) error {
 		return err
 	}
 	topic := DeadLetterTopic(r.p.opts.TopicPrefix)
-	if err := r.p.dead.Publish(topic, body); err != nil {
+	if err := r.p.publishDead(topic, body); err != nil {
 		return fmt.Errorf("publish %s: %w", topic, err)
 	}
 	return nil
+}
+
+// publishDead publishes body to the first nsqd that takes it, trying each in
+// turn, starting with the one that took the last dead letter.
+func (p *RedisPurger) publishDead(topic string, body []byte) error {
+	addrs, err := p.deadLetterAddrs()
+	if err != nil {
+		return err
+	}
+	p.deadMu.Lock()
+	last := p.deadLast
+	p.deadMu.Unlock()
+	if i := slices.Index(addrs, last); i > 0 {
+		addrs = append(append([]string{last}, addrs[:i]...), addrs[i+1:]...)
+	}
+	var errs []error
+	for _, addr := range addrs {
+		prod, err := p.deadProducer(addr)
+		if err == nil {
+			err = prod.Publish(topic, body)
+		}
+		if err == nil {
+			p.deadMu.Lock()
+			p.deadLast = addr
+			p.deadMu.Unlock()
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("nsqd %s: %w", addr, err))
+	}
+	return errors.Join(errs...)
+}
+
+// deadLetterAddrs lists the nsqd TCP addresses dead letters may go to: the
+// configured ones, or else those the first answering nsqlookupd knows.
+func (p *RedisPurger) deadLetterAddrs() ([]string, error) {
+	if len(p.opts.NSQDTCP) > 0 {
+		return p.opts.NSQDTCP, nil
+	}
+	var errs []error
+	for _, l := range p.opts.LookupdHTTP {
+		addrs, err := lookupdNodes(l, p.opts.Timeout)
+		if err == nil && len(addrs) == 0 {
+			err = errors.New("no nsqd registered")
+		}
+		if err == nil {
+			return addrs, nil
+		}
+		errs = append(errs, fmt.Errorf("nsqlookupd %s: %w", l, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// lookupdNodes asks nsqlookupd for the TCP addresses of every nsqd
+// registered with it.
+func lookupdNodes(addr string, timeout time.Duration) ([]string, error) {
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	c := http.Client{Timeout: timeout}
+	resp, err := c.Get(strings.TrimSuffix(addr, "/") + "/nodes")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/nodes: %s", resp.Status)
+	}
+	var nodes struct {
+		Producers []struct {
+			BroadcastAddress string `json:"broadcast_address"`
+			TCPPort          int    `json:"tcp_port"`
+		} `json:"producers"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&nodes); err != nil {
+		return nil, fmt.Errorf("/nodes: %w", err)
+	}
+	var addrs []string
+	for _, n := range nodes.Producers {
+		addrs = append(addrs, net.JoinHostPort(n.BroadcastAddress, strconv.Itoa(n.TCPPort)))
+	}
+	return addrs, nil
+}
+
+// deadProducer returns the dead-letter producer of the nsqd at addr.
+func (p *RedisPurger) deadProducer(addr string) (*nsq.Producer, error) {
+	p.deadMu.Lock()
+	defer p.deadMu.Unlock()
+	if prod := p.deadProducers[addr]; prod != nil {
+		return prod, nil
+	}
+	cfg := nsq.NewConfig()
+	cfg.DialTimeout = p.opts.Timeout
+	cfg.WriteTimeout = p.opts.Timeout
+	prod, err := nsq.NewProducer(addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	prod.SetLogger(nsqLogger{p.opts.Logger.With("nsqd", addr)}, nsq.LogLevelWarning)
+	p.deadProducers[addr] = prod
+	return prod, nil
+}
+
+func (p *RedisPurger) stopDeadProducers() {
+	p.deadMu.Lock()
+	defer p.deadMu.Unlock()
+	for addr, prod := range p.deadProducers {
+		prod.Stop()
+		delete(p.deadProducers, addr)
+	}
 }
 
 // unreachable tells a replica that cannot be talked to (whose purges must
@@ -404,6 +537,27 @@ func unreachable(err error) bool {
 		}
 	}
 	return false
+}
+
+// consumerLogger is nsqLogger for a replica's consumer. nsqlookupd answers
+// TOPIC_NOT_FOUND until a canal has created the topic on some nsqd, which is
+// normal on a first start: that is said once, at info level, not at every
+// poll.
+type consumerLogger struct {
+	l        *slog.Logger
+	poll     time.Duration
+	notFound atomic.Bool
+}
+
+func (c *consumerLogger) Output(_ int, s string) error {
+	if strings.Contains(s, "TOPIC_NOT_FOUND") {
+		if !c.notFound.Swap(true) {
+			c.l.Info("nsqlookupd knows no nsqd with this topic yet (the canal creates it at start); asking again", "every", c.poll)
+		}
+		return nil
+	}
+	c.l.Warn(s)
+	return nil
 }
 
 func truncate(b []byte, n int) string {

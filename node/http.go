@@ -3,10 +3,14 @@ package node
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/flashsync/flashsync/invalidate"
 )
 
 // apiError is an error with the HTTP status it answers with.
@@ -51,7 +55,32 @@ func (n *Node) mux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{Registry: n.registry}))
 	mux.Handle("GET /healthz", handle(n.log, n.healthz))
+	mux.Handle("POST /rules/explain", handle(n.log, n.explainRules))
 	return mux
+}
+
+// maxExplainBody bounds a POST /rules/explain body.
+const maxExplainBody = 1 << 20
+
+// explainRules answers POST /rules/explain: the body is a row change,
+// {"table": "db.table", "before": {...}, "after": {...}} with an optional
+// "action"; the answer is the invalidate.Explanation as JSON. Nothing is
+// published. Bad input is a 400 naming the problem.
+func (n *Node) explainRules(w http.ResponseWriter, r *http.Request) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxExplainBody))
+	if err != nil {
+		return &apiError{Status: http.StatusBadRequest, Err: fmt.Errorf("read body: %w", err)}
+	}
+	q, err := invalidate.ParseExplainRequest(body)
+	if err != nil {
+		return &apiError{Status: http.StatusBadRequest, Err: err}
+	}
+	e, err := n.rules.ExplainRequest(q)
+	if err != nil {
+		return &apiError{Status: http.StatusBadRequest, Err: err}
+	}
+	e.SetTopics(n.cfg.NSQ.TopicPrefix)
+	return writeJSON(w, http.StatusOK, e)
 }
 
 type health struct {

@@ -37,11 +37,18 @@ type Options struct {
 	// Roles to run; empty means every role the config has settings for.
 	Roles  []string
 	Logger *slog.Logger
+	// ResetToCurrent starts the canal at the server's current position,
+	// ignoring the saved one (recovery from error 1236); it requires
+	// FlushAll, which empties every configured Redis group first, because
+	// changes between the saved and the current position are never read.
+	ResetToCurrent bool
+	FlushAll       bool
 }
 
 // Node is one flashsync process.
 type Node struct {
 	cfg      *configs.Config
+	opts     Options
 	log      *slog.Logger
 	registry *prometheus.Registry
 	roles    []string
@@ -49,8 +56,10 @@ type Node struct {
 	nsqd      *nsqembed.Server
 	nsqdTCP   []string
 	nsqdHTTP  []string
+	rules     *invalidate.Rules // every role has them, for /rules/explain
 	publisher *invalidate.Publisher
 	canal     *canal.Canal
+	lease     *canal.Lease
 	purger    *invalidate.RedisPurger
 	listener  net.Listener
 
@@ -67,7 +76,10 @@ func New(opts Options) (*Node, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	n := &Node{cfg: cfg, log: opts.Logger, registry: prometheus.NewRegistry()}
+	if opts.ResetToCurrent && !opts.FlushAll {
+		return nil, errors.New("--reset-to-current skips every change between the saved and the current position, so caches may keep stale values: add --flush-all")
+	}
+	n := &Node{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry()}
 	n.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	n.roles = opts.Roles
@@ -98,10 +110,11 @@ func (n *Node) has(role string) bool { return slices.Contains(n.roles, role) }
 
 func (n *Node) build() error {
 	cfg := n.cfg
-	rules, err := invalidate.NewRules(cfg.Rules, groupNames(cfg.RedisGroups))
+	rules, err := invalidate.RulesFromConfig(cfg)
 	if err != nil {
 		return err
 	}
+	n.rules = rules
 	n.nsqdTCP, n.nsqdHTTP = cfg.NSQ.NSQDTCP, cfg.NSQ.NSQDHTTP
 	if len(n.nsqdTCP) == 0 {
 		n.nsqd, err = nsqembed.New(nsqembed.Options{
@@ -117,20 +130,31 @@ func (n *Node) build() error {
 		if len(cfg.Rules) == 0 {
 			return errors.New("canal role: config has no [[rule]]")
 		}
-		var groups []invalidate.GroupReplicas
-		for _, g := range cfg.RedisGroups {
-			groups = append(groups, invalidate.GroupReplicas{Name: g.Name, Replicas: g.Replicas})
-		}
+		// Keys go to the Redis groups' topics, URLs and tags to the HTTP
+		// groups' topics, each with a channel per replica or instance.
+		redisGroups, httpGroups := invalidate.GroupsFromConfig(cfg)
 		n.publisher, err = invalidate.NewPublisher(invalidate.PublisherOptions{
 			NSQDTCP: n.nsqdTCP, NSQDHTTP: n.nsqdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
-			Groups: groups, Timeout: cfg.NSQ.PublishTimeout, Logger: n.log, Registerer: n.registry,
+			Groups: redisGroups, HTTPGroups: httpGroups, Timeout: cfg.NSQ.PublishTimeout, Logger: n.log, Registerer: n.registry,
 		})
 		if err != nil {
 			return err
 		}
+		var lease *canal.Lease
+		var checkpoint canal.Checkpoint
+		if cfg.Canal.HA {
+			lease, checkpoint, err = canal.NewLease(canal.LeaseOptions{MySQL: cfg.MySQL, Database: cfg.Canal.HADatabase, Name: cfg.Canal.HAName, TTL: cfg.Canal.LeaseTTL})
+			if err != nil {
+				return fmt.Errorf("canal ha: %w", err)
+			}
+			n.lease = lease
+		}
 		n.canal, err = canal.New(canal.Options{
+			Lease: lease, Checkpoint: checkpoint,
 			MySQL: cfg.MySQL, Canal: cfg.Canal, Rules: rules, Publisher: n.publisher,
 			Logger: n.log, Registerer: n.registry,
+			ResetToCurrent: n.opts.ResetToCurrent,
+			OnReset:        func(ctx context.Context) error { return FlushAll(ctx, cfg, n.log) },
 		})
 		if err != nil {
 			return err
@@ -141,7 +165,8 @@ func (n *Node) build() error {
 			return errors.New("purger role: config has no [[redis_group]]")
 		}
 		n.purger, err = invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
-			Groups: cfg.RedisGroups, NSQDTCP: n.nsqdTCP, TopicPrefix: cfg.NSQ.TopicPrefix,
+			Groups: cfg.RedisGroups, NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP,
+			TopicPrefix: cfg.NSQ.TopicPrefix,
 			MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight,
 			Timeout: cfg.Purger.Timeout, PipelineKeys: cfg.Purger.PipelineKeys,
 			Logger: n.log.With("role", RoleRedisPurger), Registerer: n.registry,
@@ -155,14 +180,6 @@ func (n *Node) build() error {
 		return fmt.Errorf("http.addr: %w", err)
 	}
 	return nil
-}
-
-func groupNames(gs []configs.RedisGroup) []string {
-	names := make([]string, len(gs))
-	for i, g := range gs {
-		names[i] = g.Name
-	}
-	return names
 }
 
 // HTTPAddr is the bound address of /metrics and /healthz.
@@ -280,6 +297,9 @@ func (n *Node) Close() error {
 		}
 		if n.canal != nil {
 			n.canal.Close()
+		}
+		if n.lease != nil {
+			n.lease.Close()
 		}
 		if n.publisher != nil {
 			n.publisher.Close()

@@ -18,7 +18,7 @@ import (
 // limit rows of each ruled table, so a demo can watch them being purged. The
 // values are placeholders: flashsync never writes cache values itself.
 func SeedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Logger) error {
-	rules, err := invalidate.NewRules(cfg.Rules, groupNames(cfg.RedisGroups))
+	rules, err := invalidate.RulesFromConfig(cfg)
 	if err != nil {
 		return err
 	}
@@ -28,7 +28,7 @@ func SeedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Lo
 	}
 	defer conn.Close()
 
-	batch := invalidate.NewBatch(len(cfg.RedisGroups))
+	batch := rules.NewBatch()
 	for _, table := range rules.Tables() {
 		db, name, _ := strings.Cut(table, ".")
 		res, err := conn.Execute(fmt.Sprintf("SELECT * FROM `%s`.`%s` LIMIT %d", db, name, limit))
@@ -48,7 +48,7 @@ func SeedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Lo
 			for i, v := range row {
 				image[i] = v.Value()
 			}
-			bound.Apply(image, batch)
+			bound.ApplyRow(invalidate.Insert, nil, image, batch)
 		}
 		res.Close()
 	}
@@ -67,6 +67,23 @@ func SeedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Lo
 			}
 		}
 		log.Info("seeded cache keys", "group", group.Name, "replicas", group.Replicas, "keys", len(keys))
+	}
+	return nil
+}
+
+// FlushAll empties every configured Redis group (FLUSHDB on every replica's
+// database): the recovery when changes were lost from the binlog.
+func FlushAll(ctx context.Context, cfg *configs.Config, log *slog.Logger) error {
+	for _, g := range cfg.RedisGroups {
+		for _, addr := range g.Replicas {
+			rc := redis.NewClient(&redis.Options{Addr: addr, Password: g.Password, DB: g.DB})
+			err := rc.FlushDB(ctx).Err()
+			rc.Close()
+			if err != nil {
+				return fmt.Errorf("flush redis %s (group %s): %w", addr, g.Name, err)
+			}
+			log.Warn("flushed redis replica", "group", g.Name, "replica", addr, "db", g.DB)
+		}
 	}
 	return nil
 }

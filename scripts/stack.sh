@@ -13,9 +13,14 @@
 #                                  ROW binlog with FULL row image, server_id 1
 #   redis-16379 redis-16380        Redis group hot-a
 #   redis-16381 redis-16382        Redis group hot-b
+#   nsqlookupd                     nsqlookupd, TCP 127.0.0.1:14160, HTTP 127.0.0.1:14161
 #   nsqd                           nsqd, TCP 127.0.0.1:14150, HTTP 127.0.0.1:14151
+#   nsqd-2                         nsqd, TCP 127.0.0.1:14152, HTTP 127.0.0.1:14153
+#                                  (both nsqd register with nsqlookupd, which starts first)
 #
-# Everything (data, logs, pid files, the nsqd binary) lives under $REPO/.stack/.
+# Everything (data, logs, pid files, the nsqd and nsqlookupd binaries) lives
+# under $REPO/.stack/. A running service whose command line in this script has
+# changed since `up` started it is restarted by the next `up`.
 # Each server runs under scripts/stack-supervise.sh, which wait()s on it, because
 # PID 1 on our machines does not reap orphans. Liveness is decided by probing the
 # service (ping), never by `kill -0` alone.
@@ -33,11 +38,14 @@ SUPERVISE=$SCRIPT_DIR/stack-supervise.sh
 export PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
 MARIADB_PORT=13306
-NSQD_TCP_PORT=14150
-NSQD_HTTP_PORT=14151
+NSQLOOKUPD_TCP_PORT=14160
+NSQLOOKUPD_HTTP_PORT=14161
+declare -A NSQD_TCP_PORT=([nsqd]=14150 [nsqd-2]=14152)
+declare -A NSQD_HTTP_PORT=([nsqd]=14151 [nsqd-2]=14153)
 declare -A REDIS_GROUP=([16379]=hot-a [16380]=hot-a [16381]=hot-b [16382]=hot-b)
 
-SERVICES=(mariadb redis-16379 redis-16380 redis-16381 redis-16382 nsqd)
+# Start order: nsqlookupd before the nsqd that register with it.
+SERVICES=(mariadb redis-16379 redis-16380 redis-16381 redis-16382 nsqlookupd nsqd nsqd-2)
 
 # "command apt-package" pairs; missing commands are installed with apt.
 REQUIRES=(
@@ -145,18 +153,36 @@ spawn() {
   CMD=()
   "$(kind_of "$name")_cmd" "$name"
   mkdir -p "$STACK/logs"
+  printf '%s\n' "${CMD[@]}" >"$pf.cmd"
   # 9>&-: never let servers inherit the stack lock.
   # shellcheck disable=SC2094 # the supervisor only appends to the log
   setsid -f "$SUPERVISE" "$pf" "$lf" -- "${CMD[@]}" </dev/null >>"$lf" 2>&1 9>&-
 }
 
+# svc_cmd_changed NAME: the running server was started (by spawn, which
+# records it) with another command line than the one this script builds now.
+# A server without a record counts as unchanged.
+svc_cmd_changed() {
+  local rec
+  rec="$(pidfile "$1").cmd"
+  [[ -f $rec && -n $(svc_pid "$1") ]] || return 1
+  CMD=()
+  "$(kind_of "$1")_cmd" "$1"
+  [[ $(<"$rec") != "$(printf '%s\n' "${CMD[@]}")" ]]
+}
+
 # start_service NAME: make sure the service is running; does not wait for it.
-# Prints nothing and returns 0 when the service already answers.
+# Prints nothing and returns 0 when the service already answers with the
+# current command line.
 STARTED=()
 start_service() {
   local name=$1 pid
   if svc_ping "$name"; then
-    return 0
+    if ! svc_cmd_changed "$name"; then
+      return 0
+    fi
+    log "$name: command line changed; restarting it"
+    stop_service "$name"
   fi
   pid=$(svc_pid "$name")
   if [[ -n $pid ]]; then
@@ -246,7 +272,7 @@ stop_wait() {
     warn "$name: pid $pid did not exit"
     return 1
   fi
-  rm -f "$pf" "$pf.sup"
+  rm -f "$pf" "$pf.sup" "$pf.cmd"
   hook "$name" cleanup
 }
 
@@ -397,43 +423,70 @@ redis_cmd() {
 }
 
 # ---------------------------------------------------------------------------
-# nsqd
+# nsqlookupd, nsqd, nsqd-2
 # ---------------------------------------------------------------------------
 
-NSQD_BIN=$STACK/bin/nsqd
-
-nsqd_addr() { echo "tcp 127.0.0.1:$NSQD_TCP_PORT, http 127.0.0.1:$NSQD_HTTP_PORT"; }
-nsqd_exe() { echo "$NSQD_BIN"; }
-nsqd_ping() {
-  [[ $(curl -s -m 2 "http://127.0.0.1:$NSQD_HTTP_PORT/ping" 2>/dev/null) == OK ]]
-}
-
-nsqd_build_stamp() {
+nsq_build_stamp() {
   (cd "$REPO/stack/nsqd" && cat go.mod go.sum ./*.go && go version) | sha256sum | cut -d' ' -f1
 }
 
-nsqd_prepare() {
-  mkdir -p "$STACK/nsqd" "$STACK/bin"
+# nsq_build APP: build $STACK/bin/APP (nsqd or nsqlookupd) from the stack/nsqd
+# module when it is missing or the module changed.
+nsq_build() {
+  local app=$1 bin=$STACK/bin/$1 stamp
+  mkdir -p "$STACK/bin"
   command -v go >/dev/null || die "go not found (expected /usr/local/go/bin/go)"
-  local stamp
-  stamp=$(nsqd_build_stamp)
-  if [[ ! -x $NSQD_BIN || $(cat "$NSQD_BIN.stamp" 2>/dev/null) != "$stamp" ]]; then
-    log "nsqd: building $NSQD_BIN"
+  stamp=$(nsq_build_stamp)
+  if [[ ! -x $bin || $(cat "$bin.stamp" 2>/dev/null) != "$stamp" ]]; then
+    log "$app: building $bin"
     (cd "$REPO/stack/nsqd" &&
-      GOWORK=off go build -o "$NSQD_BIN.tmp" github.com/nsqio/nsq/apps/nsqd) 9>&- ||
-      die "building nsqd failed"
-    mv -f "$NSQD_BIN.tmp" "$NSQD_BIN"
-    echo "$stamp" >"$NSQD_BIN.stamp"
+      GOWORK=off go build -o "$bin.tmp" "github.com/nsqio/nsq/apps/$app") 9>&- ||
+      die "building $app failed"
+    mv -f "$bin.tmp" "$bin"
+    echo "$stamp" >"$bin.stamp"
+  fi
+}
+
+nsqlookupd_addr() { echo "tcp 127.0.0.1:$NSQLOOKUPD_TCP_PORT, http 127.0.0.1:$NSQLOOKUPD_HTTP_PORT"; }
+nsqlookupd_exe() { echo "$STACK/bin/nsqlookupd"; }
+nsqlookupd_ping() {
+  [[ $(curl -s -m 2 "http://127.0.0.1:$NSQLOOKUPD_HTTP_PORT/ping" 2>/dev/null) == OK ]]
+}
+nsqlookupd_prepare() { nsq_build nsqlookupd; }
+nsqlookupd_cmd() {
+  CMD=(
+    "$(nsqlookupd_exe)"
+    --tcp-address="127.0.0.1:$NSQLOOKUPD_TCP_PORT"
+    --http-address="127.0.0.1:$NSQLOOKUPD_HTTP_PORT"
+    --broadcast-address=127.0.0.1
+  )
+}
+
+# nsqd and nsqd-2 differ in their ports and data directory ($STACK/<name>).
+nsqd_addr() { echo "tcp 127.0.0.1:${NSQD_TCP_PORT[$1]}, http 127.0.0.1:${NSQD_HTTP_PORT[$1]}"; }
+nsqd_exe() { echo "$STACK/bin/nsqd"; }
+nsqd_ping() {
+  [[ $(curl -s -m 2 "http://127.0.0.1:${NSQD_HTTP_PORT[$1]}/ping" 2>/dev/null) == OK ]]
+}
+
+nsqd_prepare() {
+  mkdir -p "$STACK/$1"
+  nsq_build nsqd
+  # An nsqd that finds no nsqlookupd retries only at its next heartbeat
+  # (15 s): let a starting nsqlookupd answer first.
+  if [[ -n $(svc_pid nsqlookupd) ]]; then
+    wait_ready nsqlookupd quiet || true
   fi
 }
 
 nsqd_cmd() {
   CMD=(
-    "$NSQD_BIN"
-    --tcp-address="127.0.0.1:$NSQD_TCP_PORT"
-    --http-address="127.0.0.1:$NSQD_HTTP_PORT"
-    --data-path="$STACK/nsqd"
+    "$(nsqd_exe)"
+    --tcp-address="127.0.0.1:${NSQD_TCP_PORT[$1]}"
+    --http-address="127.0.0.1:${NSQD_HTTP_PORT[$1]}"
+    --data-path="$STACK/$1"
     --broadcast-address=127.0.0.1
+    --lookupd-tcp-address="127.0.0.1:$NSQLOOKUPD_TCP_PORT"
   )
 }
 
@@ -454,7 +507,12 @@ cmd_up() {
   lock_stack
   # Fast path: everything answers already.
   local all=1
-  for s in "$@"; do svc_ping "$s" || { all=; break; }; done
+  for s in "$@"; do
+    if ! svc_ping "$s" || svc_cmd_changed "$s"; then
+      all=
+      break
+    fi
+  done
   if [[ -n $all ]]; then
     log "up: ${*} already running"
     return 0

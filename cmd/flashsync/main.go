@@ -26,6 +26,8 @@ commands:
   purger      apply invalidations to every Redis replica
   check       load and validate the config, then exit
   seed-cache  write the keys the rules derive from existing rows (demo)
+  rules explain  show which rules fire for a row change and what they purge
+                 (flashsync rules explain -h)
 `
 
 func main() {
@@ -38,11 +40,16 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	cmd := args[0]
+	if cmd == "rules" {
+		return runRules(args[1:], os.Stdout, stderr)
+	}
 	fs := flag.NewFlagSet("flashsync "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "configs/dev.toml", "TOML config file")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	seedLimit := fs.Int("limit", 1000, "seed-cache: rows per table")
+	resetToCurrent := fs.Bool("reset-to-current", false, "canal, all: start at the server's current binlog position (after error 1236); needs -flush-all")
+	flushAll := fs.Bool("flush-all", false, "with -reset-to-current: flush every configured cache group first")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -73,7 +80,7 @@ func run(args []string, stderr io.Writer) int {
 			roles = []string{cmd}
 		}
 		var n *node.Node
-		n, err = node.New(node.Options{Config: cfg, Roles: roles, Logger: log})
+		n, err = node.New(node.Options{Config: cfg, Roles: roles, Logger: log, ResetToCurrent: *resetToCurrent, FlushAll: *flushAll})
 		if err == nil {
 			err = n.Run(ctx)
 		}

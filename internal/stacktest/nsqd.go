@@ -25,12 +25,29 @@ type NSQD struct {
 // errors are logged if the test fails. It is stopped at cleanup.
 func StartNSQD(t testing.TB) *NSQD {
 	t.Helper()
+	return startNSQD(t, nil)
+}
+
+// StartNSQDWithLookupd is [StartNSQD] for an nsqd that registers its topics
+// and channels with the nsqlookupd at lookupdTCP (see [NSQLookupd.TCPAddr]),
+// broadcasting 127.0.0.1. Unlike an nsqd process, whose connection to
+// nsqlookupd the OS closes when it exits, a stopped in-process nsqd stays
+// listed by nsqlookupd (as a crashed host would, until its heartbeats are
+// missed for nsqlookupd's inactive-producer timeout).
+func StartNSQDWithLookupd(t testing.TB, lookupdTCP string) *NSQD {
+	t.Helper()
+	return startNSQD(t, []string{lookupdTCP})
+}
+
+func startNSQD(t testing.TB, lookupdTCP []string) *NSQD {
+	t.Helper()
 	logs := new(logBuffer)
 	opts := nsqd.NewOptions()
 	opts.TCPAddress = "127.0.0.1:0"
 	opts.HTTPAddress = "127.0.0.1:0"
 	opts.HTTPSAddress = ""
 	opts.BroadcastAddress = "127.0.0.1"
+	opts.NSQLookupdTCPAddresses = lookupdTCP
 	opts.DataPath = t.TempDir()
 	opts.Logger = logs
 	opts.LogLevel = nsqd.LOG_WARN
@@ -49,7 +66,7 @@ func StartNSQD(t testing.TB) *NSQD {
 			t.Logf("nsqd log:\n%s", out)
 		}
 	})
-	if err := poll(10*time.Second, 10*time.Millisecond, s.ping); err != nil {
+	if err := poll(10*time.Second, 10*time.Millisecond, func() error { return PingNSQ(s.HTTPAddr()) }); err != nil {
 		t.Fatalf("nsqd not ready: %v", err)
 	}
 	return s
@@ -71,9 +88,12 @@ func (s *NSQD) Stop() {
 	}
 }
 
-func (s *NSQD) ping() error {
-	c := http.Client{Timeout: time.Second}
-	resp, err := c.Get("http://" + s.HTTPAddr() + "/ping")
+// PingNSQ checks that the nsqd or nsqlookupd whose HTTP API is at addr
+// answers /ping.
+func PingNSQ(addr string) error {
+	// Without keep-alive: a stopped server's open connections still answer.
+	c := http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + addr + "/ping")
 	if err != nil {
 		return err
 	}

@@ -1,5 +1,5 @@
 // Package stacktest holds helpers for integration tests that run against real
-// servers: MariaDB, Redis and nsqd.
+// servers: MariaDB, Redis, nsqd and nsqlookupd.
 //
 // Two kinds of servers are available.
 //
@@ -8,19 +8,23 @@
 // the address functions below. Its addresses can be overridden with
 // environment variables:
 //
-//	FLASHSYNC_TEST_MYSQL      MariaDB host:port, user root, empty password (default 127.0.0.1:13306)
-//	FLASHSYNC_TEST_REDIS_A    comma-separated Redis group A (default 127.0.0.1:16379,127.0.0.1:16380)
-//	FLASHSYNC_TEST_REDIS_B    comma-separated Redis group B (default 127.0.0.1:16381,127.0.0.1:16382)
-//	FLASHSYNC_TEST_NSQD_TCP   nsqd TCP address (default 127.0.0.1:14150)
-//	FLASHSYNC_TEST_NSQD_HTTP  nsqd HTTP address (default 127.0.0.1:14151)
+//	FLASHSYNC_TEST_MYSQL            MariaDB host:port, user root, empty password (default 127.0.0.1:13306)
+//	FLASHSYNC_TEST_REDIS_A          comma-separated Redis group A (default 127.0.0.1:16379,127.0.0.1:16380)
+//	FLASHSYNC_TEST_REDIS_B          comma-separated Redis group B (default 127.0.0.1:16381,127.0.0.1:16382)
+//	FLASHSYNC_TEST_NSQD_TCP         nsqd TCP address (default 127.0.0.1:14150)
+//	FLASHSYNC_TEST_NSQD_HTTP        nsqd HTTP address (default 127.0.0.1:14151)
+//	FLASHSYNC_TEST_NSQD2_TCP        second nsqd (nsqd-2) TCP address (default 127.0.0.1:14152)
+//	FLASHSYNC_TEST_NSQD2_HTTP       second nsqd (nsqd-2) HTTP address (default 127.0.0.1:14153)
+//	FLASHSYNC_TEST_NSQLOOKUPD_HTTP  nsqlookupd HTTP address, which both nsqd register with (default 127.0.0.1:14161)
 //
 // When a shared server cannot be reached the test is skipped with a hint to
 // run `make stack-up`, unless CI=true, in which case it fails (see [Require]).
 //
 // Private servers are owned by a single test, which may stop, restart or kill
-// them: [StartRedis], [StartMariaDB] and [StartNSQD]. They listen on free
-// loopback ports, keep their data in t.TempDir() and are stopped at cleanup.
-// Their methods must be called from the test goroutine, except NSQD.Stop.
+// them: [StartRedis], [StartMariaDB], [StartNSQD] (or [StartNSQDWithLookupd])
+// and [StartNSQLookupd]. They listen on free loopback ports, keep their data
+// in t.TempDir() and are stopped at cleanup. Their methods must be called
+// from the test goroutine, except NSQD.Stop and NSQLookupd.Stop.
 package stacktest
 
 import (
@@ -38,6 +42,10 @@ const (
 	DefaultRedisGroupB = "127.0.0.1:16381,127.0.0.1:16382"
 	DefaultNSQDTCP     = "127.0.0.1:14150"
 	DefaultNSQDHTTP    = "127.0.0.1:14151"
+	DefaultNSQD2TCP    = "127.0.0.1:14152"
+	DefaultNSQD2HTTP   = "127.0.0.1:14153"
+	// DefaultNSQLookupdHTTP is the nsqlookupd both shared nsqd register with.
+	DefaultNSQLookupdHTTP = "127.0.0.1:14161"
 )
 
 // MySQLAddr returns the address of the shared MariaDB (user root, empty
@@ -63,6 +71,19 @@ func NSQDTCP() string { return env("FLASHSYNC_TEST_NSQD_TCP", DefaultNSQDTCP) }
 // NSQDHTTP returns the HTTP address of the shared nsqd:
 // $FLASHSYNC_TEST_NSQD_HTTP or [DefaultNSQDHTTP].
 func NSQDHTTP() string { return env("FLASHSYNC_TEST_NSQD_HTTP", DefaultNSQDHTTP) }
+
+// NSQD2TCP returns the TCP address of the shared second nsqd (nsqd-2):
+// $FLASHSYNC_TEST_NSQD2_TCP or [DefaultNSQD2TCP].
+func NSQD2TCP() string { return env("FLASHSYNC_TEST_NSQD2_TCP", DefaultNSQD2TCP) }
+
+// NSQD2HTTP returns the HTTP address of the shared second nsqd (nsqd-2):
+// $FLASHSYNC_TEST_NSQD2_HTTP or [DefaultNSQD2HTTP].
+func NSQD2HTTP() string { return env("FLASHSYNC_TEST_NSQD2_HTTP", DefaultNSQD2HTTP) }
+
+// NSQLookupdHTTP returns the HTTP address of the shared nsqlookupd:
+// $FLASHSYNC_TEST_NSQLOOKUPD_HTTP or [DefaultNSQLookupdHTTP]. Check it with
+// [PingNSQ] and [Require].
+func NSQLookupdHTTP() string { return env("FLASHSYNC_TEST_NSQLOOKUPD_HTTP", DefaultNSQLookupdHTTP) }
 
 func env(key, def string) string {
 	if v := os.Getenv(key); v != "" {

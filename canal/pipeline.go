@@ -1,0 +1,157 @@
+package canal
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/flashsync/flashsync/invalidate"
+)
+
+// pipeline sits between the binlog reader and NSQ. It coalesces the targets
+// of consecutive transactions for up to a window (the same key changed by
+// many transactions is purged once), hands each batch to one publishing
+// goroutine in order, and moves the position to a batch's last commit only
+// after NSQ acknowledged the batch. It holds at most len(free) batches, each
+// bounded by maxKeys and maxBytes: when the publisher falls behind, the
+// reader blocks, and the binlog connection with it.
+type pipeline struct {
+	publish  func(context.Context, *invalidate.Batch, invalidate.Meta) error
+	ack      func(Position)
+	fail     func(error)
+	window   time.Duration
+	maxKeys  int
+	maxBytes int
+
+	mu      sync.Mutex
+	cur     *invalidate.Batch
+	commit  *Position       // last commit whose targets are all in cur or before
+	meta    invalidate.Meta // of that commit
+	started time.Time       // when cur got its first content
+	timer   *time.Timer     // flushes cur when the window ends
+	closed  bool
+	out     chan flushItem
+	free    chan *invalidate.Batch
+	done    chan struct{}
+	err     error // set by the publishing goroutine before done closes
+}
+
+type flushItem struct {
+	batch  *invalidate.Batch
+	commit *Position
+	meta   invalidate.Meta
+}
+
+const pipelineBatches = 4 // being filled + queued + being published
+
+func newPipeline(ctx context.Context, newBatch func() *invalidate.Batch, window time.Duration, maxKeys, maxBytes int,
+	publish func(context.Context, *invalidate.Batch, invalidate.Meta) error, ack func(Position), fail func(error)) *pipeline {
+	p := &pipeline{
+		publish: publish, ack: ack, fail: fail,
+		window: window, maxKeys: maxKeys, maxBytes: maxBytes,
+		out:  make(chan flushItem, pipelineBatches-2),
+		free: make(chan *invalidate.Batch, pipelineBatches),
+		done: make(chan struct{}),
+	}
+	p.cur = newBatch()
+	for range pipelineBatches - 1 {
+		p.free <- newBatch()
+	}
+	go p.run(ctx)
+	return p
+}
+
+// apply lets fn add targets to the current batch; a batch that outgrew its
+// bounds goes out at once, mid-transaction if need be.
+func (p *pipeline) apply(fn func(*invalidate.Batch)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	empty := p.cur.Len() == 0
+	fn(p.cur)
+	if p.full() {
+		p.flushLocked()
+		return
+	}
+	if empty && p.cur.Len() > 0 {
+		p.arm()
+	}
+}
+
+// commitAt records a transaction boundary. Without a window the batch goes
+// out now; otherwise when the window since its first content ends.
+func (p *pipeline) commitAt(pos Position, meta invalidate.Meta) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.commit, p.meta = &pos, meta
+	if p.window <= 0 || p.full() || (!p.started.IsZero() && time.Since(p.started) >= p.window) {
+		p.flushLocked()
+		return
+	}
+	p.arm()
+}
+
+func (p *pipeline) full() bool {
+	return p.cur.Len() >= p.maxKeys || p.cur.Bytes() >= p.maxBytes
+}
+
+func (p *pipeline) arm() {
+	if p.started.IsZero() {
+		p.started = time.Now()
+	}
+	if p.timer == nil && p.window > 0 {
+		p.timer = time.AfterFunc(p.window, p.flushDue)
+	}
+}
+
+func (p *pipeline) flushDue() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.timer = nil
+	if !p.closed {
+		p.flushLocked()
+	}
+}
+
+// flushLocked hands the batch to the publisher, in order. Waiting for a
+// free batch is the backpressure on the reader.
+func (p *pipeline) flushLocked() {
+	if p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+	if p.cur.Len() == 0 && p.commit == nil {
+		return
+	}
+	p.out <- flushItem{batch: p.cur, commit: p.commit, meta: p.meta}
+	p.cur = <-p.free
+	p.commit, p.started = nil, time.Time{}
+}
+
+func (p *pipeline) run(ctx context.Context) {
+	defer close(p.done)
+	for item := range p.out {
+		if p.err == nil && item.batch.Len() > 0 {
+			if p.err = p.publish(ctx, item.batch, item.meta); p.err != nil {
+				p.fail(p.err) // stop the reader; keep draining so it never blocks
+			}
+		}
+		if p.err == nil && item.commit != nil {
+			p.ack(*item.commit)
+		}
+		item.batch.Reset()
+		p.free <- item.batch
+	}
+}
+
+// close publishes what is left (a partial transaction's targets go out too:
+// purges are harmless) and waits for every publish; it returns the first
+// publish error.
+func (p *pipeline) close() error {
+	p.mu.Lock()
+	p.closed = true
+	p.flushLocked()
+	close(p.out)
+	p.mu.Unlock()
+	<-p.done
+	return p.err
+}

@@ -1,0 +1,335 @@
+package canal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/pingcap/tidb/pkg/parser"
+
+	"github.com/flashsync/flashsync/invalidate"
+)
+
+// fatalError ends Run instead of reconnecting: retrying cannot fix it.
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
+
+func fatal(format string, args ...any) error { return &fatalError{fmt.Errorf(format, args...)} }
+
+// ErrPositionGone means the saved binlog position is no longer on the server.
+var ErrPositionGone = errors.New("saved binlog position is no longer on the server")
+
+// session is one connection's worth of streaming, from a saved position to
+// an error or shutdown. Every new connection starts from the last
+// acknowledged position with the schema saved with it, so a reconnect never
+// needs the half-read transaction it dropped.
+type session struct {
+	c      *Canal
+	pipe   *pipeline
+	parser *parser.Parser
+	schema *Schema
+	file   string // current binlog file
+	gtid   string // GTID of the transaction being read
+	bound  map[string]boundTable
+}
+
+type boundTable struct {
+	columns []string
+	rules   *invalidate.Bound // nil: no rule for the table
+}
+
+func (c *Canal) syncerConfig() (replication.BinlogSyncerConfig, error) {
+	host, port, err := net.SplitHostPort(c.opts.MySQL.Addr)
+	if err != nil {
+		return replication.BinlogSyncerConfig{}, fmt.Errorf("mysql.addr: %w", err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return replication.BinlogSyncerConfig{}, fmt.Errorf("mysql.addr port: %w", err)
+	}
+	return replication.BinlogSyncerConfig{
+		ServerID:        c.opts.MySQL.ServerID,
+		Flavor:          c.opts.MySQL.Flavor,
+		Host:            host,
+		Port:            uint16(p),
+		User:            c.opts.MySQL.User,
+		Password:        c.opts.MySQL.Password,
+		Charset:         "utf8mb4",
+		HeartbeatPeriod: time.Second,
+		ReadTimeout:     10 * time.Second,
+		// Reconnects start over from the acknowledged position (Run).
+		DisableRetrySync: true,
+		// Events decoded ahead of the handler; with backpressure from the
+		// pipeline this bounds what a huge transaction can hold in memory.
+		EventCacheCount: 256,
+		Logger:          c.goMySQLLogger(),
+		// Decode rows only of tables that have rules: other rows cost one
+		// header parse.
+		RowsEventDecodeFunc: func(e *replication.RowsEvent, data []byte) error {
+			pos, err := e.DecodeHeader(data)
+			if err != nil {
+				return err
+			}
+			if !c.ruled[string(e.Table.Schema)+"."+string(e.Table.Table)] {
+				return nil
+			}
+			return e.DecodeData(pos, data)
+		},
+	}, nil
+}
+
+// stream reads from start until ctx ends or the stream fails, publishing
+// through a fresh pipeline. It returns nil only when ctx ended.
+func (c *Canal) stream(ctx context.Context, start Position) error {
+	cfg, err := c.syncerConfig()
+	if err != nil {
+		return &fatalError{err}
+	}
+	syncer := replication.NewBinlogSyncer(cfg)
+	defer syncer.Close()
+	var streamer *replication.BinlogStreamer
+	if start.GTID != "" {
+		set, perr := mysql.ParseGTIDSet(c.opts.MySQL.Flavor, start.GTID)
+		if perr != nil {
+			return fatal("saved gtid %q: %w", start.GTID, perr)
+		}
+		streamer, err = syncer.StartSyncGTID(set)
+	} else {
+		streamer, err = syncer.StartSync(mysql.Position{Name: start.File, Pos: start.Pos})
+	}
+	if err != nil {
+		return classify(err, start)
+	}
+
+	// Publishing outlives ctx by DrainTimeout, so shutdown finishes the
+	// batches in hand instead of replaying them.
+	readCtx, stopReading := context.WithCancelCause(ctx)
+	defer stopReading(nil)
+	pubCtx, cancelPub := context.WithCancel(context.Background())
+	defer cancelPub()
+	stopDrain := context.AfterFunc(ctx, func() { time.AfterFunc(c.opts.DrainTimeout, cancelPub) })
+	defer stopDrain()
+
+	publish := c.opts.Publisher.Publish
+	if l := c.opts.Lease; l != nil {
+		// Fencing: a leader that was paused past its lease must not publish
+		// after a standby took over.
+		publish = func(ctx context.Context, b *invalidate.Batch, m invalidate.Meta) error {
+			if !l.Valid() {
+				return ErrLeaseLost
+			}
+			return c.opts.Publisher.Publish(ctx, b, m)
+		}
+	}
+	s := &session{c: c, parser: parser.New(), schema: start.Schema, file: start.File, bound: map[string]boundTable{}}
+	s.pipe = newPipeline(pubCtx, c.opts.Rules.NewBatch, c.opts.Canal.CoalesceWindow, c.opts.Canal.MaxBatchKeys, c.opts.Canal.MaxBatchBytes,
+		publish, c.ack, func(err error) { stopReading(err) })
+
+	var readErr error
+	for {
+		ev, err := streamer.GetEvent(readCtx)
+		if err != nil {
+			readErr = err
+			break
+		}
+		if err := s.handle(ev); err != nil {
+			readErr = err
+			break
+		}
+	}
+	pubErr := s.pipe.close()
+	switch {
+	case errors.Is(pubErr, ErrLeaseLost):
+		return &fatalError{pubErr}
+	case pubErr != nil && ctx.Err() == nil:
+		return fmt.Errorf("publish: %w", pubErr)
+	case ctx.Err() != nil:
+		return nil
+	}
+	return classify(readErr, start)
+}
+
+// classify turns a server error into what Run should do with it.
+func classify(err error, start Position) error {
+	var myErr *mysql.MyError
+	if errors.As(err, &myErr) {
+		switch myErr.Code {
+		case mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG:
+			return &fatalError{fmt.Errorf("%w: %s (server: %s)", ErrPositionGone, start, myErr.Message)}
+		case 4052: // ER_SLAVE_SAME_ID (MariaDB)
+			return fatal("another binlog reader uses this mysql.server_id: give every canal its own (%s)", myErr.Message)
+		}
+	}
+	return err
+}
+
+func (s *session) handle(ev *replication.BinlogEvent) error {
+	h := ev.Header
+	switch e := ev.Event.(type) {
+	case *replication.RotateEvent:
+		// A rotate event with timestamp 0 is the server telling where the
+		// stream starts; it carries no data.
+		s.file = string(e.NextLogName)
+	case *replication.MariadbGTIDEvent:
+		s.gtid = e.GTID.String()
+	case *replication.GTIDEvent:
+		if next, err := e.GTIDNext(); err == nil {
+			s.gtid = next.String()
+		}
+	case *replication.RowsEvent:
+		return s.rows(h, e)
+	case *replication.XIDEvent:
+		s.commit(h, e.GSet)
+	case *replication.QueryEvent:
+		return s.query(h, e)
+	}
+	return nil
+}
+
+func (s *session) query(h *replication.EventHeader, e *replication.QueryEvent) error {
+	q := strings.TrimSpace(string(e.Query))
+	switch strings.ToUpper(q) {
+	case "BEGIN", "ROLLBACK":
+		return nil
+	case "COMMIT":
+		// Transactions on non-transactional tables end here, not with XID.
+		s.commit(h, e.GSet)
+		return nil
+	}
+	if !ddlStart.MatchString(q) {
+		return nil
+	}
+	next, touched := s.schema.ApplyDDL(s.parser, string(e.Schema), q, s.c.accepts)
+	if len(touched) > 0 {
+		s.schema = next
+		for _, t := range touched {
+			delete(s.bound, t)
+			if _, why := next.Columns(t); why != "" && s.c.ruled[t] {
+				s.c.log.Warn("schema of a ruled table is uncertain after DDL; its rows need binlog column metadata", "table", t, "why", why)
+			}
+		}
+		s.c.log.Info("schema change replayed", "tables", touched, "at", fmt.Sprintf("%s:%d", s.file, h.LogPos))
+	}
+	s.commit(h, e.GSet) // DDL commits implicitly
+	return nil
+}
+
+func (s *session) commit(h *replication.EventHeader, gset mysql.GTIDSet) {
+	pos := Position{File: s.file, Pos: h.LogPos, Flavor: s.c.opts.MySQL.Flavor, Schema: s.schema}
+	if gset != nil {
+		pos.GTID = gset.String()
+	}
+	s.c.transactions.Inc()
+	if d := time.Now().Unix() - int64(h.Timestamp); d >= 0 {
+		s.c.delay.Set(float64(d))
+	}
+	s.pipe.commitAt(pos, invalidate.Meta{Pos: fmt.Sprintf("%s:%d", s.file, h.LogPos), GTID: s.gtid, CommitUnix: int64(h.Timestamp), Seen: time.Now()})
+}
+
+func (s *session) rows(h *replication.EventHeader, e *replication.RowsEvent) error {
+	if e.Rows == nil {
+		return nil // not decoded: the table has no rules
+	}
+	table := string(e.Table.Schema) + "." + string(e.Table.Table)
+	var action invalidate.Action
+	switch e.Type() {
+	case replication.EnumRowsEventTypeInsert:
+		action = invalidate.Insert
+	case replication.EnumRowsEventTypeUpdate:
+		action = invalidate.Update
+	case replication.EnumRowsEventTypeDelete:
+		action = invalidate.Delete
+	default:
+		return fatal("%s at %s:%d: unsupported rows event %s", table, s.file, h.LogPos, h.EventType)
+	}
+	cols := e.Table.ColumnNameString()
+	if cols != nil {
+		// binlog_row_metadata=FULL: the event names its columns; that is
+		// certain, and it corrects the schema history.
+		if known, why := s.schema.Columns(table); why != "" || !slices.Equal(known, cols) {
+			s.schema = s.schema.withColumns(table, cols)
+		}
+	} else {
+		var why string
+		if cols, why = s.schema.Columns(table); why != "" {
+			return fatal("rows of %s at %s:%d cannot be mapped to columns: %s; the binlog has no column names (set binlog_row_metadata=FULL), so flashsync stops rather than guess", table, s.file, h.LogPos, why)
+		}
+		if len(cols) != int(e.ColumnCount) {
+			return fatal("rows of %s at %s:%d have %d columns but the schema history has %d (%s); stopping rather than guess (set binlog_row_metadata=FULL)", table, s.file, h.LogPos, e.ColumnCount, len(cols), strings.Join(cols, ", "))
+		}
+	}
+	bound, err := s.bind(table, cols)
+	if err != nil {
+		return &fatalError{err}
+	}
+	n := len(e.Rows)
+	if action == invalidate.Update {
+		n /= 2
+	}
+	s.c.rowEvents.WithLabelValues(action.String()).Add(float64(n))
+	if bound == nil {
+		return nil
+	}
+	if unsigned := e.Table.UnsignedMap(); unsigned != nil {
+		for _, row := range e.Rows {
+			fixUnsigned(row, unsigned)
+		}
+	}
+	s.pipe.apply(func(b *invalidate.Batch) {
+		if action == invalidate.Update {
+			for i := 0; i+1 < len(e.Rows); i += 2 {
+				bound.ApplyRow(action, e.Rows[i], e.Rows[i+1], b)
+			}
+			return
+		}
+		for _, row := range e.Rows {
+			if action == invalidate.Insert {
+				bound.ApplyRow(action, nil, row, b)
+			} else {
+				bound.ApplyRow(action, row, nil, b)
+			}
+		}
+	})
+	return nil
+}
+
+func (s *session) bind(table string, cols []string) (*invalidate.Bound, error) {
+	if bt, ok := s.bound[table]; ok && slices.Equal(bt.columns, cols) {
+		return bt.rules, nil
+	}
+	rules, err := s.c.opts.Rules.Bind(table, cols)
+	if err != nil {
+		return nil, err
+	}
+	s.bound[table] = boundTable{columns: cols, rules: rules}
+	return rules, nil
+}
+
+// fixUnsigned reinterprets the signed integers go-mysql decodes for
+// unsigned columns, so ids above the signed range render right.
+func fixUnsigned(row []any, unsigned map[int]bool) {
+	for i, u := range unsigned {
+		if !u || i >= len(row) {
+			continue
+		}
+		switch v := row[i].(type) {
+		case int8:
+			row[i] = uint8(v)
+		case int16:
+			row[i] = uint16(v)
+		case int32:
+			row[i] = uint32(v)
+		case int64:
+			row[i] = uint64(v)
+		}
+	}
+}

@@ -1,0 +1,164 @@
+package invalidate_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/stacktest"
+	"github.com/flashsync/flashsync/invalidate"
+)
+
+// nsqdChannels returns topic -> channel names from nsqd's /stats.
+func nsqdChannels(t *testing.T, httpAddr string) map[string][]string {
+	t.Helper()
+	resp, err := http.Get("http://" + httpAddr + "/stats?format=json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var stats struct {
+		Topics []struct {
+			Name     string `json:"topic_name"`
+			Channels []struct {
+				Name string `json:"channel_name"`
+			} `json:"channels"`
+		} `json:"topics"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, tp := range stats.Topics {
+		out[tp.Name] = []string{}
+		for _, c := range tp.Channels {
+			out[tp.Name] = append(out[tp.Name], c.Name)
+		}
+		slices.Sort(out[tp.Name])
+	}
+	return out
+}
+
+// HTTP groups get a topic each with one pre-created channel per instance,
+// and URL and tag purges are published there (split like keys), while keys
+// go to the Redis topics, all in one Publish.
+func TestPublishHTTPGroupsToTheirTopics(t *testing.T) {
+	nsqd := stacktest.StartNSQD(t)
+	reg := prometheus.NewRegistry()
+	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
+		NSQDTCP: []string{nsqd.TCPAddr()}, NSQDHTTP: []string{nsqd.HTTPAddr()}, TopicPrefix: "t",
+		Groups:            []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{"127.0.0.1:16379"}}},
+		HTTPGroups:        []invalidate.GroupReplicas{{Name: "varnish-a", Replicas: []string{"127.0.0.1:16081", "127.0.0.1:16083"}}, {Name: "varnish-b", Replicas: []string{"127.0.0.1:16082"}}},
+		MaxKeysPerMessage: 2, Registerer: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	ctx := context.Background()
+	if err := pub.EnsureChannels(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := nsqdChannels(t, nsqd.HTTPAddr())
+	want := map[string][]string{
+		"t.dead":           {},
+		"t.redis.hot-a":    {"127.0.0.1_16379"},
+		"t.http.varnish-a": {"127.0.0.1_16081", "127.0.0.1_16083"},
+		"t.http.varnish-b": {"127.0.0.1_16082"},
+	}
+	for topic, chans := range want {
+		if !slices.Equal(got[topic], chans) {
+			t.Errorf("topic %s channels %v, want %v (all: %v)", topic, got[topic], chans, got)
+		}
+	}
+
+	rules, err := invalidate.NewRulesWithGroups([]configs.Rule{{Table: "shop.item", RouteBy: "id",
+		Keys: []string{"item:{id}"}, URLs: []string{"/item/{id}.html", "/item/{id}/reviews"}, Tags: []string{"item-{id}"}}},
+		[]invalidate.GroupReplicas{{Name: "hot-a"}}, []invalidate.GroupReplicas{{Name: "varnish-a"}, {Name: "varnish-b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound, err := rules.Bind("shop.item", []string{"id"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := rules.NewBatch()
+	bound.ApplyRow(invalidate.Insert, nil, []any{int64(2)}, batch) // "2" is group 1 of 2: varnish-b
+	if err := pub.Publish(ctx, batch, invalidate.Meta{Pos: "test:1", Seen: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	var msgs []*invalidate.Purge
+	cons, err := nsq.NewConsumer("t.http.varnish-b", "127.0.0.1_16082", nsq.NewConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons.SetLogger(nil, nsq.LogLevelError)
+	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+		p, err := invalidate.DecodePurge(m.Body)
+		if err != nil {
+			t.Errorf("decode %s: %v", m.Body, err)
+			return nil
+		}
+		mu.Lock()
+		msgs = append(msgs, p)
+		mu.Unlock()
+		return nil
+	}))
+	if err := cons.ConnectToNSQD(nsqd.TCPAddr()); err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Stop()
+	stacktest.Eventually(t, 5*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(msgs) < 2 {
+			return context.DeadlineExceeded
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	// Three targets, two per message: [urls a, b] then [tag].
+	if len(msgs) != 2 || !slices.Equal(msgs[0].URLs, []string{"/item/2.html", "/item/2/reviews"}) || msgs[0].Tags != nil ||
+		msgs[1].URLs != nil || !slices.Equal(msgs[1].Tags, []string{"item-2"}) || msgs[0].Group != "varnish-b" || msgs[0].Keys != nil || msgs[0].Pos != "test:1" {
+		for _, m := range msgs {
+			t.Logf("message %+v", *m)
+		}
+		t.Fatal("unexpected HTTP purge messages")
+	}
+	if n := metricValue(t, reg, "flashsync_invalidate_http_targets_published_total", map[string]string{"group": "varnish-b", "kind": "url"}); n != 2 {
+		t.Errorf("http urls published = %v, want 2", n)
+	}
+	if n := metricValue(t, reg, "flashsync_invalidate_keys_published_total", map[string]string{"group": "hot-a"}); n != 1 {
+		t.Errorf("keys published = %v, want 1", n)
+	}
+	if n := metricValue(t, reg, "flashsync_invalidate_publishes_total", map[string]string{"result": "ok"}); n != 1 {
+		t.Errorf("publishes ok = %v, want 1 (both tiers in one round)", n)
+	}
+}
+
+func TestPublisherRefusesABatchWithMoreGroups(t *testing.T) {
+	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
+		NSQDTCP: []string{"127.0.0.1:1"}, NSQDHTTP: []string{"127.0.0.1:2"},
+		Groups: []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{"r"}}}, Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	b := invalidate.NewBatch(1)
+	b.AddURL(0, "/x")
+	if err := pub.Publish(context.Background(), b, invalidate.Meta{}); err == nil {
+		t.Fatal("published URLs for an HTTP group the publisher does not have")
+	}
+}
