@@ -1,8 +1,10 @@
 // Command bulkupdate measures flashsync against the local stack (`make
-// stack-up`): row events/s from a bulk UPDATE through rules and publish, the
-// same through every replica's purge, the bare go-mysql canal as baseline in
-// the same run, and commit→last-replica-purged latency p50/p99 at a fixed
-// rate. Every loop is bounded in count and time; traffic stays on loopback.
+// stack-up`), running the real binary as a child process: row events/s from
+// a bulk UPDATE through rules and publish, the same through every replica's
+// purge (invalidations/s delivered), the bare go-mysql canal as baseline in
+// the same run, commit→last-replica-purged latency p50/p99 at a fixed rate,
+// and flashsync's peak RSS while it reads one huge transaction. Every loop
+// is bounded in count and time; traffic stays on loopback.
 package main
 
 import (
@@ -15,32 +17,33 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	gocanal "github.com/go-mysql-org/go-mysql/canal"
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
-
-	"github.com/flashsync/flashsync/configs"
-	"github.com/flashsync/flashsync/node"
 )
 
 type flags struct {
-	mysql      string
-	redisA     string
-	redisB     string
-	nsqdTCP    string
-	nsqdHTTP   string
-	rows       int
-	latencyN   int
-	rate       int
-	timeout    time.Duration
-	keepTables bool
+	mysql    string
+	redisA   string
+	redisB   string
+	nsqdTCP  string
+	nsqdHTTP string
+	binary   string
+	rows     int
+	bigRows  int
+	latencyN int
+	rate     int
+	workers  int
+	timeout  time.Duration
 }
 
 func main() {
@@ -50,15 +53,19 @@ func main() {
 	flag.StringVar(&f.redisB, "redis-b", "127.0.0.1:16381,127.0.0.1:16382", "Redis group hot-b replicas")
 	flag.StringVar(&f.nsqdTCP, "nsqd-tcp", "127.0.0.1:14150", "nsqd TCP address")
 	flag.StringVar(&f.nsqdHTTP, "nsqd-http", "127.0.0.1:14151", "nsqd HTTP address")
+	flag.StringVar(&f.binary, "flashsync", "bin/flashsync", "flashsync binary to run (`make build`)")
 	flag.IntVar(&f.rows, "rows", 100000, "rows in the bulk UPDATE (max 1,000,000)")
-	flag.IntVar(&f.latencyN, "latency-changes", 2000, "single-row transactions for the latency run (max 100,000)")
-	flag.IntVar(&f.rate, "rate", 500, "transactions per second in the latency run (max 5,000)")
-	flag.DurationVar(&f.timeout, "timeout", 3*time.Minute, "give up after this long")
-	flag.BoolVar(&f.keepTables, "keep", false, "keep the bench database afterwards")
+	flag.IntVar(&f.bigRows, "big-rows", 0, "rows of the one-transaction RSS run (0 skips; max 2,000,000)")
+	flag.IntVar(&f.latencyN, "latency-changes", 10000, "single-row transactions for the latency run (max 100,000)")
+	flag.IntVar(&f.rate, "rate", 5000, "transactions per second in the latency run (max 10,000)")
+	flag.IntVar(&f.workers, "workers", 4, "connections issuing the latency run's transactions (max 16)")
+	flag.DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
 	flag.Parse()
 	f.rows = min(max(f.rows, 1), 1_000_000)
+	f.bigRows = min(max(f.bigRows, 0), 2_000_000)
 	f.latencyN = min(max(f.latencyN, 1), 100_000)
-	f.rate = min(max(f.rate, 1), 5000)
+	f.rate = min(max(f.rate, 1), 10_000)
+	f.workers = min(max(f.workers, 1), 16)
 
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
@@ -76,104 +83,184 @@ func run(ctx context.Context, f flags) error {
 		return fmt.Errorf("mysql %s: %w (run `make stack-up`)", f.mysql, err)
 	}
 	defer conn.Close()
-	if err := setup(conn, f.rows); err != nil {
+	rows := max(f.rows, f.bigRows, f.latencyN)
+	if err := setup(conn, rows); err != nil {
 		return err
 	}
-	if !f.keepTables {
-		defer conn.Execute("DROP DATABASE IF EXISTS " + db)
-	}
-	fmt.Printf("flashsync bulkupdate: %d rows, latency run %d tx at %d/s\n", f.rows, f.latencyN, f.rate)
+	defer conn.Execute("DROP DATABASE IF EXISTS " + db)
+	fmt.Printf("flashsync bulkupdate: %d-row UPDATE, latency run %d tx at %d/s over %d connections\n", f.rows, f.latencyN, f.rate, f.workers)
 
-	// Baseline: the bare go-mysql canal counting rows, nothing else.
 	base, err := bareCanal(ctx, f, conn)
 	if err != nil {
 		return fmt.Errorf("baseline: %w", err)
 	}
-	fmt.Printf("baseline  bare canal (decode only):      %9.0f row events/s\n", base)
+	fmt.Printf("baseline  bare go-mysql canal, decode only: %9.0f row events/s\n", base)
 
 	groups := [][]string{strings.Split(f.redisA, ","), strings.Split(f.redisB, ",")}
-	tmp, err := os.MkdirTemp("", "flashsync-bench-")
+	fs, err := startFlashsync(ctx, f, groups)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	httpAddr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	cfg := &configs.Config{
-		MySQL: configs.MySQL{Addr: f.mysql, User: "root", Flavor: "mariadb", ServerID: 4242},
-		Canal: configs.Canal{PositionFile: filepath.Join(tmp, "position"), IncludeTables: []string{db + `\..*`}},
-		NSQ:   configs.NSQ{NSQDTCP: []string{f.nsqdTCP}, NSQDHTTP: []string{f.nsqdHTTP}, TopicPrefix: "flashsync-bench"},
-		HTTP:  configs.HTTP{Addr: httpAddr},
-		RedisGroups: []configs.RedisGroup{
-			{Name: "hot-a", Replicas: groups[0]}, {Name: "hot-b", Replicas: groups[1]},
-		},
-		Rules: []configs.Rule{{Table: db + ".item", Keys: []string{"item:{id}", "item:page:{id}"}, RouteBy: "id"}},
-	}
-	cfg.Defaults()
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
-	n, err := node.New(node.Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		return err
-	}
-	nctx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	var runErr error
-	go func() { defer wg.Done(); runErr = n.Run(nctx) }()
-	defer func() { stop(); wg.Wait() }()
-	m := metricsAt("http://" + httpAddr + "/metrics")
-	if err := waitFor(ctx, 30*time.Second, func() (bool, error) {
-		_, err := os.Stat(cfg.Canal.PositionFile)
-		return err == nil, nil
-	}); err != nil {
-		return fmt.Errorf("flashsync did not start: %w (%v)", err, runErr)
-	}
+	defer fs.stop()
 
-	// Throughput: one bulk UPDATE, timed from its commit to every key
-	// published, then to every replica having deleted every key.
+	// Throughput: one bulk UPDATE of f.rows rows (2 keys each), timed from
+	// its commit to every key published, then to every key deleted on both
+	// replicas of its group.
 	keys := float64(2 * f.rows)
+	m := fs.metrics
 	pub0, del0 := m.sum("flashsync_invalidate_keys_published_total"), m.sum("flashsync_purger_keys_deleted_total")
-	start := time.Now()
-	if _, err := conn.Execute("UPDATE " + db + ".item SET price = price + 1"); err != nil {
+	if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET price = price + 1 WHERE id <= %d", db, f.rows)); err != nil {
 		return err
 	}
 	committed := time.Now()
-	if err := waitFor(ctx, time.Minute, func() (bool, error) {
-		return m.sum("flashsync_invalidate_keys_published_total")-pub0 >= keys, nil
-	}); err != nil {
+	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sum("flashsync_invalidate_keys_published_total")-pub0 >= keys }); err != nil {
 		return fmt.Errorf("publish: %w", err)
 	}
 	published := time.Since(committed)
-	if err := waitFor(ctx, time.Minute, func() (bool, error) {
-		return m.sum("flashsync_purger_keys_deleted_total")-del0 >= keys*2, nil // each key on both replicas of its group
-	}); err != nil {
+	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sum("flashsync_purger_keys_deleted_total")-del0 >= 2*keys }); err != nil {
 		return fmt.Errorf("purge: %w", err)
 	}
 	purged := time.Since(committed)
-	fmt.Printf("UPDATE of %d rows took %v to commit\n", f.rows, committed.Sub(start).Round(time.Millisecond))
 	rp := float64(f.rows) / published.Seconds()
-	rd := float64(f.rows) / purged.Seconds()
-	fmt.Printf("flashsync rules+publish:                 %9.0f row events/s (%.2fx baseline), %v after commit\n", rp, rp/base, published.Round(time.Millisecond))
-	fmt.Printf("flashsync rules+publish+purge, both replicas:%7.0f row events/s (%.2fx baseline), %v after commit\n", rd, rd/base, purged.Round(time.Millisecond))
+	fmt.Printf("flashsync parsed+routed+published:        %9.0f row events/s (%.2fx baseline), last key published %v after commit\n", rp, rp/base, published.Round(time.Millisecond))
+	fmt.Printf("flashsync delivered to Redis:             %9.0f invalidations/s (%0.f keys x 2 replicas in %v), %0.f row events/s end to end\n",
+		2*keys/purged.Seconds(), keys, purged.Round(time.Millisecond), float64(f.rows)/purged.Seconds())
 
-	lat, err := latency(ctx, f, conn, groups)
+	lat, err := latency(ctx, f, groups)
 	if err != nil {
 		return fmt.Errorf("latency: %w", err)
 	}
 	slices.Sort(lat)
 	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	fmt.Printf("commit -> last replica purged (%d tx at %d/s): p50 %v  p99 %v  max %v\n",
+	fmt.Printf("commit -> last replica purged, %d tx at %d/s: p50 %v  p99 %v  max %v\n",
 		len(lat), f.rate, q(0.50).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
-	stop()
-	wg.Wait()
-	if runErr != nil {
-		return runErr
+
+	if f.bigRows > 0 {
+		rssBefore := fs.peakRSS()
+		pub0 := m.sum("flashsync_invalidate_keys_published_total")
+		start := time.Now()
+		if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET stock = stock + 1 WHERE id <= %d", db, f.bigRows)); err != nil {
+			return err
+		}
+		committed := time.Now()
+		if err := waitFor(ctx, 3*time.Minute, func() bool {
+			return m.sum("flashsync_invalidate_keys_published_total")-pub0 >= float64(2*f.bigRows)
+		}); err != nil {
+			return fmt.Errorf("big transaction: %w", err)
+		}
+		fmt.Printf("one %d-row transaction: committed in %v, published %v after commit; flashsync peak RSS %d MB (before it %d MB)\n",
+			f.bigRows, committed.Sub(start).Round(time.Millisecond), time.Since(committed).Round(time.Millisecond), fs.peakRSS()>>20, rssBefore>>20)
 	}
-	return nil
+	return fs.stop()
+}
+
+// flashsync is the binary under test, run as a child process.
+type flashsync struct {
+	cmd     *exec.Cmd
+	metrics metricsAt
+	tmp     string
+	done    chan error
+	stopped bool
+}
+
+func startFlashsync(ctx context.Context, f flags, groups [][]string) (*flashsync, error) {
+	tmp, err := os.MkdirTemp("", "flashsync-bench-")
+	if err != nil {
+		return nil, err
+	}
+	httpAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	quote := func(addrs []string) string { return `"` + strings.Join(addrs, `", "`) + `"` }
+	cfg := fmt.Sprintf(`[mysql]
+addr = %q
+user = "root"
+flavor = "mariadb"
+server_id = 4242
+
+[canal]
+position_file = %q
+include_tables = ["%s\\..*"]
+
+[nsq]
+nsqd_tcp = [%q]
+nsqd_http = [%q]
+topic_prefix = "flashsync-bench"
+
+[http]
+addr = %q
+
+[[redis_group]]
+name = "hot-a"
+replicas = [%s]
+
+[[redis_group]]
+name = "hot-b"
+replicas = [%s]
+
+[[rule]]
+table = "%s.item"
+keys = ["item:{id}", "item:page:{id}"]
+route_by = "id"
+`, f.mysql, filepath.Join(tmp, "position"), db, f.nsqdTCP, f.nsqdHTTP, httpAddr, quote(groups[0]), quote(groups[1]), db)
+	path := filepath.Join(tmp, "flashsync.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	log, err := os.Create(filepath.Join(tmp, "flashsync.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(f.binary, "all", "-config", path)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s (run `make build`): %w", f.binary, err)
+	}
+	fs := &flashsync{cmd: cmd, metrics: metricsAt("http://" + httpAddr + "/metrics"), tmp: tmp, done: make(chan error, 1)}
+	go func() { fs.done <- cmd.Wait(); log.Close() }()
+	if err := waitFor(ctx, 30*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(tmp, "position"))
+		return err == nil && fs.metrics.sum("flashsync_canal_position_saves_total") > 0
+	}); err != nil {
+		fs.stop()
+		out, _ := os.ReadFile(filepath.Join(tmp, "flashsync.log"))
+		return nil, fmt.Errorf("flashsync did not start: %w\n%s", err, out)
+	}
+	return fs, nil
+}
+
+// peakRSS is the child's high-water resident set (VmHWM), in bytes.
+func (fs *flashsync) peakRSS() int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", fs.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// stop ends the child with SIGTERM and waits for it.
+func (fs *flashsync) stop() error {
+	if fs.stopped {
+		return nil
+	}
+	fs.stopped = true
+	defer os.RemoveAll(fs.tmp)
+	fs.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-fs.done:
+		return err
+	case <-time.After(15 * time.Second):
+		fs.cmd.Process.Kill()
+		<-fs.done
+		return errors.New("flashsync did not stop within 15 s of SIGTERM")
+	}
 }
 
 func setup(conn *client.Conn, rows int) error {
@@ -235,21 +322,22 @@ func bareCanal(ctx context.Context, f flags, conn *client.Conn) (float64, error)
 		return 0, err
 	}
 	go c.RunFrom(pos)
-	if _, err := conn.Execute("UPDATE " + db + ".item SET stock = stock + 1"); err != nil {
+	if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET stock = stock + 1 WHERE id <= %d", db, f.rows)); err != nil {
 		return 0, err
 	}
 	committed := time.Now()
-	if err := waitFor(ctx, time.Minute, func() (bool, error) { return h.count() >= f.rows, nil }); err != nil {
+	if err := waitFor(ctx, time.Minute, func() bool { return h.count() >= f.rows }); err != nil {
 		return 0, err
 	}
 	return float64(f.rows) / time.Since(committed).Seconds(), nil
 }
 
-// latency updates one row per transaction at a fixed rate and times, from
-// the commit's return, the DEL of its page key on every replica (Redis
-// keyspace notifications).
-func latency(ctx context.Context, f flags, conn *client.Conn, groups [][]string) ([]time.Duration, error) {
-	n := min(f.latencyN, f.rows)
+// latency updates one row per transaction at a fixed rate, spread over
+// f.workers connections, and times, from each commit's return, the DEL of
+// its page key on the last of the two replicas of its group (Redis keyspace
+// notifications).
+func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, error) {
+	n := f.latencyN
 	var replicas []*redis.Client
 	for _, g := range groups {
 		for _, addr := range g {
@@ -264,6 +352,11 @@ func latency(ctx context.Context, f flags, conn *client.Conn, groups [][]string)
 	}
 	events := make(chan event, 4*n)
 	var subs []*redis.PubSub
+	defer func() {
+		for _, s := range subs {
+			s.Close()
+		}
+	}()
 	for _, rc := range replicas {
 		if err := rc.ConfigSet(ctx, "notify-keyspace-events", "Eg").Err(); err != nil {
 			return nil, err
@@ -291,20 +384,37 @@ func latency(ctx context.Context, f flags, conn *client.Conn, groups [][]string)
 			}
 		}()
 	}
-	defer func() {
-		for _, s := range subs {
-			s.Close()
-		}
-	}()
-	// Every id's page key lives on the 2 replicas of its group.
+
 	commits := make([]time.Time, n+1)
+	ids := make(chan int, f.workers)
+	errs := make(chan error, f.workers)
+	var wg sync.WaitGroup
+	for range f.workers {
+		conn, err := client.ConnectWithContext(ctx, f.mysql, "root", "", "", 10*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range ids {
+				if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET price = price + 1 WHERE id = %d", db, id)); err != nil {
+					errs <- err
+					return
+				}
+				commits[id] = time.Now()
+			}
+		}()
+	}
+	// Every id's page key lives on the 2 replicas of its group.
 	last := make([]time.Time, n+1)
 	seen := make([]int, n+1)
-	done := 0
+	done, next := 0, 1
 	tick := time.NewTicker(time.Second / time.Duration(f.rate))
 	defer tick.Stop()
-	next := 1
-	deadline := time.After(time.Duration(n/f.rate+30) * time.Second)
+	deadline := time.After(time.Duration(n/f.rate+60) * time.Second)
+	began := time.Now()
 	for done < n {
 		var tc <-chan time.Time
 		if next <= n {
@@ -312,11 +422,16 @@ func latency(ctx context.Context, f flags, conn *client.Conn, groups [][]string)
 		}
 		select {
 		case <-tc:
-			if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET price = price + 1 WHERE id = %d", db, next)); err != nil {
-				return nil, err
+			select {
+			case ids <- next:
+				next++
+			default: // workers saturated: this tick's transaction is skipped
 			}
-			commits[next] = time.Now()
-			next++
+			if next > n {
+				close(ids)
+				wg.Wait()
+				fmt.Printf("latency run: %d transactions in %v (%.0f/s achieved)\n", n, time.Since(began).Round(time.Millisecond), float64(n)/time.Since(began).Seconds())
+			}
 		case e := <-events:
 			if e.id > n {
 				continue
@@ -326,12 +441,15 @@ func latency(ctx context.Context, f flags, conn *client.Conn, groups [][]string)
 			if seen[e.id] == 2 {
 				done++
 			}
+		case err := <-errs:
+			return nil, err
 		case <-deadline:
 			return nil, fmt.Errorf("only %d of %d changes purged on both replicas", done, n)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 	}
+	wg.Wait()
 	lat := make([]time.Duration, 0, n)
 	for id := 1; id <= n; id++ {
 		lat = append(lat, last[id].Sub(commits[id]))
@@ -365,13 +483,9 @@ func (m metricsAt) sum(name string) float64 {
 	return total
 }
 
-func waitFor(ctx context.Context, limit time.Duration, cond func() (bool, error)) error {
+func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
 	deadline := time.Now().Add(limit)
-	for {
-		ok, err := cond()
-		if err != nil || ok {
-			return err
-		}
+	for !cond() {
 		if time.Now().After(deadline) {
 			return errors.New("timed out")
 		}
@@ -381,6 +495,7 @@ func waitFor(ctx context.Context, limit time.Duration, cond func() (bool, error)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	return nil
 }
 
 func freeAddr() (string, error) {
