@@ -34,9 +34,9 @@ run: seed build
 	@echo
 	exec bin/flashsync all -config configs/dev.toml
 
-bench: stack-up
+bench: stack-up build
 	go test -run '^$$' -bench . -benchtime 2s ./invalidate
-	go run ./bench/bulkupdate
+	go run ./bench/bulkupdate -big-rows 1000000
 
 test: stack-up
 	go vet ./...

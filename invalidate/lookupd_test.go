@@ -259,6 +259,7 @@ func keyRange(prefix string, from, to int) []string {
 // over to the second; a purger that knows only nsqlookupd purges every batch
 // from both on every replica.
 func TestLookupdPurgerFollowsPublisherFailover(t *testing.T) {
+	t.Parallel()
 	const prefix, batches = "flashsync", 20
 	lookupd := stacktest.StartNSQLookupd(t)
 	n1 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
@@ -318,6 +319,7 @@ func TestLookupdPurgerFollowsPublisherFailover(t *testing.T) {
 // An nsqd that joins after the purger started is found at the next
 // nsqlookupd poll, without a restart.
 func TestLookupdPurgerDiscoversNewNSQD(t *testing.T) {
+	t.Parallel()
 	const prefix = "flashsync"
 	lookupd := stacktest.StartNSQLookupd(t)
 	n1 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
@@ -349,6 +351,7 @@ func TestLookupdPurgerDiscoversNewNSQD(t *testing.T) {
 // Two purgers with the same groups share every replica's channel on every
 // nsqd: NSQ hands each message to one of them, and none is lost.
 func TestLookupdTwoPurgersShareTheLoad(t *testing.T) {
+	t.Parallel()
 	const prefix, batches = "flashsync", 100
 	lookupd := stacktest.StartNSQLookupd(t)
 	n1 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
@@ -481,6 +484,7 @@ func deadLetters(t *testing.T, nsqdTCP, prefix string) <-chan string {
 // A dead letter goes to the first nsqd that takes it: past an unreachable
 // one in nsqd_tcp, and, without nsqd_tcp, to one nsqlookupd lists.
 func TestDeadLettersFailOverAcrossNSQD(t *testing.T) {
+	t.Parallel()
 	const prefix = "flashsync"
 	poison := []byte(`{"v":99,"keys":["x"]}`)
 	for _, tt := range []struct {
@@ -488,6 +492,7 @@ func TestDeadLettersFailOverAcrossNSQD(t *testing.T) {
 		configured bool // nsqd_tcp set, its first nsqd unreachable
 	}{{"nsqd_tcp", true}, {"nsqlookupd only", false}} {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			lookupd := stacktest.StartNSQLookupd(t)
 			dead := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
 			n := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
