@@ -79,6 +79,7 @@ type Canal struct {
 	lastSave time.Time
 	running  bool
 	closed   bool
+	state    string // standby, active, stopped
 	cancel   context.CancelFunc
 }
 
@@ -207,16 +208,20 @@ func (c *Canal) Run(ctx context.Context) error {
 	c.mu.Unlock()
 	defer cancel()
 
+	defer c.setState("stopped")
 	l := c.opts.Lease
 	if l == nil {
+		c.setState("active")
 		return c.term(ctx)
 	}
 	defer l.Release()
 	for {
+		c.setState("standby")
 		c.log.Info("canal standby: waiting for the lease", "holder", l.Holder())
 		if err := l.Acquire(ctx); err != nil {
 			return nil // ctx ended
 		}
+		c.setState("active")
 		c.log.Info("canal lease acquired: active", "token", l.Token())
 		termCtx, endTerm := context.WithCancelCause(ctx)
 		kept := make(chan struct{})
@@ -313,6 +318,23 @@ func (c *Canal) Close() error {
 		c.cancel()
 	}
 	return nil
+}
+
+func (c *Canal) setState(s string) {
+	c.mu.Lock()
+	c.state = s
+	c.mu.Unlock()
+}
+
+// State is "active" while streaming, "standby" while waiting for the HA
+// lease, "stopped" otherwise.
+func (c *Canal) State() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == "" {
+		return "stopped"
+	}
+	return c.state
 }
 
 // Position returns the last position whose invalidations NSQ acknowledged.

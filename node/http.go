@@ -94,7 +94,7 @@ type health struct {
 func (n *Node) healthz(w http.ResponseWriter, _ *http.Request) error {
 	h := health{Status: "ok", Roles: map[string]string{}}
 	if n.canal != nil {
-		h.Roles[RoleCanal] = "ok"
+		h.Roles[RoleCanal] = n.canal.State()
 		h.Position = n.canal.Position().String()
 	}
 	if n.purger != nil {
