@@ -1,4 +1,4 @@
-# flashsync — developer entry points. The local stack (MariaDB, 4x Redis, nsqd)
+# flashsync — developer entry points. The local stack (MariaDB, 4x Redis, nsqlookupd, 2x nsqd)
 # is managed by scripts/stack.sh and lives under .stack/.
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)

@@ -37,8 +37,15 @@ func StartMariaDB(t testing.TB, extraArgs ...string) *MariaDB {
 	t.Helper()
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
+	// A private tmpdir: concurrent installs sharing /tmp clash on their
+	// temporary table files.
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	install := exec.Command("mariadb-install-db",
 		"--no-defaults",
+		"--tmpdir="+tmp,
 		"--auth-root-authentication-method=normal",
 		"--datadir="+data,
 		"--skip-test-db",
@@ -57,6 +64,7 @@ func StartMariaDB(t testing.TB, extraArgs ...string) *MariaDB {
 	m.args = append([]string{
 		"--no-defaults",
 		"--datadir=" + data,
+		"--tmpdir=" + tmp,
 		"--socket=" + filepath.Join(dir, "s.sock"),
 		"--port=" + strconv.Itoa(port),
 		"--bind-address=127.0.0.1",
