@@ -10,7 +10,7 @@
 #
 # Without SERVICE arguments every service is affected. Services:
 #   mariadb                        MariaDB 10.11, 127.0.0.1:13306, root / empty password,
-#                                  ROW binlog with FULL row image, server_id 1
+#                                  ROW binlog, FULL row image and row metadata, server_id 1
 #   redis-16379 redis-16380        Redis group hot-a
 #   redis-16381 redis-16382        Redis group hot-b
 #   nsqlookupd                     nsqlookupd, TCP 127.0.0.1:14160, HTTP 127.0.0.1:14161
@@ -378,6 +378,7 @@ mariadb_cmd() {
     --log-bin="$MARIADB_DIR/binlog/mysql-bin"
     --binlog-format=ROW
     --binlog-row-image=FULL
+    --binlog-row-metadata=FULL
     --expire-logs-days=2
     --skip-name-resolve
     --innodb-buffer-pool-size=128M
