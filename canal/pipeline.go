@@ -3,18 +3,24 @@ package canal
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flashsync/flashsync/invalidate"
 )
 
-// pipeline sits between the binlog reader and NSQ. It coalesces the targets
-// of consecutive transactions for up to a window (the same key changed by
-// many transactions is purged once), hands each batch to one publishing
-// goroutine in order, and moves the position to a batch's last commit only
-// after NSQ acknowledged the batch. It holds at most len(free) batches, each
-// bounded by maxKeys and maxBytes: when the publisher falls behind, the
-// reader blocks, and the binlog connection with it.
+// pipeline sits between the binlog reader and NSQ. It hands each batch to
+// one publishing goroutine in order and moves the position to a batch's last
+// commit only after NSQ acknowledged the batch.
+//
+// Coalescing adapts to load: a commit goes out at once when the publisher is
+// idle (no added latency when traffic is light); while a publish is in
+// flight, the transactions committed meanwhile gather in one batch, for at
+// most the window, so under load a key changed by many of them is purged
+// once and publishes carry many targets. The pipeline holds at most
+// pipelineBatches batches, each bounded by maxKeys and maxBytes: when the
+// publisher falls behind, the reader blocks, and the binlog connection with
+// it.
 type pipeline struct {
 	publish  func(context.Context, *invalidate.Batch, invalidate.Meta) error
 	ack      func(Position)
@@ -30,6 +36,7 @@ type pipeline struct {
 	started time.Time       // when cur got its first content
 	timer   *time.Timer     // flushes cur when the window ends
 	closed  bool
+	pending atomic.Int32 // batches handed to the publisher and not yet done
 	out     chan flushItem
 	free    chan *invalidate.Batch
 	done    chan struct{}
@@ -77,13 +84,14 @@ func (p *pipeline) apply(fn func(*invalidate.Batch)) {
 	}
 }
 
-// commitAt records a transaction boundary. Without a window the batch goes
-// out now; otherwise when the window since its first content ends.
+// commitAt records a transaction boundary. The batch goes out now if the
+// publisher is idle, the batch is full or its window has passed; otherwise
+// the publisher takes it when it is done, or the window's timer does.
 func (p *pipeline) commitAt(pos Position, meta invalidate.Meta) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.commit, p.meta = &pos, meta
-	if p.window <= 0 || p.full() || (!p.started.IsZero() && time.Since(p.started) >= p.window) {
+	if p.pending.Load() == 0 || p.window <= 0 || p.full() || (!p.started.IsZero() && time.Since(p.started) >= p.window) {
 		p.flushLocked()
 		return
 	}
@@ -122,6 +130,7 @@ func (p *pipeline) flushLocked() {
 	if p.cur.Len() == 0 && p.commit == nil {
 		return
 	}
+	p.pending.Add(1)
 	p.out <- flushItem{batch: p.cur, commit: p.commit, meta: p.meta}
 	p.cur = <-p.free
 	p.commit, p.started = nil, time.Time{}
@@ -140,6 +149,16 @@ func (p *pipeline) run(ctx context.Context) {
 		}
 		item.batch.Reset()
 		p.free <- item.batch
+		// Idle again: send what gathered while this batch was out. If the
+		// lock is taken, its holder is the reader, whose next commit sees
+		// the publisher idle and flushes, or the window's timer: never wait
+		// for it here, the reader may be waiting for this goroutine.
+		if p.pending.Add(-1) == 0 && p.mu.TryLock() {
+			if p.commit != nil && !p.closed {
+				p.flushLocked()
+			}
+			p.mu.Unlock()
+		}
 	}
 }
 

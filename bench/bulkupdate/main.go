@@ -44,6 +44,7 @@ type flags struct {
 	rate     int
 	workers  int
 	timeout  time.Duration
+	window   time.Duration
 }
 
 func main() {
@@ -60,6 +61,7 @@ func main() {
 	flag.IntVar(&f.rate, "rate", 5000, "transactions per second in the latency run (max 10,000)")
 	flag.IntVar(&f.workers, "workers", 4, "connections issuing the latency run's transactions (max 16)")
 	flag.DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
+	flag.DurationVar(&f.window, "coalesce-window", 2*time.Millisecond, "flashsync's canal.coalesce_window")
 	flag.Parse()
 	f.rows = min(max(f.rows, 1), 1_000_000)
 	f.bigRows = min(max(f.bigRows, 0), 2_000_000)
@@ -182,6 +184,7 @@ server_id = 4242
 [canal]
 position_file = %q
 include_tables = ["%s\\..*"]
+coalesce_window = %q
 
 [nsq]
 nsqd_tcp = [%q]
@@ -203,7 +206,7 @@ replicas = [%s]
 table = "%s.item"
 keys = ["item:{id}", "item:page:{id}"]
 route_by = "id"
-`, f.mysql, filepath.Join(tmp, "position"), db, f.nsqdTCP, f.nsqdHTTP, httpAddr, quote(groups[0]), quote(groups[1]), db)
+`, f.mysql, filepath.Join(tmp, "position"), db, f.window.String(), f.nsqdTCP, f.nsqdHTTP, httpAddr, quote(groups[0]), quote(groups[1]), db)
 	path := filepath.Join(tmp, "flashsync.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
