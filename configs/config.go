@@ -59,9 +59,10 @@ type Canal struct {
 	// MaxBatchBytes bounds the targets' bytes held per batch; with a few
 	// batches in flight it bounds the canal's memory on any transaction.
 	MaxBatchBytes int `toml:"max_batch_bytes"`
-	// CoalesceWindow gathers the targets of the transactions committed
-	// within it into one batch, so a key changed by many of them is purged
-	// once; "0s" publishes every transaction on its own. Default
+	// CoalesceWindow bounds how long the transactions committed while a
+	// publish is in flight gather in one batch (a key changed by many of
+	// them is purged once); with the publisher idle a commit goes out at
+	// once. "0s" publishes every transaction on its own. Default
 	// DefaultCoalesceWindow.
 	CoalesceWindow time.Duration `toml:"coalesce_window"`
 	// HA runs this canal as one of several for the source: the one holding
