@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -53,6 +54,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 
 func (n *Node) mux() *http.ServeMux {
 	mux := http.NewServeMux()
+	// Profiles for operators; the listener is loopback unless configured.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{Registry: n.registry}))
 	mux.Handle("GET /healthz", handle(n.log, n.healthz))
 	mux.Handle("POST /rules/explain", handle(n.log, n.explainRules))

@@ -45,6 +45,7 @@ type flags struct {
 	workers  int
 	timeout  time.Duration
 	window   time.Duration
+	perTx    int
 }
 
 func main() {
@@ -59,8 +60,10 @@ func main() {
 	flag.IntVar(&f.bigRows, "big-rows", 0, "rows of the one-transaction RSS run (0 skips; max 2,000,000)")
 	flag.IntVar(&f.latencyN, "latency-changes", 10000, "single-row transactions for the latency run (max 100,000)")
 	flag.IntVar(&f.rate, "rate", 5000, "transactions per second in the latency run (max 10,000)")
+	// (row changes per second = rate x rows-per-tx)
 	flag.IntVar(&f.workers, "workers", 4, "connections issuing the latency run's transactions (max 16)")
 	flag.DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
+	flag.IntVar(&f.perTx, "rows-per-tx", 1, "rows each latency-run transaction changes (max 100)")
 	flag.DurationVar(&f.window, "coalesce-window", 2*time.Millisecond, "flashsync's canal.coalesce_window")
 	flag.Parse()
 	f.rows = min(max(f.rows, 1), 1_000_000)
@@ -68,6 +71,7 @@ func main() {
 	f.latencyN = min(max(f.latencyN, 1), 100_000)
 	f.rate = min(max(f.rate, 1), 10_000)
 	f.workers = min(max(f.workers, 1), 16)
+	f.perTx = min(max(f.perTx, 1), 100)
 
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
@@ -134,8 +138,8 @@ func run(ctx context.Context, f flags) error {
 	}
 	slices.Sort(lat)
 	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	fmt.Printf("commit -> last replica purged, %d tx at %d/s: p50 %v  p99 %v  max %v\n",
-		len(lat), f.rate, q(0.50).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
+	fmt.Printf("commit -> last replica purged, %d changes at %d tx/s x %d rows: p50 %v  p99 %v  max %v\n",
+		len(lat), f.rate, f.perTx, q(0.50).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
 
 	if f.bigRows > 0 {
 		rssBefore := fs.peakRSS()
@@ -221,6 +225,7 @@ route_by = "id"
 		return nil, fmt.Errorf("start %s (run `make build`): %w", f.binary, err)
 	}
 	fs := &flashsync{cmd: cmd, metrics: metricsAt("http://" + httpAddr + "/metrics"), tmp: tmp, done: make(chan error, 1)}
+	fmt.Printf("flashsync pid %d serving http://%s (metrics, /debug/pprof/)\n", cmd.Process.Pid, httpAddr)
 	go func() { fs.done <- cmd.Wait(); log.Close() }()
 	if err := waitFor(ctx, 30*time.Second, func() bool {
 		_, err := os.Stat(filepath.Join(tmp, "position"))
@@ -402,11 +407,15 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 		go func() {
 			defer wg.Done()
 			for id := range ids {
-				if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET price = price + 1 WHERE id = %d", db, id)); err != nil {
+				last := min(id+f.perTx-1, n)
+				if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET price = price + 1 WHERE id BETWEEN %d AND %d", db, id, last)); err != nil {
 					errs <- err
 					return
 				}
-				commits[id] = time.Now()
+				now := time.Now()
+				for i := id; i <= last; i++ {
+					commits[i] = now
+				}
 			}
 		}()
 	}
@@ -427,13 +436,14 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 		case <-tc:
 			select {
 			case ids <- next:
-				next++
+				next += f.perTx
 			default: // workers saturated: this tick's transaction is skipped
 			}
 			if next > n {
 				close(ids)
 				wg.Wait()
-				fmt.Printf("latency run: %d transactions in %v (%.0f/s achieved)\n", n, time.Since(began).Round(time.Millisecond), float64(n)/time.Since(began).Seconds())
+				el := time.Since(began)
+				fmt.Printf("latency run: %d row changes in %d-row transactions in %v: %.0f changes/s, %.0f tx/s achieved\n", n, f.perTx, el.Round(time.Millisecond), float64(n)/el.Seconds(), float64(n)/float64(f.perTx)/el.Seconds())
 			}
 		case e := <-events:
 			if e.id > n {
