@@ -441,9 +441,6 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 			}
 			if next > n {
 				close(ids)
-				wg.Wait()
-				el := time.Since(began)
-				fmt.Printf("latency run: %d row changes in %d-row transactions in %v: %.0f changes/s, %.0f tx/s achieved\n", n, f.perTx, el.Round(time.Millisecond), float64(n)/el.Seconds(), float64(n)/float64(f.perTx)/el.Seconds())
 			}
 		case e := <-events:
 			if e.id > n {
@@ -462,7 +459,21 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 			return nil, ctx.Err()
 		}
 	}
-	wg.Wait()
+	workersDone := make(chan struct{})
+	go func() { wg.Wait(); close(workersDone) }()
+	select {
+	case <-workersDone:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var lastCommit time.Time
+	for _, c := range commits {
+		if c.After(lastCommit) {
+			lastCommit = c
+		}
+	}
+	el := lastCommit.Sub(began)
+	fmt.Printf("latency run: %d row changes in %d-row transactions in %v: %.0f changes/s, %.0f tx/s achieved\n", n, f.perTx, el.Round(time.Millisecond), float64(n)/el.Seconds(), float64(n)/float64(f.perTx)/el.Seconds())
 	lat := make([]time.Duration, 0, n)
 	for id := 1; id <= n; id++ {
 		lat = append(lat, last[id].Sub(commits[id]))
