@@ -321,49 +321,35 @@ func (c *Config) Validate() error {
 	if c.Purger.PipelineKeys < 1 {
 		bad("purger.pipeline_keys", "must be at least 1")
 	}
-	groups := map[string]bool{}
-	for i, g := range c.RedisGroups {
-		key := fmt.Sprintf("redis_group[%d]", i)
-		if !nameRe.MatchString(g.Name) {
-			bad(key+".name", "%q must be 1-32 of [a-zA-Z0-9_-]", g.Name)
+	// checkGroup validates one [[redis_group]] or [[http_group]]: a unique
+	// name and a non-empty list of distinct addresses.
+	checkGroup := func(key, name string, names map[string]bool, memberKey string, members []string) {
+		if !nameRe.MatchString(name) {
+			bad(key+".name", "%q must be 1-32 of [a-zA-Z0-9_-]", name)
 		}
-		if groups[g.Name] {
-			bad(key+".name", "%q is used twice", g.Name)
+		if names[name] {
+			bad(key+".name", "%q is used twice", name)
 		}
-		groups[g.Name] = true
-		if len(g.Replicas) == 0 {
-			bad(key+".replicas", "missing address")
-		}
-		seen := map[string]bool{}
-		for j, r := range g.Replicas {
-			checkAddr(fmt.Sprintf("%s.replicas[%d]", key, j), r)
-			if seen[r] {
-				bad(fmt.Sprintf("%s.replicas[%d]", key, j), "%q is listed twice", r)
-			}
-			seen[r] = true
-		}
-	}
-	httpGroups := map[string]bool{}
-	for i, g := range c.HTTPGroups {
-		key := fmt.Sprintf("http_group[%d]", i)
-		if !nameRe.MatchString(g.Name) {
-			bad(key+".name", "%q must be 1-32 of [a-zA-Z0-9_-]", g.Name)
-		}
-		if httpGroups[g.Name] {
-			bad(key+".name", "%q is used twice", g.Name)
-		}
-		httpGroups[g.Name] = true
-		if len(g.Instances) == 0 {
-			bad(key+".instances", "missing address")
+		names[name] = true
+		if len(members) == 0 {
+			bad(key+"."+memberKey, "missing address")
 		}
 		seen := map[string]bool{}
-		for j, a := range g.Instances {
-			checkAddr(fmt.Sprintf("%s.instances[%d]", key, j), a)
+		for j, a := range members {
+			mk := fmt.Sprintf("%s.%s[%d]", key, memberKey, j)
+			checkAddr(mk, a)
 			if seen[a] {
-				bad(fmt.Sprintf("%s.instances[%d]", key, j), "%q is listed twice", a)
+				bad(mk, "%q is listed twice", a)
 			}
 			seen[a] = true
 		}
+	}
+	groups, httpGroups := map[string]bool{}, map[string]bool{}
+	for i, g := range c.RedisGroups {
+		checkGroup(fmt.Sprintf("redis_group[%d]", i), g.Name, groups, "replicas", g.Replicas)
+	}
+	for i, g := range c.HTTPGroups {
+		checkGroup(fmt.Sprintf("http_group[%d]", i), g.Name, httpGroups, "instances", g.Instances)
 	}
 	for i, r := range c.Rules {
 		key := fmt.Sprintf("rule[%d]", i)
