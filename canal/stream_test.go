@@ -88,6 +88,20 @@ func (r *runner) stop() error {
 	return <-r.done
 }
 
+// waitExit waits for Run to end on its own and returns its error; if it
+// does not within timeout the test fails with why.
+func (r *runner) waitExit(timeout time.Duration, why string) error {
+	r.t.Helper()
+	select {
+	case err := <-r.done:
+		r.cancel = nil
+		return err
+	case <-time.After(timeout):
+		r.t.Fatal(why)
+		return nil
+	}
+}
+
 // waitKeys waits until every key in want was published.
 func (r *runner) waitKeys(want ...string) {
 	r.t.Helper()
@@ -185,13 +199,7 @@ func TestUnreplayableDDLStopsWithoutMetadata(t *testing.T) {
 				r.waitKeys("item:8", "name:eight")
 				return
 			}
-			var err error
-			select {
-			case err = <-r.done:
-				r.cancel = nil
-			case <-time.After(10 * time.Second):
-				t.Fatal("the canal kept running on a table whose columns it cannot know")
-			}
+			err := r.waitExit(10*time.Second, "the canal kept running on a table whose columns it cannot know")
 			if err == nil || !strings.Contains(err.Error(), "cannot be mapped to columns") || !strings.Contains(err.Error(), "binlog_row_metadata=FULL") {
 				t.Fatalf("err = %v, want the mapping error naming binlog_row_metadata=FULL", err)
 			}
@@ -219,13 +227,7 @@ func TestPositionGoneAndReset(t *testing.T) {
 	stacktest.Exec(t, conn, "RESET MASTER")
 
 	r.start()
-	var err error
-	select {
-	case err = <-r.done:
-		r.cancel = nil
-	case <-time.After(15 * time.Second):
-		t.Fatal("the canal kept running from a position the server no longer has")
-	}
+	err := r.waitExit(15*time.Second, "the canal kept running from a position the server no longer has")
 	if !errors.Is(err, canal.ErrPositionGone) || !strings.Contains(err.Error(), "--reset-to-current --flush-all") {
 		t.Fatalf("err = %v, want ErrPositionGone with the recovery command", err)
 	}
