@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -27,6 +28,87 @@ type Config struct {
 	RedisGroups []RedisGroup `toml:"redis_group"`
 	HTTPGroups  []HTTPGroup  `toml:"http_group"`
 	Rules       []Rule       `toml:"rule"`
+	// Console and CDNNodes configure the CDN cascade (package cdn).
+	Console    Console    `toml:"console"`
+	Dispatcher Dispatcher `toml:"dispatcher"`
+	CDNNodes   []CDNNode  `toml:"cdn_node"`
+}
+
+// Console is the console role, run on each CDN node: it takes signed purge
+// batches from the dispatcher and purges its cache machines.
+type Console struct {
+	Addr string `toml:"addr"`
+	// Key is the secret shared with the dispatcher; KeyFile names a file
+	// holding it instead (surrounding white space is ignored).
+	Key     string `toml:"key"`
+	KeyFile string `toml:"key_file"`
+	// TLSCert and TLSKey: set, the console serves HTTPS.
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+	// MaxBodyBytes bounds a request body.
+	MaxBodyBytes int64 `toml:"max_body_bytes"`
+	// MaxSkew is the accepted clock distance of a request's timestamp;
+	// nonces are remembered for twice as long.
+	MaxSkew time.Duration `toml:"max_skew"`
+	// Concurrency bounds the PURGE requests in flight to one machine.
+	Concurrency int `toml:"concurrency"`
+	// HostTimeout bounds one PURGE request.
+	HostTimeout time.Duration `toml:"host_timeout"`
+	// Machines are the node's Varnish-compatible caches, host:port.
+	Machines []string `toml:"machines"`
+}
+
+// Dispatcher tunes the dispatcher role (attempts and in-flight messages are
+// [purger]'s).
+type Dispatcher struct {
+	// Timeout bounds one POST to a console, its fan-out included.
+	Timeout time.Duration `toml:"timeout"`
+}
+
+// CDNNode is one CDN node's console, which the dispatcher sends every
+// batch's URLs and tags to.
+type CDNNode struct {
+	Name       string `toml:"name"`
+	ConsoleURL string `toml:"console_url"`
+	Key        string `toml:"key"`
+	KeyFile    string `toml:"key_file"`
+	// CAFile is a PEM bundle to verify an https console_url with (default:
+	// the system roots).
+	CAFile string `toml:"ca_file"`
+}
+
+// MinKeyLen is the shortest console key accepted.
+const MinKeyLen = 16
+
+// LoadKey returns the secret given inline or in a file; keyName is the
+// config key for errors ("console", "cdn_node[0]").
+func LoadKey(keyName, key, keyFile string) ([]byte, error) {
+	switch {
+	case key != "" && keyFile != "":
+		return nil, fmt.Errorf("%s.key: set key or key_file, not both", keyName)
+	case key == "" && keyFile == "":
+		return nil, fmt.Errorf("%s.key: missing (or set key_file)", keyName)
+	}
+	if keyFile != "" {
+		data, err := os.ReadFile(keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s.key_file: %v", keyName, err)
+		}
+		key = strings.TrimSpace(string(data))
+		if len(key) < MinKeyLen {
+			return nil, fmt.Errorf("%s.key_file: key shorter than %d bytes", keyName, MinKeyLen)
+		}
+		return []byte(key), nil
+	}
+	if len(key) < MinKeyLen {
+		return nil, fmt.Errorf("%s.key: shorter than %d bytes", keyName, MinKeyLen)
+	}
+	return []byte(key), nil
+}
+
+// ConsoleConfigured tells whether the file has a [console] to run.
+func (c *Config) ConsoleConfigured() bool {
+	return c.Console.Addr != "" || len(c.Console.Machines) > 0
 }
 
 // MySQL is the binlog source.
@@ -111,10 +193,17 @@ type Purger struct {
 	MaxAttempts uint16 `toml:"max_attempts"`
 	// MaxInFlight is the number of messages one replica's consumer holds.
 	MaxInFlight int `toml:"max_in_flight"`
-	// Timeout bounds one Redis round trip.
+	// Timeout bounds one Redis round trip or one HTTP purge request.
 	Timeout time.Duration `toml:"timeout"`
 	// PipelineKeys is the most keys sent in one Redis pipeline.
 	PipelineKeys int `toml:"pipeline_keys"`
+	// HTTPHost is the Host header of the HTTP purger's URL purges whose
+	// URL is a path ("/item/1.html"); empty means the instance's address.
+	// An absolute URL's host always wins.
+	HTTPHost string `toml:"http_host"`
+	// HTTPSoftPurge sends tags as xkey-softpurge (objects stay stale for
+	// their grace, refreshed in the background) instead of xkey-purge.
+	HTTPSoftPurge bool `toml:"http_soft_purge"`
 }
 
 // RedisGroup is a set of Redis instances that all hold the same hot data;
@@ -221,6 +310,21 @@ func (c *Config) Defaults() {
 	}
 	if c.Purger.PipelineKeys == 0 {
 		c.Purger.PipelineKeys = 512
+	}
+	if c.Console.MaxBodyBytes == 0 {
+		c.Console.MaxBodyBytes = 1 << 20
+	}
+	if c.Console.MaxSkew == 0 {
+		c.Console.MaxSkew = 30 * time.Second
+	}
+	if c.Console.Concurrency == 0 {
+		c.Console.Concurrency = 8
+	}
+	if c.Console.HostTimeout == 0 {
+		c.Console.HostTimeout = 2 * time.Second
+	}
+	if c.Dispatcher.Timeout == 0 {
+		c.Dispatcher.Timeout = 10 * time.Second
 	}
 }
 
@@ -351,6 +455,7 @@ func (c *Config) Validate() error {
 	for i, g := range c.HTTPGroups {
 		checkGroup(fmt.Sprintf("http_group[%d]", i), g.Name, httpGroups, "instances", g.Instances)
 	}
+	c.validateCDN(bad, checkAddr)
 	for i, r := range c.Rules {
 		key := fmt.Sprintf("rule[%d]", i)
 		if !tableRe.MatchString(r.Table) {
@@ -391,6 +496,71 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateCDN checks [console], [dispatcher] and [[cdn_node]].
+func (c *Config) validateCDN(bad func(key, format string, args ...any), checkAddr func(key, addr string)) {
+	if c.ConsoleConfigured() {
+		con := c.Console
+		checkAddr("console.addr", con.Addr)
+		if _, err := LoadKey("console", con.Key, con.KeyFile); err != nil {
+			errKey, msg, _ := strings.Cut(err.Error(), ": ")
+			bad(errKey, "%s", msg)
+		}
+		if (con.TLSCert == "") != (con.TLSKey == "") {
+			bad("console.tls_cert", "tls_cert and tls_key go together")
+		}
+		if con.MaxBodyBytes < 1024 {
+			bad("console.max_body_bytes", "must be at least 1024")
+		}
+		if con.MaxSkew < time.Second || con.MaxSkew > 10*time.Minute {
+			bad("console.max_skew", "must be between 1s and 10m")
+		}
+		if con.Concurrency < 1 {
+			bad("console.concurrency", "must be at least 1")
+		}
+		if con.HostTimeout <= 0 {
+			bad("console.host_timeout", "must be positive")
+		}
+		if len(con.Machines) == 0 {
+			bad("console.machines", "missing; list the node's cache machines (host:port)")
+		}
+		seen := map[string]bool{}
+		for i, m := range con.Machines {
+			checkAddr(fmt.Sprintf("console.machines[%d]", i), m)
+			if seen[m] {
+				bad(fmt.Sprintf("console.machines[%d]", i), "%q is listed twice", m)
+			}
+			seen[m] = true
+		}
+	}
+	if c.Dispatcher.Timeout <= 0 {
+		bad("dispatcher.timeout", "must be positive")
+	}
+	names := map[string]bool{}
+	for i, n := range c.CDNNodes {
+		key := fmt.Sprintf("cdn_node[%d]", i)
+		if !nameRe.MatchString(n.Name) {
+			bad(key+".name", "%q must be 1-32 of [a-zA-Z0-9_-]", n.Name)
+		}
+		if names[n.Name] {
+			bad(key+".name", "%q is used twice", n.Name)
+		}
+		names[n.Name] = true
+		u, err := url.Parse(n.ConsoleURL)
+		switch {
+		case n.ConsoleURL == "":
+			bad(key+".console_url", "missing; e.g. \"https://cdn1.example.com:16100\"")
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			bad(key+".console_url", "%q is not an http(s) URL", n.ConsoleURL)
+		case n.CAFile != "" && u.Scheme != "https":
+			bad(key+".ca_file", "set, but console_url %q is not https", n.ConsoleURL)
+		}
+		if _, err := LoadKey(key, n.Key, n.KeyFile); err != nil {
+			errKey, msg, _ := strings.Cut(err.Error(), ": ")
+			bad(errKey, "%s", msg)
+		}
+	}
 }
 
 func (c *Config) canalConfigured() bool {

@@ -28,6 +28,10 @@ type PublisherOptions struct {
 	// HTTPGroups are the HTTP cache groups in routing order, with their
 	// instance addresses (in Replicas), published to <prefix>.http.<group>.
 	HTTPGroups []GroupReplicas
+	// CDNNodes names the [[cdn_node]]s. Set, every batch's URLs and tags
+	// (of all HTTP groups) are also published to <prefix>.cdn, which has
+	// one channel per node (CDNChannel).
+	CDNNodes []string
 	// Timeout bounds one publish attempt.
 	Timeout time.Duration
 	// MaxKeysPerMessage splits a group's keys (or URLs and tags) into
@@ -59,7 +63,7 @@ type Meta struct {
 type Publisher struct {
 	opts      PublisherOptions
 	producers []*nsq.Producer
-	topics    []string // Redis groups' topics, then HTTP groups'
+	topics    []string // Redis groups' topics, then HTTP groups', then the CDN topic
 	next      int      // index of the producer to try first
 
 	published   *prometheus.CounterVec
@@ -79,7 +83,7 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	if len(opts.NSQDHTTP) != len(opts.NSQDTCP) {
 		return nil, errors.New("publisher: need one nsqd HTTP address per TCP address")
 	}
-	if len(opts.Groups)+len(opts.HTTPGroups) == 0 {
+	if len(opts.Groups)+len(opts.HTTPGroups)+len(opts.CDNNodes) == 0 {
 		return nil, errors.New("publisher: no groups")
 	}
 	if opts.TopicPrefix == "" {
@@ -109,6 +113,9 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	}
 	for _, g := range opts.HTTPGroups {
 		p.topics = append(p.topics, HTTPTopic(opts.TopicPrefix, g.Name))
+	}
+	if len(opts.CDNNodes) > 0 {
+		p.topics = append(p.topics, CDNTopic(opts.TopicPrefix))
 	}
 	for _, addr := range opts.NSQDTCP {
 		cfg := nsq.NewConfig()
@@ -173,13 +180,13 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 		if err := post(addr, "/topic/create", url.Values{"topic": {DeadLetterTopic(p.opts.TopicPrefix)}}); err != nil {
 			return fmt.Errorf("nsqd %s: %w", addr, err)
 		}
-		for i, g := range slices.Concat(p.opts.Groups, p.opts.HTTPGroups) {
+		for i, g := range slices.Concat(p.opts.Groups, p.opts.HTTPGroups, p.cdnGroup()) {
 			// Channels can only be created in an existing topic.
 			if err := post(addr, "/topic/create", url.Values{"topic": {p.topics[i]}}); err != nil {
 				return fmt.Errorf("nsqd %s: %w", addr, err)
 			}
 			for _, r := range g.Replicas {
-				q := url.Values{"topic": {p.topics[i]}, "channel": {ReplicaChannel(r)}}
+				q := url.Values{"topic": {p.topics[i]}, "channel": {ReplicaChannel(r)}} // unchanged for CDN channels
 				if err := post(addr, "/channel/create", q); err != nil {
 					return fmt.Errorf("nsqd %s: %w", addr, err)
 				}
@@ -241,6 +248,11 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 			urls, tags = urls[nu:], tags[nt:]
 		}
 	}
+	if len(p.opts.CDNNodes) > 0 {
+		if err := p.encodeCDN(b, func(msg Purge) error { return encode(len(p.topics)-1, msg) }); err != nil {
+			return err
+		}
+	}
 	backoff := p.opts.RetryMin
 	for attempt := 0; ; attempt++ {
 		err := p.publishOnce(bodies)
@@ -273,6 +285,64 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 		}
 		backoff = min(2*backoff, p.opts.RetryMax)
 	}
+}
+
+// CDNTopic is the NSQ topic of the CDN cascade: every batch's URLs and tags.
+func CDNTopic(prefix string) string { return prefix + ".cdn" }
+
+// CDNChannel is the channel of one CDN node on CDNTopic.
+func CDNChannel(node string) string { return "node-" + node }
+
+// CDNGroup is the Group of the messages on CDNTopic.
+const CDNGroup = "cdn"
+
+// cdnGroup is the CDN topic's channels, as a group for EnsureChannels.
+func (p *Publisher) cdnGroup() []GroupReplicas {
+	if len(p.opts.CDNNodes) == 0 {
+		return nil
+	}
+	g := GroupReplicas{Name: CDNGroup}
+	for _, n := range p.opts.CDNNodes {
+		g.Replicas = append(g.Replicas, CDNChannel(n))
+	}
+	return []GroupReplicas{g}
+}
+
+// encodeCDN splits every HTTP group's URLs and tags of b, once each, into
+// messages for the CDN topic.
+func (p *Publisher) encodeCDN(b *Batch, encode func(Purge) error) error {
+	var urls, tags []string
+	seenURL, seenTag := map[string]bool{}, map[string]bool{}
+	for g := 0; g < b.NumHTTPGroups(); g++ {
+		for _, u := range b.URLs(g) {
+			if !seenURL[u] {
+				seenURL[u] = true
+				urls = append(urls, u)
+			}
+		}
+		for _, t := range b.Tags(g) {
+			if !seenTag[t] {
+				seenTag[t] = true
+				tags = append(tags, t)
+			}
+		}
+	}
+	for len(urls)+len(tags) > 0 {
+		nu := min(len(urls), p.opts.MaxKeysPerMessage)
+		nt := min(len(tags), p.opts.MaxKeysPerMessage-nu)
+		msg := Purge{Group: CDNGroup}
+		if nu > 0 {
+			msg.URLs = urls[:nu]
+		}
+		if nt > 0 {
+			msg.Tags = tags[:nt]
+		}
+		if err := encode(msg); err != nil {
+			return err
+		}
+		urls, tags = urls[nu:], tags[nt:]
+	}
+	return nil
 }
 
 // publishOnce sends every non-empty group of both tiers on one nsqd (one

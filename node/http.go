@@ -109,6 +109,23 @@ func (n *Node) healthz(w http.ResponseWriter, _ *http.Request) error {
 			h.Status = "degraded"
 		}
 	}
+	if n.httpPurger != nil {
+		h.Roles[RoleHTTPPurger] = "ok"
+		if err := n.httpPurger.Health(); err != nil {
+			h.Roles[RoleHTTPPurger] = err.Error()
+			h.Status = "degraded"
+		}
+	}
+	if n.dispatcher != nil {
+		h.Roles[RoleDispatcher] = "ok"
+		if err := n.dispatcher.Health(); err != nil {
+			h.Roles[RoleDispatcher] = err.Error()
+			h.Status = "degraded"
+		}
+	}
+	if n.console != nil {
+		h.Roles[RoleConsole] = "ok"
+	}
 	status := http.StatusOK
 	if h.Status != "ok" {
 		status = http.StatusServiceUnavailable

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/flashsync/flashsync/canal"
+	"github.com/flashsync/flashsync/cdn"
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/nsqembed"
@@ -26,10 +27,18 @@ import (
 const (
 	RoleCanal       = "canal"
 	RoleRedisPurger = "purger"
+	// RoleHTTPPurger purges the URLs and xkey tags of every [[http_group]]
+	// on each of its instances (Varnish).
+	RoleHTTPPurger = "http-purger"
+	// RoleConsole runs on a CDN node: it purges the node's cache machines
+	// on signed requests from the dispatcher.
+	RoleConsole = "console"
+	// RoleDispatcher forwards the CDN topic to every [[cdn_node]]'s console.
+	RoleDispatcher = "dispatcher"
 )
 
 // Roles lists every role in start order.
-var Roles = []string{RoleCanal, RoleRedisPurger}
+var Roles = []string{RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, RoleConsole}
 
 // Options configure a Node.
 type Options struct {
@@ -53,15 +62,20 @@ type Node struct {
 	registry *prometheus.Registry
 	roles    []string
 
-	nsqd      *nsqembed.Server
-	nsqdTCP   []string
-	nsqdHTTP  []string
-	rules     *invalidate.Rules // every role has them, for /rules/explain
-	publisher *invalidate.Publisher
-	canal     *canal.Canal
-	lease     *canal.Lease
-	purger    *invalidate.RedisPurger
-	listener  net.Listener
+	nsqd       *nsqembed.Server
+	nsqdTCP    []string
+	nsqdHTTP   []string
+	rules      *invalidate.Rules // every role has them, for /rules/explain
+	publisher  *invalidate.Publisher
+	canal      *canal.Canal
+	lease      *canal.Lease
+	purger     *invalidate.RedisPurger
+	httpPurger *invalidate.HTTPPurger
+	listener   net.Listener
+
+	dispatcher      *cdn.Dispatcher
+	console         *cdn.Console
+	consoleListener net.Listener
 
 	closeOnce sync.Once
 }
@@ -90,8 +104,17 @@ func New(opts Options) (*Node, error) {
 		if len(cfg.RedisGroups) > 0 {
 			n.roles = append(n.roles, RoleRedisPurger)
 		}
+		if len(cfg.HTTPGroups) > 0 {
+			n.roles = append(n.roles, RoleHTTPPurger)
+		}
+		if len(cfg.CDNNodes) > 0 {
+			n.roles = append(n.roles, RoleDispatcher)
+		}
+		if cfg.ConsoleConfigured() {
+			n.roles = append(n.roles, RoleConsole)
+		}
 		if len(n.roles) == 0 {
-			return nil, errors.New("config has neither [[rule]] nor [[redis_group]]: no role to run")
+			return nil, errors.New("config has neither [[rule]] nor [[redis_group]] (nor [[cdn_node]] or [console]): no role to run")
 		}
 	}
 	for _, r := range n.roles {
@@ -116,7 +139,9 @@ func (n *Node) build() error {
 	}
 	n.rules = rules
 	n.nsqdTCP, n.nsqdHTTP = cfg.NSQ.NSQDTCP, cfg.NSQ.NSQDHTTP
-	if len(n.nsqdTCP) == 0 {
+	// A console alone (on a CDN node) uses no NSQ.
+	usesNSQ := slices.ContainsFunc(n.roles, func(r string) bool { return r != RoleConsole })
+	if len(n.nsqdTCP) == 0 && usesNSQ {
 		n.nsqd, err = nsqembed.New(nsqembed.Options{
 			TCPAddress: cfg.NSQ.EmbeddedTCP, HTTPAddress: cfg.NSQ.EmbeddedHTTP,
 			DataPath: cfg.NSQ.EmbeddedDataPath, Logger: n.log,
@@ -135,7 +160,8 @@ func (n *Node) build() error {
 		redisGroups, httpGroups := invalidate.GroupsFromConfig(cfg)
 		n.publisher, err = invalidate.NewPublisher(invalidate.PublisherOptions{
 			NSQDTCP: n.nsqdTCP, NSQDHTTP: n.nsqdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
-			Groups: redisGroups, HTTPGroups: httpGroups, Timeout: cfg.NSQ.PublishTimeout, Logger: n.log, Registerer: n.registry,
+			Groups: redisGroups, HTTPGroups: httpGroups, CDNNodes: cdnNodeNames(cfg),
+			Timeout: cfg.NSQ.PublishTimeout, Logger: n.log, Registerer: n.registry,
 		})
 		if err != nil {
 			return err
@@ -174,6 +200,24 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+	}
+	if n.has(RoleHTTPPurger) {
+		if len(cfg.HTTPGroups) == 0 {
+			return errors.New("http-purger role: config has no [[http_group]]")
+		}
+		n.httpPurger, err = invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
+			Groups: cfg.HTTPGroups, NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP,
+			TopicPrefix: cfg.NSQ.TopicPrefix,
+			MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight,
+			Timeout: cfg.Purger.Timeout, Host: cfg.Purger.HTTPHost, SoftPurge: cfg.Purger.HTTPSoftPurge,
+			Logger: n.log.With("role", RoleHTTPPurger), Registerer: n.registry,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if err := n.buildCDN(); err != nil {
+		return err
 	}
 	n.listener, err = net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
@@ -245,6 +289,28 @@ func (n *Node) Run(ctx context.Context) error {
 			fail(RoleRedisPurger, n.purger.Run(ctx))
 		}()
 	}
+	if n.httpPurger != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail(RoleHTTPPurger, n.httpPurger.Run(ctx))
+		}()
+	}
+	if n.dispatcher != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail(RoleDispatcher, n.dispatcher.Run(ctx))
+		}()
+	}
+	if n.console != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.log.Info("serving cdn console", "addr", n.consoleListener.Addr().String(), "tls", n.cfg.Console.TLSCert != "")
+			fail(RoleConsole, n.console.Serve(ctx, n.consoleListener, n.cfg.Console.TLSCert, n.cfg.Console.TLSKey))
+		}()
+	}
 	if nsqdDone != nil {
 		wg.Add(1)
 		go func() {
@@ -295,6 +361,9 @@ func (n *Node) Close() error {
 		if n.listener != nil {
 			n.listener.Close()
 		}
+		if n.consoleListener != nil {
+			n.consoleListener.Close()
+		}
 		if n.canal != nil {
 			n.canal.Close()
 		}
@@ -307,9 +376,70 @@ func (n *Node) Close() error {
 		if n.purger != nil {
 			n.purger.Close()
 		}
+		if n.httpPurger != nil {
+			n.httpPurger.Close()
+		}
 		if n.nsqd != nil {
 			n.nsqd.Close()
 		}
 	})
+	return nil
+}
+
+// cdnNodeNames lists the [[cdn_node]] names, for the CDN topic's channels.
+func cdnNodeNames(cfg *configs.Config) []string {
+	var names []string
+	for _, c := range cfg.CDNNodes {
+		names = append(names, c.Name)
+	}
+	return names
+}
+
+// buildCDN builds the dispatcher and console roles.
+func (n *Node) buildCDN() error {
+	cfg := n.cfg
+	if n.has(RoleDispatcher) {
+		if len(cfg.CDNNodes) == 0 {
+			return errors.New("dispatcher role: config has no [[cdn_node]]")
+		}
+		var nodes []cdn.Node
+		for i, c := range cfg.CDNNodes {
+			key, err := configs.LoadKey(fmt.Sprintf("cdn_node[%d]", i), c.Key, c.KeyFile)
+			if err != nil {
+				return err
+			}
+			nodes = append(nodes, cdn.Node{Name: c.Name, ConsoleURL: c.ConsoleURL, Key: key, CAFile: c.CAFile})
+		}
+		var err error
+		n.dispatcher, err = cdn.NewDispatcher(cdn.DispatcherOptions{
+			Nodes: nodes, NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
+			MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight, Timeout: cfg.Dispatcher.Timeout,
+			Logger: n.log.With("role", RoleDispatcher), Registerer: n.registry,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if n.has(RoleConsole) {
+		if !cfg.ConsoleConfigured() {
+			return errors.New("console role: config has no [console]")
+		}
+		key, err := configs.LoadKey("console", cfg.Console.Key, cfg.Console.KeyFile)
+		if err != nil {
+			return err
+		}
+		n.console, err = cdn.NewConsole(cdn.ConsoleOptions{
+			Key: key, Machines: cfg.Console.Machines, MaxBodyBytes: cfg.Console.MaxBodyBytes,
+			MaxSkew: cfg.Console.MaxSkew, Concurrency: cfg.Console.Concurrency, HostTimeout: cfg.Console.HostTimeout,
+			Logger: n.log.With("role", RoleConsole), Registerer: n.registry,
+		})
+		if err != nil {
+			return err
+		}
+		n.consoleListener, err = net.Listen("tcp", cfg.Console.Addr)
+		if err != nil {
+			return fmt.Errorf("console.addr: %w", err)
+		}
+	}
 	return nil
 }

@@ -17,6 +17,10 @@
 #   nsqd                           nsqd, TCP 127.0.0.1:14150, HTTP 127.0.0.1:14151
 #   nsqd-2                         nsqd, TCP 127.0.0.1:14152, HTTP 127.0.0.1:14153
 #                                  (both nsqd register with nsqlookupd, which starts first)
+#   demo-backend                   `flashsync demo-backend`, 127.0.0.1:16090: item pages from
+#                                  shop.item with xkey headers (binary built into .stack/bin)
+#   varnish-16081 varnish-16082    Varnish 7 + xkey (configs/varnish/flashsync.vcl) in front of
+#                                  demo-backend; HTTP group "varnish"; admin port disabled
 #
 # Everything (data, logs, pid files, the nsqd and nsqlookupd binaries) lives
 # under $REPO/.stack/. A running service whose command line in this script has
@@ -43,11 +47,14 @@ NSQLOOKUPD_HTTP_PORT=14161
 declare -A NSQD_TCP_PORT=([nsqd]=14150 [nsqd-2]=14152)
 declare -A NSQD_HTTP_PORT=([nsqd]=14151 [nsqd-2]=14153)
 declare -A REDIS_GROUP=([16379]=hot-a [16380]=hot-a [16381]=hot-b [16382]=hot-b)
+DEMO_BACKEND_PORT=16090
 
 # Start order: nsqlookupd before the nsqd that register with it.
-SERVICES=(mariadb redis-16379 redis-16380 redis-16381 redis-16382 nsqlookupd nsqd nsqd-2)
+SERVICES=(mariadb redis-16379 redis-16380 redis-16381 redis-16382 nsqlookupd nsqd nsqd-2
+  demo-backend varnish-16081 varnish-16082)
 
-# "command apt-package" pairs; missing commands are installed with apt.
+# "command apt-package" pairs; missing commands (or, for an absolute path,
+# missing files) are installed with apt.
 REQUIRES=(
   "mariadbd mariadb-server"
   "mariadb-install-db mariadb-server"
@@ -56,6 +63,8 @@ REQUIRES=(
   "redis-server redis-server"
   "redis-cli redis-tools"
   "curl curl"
+  "varnishd varnish"
+  "/usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_xkey.so varnish-modules"
 )
 
 DEFAULT_START_TIMEOUT=30 # seconds to wait for a service to answer
@@ -290,11 +299,14 @@ ensure_packages() {
   for entry in "${REQUIRES[@]}"; do
     cmd=${entry%% *}
     pkg=${entry#* }
-    if ! command -v "$cmd" >/dev/null 2>&1; then
-      seen=
-      for p in "${missing[@]}"; do [[ $p == "$pkg" ]] && seen=1; done
-      [[ -n $seen ]] || missing+=("$pkg")
+    if [[ $cmd == /* ]]; then
+      [[ -e $cmd ]] && continue
+    elif command -v "$cmd" >/dev/null 2>&1; then
+      continue
     fi
+    seen=
+    for p in "${missing[@]}"; do [[ $p == "$pkg" ]] && seen=1; done
+    [[ -n $seen ]] || missing+=("$pkg")
   done
   ((${#missing[@]})) || return 0
   [[ $(id -u) == 0 ]] || die "missing packages: ${missing[*]} (install them or run as root)"
@@ -492,6 +504,81 @@ nsqd_cmd() {
 }
 
 # ---------------------------------------------------------------------------
+# demo-backend (kind "demo")
+# ---------------------------------------------------------------------------
+
+# flashsync_build: build $STACK/bin/flashsync from this repo (go build is
+# incremental: fast when nothing changed). Run when demo-backend starts; to
+# pick up a code change: scripts/stack.sh down demo-backend && scripts/stack.sh up
+flashsync_build() {
+  local bin=$STACK/bin/flashsync
+  mkdir -p "$STACK/bin"
+  command -v go >/dev/null || die "go not found (expected /usr/local/go/bin/go)"
+  (cd "$REPO" && go build -o "$bin.tmp" ./cmd/flashsync) 9>&- || die "building flashsync failed"
+  mv -f "$bin.tmp" "$bin"
+}
+
+demo_addr() { echo "127.0.0.1:$DEMO_BACKEND_PORT (shop.item pages)"; }
+demo_exe() { echo "$STACK/bin/flashsync"; }
+demo_ping() {
+  [[ $(curl -s -m 2 "http://127.0.0.1:$DEMO_BACKEND_PORT/healthz" 2>/dev/null) == ok ]]
+}
+demo_prepare() { flashsync_build; }
+demo_cmd() {
+  CMD=(
+    "$(demo_exe)" demo-backend
+    -config "$REPO/configs/dev.toml"
+    -addr "127.0.0.1:$DEMO_BACKEND_PORT"
+  )
+}
+
+# ---------------------------------------------------------------------------
+# varnish-<port>
+# ---------------------------------------------------------------------------
+
+# Each instance's directory holds its varnishd working directory (-n) and
+# flashsync-backend.vcl, which configs/varnish/flashsync.vcl includes through
+# vcl_path (this directory first): the backend is the demo backend.
+varnish_port() { echo "${1#varnish-}"; }
+varnish_dir() { echo "$STACK/$1"; }
+varnish_addr() { echo "127.0.0.1:$(varnish_port "$1") (http group varnish)"; }
+varnish_exe() { command -v varnishd; }
+varnish_start_timeout() { echo 60; }
+varnish_ping() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$(varnish_port "$1")/healthz" 2>/dev/null)
+  [[ -n $code && $code != 000 ]]
+}
+varnish_prepare() {
+  local dir
+  dir=$(varnish_dir "$1")
+  mkdir -p "$dir"
+  # varnishd's compiler and child run as unprivileged users.
+  chmod 755 "$STACK" "$dir"
+  printf 'backend default {\n    .host = "127.0.0.1";\n    .port = "%s";\n    .connect_timeout = 1s;\n    .first_byte_timeout = 5s;\n}\n' \
+    "$DEMO_BACKEND_PORT" >"$dir/flashsync-backend.vcl"
+}
+varnish_cmd() {
+  local dir
+  dir=$(varnish_dir "$1")
+  CMD=(
+    "$(varnish_exe)" -F
+    -a "127.0.0.1:$(varnish_port "$1")"
+    -f "$REPO/configs/varnish/flashsync.vcl"
+    -n "$dir/work"
+    -T none
+    -s "malloc,64m"
+    -p "vcl_path=$dir:$REPO/configs/varnish"
+    -p thread_pools=1
+    -p thread_pool_min=10
+    -p thread_pool_max=200
+    # A refused connection (demo-backend not up yet) must not fail the next
+    # fetches for 250 ms.
+    -p backend_remote_error_holddown=0
+  )
+}
+
+# ---------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------
 
@@ -545,11 +632,11 @@ cmd_status() {
   local s state pid rc=0
   (($#)) || set -- "${SERVICES[@]}"
   check_services "$@"
-  printf '%-12s %-42s %-5s %s\n' SERVICE ADDRESS STATE PID
+  printf '%-14s %-42s %-5s %s\n' SERVICE ADDRESS STATE PID
   for s in "$@"; do
     if svc_ping "$s"; then state=up; else state=down; rc=3; fi
     pid=$(svc_pid "$s")
-    printf '%-12s %-42s %-5s %s\n' "$s" "$(svc_addr "$s")" "$state" "${pid:--}"
+    printf '%-14s %-42s %-5s %s\n' "$s" "$(svc_addr "$s")" "$state" "${pid:--}"
   done
   return "$rc"
 }

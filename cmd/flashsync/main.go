@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/demoweb"
 	"github.com/flashsync/flashsync/node"
 )
 
@@ -24,7 +25,11 @@ commands:
   all         run every role the config has settings for
   canal       tail the binlog and publish invalidations
   purger      apply invalidations to every Redis replica
+  http-purger apply URL and xkey tag purges to every [[http_group]] instance (Varnish)
+  dispatcher  forward URL and tag purges to every [[cdn_node]]'s console
+  console     on a CDN node: purge its cache machines on signed requests
   check       load and validate the config, then exit
+  demo-backend  serve the demo item pages behind Varnish (-addr, -table)
   seed-cache  write the keys the rules derive from existing rows (demo)
   rules explain  show which rules fire for a row change and what they purge
                  (flashsync rules explain -h)
@@ -48,6 +53,8 @@ func run(args []string, stderr io.Writer) int {
 	configPath := fs.String("config", "configs/dev.toml", "TOML config file")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	seedLimit := fs.Int("limit", 1000, "seed-cache: rows per table")
+	demoAddr := fs.String("addr", "127.0.0.1:16090", "demo-backend: listen address")
+	demoTable := fs.String("table", "shop.item", "demo-backend: db.table of the items (id, name, price, stock)")
 	resetToCurrent := fs.Bool("reset-to-current", false, "canal, all: start at the server's current binlog position (after error 1236); needs -flush-all")
 	flushAll := fs.Bool("flush-all", false, "with -reset-to-current: flush every configured cache group first")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -74,7 +81,13 @@ func run(args []string, stderr io.Writer) int {
 		return 0
 	case "seed-cache":
 		err = node.SeedCache(ctx, cfg, *seedLimit, log)
-	case "all", node.RoleCanal, node.RoleRedisPurger:
+	case "demo-backend":
+		var srv *demoweb.Server
+		srv, err = demoweb.New(demoweb.Options{MySQL: cfg.MySQL, Table: *demoTable, Logger: log})
+		if err == nil {
+			err = srv.ListenAndServe(ctx, *demoAddr)
+		}
+	case "all", node.RoleCanal, node.RoleRedisPurger, node.RoleHTTPPurger, node.RoleDispatcher, node.RoleConsole:
 		var roles []string
 		if cmd != "all" {
 			roles = []string{cmd}

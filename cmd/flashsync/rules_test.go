@@ -28,7 +28,7 @@ func TestRulesExplainCLI(t *testing.T) {
 		"shop.item update\n",
 		"rule[0] (shop.item): fired: columns outside ignore_changes changed: price (ignore_changes = [view_count, updated_at])",
 		"redis hot-a (replicas 127.0.0.1:16379, 127.0.0.1:16380, topic flashsync.redis.hot-a)",
-		"http varnish-a (instances 127.0.0.1:16081, topic flashsync.http.varnish-a)",
+		"http varnish (instances 127.0.0.1:16081, 127.0.0.1:16082, topic flashsync.http.varnish)",
 		"    url /item/1.html\n", "    tag item-1\n", "    key item:page:1\n",
 	} {
 		if !strings.Contains(out, want) {
@@ -49,7 +49,7 @@ func TestRulesExplainCLI(t *testing.T) {
 		Action string
 		Purges []struct{ Group string }
 	}
-	if err := json.Unmarshal([]byte(out), &e); err != nil || e.Action != "insert" || len(e.Purges) != 2 || e.Purges[0].Group != "hot-b" || e.Purges[1].Group != "varnish-b" {
+	if err := json.Unmarshal([]byte(out), &e); err != nil || e.Action != "insert" || len(e.Purges) != 2 || e.Purges[0].Group != "hot-b" || e.Purges[1].Group != "varnish" {
 		t.Errorf("json (%v): %s", err, out)
 	}
 	rc, out, _ = runExplain(t, "-row", "@"+path, "-action", "update")

@@ -21,8 +21,8 @@
 // run `make stack-up`, unless CI=true, in which case it fails (see [Require]).
 //
 // Private servers are owned by a single test, which may stop, restart or kill
-// them: [StartRedis], [StartMariaDB], [StartNSQD] (or [StartNSQDWithLookupd])
-// and [StartNSQLookupd]. They listen on free loopback ports, keep their data
+// them: [StartRedis], [StartMariaDB], [StartNSQD] (or [StartNSQDWithLookupd]),
+// [StartNSQLookupd] and [StartVarnish]. They listen on free loopback ports, keep their data
 // in t.TempDir() and are stopped at cleanup. Their methods must be called
 // from the test goroutine, except NSQD.Stop and NSQLookupd.Stop.
 package stacktest

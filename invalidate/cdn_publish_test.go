@@ -1,0 +1,83 @@
+package invalidate_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flashsync/flashsync/internal/stacktest"
+	"github.com/flashsync/flashsync/invalidate"
+)
+
+// Every batch's URLs and tags, of every HTTP group, go to the CDN topic once
+// each, on a channel per CDN node created before the first publish.
+func TestPublishCopiesEveryURLAndTagToTheCDNTopic(t *testing.T) {
+	nsqd := stacktest.StartNSQD(t)
+	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
+		NSQDTCP: []string{nsqd.TCPAddr()}, NSQDHTTP: []string{nsqd.HTTPAddr()},
+		HTTPGroups: []invalidate.GroupReplicas{
+			{Name: "h0", Replicas: []string{"127.0.0.1:1"}},
+			{Name: "h1", Replicas: []string{"127.0.0.1:2"}},
+		},
+		CDNNodes: []string{"edge-1", "edge-2"}, MaxKeysPerMessage: 3, Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	if err := pub.EnsureChannels(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b := invalidate.NewBatch(0)
+	b.AddURL(0, "/a")
+	b.AddURL(1, "/b")
+	b.AddURL(1, "/a") // in both groups: once on the CDN topic
+	b.AddTag(0, "t1")
+	b.AddTag(1, "t2")
+	if err := pub.Publish(context.Background(), b, invalidate.Meta{Pos: "p", Seen: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range []string{"edge-1", "edge-2"} {
+		got := make(chan *invalidate.Purge, 8)
+		cons, err := nsq.NewConsumer(invalidate.CDNTopic("flashsync"), invalidate.CDNChannel(node), nsq.NewConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+			p, err := invalidate.DecodePurge(m.Body)
+			if err != nil {
+				t.Errorf("decode: %v", err)
+				return nil
+			}
+			got <- p
+			return nil
+		}))
+		// Connecting after the publish: the channel must already have held it.
+		if err := cons.ConnectToNSQD(nsqd.TCPAddr()); err != nil {
+			t.Fatal(err)
+		}
+		var urls, tags []string
+		for len(urls)+len(tags) < 4 {
+			select {
+			case p := <-got:
+				if p.Group != invalidate.CDNGroup || p.Pos != "p" {
+					t.Errorf("message %+v", p)
+				}
+				urls, tags = append(urls, p.URLs...), append(tags, p.Tags...)
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: got urls %v tags %v only", node, urls, tags)
+			}
+		}
+		slices.Sort(urls)
+		slices.Sort(tags)
+		if !slices.Equal(urls, []string{"/a", "/b"}) || !slices.Equal(tags, []string{"t1", "t2"}) {
+			t.Errorf("%s: urls %v tags %v", node, urls, tags)
+		}
+		cons.Stop()
+		<-cons.StopChan
+	}
+}

@@ -1,0 +1,256 @@
+package invalidate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flashsync/flashsync/configs"
+)
+
+// HTTPPurgerOptions configure an HTTPPurger.
+type HTTPPurgerOptions struct {
+	Groups []configs.HTTPGroup
+	// NSQDTCP, LookupdHTTP, LookupdPollInterval, TopicPrefix, MaxAttempts,
+	// MaxInFlight are as in RedisPurgerOptions.
+	NSQDTCP             []string
+	LookupdHTTP         []string
+	LookupdPollInterval time.Duration
+	TopicPrefix         string
+	MaxAttempts         uint16
+	MaxInFlight         int
+	// Timeout bounds one purge request (connect, send, response headers
+	// and body).
+	Timeout time.Duration
+	// Host is the Host header of a URL purge whose URL is a path; empty
+	// means the instance's address (what a client talking to the instance
+	// directly sends). An absolute URL's own host always wins.
+	Host string
+	// SoftPurge sends tags as xkey-softpurge (objects are kept stale for
+	// grace) instead of xkey-purge.
+	SoftPurge bool
+	// MaxConnsPerInstance bounds the keep-alive connections to one instance
+	// (default 8).
+	MaxConnsPerInstance int
+	Logger              *slog.Logger
+	Registerer          prometheus.Registerer
+}
+
+// maxXkeyHeader bounds the tags sent in one xkey header; Varnish's default
+// http_req_hdr_len is 8 KB.
+const maxXkeyHeader = 4000
+
+// HTTPPurger sends PURGE requests for the URLs and xkey tags of each HTTP
+// group's purges to every instance of the group (Varnish with
+// configs/varnish/flashsync.vcl). Failure semantics are the Redis purger's
+// (shared in purgeConsumers): an unreachable instance holds its messages, a
+// refused purge (any status but 2xx and 404) is retried and, after
+// MaxAttempts, dead-lettered.
+type HTTPPurger struct {
+	opts    HTTPPurgerOptions
+	c       *purgeConsumers
+	clients []*http.Client
+	urls    *prometheus.CounterVec
+	tags    *prometheus.CounterVec
+	reqs    *prometheus.CounterVec
+}
+
+// httpStatusError is a purge answered with a status that is not a success.
+type httpStatusError struct {
+	instance, what string
+	status         int
+	body           string
+}
+
+func (e *httpStatusError) Error() string {
+	return fmt.Sprintf("http %s PURGE %s: status %d %s", e.instance, e.what, e.status, e.body)
+}
+
+// NewHTTPPurger checks the options; nothing connects before Run.
+func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
+	if len(opts.Groups) == 0 {
+		return nil, errors.New("http purger: no http groups")
+	}
+	if len(opts.NSQDTCP) == 0 && len(opts.LookupdHTTP) == 0 {
+		return nil, errors.New("http purger: no nsqd or nsqlookupd address")
+	}
+	if opts.LookupdPollInterval <= 0 {
+		opts.LookupdPollInterval = 5 * time.Second
+	}
+	if opts.TopicPrefix == "" {
+		opts.TopicPrefix = "flashsync"
+	}
+	if opts.MaxAttempts == 0 {
+		opts.MaxAttempts = 10
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = 64
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 2 * time.Second
+	}
+	if opts.MaxConnsPerInstance <= 0 {
+		opts.MaxConnsPerInstance = 8
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	c, err := newPurgeConsumers(consumerOptions{
+		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
+		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
+		Timeout: opts.Timeout, Logger: opts.Logger,
+	}, consumerKind{metricPrefix: "flashsync_purger_http_", label: "instance", noun: "http instance"}, opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	p := &HTTPPurger{opts: opts, c: c}
+	p.urls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_purger_http_urls_purged_total",
+		Help: "URLs purged per HTTP cache instance (PURGE answered 2xx or 404).",
+	}, []string{"group", "instance"})
+	p.tags = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_purger_http_tags_purged_total",
+		Help: "xkey tags purged per HTTP cache instance.",
+	}, []string{"group", "instance"})
+	p.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_purger_http_requests_total",
+		Help: "PURGE requests per HTTP cache instance, by kind (url, xkey) and status code (0: no answer).",
+	}, []string{"group", "instance", "kind", "code"})
+	for _, col := range []prometheus.Collector{p.urls, p.tags, p.reqs} {
+		if err := opts.Registerer.Register(col); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	for _, g := range opts.Groups {
+		for _, addr := range g.Instances {
+			client := &http.Client{
+				Timeout: opts.Timeout,
+				Transport: &http.Transport{
+					DialContext:           (&net.Dialer{Timeout: opts.Timeout, KeepAlive: 30 * time.Second}).DialContext,
+					MaxConnsPerHost:       opts.MaxConnsPerInstance,
+					MaxIdleConnsPerHost:   opts.MaxConnsPerInstance,
+					IdleConnTimeout:       90 * time.Second,
+					ResponseHeaderTimeout: opts.Timeout,
+					DisableCompression:    true,
+				},
+				// A purge is never redirected.
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			}
+			p.clients = append(p.clients, client)
+			group, addr := g.Name, addr
+			c.add(&purgeTarget{
+				group: group, addr: addr, topic: HTTPTopic(opts.TopicPrefix, g.Name),
+				apply:       func(ctx context.Context, msg *Purge) error { return p.purge(ctx, client, group, addr, msg) },
+				unreachable: netUnreachable,
+				ok: func(msg *Purge) {
+					p.urls.WithLabelValues(group, addr).Add(float64(len(msg.URLs)))
+					p.tags.WithLabelValues(group, addr).Add(float64(len(msg.Tags)))
+				},
+			})
+		}
+	}
+	return p, nil
+}
+
+// Run consumes until ctx ends, then stops every consumer, waiting for the
+// messages in hand.
+func (p *HTTPPurger) Run(ctx context.Context) error {
+	err := p.c.run(ctx, "http purger")
+	p.Close()
+	return err
+}
+
+// Close drops the idle keep-alive connections; it is safe to call more than
+// once.
+func (p *HTTPPurger) Close() error {
+	for _, c := range p.clients {
+		c.CloseIdleConnections()
+	}
+	return nil
+}
+
+// Health reports instances that are currently unreachable.
+func (p *HTTPPurger) Health() error { return p.c.health() }
+
+// purge sends one PURGE per URL, then the tags in xkey batches. A message is
+// applied again in full after a failure: purging twice is harmless.
+func (p *HTTPPurger) purge(ctx context.Context, client *http.Client, group, addr string, msg *Purge) error {
+	for _, u := range msg.URLs {
+		path, host := u, p.opts.Host
+		if pu, err := url.Parse(u); err == nil && pu.Host != "" {
+			path, host = pu.RequestURI(), pu.Host
+		}
+		if host == "" {
+			host = addr
+		}
+		if !strings.HasPrefix(path, "/") {
+			path = "/" + path
+		}
+		if err := p.send(ctx, client, group, addr, "url", path, host, "", ""); err != nil {
+			return err
+		}
+	}
+	header := "xkey-purge"
+	if p.opts.SoftPurge {
+		header = "xkey-softpurge"
+	}
+	for tags := msg.Tags; len(tags) > 0; {
+		n, size := 0, 0
+		for n < len(tags) && (n == 0 || size+1+len(tags[n]) <= maxXkeyHeader) {
+			size += 1 + len(tags[n])
+			n++
+		}
+		host := p.opts.Host
+		if host == "" {
+			host = addr
+		}
+		if err := p.send(ctx, client, group, addr, "xkey", "/", host, header, strings.Join(tags[:n], " ")); err != nil {
+			return err
+		}
+		tags = tags[n:]
+	}
+	return nil
+}
+
+func (p *HTTPPurger) send(ctx context.Context, client *http.Client, group, addr, kind, path, host, header, value string) error {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "PURGE", "http://"+addr+path, nil)
+	if err != nil {
+		// %v: a URL that cannot be sent is a bad message, never an
+		// unreachable instance (url.Error is a net.Error).
+		return fmt.Errorf("http %s PURGE %q: %v", addr, path, err)
+	}
+	req.Host = host
+	if header != "" {
+		req.Header.Set(header, value)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		p.reqs.WithLabelValues(group, addr, kind, "0").Inc()
+		return fmt.Errorf("http %s PURGE %s: %w", addr, path, err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	p.reqs.WithLabelValues(group, addr, kind, fmt.Sprint(resp.StatusCode)).Inc()
+	if resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusNotFound {
+		return nil
+	}
+	what := path
+	if header != "" {
+		what += " " + header + ": " + value
+	}
+	return &httpStatusError{instance: addr, what: truncate([]byte(what), 200), status: resp.StatusCode, body: truncate(body, 200)}
+}

@@ -1,0 +1,471 @@
+package invalidate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// This file is the consumer logic every purger shares (Redis, HTTP): one NSQ
+// consumer per cache target (a Redis replica, an HTTP cache instance) on its
+// own channel of its group's topic; a target that cannot be reached holds its
+// message and retries with backoff without burning attempts; any other
+// failure requeues with backoff until MaxAttempts sends the message to the
+// dead-letter topic; metrics and Health per target.
+
+// consumerOptions are the NSQ and failure settings of a purger.
+type consumerOptions struct {
+	NSQDTCP             []string
+	LookupdHTTP         []string
+	LookupdPollInterval time.Duration
+	TopicPrefix         string
+	MaxAttempts         uint16
+	MaxInFlight         int
+	Timeout             time.Duration
+	Logger              *slog.Logger
+}
+
+// consumerKind names a purger's targets in metrics, logs and Health.
+type consumerKind struct {
+	// metricPrefix starts every metric name, e.g. "flashsync_purger_".
+	metricPrefix string
+	// label is the metrics label of a target: "replica" or "instance".
+	label string
+	// noun names one target in messages: "redis replica", "http instance".
+	noun string
+}
+
+type consumerMetrics struct {
+	messages *prometheus.CounterVec
+	dead     *prometheus.CounterVec
+	up       *prometheus.GaugeVec
+	latency  *prometheus.HistogramVec
+}
+
+func newConsumerMetrics(reg prometheus.Registerer, k consumerKind) (consumerMetrics, error) {
+	m := consumerMetrics{
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: k.metricPrefix + "messages_total",
+			Help: "Purge messages handled per " + k.noun + ", by result (ok, retry, unreachable, dead_letter).",
+		}, []string{"group", k.label, "result"}),
+		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: k.metricPrefix + "dead_letters_total",
+			Help: "Messages moved to the dead-letter topic after too many attempts.",
+		}, []string{"group", k.label}),
+		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: k.metricPrefix + k.label + "_up",
+			Help: "1 while the " + k.noun + " answered its last request, 0 while it is unreachable.",
+		}, []string{"group", k.label}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    k.metricPrefix + "commit_to_purge_seconds",
+			Help:    "From the canal reading a commit to its targets purged on a " + k.noun + ".",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"group"}),
+	}
+	for _, c := range []prometheus.Collector{m.messages, m.dead, m.up, m.latency} {
+		if err := reg.Register(c); err != nil {
+			return m, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// purgeConsumers runs the consumers of a purger's targets.
+type purgeConsumers struct {
+	opts    consumerOptions
+	kind    consumerKind
+	metrics consumerMetrics
+	targets []*purgeTarget
+
+	// Dead-letter producers by nsqd address, created on first use, and the
+	// address that took the last dead letter (tried first next time).
+	deadMu        sync.Mutex
+	deadProducers map[string]*nsq.Producer
+	deadLast      string
+}
+
+// purgeTarget applies one group's purges to one cache target.
+type purgeTarget struct {
+	p              *purgeConsumers
+	group, addr    string
+	topic, channel string
+	log            *slog.Logger
+	ctx            context.Context
+	// apply purges the message's targets once; unreachable tells its errors
+	// that mean the target cannot be talked to (hold and wait) from the
+	// others (requeue, count the attempt); ok is called after a success.
+	apply       func(ctx context.Context, msg *Purge) error
+	unreachable func(error) bool
+	ok          func(msg *Purge)
+
+	mu   sync.Mutex
+	down bool
+}
+
+func newPurgeConsumers(opts consumerOptions, kind consumerKind, reg prometheus.Registerer) (*purgeConsumers, error) {
+	m, err := newConsumerMetrics(reg, kind)
+	if err != nil {
+		return nil, err
+	}
+	return &purgeConsumers{opts: opts, kind: kind, metrics: m, deadProducers: map[string]*nsq.Producer{}}, nil
+}
+
+// add registers a target; its consumer starts with run.
+func (p *purgeConsumers) add(t *purgeTarget) {
+	t.p = p
+	t.channel = ReplicaChannel(t.addr)
+	t.log = p.opts.Logger.With("group", t.group, p.kind.label, t.addr)
+	p.targets = append(p.targets, t)
+}
+
+// run consumes until ctx ends, then stops every consumer, waiting for the
+// messages in hand.
+func (p *purgeConsumers) run(ctx context.Context, name string) error {
+	defer p.stopDeadProducers()
+
+	var consumers []*nsq.Consumer
+	stopAll := func() {
+		for _, c := range consumers {
+			c.Stop()
+		}
+		for _, c := range consumers {
+			<-c.StopChan
+		}
+	}
+	for _, r := range p.targets {
+		r.ctx = ctx
+		cfg := nsq.NewConfig()
+		cfg.MaxInFlight = p.opts.MaxInFlight
+		// Attempts are counted by the handler, which knows an unreachable
+		// target from a bad message; go-nsq must never drop on its own.
+		cfg.MaxAttempts = 0
+		cfg.DefaultRequeueDelay = 100 * time.Millisecond
+		cfg.MaxRequeueDelay = 5 * time.Second
+		cfg.MaxBackoffDuration = 2 * time.Second
+		cfg.BackoffMultiplier = 100 * time.Millisecond
+		// nsqd buffers a consumer's messages for up to 250 ms by default;
+		// a purge is latency-bound and already a batch, so send each at once.
+		cfg.OutputBufferSize = -1
+		cfg.OutputBufferTimeout = -1
+		cfg.LookupdPollInterval = p.opts.LookupdPollInterval
+		c, err := nsq.NewConsumer(r.topic, r.channel, cfg)
+		if err != nil {
+			stopAll()
+			return fmt.Errorf("nsq consumer %s/%s: %w", r.topic, r.channel, err)
+		}
+		// go-nsq warns on every clean stop; its errors (lost nsqd
+		// connections) matter, and the handler logs its own failures.
+		c.SetLogger(&consumerLogger{l: r.log, poll: p.opts.LookupdPollInterval}, nsq.LogLevelError)
+		c.AddHandler(r)
+		// A message is only in the channels of the nsqd it was published
+		// to, so every consumer reads from every nsqd: all that nsqlookupd
+		// knows for the topic, or else every configured one.
+		if len(p.opts.LookupdHTTP) > 0 {
+			err = c.ConnectToNSQLookupds(p.opts.LookupdHTTP)
+		} else {
+			err = c.ConnectToNSQDs(p.opts.NSQDTCP)
+		}
+		if err != nil {
+			c.Stop()
+			stopAll()
+			return fmt.Errorf("nsq consumer %s/%s: %w", r.topic, r.channel, err)
+		}
+		consumers = append(consumers, c)
+		p.metrics.up.WithLabelValues(r.group, r.addr).Set(1)
+	}
+	p.opts.Logger.Info(name+" running", p.kind.label+"s", len(p.targets), "nsqd", p.opts.NSQDTCP, "nsqlookupd", p.opts.LookupdHTTP)
+	<-ctx.Done()
+	stopAll()
+	return nil
+}
+
+// health reports the targets that are currently unreachable.
+func (p *purgeConsumers) health() error {
+	var down []string
+	for _, r := range p.targets {
+		r.mu.Lock()
+		if r.down {
+			down = append(down, r.group+"/"+r.addr)
+		}
+		r.mu.Unlock()
+	}
+	if len(down) > 0 {
+		return fmt.Errorf("%ss unreachable (purges buffered in NSQ): %s", p.kind.noun, strings.Join(down, ", "))
+	}
+	return nil
+}
+
+var _ nsq.Handler = (*purgeTarget)(nil)
+
+// HandleMessage applies the message. While the target is unreachable it
+// holds the message and waits for the target rather than burning attempts:
+// the target's channel keeps the backlog, and it drains once the target
+// answers. Any other failure is returned, so NSQ requeues the message with
+// backoff, until MaxAttempts sends it to the dead-letter topic.
+func (r *purgeTarget) HandleMessage(m *nsq.Message) error {
+	msg, err := DecodePurge(m.Body)
+	if err == nil {
+		err = r.purgeWaiting(m, msg)
+	}
+	if err == nil {
+		r.p.metrics.messages.WithLabelValues(r.group, r.addr, "ok").Inc()
+		if r.ok != nil {
+			r.ok(msg)
+		}
+		if msg.SeenUnixNano > 0 {
+			r.p.metrics.latency.WithLabelValues(r.group).Observe(time.Since(time.Unix(0, msg.SeenUnixNano)).Seconds())
+		}
+		return nil
+	}
+	if r.ctx.Err() != nil {
+		// Shutting down: give the message back untouched for the next run.
+		m.RequeueWithoutBackoff(0)
+		return nil
+	}
+	if m.Attempts < r.p.opts.MaxAttempts {
+		r.p.metrics.messages.WithLabelValues(r.group, r.addr, "retry").Inc()
+		r.log.Warn("purge failed; requeued with backoff", "attempt", m.Attempts, "max_attempts", r.p.opts.MaxAttempts, "err", err)
+		return err
+	}
+	if derr := r.deadLetter(m, err); derr != nil {
+		r.log.Error("dead-letter publish failed; requeued", "err", derr, "purge_err", err)
+		return derr
+	}
+	r.p.metrics.messages.WithLabelValues(r.group, r.addr, "dead_letter").Inc()
+	r.p.metrics.dead.WithLabelValues(r.group, r.addr).Inc()
+	r.log.Error("purge message dead-lettered", "topic", DeadLetterTopic(r.p.opts.TopicPrefix), "attempts", m.Attempts, "err", err, "body", truncate(m.Body, 256))
+	return nil
+}
+
+// purgeWaiting applies msg, waiting for the target while it is unreachable.
+func (r *purgeTarget) purgeWaiting(m *nsq.Message, msg *Purge) error {
+	backoff := 20 * time.Millisecond
+	lastTouch := time.Now()
+	for {
+		err := r.apply(r.ctx, msg)
+		if err == nil || !r.unreachable(err) {
+			r.setDown(false, nil)
+			return err
+		}
+		r.p.metrics.messages.WithLabelValues(r.group, r.addr, "unreachable").Inc()
+		r.setDown(true, err)
+		select {
+		case <-r.ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+		if time.Since(lastTouch) > 10*time.Second {
+			m.Touch() // keep nsqd from timing the held message out
+			lastTouch = time.Now()
+		}
+	}
+}
+
+func (r *purgeTarget) setDown(down bool, err error) {
+	r.mu.Lock()
+	changed := r.down != down
+	r.down = down
+	r.mu.Unlock()
+	if !changed {
+		return
+	}
+	if down {
+		r.p.metrics.up.WithLabelValues(r.group, r.addr).Set(0)
+		r.log.Warn(r.p.kind.noun+" unreachable; holding its purges until it answers", "err", err)
+	} else {
+		r.p.metrics.up.WithLabelValues(r.group, r.addr).Set(1)
+		r.log.Info(r.p.kind.noun + " reachable again; draining its backlog")
+	}
+}
+
+// netUnreachable tells the errors of a connection that could not be made or
+// was lost, common to every kind of cache.
+func netUnreachable(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) ||
+		errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, context.DeadlineExceeded)
+}
+
+// deadLetter is the record published to the dead-letter topic.
+type deadLetter struct {
+	Topic    string `json:"topic"`
+	Channel  string `json:"channel"`
+	Replica  string `json:"replica"`
+	Attempts uint16 `json:"attempts"`
+	Error    string `json:"error"`
+	Body     []byte `json:"body"`
+	At       string `json:"at"`
+}
+
+func (r *purgeTarget) deadLetter(m *nsq.Message, cause error) error {
+	body, err := json.Marshal(deadLetter{
+		Topic: r.topic, Channel: r.channel, Replica: r.addr, Attempts: m.Attempts,
+		Error: cause.Error(), Body: m.Body, At: time.Now().UTC().Format(time.RFC3339Nano),
+	})
+	if err != nil {
+		return err
+	}
+	topic := DeadLetterTopic(r.p.opts.TopicPrefix)
+	if err := r.p.publishDead(topic, body); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
+	}
+	return nil
+}
+
+// publishDead publishes body to the first nsqd that takes it, trying each in
+// turn, starting with the one that took the last dead letter.
+func (p *purgeConsumers) publishDead(topic string, body []byte) error {
+	addrs, err := p.deadLetterAddrs()
+	if err != nil {
+		return err
+	}
+	p.deadMu.Lock()
+	last := p.deadLast
+	p.deadMu.Unlock()
+	if i := slices.Index(addrs, last); i > 0 {
+		addrs = append(append([]string{last}, addrs[:i]...), addrs[i+1:]...)
+	}
+	var errs []error
+	for _, addr := range addrs {
+		prod, err := p.deadProducer(addr)
+		if err == nil {
+			err = prod.Publish(topic, body)
+		}
+		if err == nil {
+			p.deadMu.Lock()
+			p.deadLast = addr
+			p.deadMu.Unlock()
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("nsqd %s: %w", addr, err))
+	}
+	return errors.Join(errs...)
+}
+
+// deadLetterAddrs lists the nsqd TCP addresses dead letters may go to: the
+// configured ones, or else those the first answering nsqlookupd knows.
+func (p *purgeConsumers) deadLetterAddrs() ([]string, error) {
+	if len(p.opts.NSQDTCP) > 0 {
+		return p.opts.NSQDTCP, nil
+	}
+	var errs []error
+	for _, l := range p.opts.LookupdHTTP {
+		addrs, err := lookupdNodes(l, p.opts.Timeout)
+		if err == nil && len(addrs) == 0 {
+			err = errors.New("no nsqd registered")
+		}
+		if err == nil {
+			return addrs, nil
+		}
+		errs = append(errs, fmt.Errorf("nsqlookupd %s: %w", l, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// lookupdNodes asks nsqlookupd for the TCP addresses of every nsqd
+// registered with it.
+func lookupdNodes(addr string, timeout time.Duration) ([]string, error) {
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	c := http.Client{Timeout: timeout}
+	resp, err := c.Get(strings.TrimSuffix(addr, "/") + "/nodes")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/nodes: %s", resp.Status)
+	}
+	var nodes struct {
+		Producers []struct {
+			BroadcastAddress string `json:"broadcast_address"`
+			TCPPort          int    `json:"tcp_port"`
+		} `json:"producers"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&nodes); err != nil {
+		return nil, fmt.Errorf("/nodes: %w", err)
+	}
+	var addrs []string
+	for _, n := range nodes.Producers {
+		addrs = append(addrs, net.JoinHostPort(n.BroadcastAddress, strconv.Itoa(n.TCPPort)))
+	}
+	return addrs, nil
+}
+
+// deadProducer returns the dead-letter producer of the nsqd at addr.
+func (p *purgeConsumers) deadProducer(addr string) (*nsq.Producer, error) {
+	p.deadMu.Lock()
+	defer p.deadMu.Unlock()
+	if prod := p.deadProducers[addr]; prod != nil {
+		return prod, nil
+	}
+	cfg := nsq.NewConfig()
+	cfg.DialTimeout = p.opts.Timeout
+	cfg.WriteTimeout = p.opts.Timeout
+	prod, err := nsq.NewProducer(addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	prod.SetLogger(nsqLogger{p.opts.Logger.With("nsqd", addr)}, nsq.LogLevelWarning)
+	p.deadProducers[addr] = prod
+	return prod, nil
+}
+
+func (p *purgeConsumers) stopDeadProducers() {
+	p.deadMu.Lock()
+	defer p.deadMu.Unlock()
+	for addr, prod := range p.deadProducers {
+		prod.Stop()
+		delete(p.deadProducers, addr)
+	}
+}
+
+// consumerLogger is nsqLogger for a target's consumer. nsqlookupd answers
+// TOPIC_NOT_FOUND until a canal has created the topic on some nsqd, which is
+// normal on a first start: that is said once, at info level, not at every
+// poll.
+type consumerLogger struct {
+	l        *slog.Logger
+	poll     time.Duration
+	notFound atomic.Bool
+}
+
+func (c *consumerLogger) Output(_ int, s string) error {
+	if strings.Contains(s, "TOPIC_NOT_FOUND") {
+		if !c.notFound.Swap(true) {
+			c.l.Info("nsqlookupd knows no nsqd with this topic yet (the canal creates it at start); asking again", "every", c.poll)
+		}
+		return nil
+	}
+	c.l.Warn(s)
+	return nil
+}
+
+func truncate(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	return string(b[:n]) + "…"
+}
