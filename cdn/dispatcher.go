@@ -68,6 +68,8 @@ type Dispatcher struct {
 
 	deadMu        sync.Mutex
 	deadProducers map[string]*nsq.Producer
+
+	acks *invalidate.AckSender
 }
 
 // NewDispatcher checks the options and loads the CA files; nothing
@@ -131,6 +133,14 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
 	}
+	var err error
+	d.acks, err = invalidate.NewAckSender(invalidate.AckSenderOptions{
+		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, TopicPrefix: opts.TopicPrefix,
+		Tier: invalidate.TierCDN, Timeout: opts.Timeout, Logger: opts.Logger, Registerer: opts.Registerer,
+	})
+	if err != nil {
+		return nil, err
+	}
 	seen := map[string]bool{}
 	for _, n := range opts.Nodes {
 		if n.Name == "" || seen[n.Name] {
@@ -174,6 +184,7 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 // messages in hand.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	defer d.stopDeadProducers()
+	defer d.acks.Close() // after the consumers stopped: no more acks
 	topic := invalidate.CDNTopic(d.opts.TopicPrefix)
 	var consumers []*nsq.Consumer
 	stopAll := func() {
@@ -267,6 +278,7 @@ func (n *nodeSender) HandleMessage(m *nsq.Message) error {
 		if p.SeenUnixNano > 0 {
 			n.d.latency.WithLabelValues(n.node.Name).Observe(time.Since(time.Unix(0, p.SeenUnixNano)).Seconds())
 		}
+		n.ack(m, p, nil)
 		return nil
 	}
 	if n.ctx.Err() != nil {
@@ -285,7 +297,24 @@ func (n *nodeSender) HandleMessage(m *nsq.Message) error {
 	n.d.messages.WithLabelValues(n.node.Name, "dead_letter").Inc()
 	n.d.dead.WithLabelValues(n.node.Name).Inc()
 	n.log.Error("cdn purge message dead-lettered", "topic", invalidate.DeadLetterTopic(n.d.opts.TopicPrefix), "attempts", m.Attempts, "err", err)
+	if p != nil {
+		n.ack(m, p, err)
+	}
 	return nil
+}
+
+// ack reports a message of a job sent to the node (cause nil) or
+// dead-lettered, in the background: it never delays or fails the purge.
+func (n *nodeSender) ack(m *nsq.Message, p *invalidate.Purge, cause error) {
+	if p.Job == "" {
+		return
+	}
+	a := invalidate.Ack{Job: p.Job, Tier: invalidate.TierCDN, Group: invalidate.CDNGroup, Target: n.node.Name,
+		OK: cause == nil, LatencyMS: invalidate.AckLatency(p.SeenUnixNano, m.Timestamp)}
+	if cause != nil {
+		a.Error = cause.Error()
+	}
+	n.d.acks.Send(a)
 }
 
 // errUnreachable marks a console that could not be talked to.

@@ -111,7 +111,7 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
 		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
 		Timeout: opts.Timeout, Logger: opts.Logger,
-	}, consumerKind{metricPrefix: "flashsync_purger_http_", label: "instance", noun: "http instance"}, opts.Registerer)
+	}, consumerKind{metricPrefix: "flashsync_purger_http_", label: "instance", noun: "http instance", tier: TierHTTP}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}

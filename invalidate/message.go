@@ -29,6 +29,9 @@ type Purge struct {
 	// SeenUnixNano is when the canal read the commit; purgers measure
 	// commit→purge latency from it (same clock on one machine).
 	SeenUnixNano int64 `json:"seen_unix_nano,omitempty"`
+	// Job names the Publish call the message is part of: every target
+	// acknowledges it on AckTopic. Empty (older publishers): no ack.
+	Job string `json:"job,omitempty"`
 }
 
 // Marshal encodes p.

@@ -41,6 +41,12 @@ type PublisherOptions struct {
 	RetryMin, RetryMax time.Duration
 	Logger             *slog.Logger
 	Registerer         prometheus.Registerer
+	// OnPublished, set, is told the job ID of every Publish call and the
+	// targets expected to acknowledge it: every replica of a Redis group
+	// and every instance of an HTTP group the batch has targets for, and
+	// every CDN node when the batch has URLs or tags. It is called once
+	// the batch is encoded, before it is sent, so no ack can beat it.
+	OnPublished func(job string, targets []JobTarget)
 }
 
 // GroupReplicas names a group and its replicas: a Redis group's replicas or
@@ -156,7 +162,8 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 }
 
 // EnsureChannels creates every group's topic with one channel per replica
-// (or HTTP instance) on every nsqd, and the dead-letter topic. NSQ copies a message only to the
+// (or HTTP instance) on every nsqd, the dead-letter topic, and the acks
+// topic (each job store reads it on its own ephemeral channel). NSQ copies a message only to the
 // channels that exist when it is published, so a replica whose purger has
 // never connected must already have its channel buffering for it.
 func (p *Publisher) EnsureChannels(ctx context.Context) error {
@@ -178,6 +185,10 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 	}
 	for _, addr := range p.opts.NSQDHTTP {
 		if err := post(addr, "/topic/create", url.Values{"topic": {DeadLetterTopic(p.opts.TopicPrefix)}}); err != nil {
+			return fmt.Errorf("nsqd %s: %w", addr, err)
+		}
+		// Until a job store's channel exists, the topic keeps the acks.
+		if err := post(addr, "/topic/create", url.Values{"topic": {AckTopic(p.opts.TopicPrefix)}}); err != nil {
 			return fmt.Errorf("nsqd %s: %w", addr, err)
 		}
 		for i, g := range slices.Concat(p.opts.Groups, p.opts.HTTPGroups, p.cdnGroup()) {
@@ -209,9 +220,11 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 			b.NumGroups(), b.NumHTTPGroups(), len(p.opts.Groups), len(p.opts.HTTPGroups))
 	}
 	start := time.Now()
+	job := NewJobID()
 	nRedis := len(p.opts.Groups)
 	bodies := make([][][]byte, len(p.topics))
 	encode := func(i int, msg Purge) error {
+		msg.Job = job
 		msg.V, msg.Pos, msg.GTID, msg.CommitUnix, msg.SeenUnixNano = PurgeVersion, meta.Pos, meta.GTID, meta.CommitUnix, meta.Seen.UnixNano()
 		body, err := msg.Marshal()
 		if err != nil {
@@ -253,6 +266,9 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 			return err
 		}
 	}
+	if p.opts.OnPublished != nil {
+		p.opts.OnPublished(job, p.jobTargets(b))
+	}
 	backoff := p.opts.RetryMin
 	for attempt := 0; ; attempt++ {
 		err := p.publishOnce(bodies)
@@ -285,6 +301,33 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 		}
 		backoff = min(2*backoff, p.opts.RetryMax)
 	}
+}
+
+// jobTargets lists the targets expected to acknowledge b's job.
+func (p *Publisher) jobTargets(b *Batch) []JobTarget {
+	var ts []JobTarget
+	for g := 0; g < b.NumGroups(); g++ {
+		if len(b.Keys(g)) > 0 {
+			for _, r := range p.opts.Groups[g].Replicas {
+				ts = append(ts, JobTarget{Tier: TierRedis.String(), Group: p.opts.Groups[g].Name, Target: r})
+			}
+		}
+	}
+	web := false
+	for g := 0; g < b.NumHTTPGroups(); g++ {
+		if len(b.URLs(g))+len(b.Tags(g)) > 0 {
+			web = true
+			for _, r := range p.opts.HTTPGroups[g].Replicas {
+				ts = append(ts, JobTarget{Tier: TierHTTP.String(), Group: p.opts.HTTPGroups[g].Name, Target: r})
+			}
+		}
+	}
+	if web {
+		for _, n := range p.opts.CDNNodes {
+			ts = append(ts, JobTarget{Tier: TierCDN, Group: CDNGroup, Target: n})
+		}
+	}
+	return ts
 }
 
 // CDNTopic is the NSQ topic of the CDN cascade: every batch's URLs and tags.

@@ -48,6 +48,8 @@ type consumerKind struct {
 	label string
 	// noun names one target in messages: "redis replica", "http instance".
 	noun string
+	// tier names the purger in job acks.
+	tier Tier
 }
 
 type consumerMetrics struct {
@@ -91,6 +93,7 @@ type purgeConsumers struct {
 	kind    consumerKind
 	metrics consumerMetrics
 	targets []*purgeTarget
+	acks    *AckSender
 
 	// Dead-letter producers by nsqd address, created on first use, and the
 	// address that took the last dead letter (tried first next time).
@@ -122,7 +125,14 @@ func newPurgeConsumers(opts consumerOptions, kind consumerKind, reg prometheus.R
 	if err != nil {
 		return nil, err
 	}
-	return &purgeConsumers{opts: opts, kind: kind, metrics: m, deadProducers: map[string]*nsq.Producer{}}, nil
+	acks, err := NewAckSender(AckSenderOptions{
+		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, TopicPrefix: opts.TopicPrefix,
+		Tier: kind.tier.String(), Timeout: opts.Timeout, Logger: opts.Logger, Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &purgeConsumers{opts: opts, kind: kind, metrics: m, acks: acks, deadProducers: map[string]*nsq.Producer{}}, nil
 }
 
 // add registers a target; its consumer starts with run.
@@ -137,6 +147,7 @@ func (p *purgeConsumers) add(t *purgeTarget) {
 // messages in hand.
 func (p *purgeConsumers) run(ctx context.Context, name string) error {
 	defer p.stopDeadProducers()
+	defer p.acks.Close() // after the consumers stopped: no more acks
 
 	var consumers []*nsq.Consumer
 	stopAll := func() {
@@ -230,6 +241,7 @@ func (r *purgeTarget) HandleMessage(m *nsq.Message) error {
 		if msg.SeenUnixNano > 0 {
 			r.p.metrics.latency.WithLabelValues(r.group).Observe(time.Since(time.Unix(0, msg.SeenUnixNano)).Seconds())
 		}
+		r.ack(m, msg, nil)
 		return nil
 	}
 	if r.ctx.Err() != nil {
@@ -249,7 +261,24 @@ func (r *purgeTarget) HandleMessage(m *nsq.Message) error {
 	r.p.metrics.messages.WithLabelValues(r.group, r.addr, "dead_letter").Inc()
 	r.p.metrics.dead.WithLabelValues(r.group, r.addr).Inc()
 	r.log.Error("purge message dead-lettered", "topic", DeadLetterTopic(r.p.opts.TopicPrefix), "attempts", m.Attempts, "err", err, "body", truncate(m.Body, 256))
+	if msg != nil {
+		r.ack(m, msg, err)
+	}
 	return nil
+}
+
+// ack reports the message of a job applied (cause nil) or dead-lettered, in
+// the background: it never delays or fails the purge.
+func (r *purgeTarget) ack(m *nsq.Message, msg *Purge, cause error) {
+	if msg.Job == "" {
+		return
+	}
+	a := Ack{Job: msg.Job, Tier: r.p.kind.tier.String(), Group: r.group, Target: r.addr, OK: cause == nil,
+		LatencyMS: AckLatency(msg.SeenUnixNano, m.Timestamp)}
+	if cause != nil {
+		a.Error = cause.Error()
+	}
+	r.p.acks.Send(a)
 }
 
 // purgeWaiting applies msg, waiting for the target while it is unreachable.

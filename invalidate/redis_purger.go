@@ -95,7 +95,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
 		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
 		Timeout: opts.Timeout, Logger: opts.Logger,
-	}, consumerKind{metricPrefix: "flashsync_purger_", label: "replica", noun: "redis replica"}, opts.Registerer)
+	}, consumerKind{metricPrefix: "flashsync_purger_", label: "replica", noun: "redis replica", tier: TierRedis}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -61,7 +62,45 @@ func (n *Node) mux() *http.ServeMux {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{Registry: n.registry}))
 	mux.Handle("GET /healthz", handle(n.log, n.healthz))
 	mux.Handle("POST /rules/explain", handle(n.log, n.explainRules))
+	mux.Handle("GET /jobs", handle(n.log, n.listJobs))
+	mux.Handle("GET /jobs/{id}", handle(n.log, n.getJob))
 	return mux
+}
+
+// errNoJobs answers the job endpoints of a node without the canal role.
+var errNoJobs = &apiError{Status: http.StatusNotFound, Err: errors.New("no purge jobs here: this node does not run the canal role")}
+
+// getJob answers GET /jobs/{id}: the job's state, per group and per target.
+func (n *Node) getJob(w http.ResponseWriter, r *http.Request) error {
+	if n.jobs == nil {
+		return errNoJobs
+	}
+	id := r.PathValue("id")
+	j, ok := n.jobs.Get(id)
+	if !ok {
+		return &apiError{Status: http.StatusNotFound, Err: fmt.Errorf("job %q unknown (never published here, or evicted)", id)}
+	}
+	return writeJSON(w, http.StatusOK, j)
+}
+
+// maxJobsLimit bounds GET /jobs?limit=.
+const maxJobsLimit = 1000
+
+// listJobs answers GET /jobs?limit=N (default 50): the recent jobs, newest
+// first, without their targets.
+func (n *Node) listJobs(w http.ResponseWriter, r *http.Request) error {
+	if n.jobs == nil {
+		return errNoJobs
+	}
+	limit := 50
+	if v := r.URL.Query().Get("limit"); v != "" {
+		l, err := strconv.Atoi(v)
+		if err != nil || l < 1 || l > maxJobsLimit {
+			return &apiError{Status: http.StatusBadRequest, Err: fmt.Errorf("limit %q: want 1 to %d", v, maxJobsLimit)}
+		}
+		limit = l
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"jobs": n.jobs.Recent(limit), "tracked": n.jobs.Len()})
 }
 
 // maxExplainBody bounds a POST /rules/explain body.

@@ -20,6 +20,7 @@ import (
 	"github.com/flashsync/flashsync/cdn"
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/jobs"
 	"github.com/flashsync/flashsync/nsqembed"
 )
 
@@ -67,6 +68,7 @@ type Node struct {
 	nsqdHTTP   []string
 	rules      *invalidate.Rules // every role has them, for /rules/explain
 	publisher  *invalidate.Publisher
+	jobs       *jobs.Store // with the canal role: the purge jobs it published
 	canal      *canal.Canal
 	lease      *canal.Lease
 	purger     *invalidate.RedisPurger
@@ -158,10 +160,16 @@ func (n *Node) build() error {
 		// Keys go to the Redis groups' topics, URLs and tags to the HTTP
 		// groups' topics, each with a channel per replica or instance.
 		redisGroups, httpGroups := invalidate.GroupsFromConfig(cfg)
+		// Every batch is a job its targets acknowledge on the acks topic.
+		n.jobs, err = jobs.New(jobs.Options{Registerer: n.registry})
+		if err != nil {
+			return err
+		}
 		n.publisher, err = invalidate.NewPublisher(invalidate.PublisherOptions{
 			NSQDTCP: n.nsqdTCP, NSQDHTTP: n.nsqdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
 			Groups: redisGroups, HTTPGroups: httpGroups, CDNNodes: cdnNodeNames(cfg),
 			Timeout: cfg.NSQ.PublishTimeout, Logger: n.log, Registerer: n.registry,
+			OnPublished: n.jobs.Expect,
 		})
 		if err != nil {
 			return err
@@ -282,6 +290,13 @@ func (n *Node) Run(ctx context.Context) error {
 			fail(RoleCanal, n.canal.Run(ctx))
 		}()
 	}
+	if n.jobs != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.consumeAcks(ctx)
+		}()
+	}
 	if n.purger != nil {
 		wg.Add(1)
 		go func() {
@@ -352,6 +367,29 @@ func (n *Node) ensureChannels(ctx context.Context) error {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// consumeAcks feeds the acks topic to the job store until ctx ends. Acks
+// are progress reports: a consumer that cannot connect is retried, never
+// fails the node.
+func (n *Node) consumeAcks(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for {
+		err := n.jobs.Consume(ctx, jobs.ConsumerOptions{
+			NSQDTCP: n.nsqdTCP, LookupdHTTP: n.cfg.NSQ.LookupdHTTP, TopicPrefix: n.cfg.NSQ.TopicPrefix,
+			Logger: n.log.With("role", RoleCanal, "topic", invalidate.AckTopic(n.cfg.NSQ.TopicPrefix)),
+		})
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		n.log.Warn("job acks consumer; retrying", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

@@ -1,0 +1,184 @@
+package jobs
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flashsync/flashsync/invalidate"
+)
+
+var targets = []invalidate.JobTarget{
+	{Tier: "redis", Group: "hot-a", Target: "r1"},
+	{Tier: "redis", Group: "hot-a", Target: "r2"},
+	{Tier: "http", Group: "web", Target: "v1"},
+}
+
+func newStore(t *testing.T, max int) (*Store, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	s, err := New(Options{Max: max, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, reg
+}
+
+func ack(job string, t invalidate.JobTarget, ok bool) invalidate.Ack {
+	a := invalidate.Ack{Job: job, Tier: t.Tier, Group: t.Group, Target: t.Target, OK: ok, LatencyMS: 1.5, At: time.Now()}
+	if !ok {
+		a.Error = "refused"
+	}
+	return a
+}
+
+func TestJobDone(t *testing.T) {
+	s, _ := newStore(t, 0)
+	s.Expect("j1", targets)
+	j, ok := s.Get("j1")
+	if !ok || j.State != StatePending || j.Pending != 3 || len(j.Targets) != 3 || len(j.Groups) != 2 {
+		t.Fatalf("new job %+v", j)
+	}
+	s.Ack(ack("j1", targets[0], true))
+	s.Ack(ack("j1", targets[0], false)) // a redelivery's ack: ignored
+	s.Ack(ack("j1", targets[1], true))
+	if j, _ := s.Get("j1"); j.State != StatePending || j.Pending != 1 || j.Done != 2 {
+		t.Fatalf("after 2 acks %+v", j)
+	}
+	s.Ack(ack("j1", targets[2], true))
+	j, _ = s.Get("j1")
+	if j.State != StateDone || j.Pending != 0 || j.Done != 3 || j.Finished == nil {
+		t.Fatalf("after all acks %+v", j)
+	}
+	for _, tg := range j.Targets {
+		if tg.State != StateDone || tg.LatencyMS != 1.5 || tg.AckedAt == nil {
+			t.Errorf("target %+v", tg)
+		}
+	}
+	if g := j.Groups[0]; g.Tier != "http" || g.Done != 1 || j.Groups[1].Done != 2 {
+		t.Errorf("groups %+v", j.Groups)
+	}
+}
+
+func TestJobFailed(t *testing.T) {
+	s, reg := newStore(t, 0)
+	s.Expect("j1", targets)
+	s.Ack(ack("j1", targets[0], true))
+	s.Ack(ack("j1", targets[1], false))
+	if j, _ := s.Get("j1"); j.State != StatePending {
+		t.Fatalf("state %s before the last ack", j.State)
+	}
+	s.Ack(ack("j1", targets[2], true))
+	j, _ := s.Get("j1")
+	if j.State != StateFailed || j.Failed != 1 || j.Targets[1].Error != "refused" {
+		t.Fatalf("job %+v", j)
+	}
+	if v := metric(t, reg, "flashsync_jobs_total", StateFailed); v != 1 {
+		t.Errorf("jobs_total{failed} = %v", v)
+	}
+	if v := metric(t, reg, "flashsync_jobs_total", StateDone); v != 0 {
+		t.Errorf("jobs_total{done} = %v", v)
+	}
+}
+
+func TestUnknownAcksAndEviction(t *testing.T) {
+	s, reg := newStore(t, 3)
+	s.Ack(ack("nope", targets[0], true))
+	s.Expect("j0", targets[:1])
+	s.Ack(ack("j0", invalidate.JobTarget{Tier: "redis", Group: "hot-a", Target: "other"}, true))
+	if v := metric(t, reg, "flashsync_jobs_unknown_acks_total", ""); v != 2 {
+		t.Errorf("unknown acks %v, want 2", v)
+	}
+	for i := 1; i <= 4; i++ {
+		s.Expect(fmt.Sprintf("j%d", i), targets[:1])
+	}
+	if _, ok := s.Get("j0"); ok {
+		t.Error("j0 not evicted")
+	}
+	if _, ok := s.Get("j1"); ok {
+		t.Error("j1 not evicted")
+	}
+	if s.Len() != 3 || metric(t, reg, "flashsync_jobs_evicted_total", "") != 2 || metric(t, reg, "flashsync_jobs_tracked", "") != 3 {
+		t.Errorf("len %d evicted %v tracked %v", s.Len(), metric(t, reg, "flashsync_jobs_evicted_total", ""), metric(t, reg, "flashsync_jobs_tracked", ""))
+	}
+	r := s.Recent(2)
+	if len(r) != 2 || r[0].ID != "j4" || r[1].ID != "j3" || r[0].Targets != nil {
+		t.Errorf("recent %+v", r)
+	}
+	s.Ack(ack("j1", targets[0], true)) // evicted
+	if v := metric(t, reg, "flashsync_jobs_unknown_acks_total", ""); v != 3 {
+		t.Errorf("unknown acks %v, want 3", v)
+	}
+	s.Expect("empty", nil)
+	if j, _ := s.Get("empty"); j.State != StateDone {
+		t.Errorf("job without targets: %s", j.State)
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	for _, max := range []int{50, 2000} {
+		t.Run(fmt.Sprint(max), func(t *testing.T) { testConcurrent(t, max) })
+	}
+}
+
+// testConcurrent runs 8 writers of 200 jobs each; with max 50 the jobs of
+// slow writers may be evicted before their acks.
+func testConcurrent(t *testing.T, max int) {
+	s, reg := newStore(t, max)
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				id := fmt.Sprintf("w%d-%d", w, i)
+				s.Expect(id, targets)
+				for _, tg := range targets {
+					s.Ack(ack(id, tg, true))
+				}
+				s.Get(id)
+				s.Recent(10)
+			}
+		}()
+	}
+	wg.Wait()
+	if want := min(max, 1600); s.Len() != want || metric(t, reg, "flashsync_jobs_tracked", "") != float64(want) {
+		t.Errorf("len %d, want %d", s.Len(), want)
+	}
+	done := metric(t, reg, "flashsync_jobs_total", StateDone)
+	if evicted := metric(t, reg, "flashsync_jobs_evicted_total", ""); evicted != float64(1600-min(max, 1600)) || done > 1600 || (max >= 1600 && done != 1600) {
+		t.Errorf("done %v, evicted %v", done, evicted)
+	}
+}
+
+// metric is the value of a counter or gauge, of the series whose state
+// label is state ("": any).
+func metric(t *testing.T, reg *prometheus.Registry, name, state string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if state != "" {
+				match := false
+				for _, l := range m.GetLabel() {
+					match = match || (l.GetName() == "state" && l.GetValue() == state)
+				}
+				if !match {
+					continue
+				}
+			}
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}

@@ -1,0 +1,85 @@
+package node
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/invalidate"
+)
+
+func get(t *testing.T, url string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil {
+		t.Fatalf("%d %s: %v", resp.StatusCode, data, err)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("content type %q", ct)
+	}
+	return resp.StatusCode, out
+}
+
+func TestJobsAPI(t *testing.T) {
+	cfg, err := configs.Parse([]byte(explainConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The canal role builds the job store; nothing connects before Run.
+	n, err := New(Options{Config: cfg, Roles: []string{RoleCanal}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	srv := httptest.NewServer(n.mux())
+	t.Cleanup(srv.Close)
+
+	targets := []invalidate.JobTarget{
+		{Tier: "redis", Group: "hot-a", Target: "127.0.0.1:16379"},
+		{Tier: "http", Group: "varnish-a", Target: "127.0.0.1:16081"},
+	}
+	n.jobs.Expect("0123456789abcdef", targets)
+	n.jobs.Ack(invalidate.Ack{Job: "0123456789abcdef", Tier: "redis", Group: "hot-a", Target: "127.0.0.1:16379", OK: true, LatencyMS: 2.5, At: time.Now()})
+
+	status, out := get(t, srv.URL+"/jobs/0123456789abcdef")
+	if status != http.StatusOK || out["state"] != "pending" || out["pending"] != 1.0 || out["done"] != 1.0 {
+		t.Fatalf("pending job: %d %v", status, out)
+	}
+	n.jobs.Ack(invalidate.Ack{Job: "0123456789abcdef", Tier: "http", Group: "varnish-a", Target: "127.0.0.1:16081", OK: false, Error: "405", At: time.Now()})
+	status, out = get(t, srv.URL+"/jobs/0123456789abcdef")
+	b, _ := json.Marshal(out)
+	for _, want := range []string{`"state":"failed"`, `"latency_ms":2.5`, `"error":"405"`, `{"done":0,"failed":1,"group":"varnish-a","pending":0,"tier":"http"}`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("job lacks %s: %s", want, b)
+		}
+	}
+
+	status, out = get(t, srv.URL+"/jobs/nope")
+	if status != http.StatusNotFound || !strings.Contains(out["error"].(string), "unknown") {
+		t.Errorf("unknown job: %d %v", status, out)
+	}
+	status, out = get(t, srv.URL+"/jobs?limit=5")
+	if status != http.StatusOK || out["tracked"] != 1.0 || len(out["jobs"].([]any)) != 1 {
+		t.Errorf("recent jobs: %d %v", status, out)
+	}
+	if status, _ := get(t, srv.URL+"/jobs?limit=x"); status != http.StatusBadRequest {
+		t.Errorf("bad limit: %d", status)
+	}
+	// A node without the canal role has no jobs.
+	status, out = get(t, explainServer(t).URL+"/jobs/0123456789abcdef")
+	if status != http.StatusNotFound || !strings.Contains(out["error"].(string), "canal role") {
+		t.Errorf("purger node: %d %v", status, out)
+	}
+}
