@@ -65,6 +65,7 @@ REQUIRES=(
   "curl curl"
   "varnishd varnish"
   "/usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_xkey.so varnish-modules"
+  "nginx nginx-light"
 )
 
 DEFAULT_START_TIMEOUT=30 # seconds to wait for a service to answer
