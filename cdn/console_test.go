@@ -199,8 +199,10 @@ func TestConsoleRejections(t *testing.T) {
 		{"missing signature", missing, 401},
 		{"short nonce", shortNonce, 401},
 		{"non-hex nonce", nonHexNonce, 401},
-		{"stale timestamp", signed(testKey, now.Add(-31*time.Second).Unix(), nonce(5), good), 401},
-		{"future timestamp", signed(testKey, now.Add(31*time.Second).Unix(), nonce(6), good), 401},
+		// Well past max_skew (30 s): the header has whole seconds, so ±31 s
+		// could land inside the window at a second boundary.
+		{"stale timestamp", signed(testKey, now.Add(-40*time.Second).Unix(), nonce(5), good), 401},
+		{"future timestamp", signed(testKey, now.Add(40*time.Second).Unix(), nonce(6), good), 401},
 		{"oversize body", signed(testKey, now.Unix(), nonce(7), big), 413},
 		{"oversize body without length", bigChunked, 413},
 		{"malformed JSON", signed(testKey, now.Unix(), nonce(10), []byte(`{"job":`)), 400},
