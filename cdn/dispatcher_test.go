@@ -144,10 +144,16 @@ func TestDispatcherReachesEveryNodeAndBuffersForADeadOne(t *testing.T) {
 	start := time.Now()
 	c.publish(t, "/p/1")
 	for _, n := range nodes {
-		stacktest.Eventually(t, 5*time.Second, func() error { return n.hasPurged("/p/1") })
-		if !slices.Contains(n.machine.got(), "XKEY tag-p/1") {
-			t.Errorf("node %s: tag not purged: %v", n.name, n.machine.got())
-		}
+		// The console sends the URL and the tag purge concurrently: wait for both.
+		stacktest.Eventually(t, 5*time.Second, func() error {
+			if err := n.hasPurged("/p/1"); err != nil {
+				return err
+			}
+			if !slices.Contains(n.machine.got(), "XKEY tag-p/1") {
+				return fmt.Errorf("node %s: tag not purged: %v", n.name, n.machine.got())
+			}
+			return nil
+		})
 	}
 	t.Logf("purge reached all three nodes in %v", time.Since(start))
 
