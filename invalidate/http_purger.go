@@ -80,38 +80,23 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 	if len(opts.Groups) == 0 {
 		return nil, errors.New("http purger: no http groups")
 	}
-	if len(opts.NSQDTCP) == 0 && len(opts.LookupdHTTP) == 0 {
-		return nil, errors.New("http purger: no nsqd or nsqlookupd address")
+	co := consumerOptions{
+		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
+		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
+		Timeout: opts.Timeout, Logger: opts.Logger,
 	}
-	if opts.LookupdPollInterval <= 0 {
-		opts.LookupdPollInterval = 5 * time.Second
+	if err := co.prepare("http purger"); err != nil {
+		return nil, err
 	}
-	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = "flashsync"
-	}
-	if opts.MaxAttempts == 0 {
-		opts.MaxAttempts = 10
-	}
-	if opts.MaxInFlight <= 0 {
-		opts.MaxInFlight = 64
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = 2 * time.Second
-	}
+	// The rest of the purger reads these defaults from opts.
+	opts.TopicPrefix, opts.Timeout = co.TopicPrefix, co.Timeout
 	if opts.MaxConnsPerInstance <= 0 {
 		opts.MaxConnsPerInstance = 8
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := newPurgeConsumers(consumerOptions{
-		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
-		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
-		Timeout: opts.Timeout, Logger: opts.Logger,
-	}, consumerKind{metricPrefix: "flashsync_purger_http_", label: "instance", noun: "http instance", tier: TierHTTP}, opts.Registerer)
+	c, err := newPurgeConsumers(co, consumerKind{metricPrefix: "flashsync_purger_http_", label: "instance", noun: "http instance", tier: TierHTTP}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}

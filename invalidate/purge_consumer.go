@@ -120,6 +120,33 @@ type purgeTarget struct {
 	down bool
 }
 
+// prepare checks the addresses and fills the defaults every purger shares;
+// role names the purger in the error.
+func (o *consumerOptions) prepare(role string) error {
+	if len(o.NSQDTCP) == 0 && len(o.LookupdHTTP) == 0 {
+		return fmt.Errorf("%s: no nsqd or nsqlookupd address", role)
+	}
+	if o.LookupdPollInterval <= 0 {
+		o.LookupdPollInterval = 5 * time.Second
+	}
+	if o.TopicPrefix == "" {
+		o.TopicPrefix = "flashsync"
+	}
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts = 10
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 64
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
 func newPurgeConsumers(opts consumerOptions, kind consumerKind, reg prometheus.Registerer) (*purgeConsumers, error) {
 	m, err := newConsumerMetrics(reg, kind)
 	if err != nil {

@@ -64,38 +64,23 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if len(opts.Groups) == 0 {
 		return nil, errors.New("redis purger: no redis groups")
 	}
-	if len(opts.NSQDTCP) == 0 && len(opts.LookupdHTTP) == 0 {
-		return nil, errors.New("redis purger: no nsqd or nsqlookupd address")
+	co := consumerOptions{
+		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
+		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
+		Timeout: opts.Timeout, Logger: opts.Logger,
 	}
-	if opts.LookupdPollInterval <= 0 {
-		opts.LookupdPollInterval = 5 * time.Second
+	if err := co.prepare("redis purger"); err != nil {
+		return nil, err
 	}
-	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = "flashsync"
-	}
-	if opts.MaxAttempts == 0 {
-		opts.MaxAttempts = 10
-	}
-	if opts.MaxInFlight <= 0 {
-		opts.MaxInFlight = 64
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = 2 * time.Second
-	}
+	// The rest of the purger reads these defaults from opts.
+	opts.TopicPrefix, opts.Timeout = co.TopicPrefix, co.Timeout
 	if opts.PipelineKeys <= 0 {
 		opts.PipelineKeys = 512
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := newPurgeConsumers(consumerOptions{
-		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
-		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
-		Timeout: opts.Timeout, Logger: opts.Logger,
-	}, consumerKind{metricPrefix: "flashsync_purger_", label: "replica", noun: "redis replica", tier: TierRedis}, opts.Registerer)
+	c, err := newPurgeConsumers(co, consumerKind{metricPrefix: "flashsync_purger_", label: "replica", noun: "redis replica", tier: TierRedis}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
