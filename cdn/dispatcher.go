@@ -14,11 +14,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashsync/flashsync/invalidate"
@@ -54,22 +51,14 @@ type DispatcherOptions struct {
 }
 
 // Dispatcher forwards the CDN topic's purges to every node's console, each
-// node on its own NSQ channel with its own consumer: a slow or dead node
-// never delays the others, and its backlog waits in its channel.
+// node on its own NSQ channel with its own consumer (invalidate's
+// PurgeConsumers, shared with the Redis and HTTP purgers): a slow or dead
+// node never delays the others, and its backlog waits in its channel.
 type Dispatcher struct {
-	opts  DispatcherOptions
-	nodes []*nodeSender
-
-	messages *prometheus.CounterVec
-	dead     *prometheus.CounterVec
-	up       *prometheus.GaugeVec
-	request  *prometheus.HistogramVec
-	latency  *prometheus.HistogramVec
-
-	deadMu        sync.Mutex
-	deadProducers map[string]*nsq.Producer
-
-	acks *invalidate.AckSender
+	opts    DispatcherOptions
+	c       *invalidate.PurgeConsumers
+	clients []*http.Client
+	request *prometheus.HistogramVec
 }
 
 // NewDispatcher checks the options and loads the CA files; nothing
@@ -78,68 +67,43 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 	if len(opts.Nodes) == 0 {
 		return nil, errors.New("dispatcher: no cdn nodes")
 	}
-	if len(opts.NSQDTCP) == 0 && len(opts.LookupdHTTP) == 0 {
-		return nil, errors.New("dispatcher: no nsqd or nsqlookupd address")
-	}
-	if opts.LookupdPollInterval <= 0 {
-		opts.LookupdPollInterval = 5 * time.Second
-	}
-	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = "flashsync"
-	}
-	if opts.MaxAttempts == 0 {
-		opts.MaxAttempts = 10
-	}
+	// A console's answer waits for its fan-out: more time and more in
+	// flight than one PURGE.
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = 16
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
+	co := invalidate.ConsumerOptions{
+		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
+		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
+		Timeout: opts.Timeout, Logger: opts.Logger,
+	}
+	if err := co.Prepare("dispatcher"); err != nil {
+		return nil, err
+	}
+	opts.TopicPrefix = co.TopicPrefix
+	c, err := invalidate.NewPurgeConsumers(co, invalidate.ConsumerKind{
+		MetricPrefix: "flashsync_dispatcher_", Label: "node", Noun: "cdn console", Tier: invalidate.TierCDN,
+	}, opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	d := &Dispatcher{
-		opts:          opts,
-		deadProducers: map[string]*nsq.Producer{},
-		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "flashsync_dispatcher_messages_total",
-			Help: "CDN purge messages handled per node, by result (ok, retry, unreachable, dead_letter).",
-		}, []string{"node", "result"}),
-		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "flashsync_dispatcher_dead_letters_total",
-			Help: "CDN purge messages moved to the dead-letter topic after too many attempts.",
-		}, []string{"node"}),
-		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "flashsync_dispatcher_console_up",
-			Help: "1 while the node's console answered its last request, 0 while it is unreachable.",
-		}, []string{"node"}),
+		opts: opts,
+		c:    c,
 		request: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "flashsync_dispatcher_request_seconds",
 			Help:    "One POST to a node's console, its fan-out to the cache machines included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"node"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "flashsync_dispatcher_commit_to_purge_seconds",
-			Help:    "From the canal reading a commit to its URLs and tags purged on a node.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"node"}),
 	}
-	for _, c := range []prometheus.Collector{d.messages, d.dead, d.up, d.request, d.latency} {
-		if err := opts.Registerer.Register(c); err != nil {
-			return nil, fmt.Errorf("register metrics: %w", err)
-		}
-	}
-	var err error
-	d.acks, err = invalidate.NewAckSender(invalidate.AckSenderOptions{
-		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, TopicPrefix: opts.TopicPrefix,
-		Tier: invalidate.TierCDN, Timeout: opts.Timeout, Logger: opts.Logger, Registerer: opts.Registerer,
-	})
-	if err != nil {
-		return nil, err
+	if err := opts.Registerer.Register(d.request); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	seen := map[string]bool{}
 	for _, n := range opts.Nodes {
@@ -168,13 +132,20 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 			}
 			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		}
-		d.nodes = append(d.nodes, &nodeSender{
-			d:       d,
-			node:    n,
-			url:     strings.TrimSuffix(n.ConsoleURL, "/") + PurgePath,
-			channel: invalidate.CDNChannel(n.Name),
-			client:  &http.Client{Transport: tr, Timeout: opts.Timeout},
-			log:     opts.Logger.With("cdn_node", n.Name),
+		s := &nodeSender{
+			d:      d,
+			node:   n,
+			url:    strings.TrimSuffix(n.ConsoleURL, "/") + PurgePath,
+			client: &http.Client{Transport: tr, Timeout: opts.Timeout},
+		}
+		d.clients = append(d.clients, s.client)
+		c.Add(invalidate.PurgeTarget{
+			Group: invalidate.CDNGroup, Name: n.Name,
+			Topic: invalidate.CDNTopic(opts.TopicPrefix), Channel: invalidate.CDNChannel(n.Name),
+			// Each POST waits for the node's whole fan-out.
+			Concurrency: opts.MaxInFlight,
+			Apply:       s.send,
+			Unreachable: func(err error) bool { return errors.As(err, new(errUnreachable)) },
 		})
 	}
 	return d, nil
@@ -183,178 +154,48 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 // Run consumes until ctx ends, then stops every consumer, waiting for the
 // messages in hand.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	defer d.stopDeadProducers()
-	defer d.acks.Close() // after the consumers stopped: no more acks
-	topic := invalidate.CDNTopic(d.opts.TopicPrefix)
-	var consumers []*nsq.Consumer
-	stopAll := func() {
-		for _, c := range consumers {
-			c.Stop()
-		}
-		for _, c := range consumers {
-			<-c.StopChan
-		}
+	err := d.c.Run(ctx, "cdn dispatcher")
+	d.Close()
+	return err
+}
+
+// Close drops the idle connections to the consoles; it is safe to call more
+// than once.
+func (d *Dispatcher) Close() error {
+	for _, c := range d.clients {
+		c.CloseIdleConnections()
 	}
-	for _, n := range d.nodes {
-		n.ctx = ctx
-		cfg := nsq.NewConfig()
-		cfg.MaxInFlight = d.opts.MaxInFlight
-		cfg.MaxAttempts = 0 // counted by the handler, which knows unreachable from failed
-		cfg.DefaultRequeueDelay = 100 * time.Millisecond
-		cfg.MaxRequeueDelay = 5 * time.Second
-		cfg.MaxBackoffDuration = 2 * time.Second
-		cfg.BackoffMultiplier = 100 * time.Millisecond
-		cfg.OutputBufferSize = -1
-		cfg.OutputBufferTimeout = -1
-		cfg.LookupdPollInterval = d.opts.LookupdPollInterval
-		c, err := nsq.NewConsumer(topic, n.channel, cfg)
-		if err != nil {
-			stopAll()
-			return fmt.Errorf("nsq consumer %s/%s: %w", topic, n.channel, err)
-		}
-		c.SetLogger(nsqLogger{n.log}, nsq.LogLevelError)
-		c.AddConcurrentHandlers(n, d.opts.MaxInFlight)
-		if len(d.opts.LookupdHTTP) > 0 {
-			err = c.ConnectToNSQLookupds(d.opts.LookupdHTTP)
-		} else {
-			err = c.ConnectToNSQDs(d.opts.NSQDTCP)
-		}
-		if err != nil {
-			c.Stop()
-			stopAll()
-			return fmt.Errorf("nsq consumer %s/%s: %w", topic, n.channel, err)
-		}
-		consumers = append(consumers, c)
-		d.up.WithLabelValues(n.node.Name).Set(1)
-	}
-	d.opts.Logger.Info("cdn dispatcher running", "nodes", len(d.nodes), "topic", topic)
-	<-ctx.Done()
-	stopAll()
 	return nil
 }
 
 // Health reports nodes whose console is currently unreachable.
-func (d *Dispatcher) Health() error {
-	var down []string
-	for _, n := range d.nodes {
-		n.mu.Lock()
-		if n.down {
-			down = append(down, n.node.Name)
-		}
-		n.mu.Unlock()
-	}
-	if len(down) > 0 {
-		return fmt.Errorf("cdn consoles unreachable (purges buffered in NSQ): %s", strings.Join(down, ", "))
-	}
-	return nil
-}
+func (d *Dispatcher) Health() error { return d.c.Health() }
 
 // nodeSender sends the CDN purges to one node's console.
 type nodeSender struct {
-	d       *Dispatcher
-	node    Node
-	url     string
-	channel string
-	client  *http.Client
-	log     *slog.Logger
-	ctx     context.Context
-
-	mu   sync.Mutex
-	down bool
+	d      *Dispatcher
+	node   Node
+	url    string
+	client *http.Client
 }
 
-// HandleMessage posts the message's URLs and tags to the console. While the
-// console is unreachable it holds the message and retries without burning
-// attempts; any other failure (a machine failed: 502; a refused request:
-// 4xx) is returned so NSQ requeues with backoff, until MaxAttempts sends it
-// to the dead-letter topic.
-func (n *nodeSender) HandleMessage(m *nsq.Message) error {
-	p, err := invalidate.DecodePurge(m.Body)
-	if err == nil {
-		err = n.sendWaiting(m, p)
-	}
-	if err == nil {
-		n.d.messages.WithLabelValues(n.node.Name, "ok").Inc()
-		if p.SeenUnixNano > 0 {
-			n.d.latency.WithLabelValues(n.node.Name).Observe(time.Since(time.Unix(0, p.SeenUnixNano)).Seconds())
-		}
-		n.ack(m, p, nil)
-		return nil
-	}
-	if n.ctx.Err() != nil {
-		m.RequeueWithoutBackoff(0)
-		return nil
-	}
-	if m.Attempts < n.d.opts.MaxAttempts {
-		n.d.messages.WithLabelValues(n.node.Name, "retry").Inc()
-		n.log.Warn("cdn purge failed; requeued with backoff", "attempt", m.Attempts, "max_attempts", n.d.opts.MaxAttempts, "err", err)
-		return err
-	}
-	if derr := n.deadLetter(m, err); derr != nil {
-		n.log.Error("dead-letter publish failed; requeued", "err", derr, "purge_err", err)
-		return derr
-	}
-	n.d.messages.WithLabelValues(n.node.Name, "dead_letter").Inc()
-	n.d.dead.WithLabelValues(n.node.Name).Inc()
-	n.log.Error("cdn purge message dead-lettered", "topic", invalidate.DeadLetterTopic(n.d.opts.TopicPrefix), "attempts", m.Attempts, "err", err)
-	if p != nil {
-		n.ack(m, p, err)
-	}
-	return nil
-}
-
-// ack reports a message of a job sent to the node (cause nil) or
-// dead-lettered, in the background: it never delays or fails the purge.
-func (n *nodeSender) ack(m *nsq.Message, p *invalidate.Purge, cause error) {
-	if p.Job == "" {
-		return
-	}
-	a := invalidate.Ack{Job: p.Job, Tier: invalidate.TierCDN, Group: invalidate.CDNGroup, Target: n.node.Name,
-		OK: cause == nil, LatencyMS: invalidate.AckLatency(p.SeenUnixNano, m.Timestamp)}
-	if cause != nil {
-		a.Error = cause.Error()
-	}
-	n.d.acks.Send(a)
-}
-
-// errUnreachable marks a console that could not be talked to.
+// errUnreachable marks a console that could not be talked to: the consumer
+// holds the message and retries without burning attempts. Any other error
+// (a machine failed: 502; a refused request: 4xx) requeues with backoff
+// until the message is dead-lettered.
 type errUnreachable struct{ err error }
 
 func (e errUnreachable) Error() string { return e.err.Error() }
 func (e errUnreachable) Unwrap() error { return e.err }
 
-func (n *nodeSender) sendWaiting(m *nsq.Message, p *invalidate.Purge) error {
-	body, err := json.Marshal(Request{Job: string(m.ID[:]), URLs: p.URLs, Tags: p.Tags})
+// send posts the message's URLs and tags as one signed request (fresh
+// timestamp and nonce on every attempt).
+func (n *nodeSender) send(ctx context.Context, p *invalidate.Purge) error {
+	body, err := json.Marshal(Request{Job: p.Job, URLs: p.URLs, Tags: p.Tags})
 	if err != nil {
 		return err
 	}
-	backoff := 20 * time.Millisecond
-	lastTouch := time.Now()
-	for {
-		err := n.send(body)
-		var ue errUnreachable
-		if !errors.As(err, &ue) {
-			n.setDown(false, nil)
-			return err
-		}
-		n.d.messages.WithLabelValues(n.node.Name, "unreachable").Inc()
-		n.setDown(true, err)
-		select {
-		case <-n.ctx.Done():
-			return err
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
-		if time.Since(lastTouch) > 10*time.Second {
-			m.Touch()
-			lastTouch = time.Now()
-		}
-	}
-}
-
-// send posts one signed request (fresh timestamp and nonce).
-func (n *nodeSender) send(body []byte) error {
-	req, err := http.NewRequestWithContext(n.ctx, http.MethodPost, n.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -365,7 +206,7 @@ func (n *nodeSender) send(body []byte) error {
 	start := time.Now()
 	resp, err := n.client.Do(req)
 	if err != nil {
-		if unreachable(err) {
+		if invalidate.NetUnreachable(err) {
 			return errUnreachable{fmt.Errorf("console %s: %w", n.url, err)}
 		}
 		return fmt.Errorf("console %s: %w", n.url, err)
@@ -399,106 +240,4 @@ func summarize(answer []byte) string {
 		}
 	}
 	return strings.Join(failed, "; ")
-}
-
-func (n *nodeSender) setDown(down bool, err error) {
-	n.mu.Lock()
-	changed := n.down != down
-	n.down = down
-	n.mu.Unlock()
-	if !changed {
-		return
-	}
-	if down {
-		n.d.up.WithLabelValues(n.node.Name).Set(0)
-		n.log.Warn("cdn console unreachable; holding its purges until it answers", "err", err)
-	} else {
-		n.d.up.WithLabelValues(n.node.Name).Set(1)
-		n.log.Info("cdn console reachable again; draining its backlog")
-	}
-}
-
-// unreachable tells a console that cannot be talked to from one that
-// answered.
-func unreachable(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) ||
-		errors.Is(err, io.EOF) ||
-		errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, context.DeadlineExceeded)
-}
-
-// deadLetter is the record published to the dead-letter topic.
-type deadLetter struct {
-	Topic    string `json:"topic"`
-	Channel  string `json:"channel"`
-	Node     string `json:"node"`
-	Attempts uint16 `json:"attempts"`
-	Error    string `json:"error"`
-	Body     []byte `json:"body"`
-	At       string `json:"at"`
-}
-
-func (n *nodeSender) deadLetter(m *nsq.Message, cause error) error {
-	body, err := json.Marshal(deadLetter{
-		Topic: invalidate.CDNTopic(n.d.opts.TopicPrefix), Channel: n.channel, Node: n.node.Name,
-		Attempts: m.Attempts, Error: cause.Error(), Body: m.Body, At: time.Now().UTC().Format(time.RFC3339Nano),
-	})
-	if err != nil {
-		return err
-	}
-	topic := invalidate.DeadLetterTopic(n.d.opts.TopicPrefix)
-	if len(n.d.opts.NSQDTCP) == 0 {
-		return errors.New("no nsqd_tcp to publish dead letters to")
-	}
-	var errs []error
-	for _, addr := range n.d.opts.NSQDTCP {
-		prod, err := n.d.deadProducer(addr)
-		if err == nil {
-			err = prod.Publish(topic, body)
-		}
-		if err == nil {
-			return nil
-		}
-		errs = append(errs, fmt.Errorf("publish %s on nsqd %s: %w", topic, addr, err))
-	}
-	return errors.Join(errs...)
-}
-
-func (d *Dispatcher) deadProducer(addr string) (*nsq.Producer, error) {
-	d.deadMu.Lock()
-	defer d.deadMu.Unlock()
-	if prod := d.deadProducers[addr]; prod != nil {
-		return prod, nil
-	}
-	cfg := nsq.NewConfig()
-	cfg.DialTimeout = d.opts.Timeout
-	cfg.WriteTimeout = d.opts.Timeout
-	prod, err := nsq.NewProducer(addr, cfg)
-	if err != nil {
-		return nil, err
-	}
-	prod.SetLogger(nsqLogger{d.opts.Logger.With("nsqd", addr)}, nsq.LogLevelWarning)
-	d.deadProducers[addr] = prod
-	return prod, nil
-}
-
-func (d *Dispatcher) stopDeadProducers() {
-	d.deadMu.Lock()
-	defer d.deadMu.Unlock()
-	for addr, prod := range d.deadProducers {
-		prod.Stop()
-		delete(d.deadProducers, addr)
-	}
-}
-
-// nsqLogger adapts go-nsq's logger to slog.
-type nsqLogger struct{ l *slog.Logger }
-
-func (n nsqLogger) Output(_ int, s string) error {
-	n.l.Warn(s)
-	return nil
 }

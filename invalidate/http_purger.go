@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,7 +40,7 @@ type HTTPPurgerOptions struct {
 	// grace) instead of xkey-purge.
 	SoftPurge bool
 	// MaxConnsPerInstance bounds the keep-alive connections to one instance
-	// (default 8).
+	// and the messages applied to it at once (default 8).
 	MaxConnsPerInstance int
 	Logger              *slog.Logger
 	Registerer          prometheus.Registerer
@@ -52,12 +53,12 @@ const maxXkeyHeader = 4000
 // HTTPPurger sends PURGE requests for the URLs and xkey tags of each HTTP
 // group's purges to every instance of the group (Varnish with
 // configs/varnish/flashsync.vcl). Failure semantics are the Redis purger's
-// (shared in purgeConsumers): an unreachable instance holds its messages, a
+// (shared in PurgeConsumers): an unreachable instance holds its messages, a
 // refused purge (any status but 2xx and 404) is retried and, after
 // MaxAttempts, dead-lettered.
 type HTTPPurger struct {
 	opts    HTTPPurgerOptions
-	c       *purgeConsumers
+	c       *PurgeConsumers
 	clients []*http.Client
 	urls    *prometheus.CounterVec
 	tags    *prometheus.CounterVec
@@ -80,12 +81,12 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 	if len(opts.Groups) == 0 {
 		return nil, errors.New("http purger: no http groups")
 	}
-	co := consumerOptions{
+	co := ConsumerOptions{
 		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
 		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
 		Timeout: opts.Timeout, Logger: opts.Logger,
 	}
-	if err := co.prepare("http purger"); err != nil {
+	if err := co.Prepare("http purger"); err != nil {
 		return nil, err
 	}
 	// The rest of the purger reads these defaults from opts.
@@ -96,7 +97,7 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := newPurgeConsumers(co, consumerKind{metricPrefix: "flashsync_purger_http_", label: "instance", noun: "http instance", tier: TierHTTP}, opts.Registerer)
+	c, err := NewPurgeConsumers(co, ConsumerKind{MetricPrefix: "flashsync_purger_http_", Label: "instance", Noun: "http instance", Tier: TierHTTP.String()}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
@@ -135,11 +136,14 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 			}
 			p.clients = append(p.clients, client)
 			group, addr := g.Name, addr
-			c.add(&purgeTarget{
-				group: group, addr: addr, topic: HTTPTopic(opts.TopicPrefix, g.Name),
-				apply:       func(ctx context.Context, msg *Purge) error { return p.purge(ctx, client, group, addr, msg) },
-				unreachable: netUnreachable,
-				ok: func(msg *Purge) {
+			c.Add(PurgeTarget{
+				Group: group, Name: addr, Topic: HTTPTopic(opts.TopicPrefix, g.Name),
+				// One message's PURGEs wait their round trips; take as many
+				// messages at once as there are connections.
+				Concurrency: opts.MaxConnsPerInstance,
+				Apply:       func(ctx context.Context, msg *Purge) error { return p.purge(ctx, client, group, addr, msg) },
+				Unreachable: NetUnreachable,
+				OK: func(msg *Purge) {
 					p.urls.WithLabelValues(group, addr).Add(float64(len(msg.URLs)))
 					p.tags.WithLabelValues(group, addr).Add(float64(len(msg.Tags)))
 				},
@@ -152,7 +156,7 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 // Run consumes until ctx ends, then stops every consumer, waiting for the
 // messages in hand.
 func (p *HTTPPurger) Run(ctx context.Context) error {
-	err := p.c.run(ctx, "http purger")
+	err := p.c.Run(ctx, "http purger")
 	p.Close()
 	return err
 }
@@ -167,25 +171,28 @@ func (p *HTTPPurger) Close() error {
 }
 
 // Health reports instances that are currently unreachable.
-func (p *HTTPPurger) Health() error { return p.c.health() }
+func (p *HTTPPurger) Health() error { return p.c.Health() }
 
-// purge sends one PURGE per URL, then the tags in xkey batches. A message is
-// applied again in full after a failure: purging twice is harmless.
+// purge sends one PURGE per URL and one per batch of tags (xkey header),
+// all at once: they commute, and a message's latency is then one round trip
+// rather than one per request. A message is applied again in full after a
+// failure: purging twice is harmless.
 func (p *HTTPPurger) purge(ctx context.Context, client *http.Client, group, addr string, msg *Purge) error {
+	host := p.opts.Host
+	if host == "" {
+		host = addr
+	}
+	type request struct{ kind, path, host, header, value string }
+	var reqs []request
 	for _, u := range msg.URLs {
-		path, host := u, p.opts.Host
+		path, h := u, host
 		if pu, err := url.Parse(u); err == nil && pu.Host != "" {
-			path, host = pu.RequestURI(), pu.Host
-		}
-		if host == "" {
-			host = addr
+			path, h = pu.RequestURI(), pu.Host
 		}
 		if !strings.HasPrefix(path, "/") {
 			path = "/" + path
 		}
-		if err := p.send(ctx, client, group, addr, "url", path, host, "", ""); err != nil {
-			return err
-		}
+		reqs = append(reqs, request{kind: "url", path: path, host: h})
 	}
 	header := "xkey-purge"
 	if p.opts.SoftPurge {
@@ -197,16 +204,47 @@ func (p *HTTPPurger) purge(ctx context.Context, client *http.Client, group, addr
 			size += 1 + len(tags[n])
 			n++
 		}
-		host := p.opts.Host
-		if host == "" {
-			host = addr
-		}
-		if err := p.send(ctx, client, group, addr, "xkey", "/", host, header, strings.Join(tags[:n], " ")); err != nil {
-			return err
-		}
+		reqs = append(reqs, request{kind: "xkey", path: "/", host: host, header: header, value: strings.Join(tags[:n], " ")})
 		tags = tags[n:]
 	}
-	return nil
+	if len(reqs) == 1 {
+		r := reqs[0]
+		return p.send(ctx, client, group, addr, r.kind, r.path, r.host, r.header, r.value)
+	}
+	// At most MaxConnsPerInstance at once: more would only queue for a
+	// connection inside the transport.
+	sem := make(chan struct{}, p.opts.MaxConnsPerInstance)
+	errs := make([]error, len(reqs))
+	var wg sync.WaitGroup
+	for i, r := range reqs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = p.send(ctx, client, group, addr, r.kind, r.path, r.host, r.header, r.value)
+		}()
+	}
+	wg.Wait()
+	return firstUnreachableOr(errs)
+}
+
+// firstUnreachableOr returns the first error that says the instance cannot
+// be reached (the message is then held, not counted as an attempt), else
+// the first error.
+func firstUnreachableOr(errs []error) error {
+	var first error
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		if NetUnreachable(err) {
+			return err
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 func (p *HTTPPurger) send(ctx context.Context, client *http.Client, group, addr, kind, path, host, header, value string) error {

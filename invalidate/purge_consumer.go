@@ -21,15 +21,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// This file is the consumer logic every purger shares (Redis, HTTP): one NSQ
-// consumer per cache target (a Redis replica, an HTTP cache instance) on its
-// own channel of its group's topic; a target that cannot be reached holds its
+// This file is the consumer logic every purger shares (Redis, HTTP, and the
+// CDN dispatcher in package cdn): one NSQ consumer per cache target (a Redis
+// replica, an HTTP cache instance, a CDN node's console) on its own channel
+// of its group's topic; a target that cannot be reached holds its
 // message and retries with backoff without burning attempts; any other
 // failure requeues with backoff until MaxAttempts sends the message to the
 // dead-letter topic; metrics and Health per target.
 
-// consumerOptions are the NSQ and failure settings of a purger.
-type consumerOptions struct {
+// ConsumerOptions are the NSQ and failure settings of a purger.
+type ConsumerOptions struct {
 	NSQDTCP             []string
 	LookupdHTTP         []string
 	LookupdPollInterval time.Duration
@@ -40,16 +41,17 @@ type consumerOptions struct {
 	Logger              *slog.Logger
 }
 
-// consumerKind names a purger's targets in metrics, logs and Health.
-type consumerKind struct {
-	// metricPrefix starts every metric name, e.g. "flashsync_purger_".
-	metricPrefix string
-	// label is the metrics label of a target: "replica" or "instance".
-	label string
-	// noun names one target in messages: "redis replica", "http instance".
-	noun string
-	// tier names the purger in job acks.
-	tier Tier
+// ConsumerKind names a purger's targets in metrics, logs, dead letters and
+// Health.
+type ConsumerKind struct {
+	// MetricPrefix starts every metric name, e.g. "flashsync_purger_".
+	MetricPrefix string
+	// Label is the metrics label of a target: "replica", "instance", "node".
+	Label string
+	// Noun names one target in messages: "redis replica", "http instance".
+	Noun string
+	// Tier names the purger in job acks: "redis", "http", "cdn".
+	Tier string
 }
 
 type consumerMetrics struct {
@@ -59,23 +61,23 @@ type consumerMetrics struct {
 	latency  *prometheus.HistogramVec
 }
 
-func newConsumerMetrics(reg prometheus.Registerer, k consumerKind) (consumerMetrics, error) {
+func newConsumerMetrics(reg prometheus.Registerer, k ConsumerKind) (consumerMetrics, error) {
 	m := consumerMetrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: k.metricPrefix + "messages_total",
-			Help: "Purge messages handled per " + k.noun + ", by result (ok, retry, unreachable, dead_letter).",
-		}, []string{"group", k.label, "result"}),
+			Name: k.MetricPrefix + "messages_total",
+			Help: "Purge messages handled per " + k.Noun + ", by result (ok, retry, unreachable, dead_letter).",
+		}, []string{"group", k.Label, "result"}),
 		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: k.metricPrefix + "dead_letters_total",
+			Name: k.MetricPrefix + "dead_letters_total",
 			Help: "Messages moved to the dead-letter topic after too many attempts.",
-		}, []string{"group", k.label}),
+		}, []string{"group", k.Label}),
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: k.metricPrefix + k.label + "_up",
-			Help: "1 while the " + k.noun + " answered its last request, 0 while it is unreachable.",
-		}, []string{"group", k.label}),
+			Name: k.MetricPrefix + k.Label + "_up",
+			Help: "1 while the " + k.Noun + " answered its last request, 0 while it is unreachable.",
+		}, []string{"group", k.Label}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    k.metricPrefix + "commit_to_purge_seconds",
-			Help:    "From the canal reading a commit to its targets purged on a " + k.noun + ".",
+			Name:    k.MetricPrefix + "commit_to_purge_seconds",
+			Help:    "From the canal reading a commit to its targets purged on a " + k.Noun + ".",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"group"}),
 	}
@@ -87,12 +89,12 @@ func newConsumerMetrics(reg prometheus.Registerer, k consumerKind) (consumerMetr
 	return m, nil
 }
 
-// purgeConsumers runs the consumers of a purger's targets.
-type purgeConsumers struct {
-	opts    consumerOptions
-	kind    consumerKind
+// PurgeConsumers runs the consumers of a purger's targets.
+type PurgeConsumers struct {
+	opts    ConsumerOptions
+	kind    ConsumerKind
 	metrics consumerMetrics
-	targets []*purgeTarget
+	targets []*targetConsumer
 	acks    *AckSender
 
 	// Dead-letter producers by nsqd address, created on first use, and the
@@ -102,27 +104,44 @@ type purgeConsumers struct {
 	deadLast      string
 }
 
-// purgeTarget applies one group's purges to one cache target.
-type purgeTarget struct {
-	p              *purgeConsumers
-	group, addr    string
-	topic, channel string
-	log            *slog.Logger
-	ctx            context.Context
-	// apply purges the message's targets once; unreachable tells its errors
+// PurgeTarget is one cache target of a purger: where its purges come from
+// and how they are applied.
+type PurgeTarget struct {
+	// Group and Name label the target in metrics, logs and job acks (a
+	// Redis replica's or HTTP instance's address, a CDN node's name).
+	Group, Name string
+	// Topic is the group's topic; Channel the target's own channel
+	// (default ReplicaChannel(Name)).
+	Topic, Channel string
+	// Concurrency is the number of messages applied at once (default 1).
+	// Purges commute (deleting twice or in another order leaves the same
+	// cache), so a target whose requests each wait a round trip (HTTP)
+	// takes several at a time.
+	Concurrency int
+	// Apply purges the message's targets once; Unreachable tells its errors
 	// that mean the target cannot be talked to (hold and wait) from the
-	// others (requeue, count the attempt); ok is called after a success.
-	apply       func(ctx context.Context, msg *Purge) error
-	unreachable func(error) bool
-	ok          func(msg *Purge)
+	// others (requeue, count the attempt); OK, if set, is called after a
+	// success.
+	Apply       func(ctx context.Context, msg *Purge) error
+	Unreachable func(error) bool
+	OK          func(msg *Purge)
+}
+
+// targetConsumer is a PurgeTarget's NSQ handler and its state.
+type targetConsumer struct {
+	PurgeTarget
+	p   *PurgeConsumers
+	log *slog.Logger
+	ctx context.Context
 
 	mu   sync.Mutex
 	down bool
 }
 
-// prepare checks the addresses and fills the defaults every purger shares;
-// role names the purger in the error.
-func (o *consumerOptions) prepare(role string) error {
+// Prepare checks the addresses and fills the defaults every purger shares
+// (NewPurgeConsumers calls it; a purger calls it first to read the
+// defaults); role names the purger in the error.
+func (o *ConsumerOptions) Prepare(role string) error {
 	if len(o.NSQDTCP) == 0 && len(o.LookupdHTTP) == 0 {
 		return fmt.Errorf("%s: no nsqd or nsqlookupd address", role)
 	}
@@ -147,32 +166,44 @@ func (o *consumerOptions) prepare(role string) error {
 	return nil
 }
 
-func newPurgeConsumers(opts consumerOptions, kind consumerKind, reg prometheus.Registerer) (*purgeConsumers, error) {
+// NewPurgeConsumers checks opts and registers the metrics of kind on reg;
+// nothing connects before Run.
+func NewPurgeConsumers(opts ConsumerOptions, kind ConsumerKind, reg prometheus.Registerer) (*PurgeConsumers, error) {
+	if err := opts.Prepare(kind.Noun + " purger"); err != nil {
+		return nil, err
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
 	m, err := newConsumerMetrics(reg, kind)
 	if err != nil {
 		return nil, err
 	}
 	acks, err := NewAckSender(AckSenderOptions{
 		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, TopicPrefix: opts.TopicPrefix,
-		Tier: kind.tier.String(), Timeout: opts.Timeout, Logger: opts.Logger, Registerer: reg,
+		Tier: kind.Tier, Timeout: opts.Timeout, Logger: opts.Logger, Registerer: reg,
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &purgeConsumers{opts: opts, kind: kind, metrics: m, acks: acks, deadProducers: map[string]*nsq.Producer{}}, nil
+	return &PurgeConsumers{opts: opts, kind: kind, metrics: m, acks: acks, deadProducers: map[string]*nsq.Producer{}}, nil
 }
 
-// add registers a target; its consumer starts with run.
-func (p *purgeConsumers) add(t *purgeTarget) {
-	t.p = p
-	t.channel = ReplicaChannel(t.addr)
-	t.log = p.opts.Logger.With("group", t.group, p.kind.label, t.addr)
-	p.targets = append(p.targets, t)
+// Add registers a target; its consumer starts with Run. Call it before Run.
+func (p *PurgeConsumers) Add(t PurgeTarget) {
+	if t.Channel == "" {
+		t.Channel = ReplicaChannel(t.Name)
+	}
+	t.Concurrency = max(t.Concurrency, 1)
+	p.targets = append(p.targets, &targetConsumer{
+		PurgeTarget: t, p: p,
+		log: p.opts.Logger.With("group", t.Group, p.kind.Label, t.Name),
+	})
 }
 
-// run consumes until ctx ends, then stops every consumer, waiting for the
-// messages in hand.
-func (p *purgeConsumers) run(ctx context.Context, name string) error {
+// Run consumes until ctx ends, then stops every consumer, waiting for the
+// messages in hand; name names the purger in logs.
+func (p *PurgeConsumers) Run(ctx context.Context, name string) error {
 	defer p.stopDeadProducers()
 	defer p.acks.Close() // after the consumers stopped: no more acks
 
@@ -201,15 +232,15 @@ func (p *purgeConsumers) run(ctx context.Context, name string) error {
 		cfg.OutputBufferSize = -1
 		cfg.OutputBufferTimeout = -1
 		cfg.LookupdPollInterval = p.opts.LookupdPollInterval
-		c, err := nsq.NewConsumer(r.topic, r.channel, cfg)
+		c, err := nsq.NewConsumer(r.Topic, r.Channel, cfg)
 		if err != nil {
 			stopAll()
-			return fmt.Errorf("nsq consumer %s/%s: %w", r.topic, r.channel, err)
+			return fmt.Errorf("nsq consumer %s/%s: %w", r.Topic, r.Channel, err)
 		}
 		// go-nsq warns on every clean stop; its errors (lost nsqd
 		// connections) matter, and the handler logs its own failures.
 		c.SetLogger(&consumerLogger{l: r.log, poll: p.opts.LookupdPollInterval}, nsq.LogLevelError)
-		c.AddHandler(r)
+		c.AddConcurrentHandlers(r, r.Concurrency)
 		// A message is only in the channels of the nsqd it was published
 		// to, so every consumer reads from every nsqd: all that nsqlookupd
 		// knows for the topic, or else every configured one.
@@ -221,52 +252,52 @@ func (p *purgeConsumers) run(ctx context.Context, name string) error {
 		if err != nil {
 			c.Stop()
 			stopAll()
-			return fmt.Errorf("nsq consumer %s/%s: %w", r.topic, r.channel, err)
+			return fmt.Errorf("nsq consumer %s/%s: %w", r.Topic, r.Channel, err)
 		}
 		consumers = append(consumers, c)
-		p.metrics.up.WithLabelValues(r.group, r.addr).Set(1)
+		p.metrics.up.WithLabelValues(r.Group, r.Name).Set(1)
 	}
-	p.opts.Logger.Info(name+" running", p.kind.label+"s", len(p.targets), "nsqd", p.opts.NSQDTCP, "nsqlookupd", p.opts.LookupdHTTP)
+	p.opts.Logger.Info(name+" running", p.kind.Label+"s", len(p.targets), "nsqd", p.opts.NSQDTCP, "nsqlookupd", p.opts.LookupdHTTP)
 	<-ctx.Done()
 	stopAll()
 	return nil
 }
 
-// health reports the targets that are currently unreachable.
-func (p *purgeConsumers) health() error {
+// Health reports the targets that are currently unreachable.
+func (p *PurgeConsumers) Health() error {
 	var down []string
 	for _, r := range p.targets {
 		r.mu.Lock()
 		if r.down {
-			down = append(down, r.group+"/"+r.addr)
+			down = append(down, r.Group+"/"+r.Name)
 		}
 		r.mu.Unlock()
 	}
 	if len(down) > 0 {
-		return fmt.Errorf("%ss unreachable (purges buffered in NSQ): %s", p.kind.noun, strings.Join(down, ", "))
+		return fmt.Errorf("%ss unreachable (purges buffered in NSQ): %s", p.kind.Noun, strings.Join(down, ", "))
 	}
 	return nil
 }
 
-var _ nsq.Handler = (*purgeTarget)(nil)
+var _ nsq.Handler = (*targetConsumer)(nil)
 
 // HandleMessage applies the message. While the target is unreachable it
 // holds the message and waits for the target rather than burning attempts:
 // the target's channel keeps the backlog, and it drains once the target
 // answers. Any other failure is returned, so NSQ requeues the message with
 // backoff, until MaxAttempts sends it to the dead-letter topic.
-func (r *purgeTarget) HandleMessage(m *nsq.Message) error {
+func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
 	msg, err := DecodePurge(m.Body)
 	if err == nil {
 		err = r.purgeWaiting(m, msg)
 	}
 	if err == nil {
-		r.p.metrics.messages.WithLabelValues(r.group, r.addr, "ok").Inc()
-		if r.ok != nil {
-			r.ok(msg)
+		r.p.metrics.messages.WithLabelValues(r.Group, r.Name, "ok").Inc()
+		if r.OK != nil {
+			r.OK(msg)
 		}
 		if msg.SeenUnixNano > 0 {
-			r.p.metrics.latency.WithLabelValues(r.group).Observe(time.Since(time.Unix(0, msg.SeenUnixNano)).Seconds())
+			r.p.metrics.latency.WithLabelValues(r.Group).Observe(time.Since(time.Unix(0, msg.SeenUnixNano)).Seconds())
 		}
 		r.ack(m, msg, nil)
 		return nil
@@ -277,7 +308,7 @@ func (r *purgeTarget) HandleMessage(m *nsq.Message) error {
 		return nil
 	}
 	if m.Attempts < r.p.opts.MaxAttempts {
-		r.p.metrics.messages.WithLabelValues(r.group, r.addr, "retry").Inc()
+		r.p.metrics.messages.WithLabelValues(r.Group, r.Name, "retry").Inc()
 		r.log.Warn("purge failed; requeued with backoff", "attempt", m.Attempts, "max_attempts", r.p.opts.MaxAttempts, "err", err)
 		return err
 	}
@@ -285,8 +316,8 @@ func (r *purgeTarget) HandleMessage(m *nsq.Message) error {
 		r.log.Error("dead-letter publish failed; requeued", "err", derr, "purge_err", err)
 		return derr
 	}
-	r.p.metrics.messages.WithLabelValues(r.group, r.addr, "dead_letter").Inc()
-	r.p.metrics.dead.WithLabelValues(r.group, r.addr).Inc()
+	r.p.metrics.messages.WithLabelValues(r.Group, r.Name, "dead_letter").Inc()
+	r.p.metrics.dead.WithLabelValues(r.Group, r.Name).Inc()
 	r.log.Error("purge message dead-lettered", "topic", DeadLetterTopic(r.p.opts.TopicPrefix), "attempts", m.Attempts, "err", err, "body", truncate(m.Body, 256))
 	if msg != nil {
 		r.ack(m, msg, err)
@@ -296,11 +327,11 @@ func (r *purgeTarget) HandleMessage(m *nsq.Message) error {
 
 // ack reports the message of a job applied (cause nil) or dead-lettered, in
 // the background: it never delays or fails the purge.
-func (r *purgeTarget) ack(m *nsq.Message, msg *Purge, cause error) {
+func (r *targetConsumer) ack(m *nsq.Message, msg *Purge, cause error) {
 	if msg.Job == "" {
 		return
 	}
-	a := Ack{Job: msg.Job, Tier: r.p.kind.tier.String(), Group: r.group, Target: r.addr, OK: cause == nil,
+	a := Ack{Job: msg.Job, Tier: r.p.kind.Tier, Group: r.Group, Target: r.Name, OK: cause == nil,
 		LatencyMS: AckLatency(msg.SeenUnixNano, m.Timestamp)}
 	if cause != nil {
 		a.Error = cause.Error()
@@ -309,16 +340,16 @@ func (r *purgeTarget) ack(m *nsq.Message, msg *Purge, cause error) {
 }
 
 // purgeWaiting applies msg, waiting for the target while it is unreachable.
-func (r *purgeTarget) purgeWaiting(m *nsq.Message, msg *Purge) error {
+func (r *targetConsumer) purgeWaiting(m *nsq.Message, msg *Purge) error {
 	backoff := 20 * time.Millisecond
 	lastTouch := time.Now()
 	for {
-		err := r.apply(r.ctx, msg)
-		if err == nil || !r.unreachable(err) {
+		err := r.Apply(r.ctx, msg)
+		if err == nil || !r.Unreachable(err) {
 			r.setDown(false, nil)
 			return err
 		}
-		r.p.metrics.messages.WithLabelValues(r.group, r.addr, "unreachable").Inc()
+		r.p.metrics.messages.WithLabelValues(r.Group, r.Name, "unreachable").Inc()
 		r.setDown(true, err)
 		select {
 		case <-r.ctx.Done():
@@ -333,7 +364,7 @@ func (r *purgeTarget) purgeWaiting(m *nsq.Message, msg *Purge) error {
 	}
 }
 
-func (r *purgeTarget) setDown(down bool, err error) {
+func (r *targetConsumer) setDown(down bool, err error) {
 	r.mu.Lock()
 	changed := r.down != down
 	r.down = down
@@ -342,17 +373,17 @@ func (r *purgeTarget) setDown(down bool, err error) {
 		return
 	}
 	if down {
-		r.p.metrics.up.WithLabelValues(r.group, r.addr).Set(0)
-		r.log.Warn(r.p.kind.noun+" unreachable; holding its purges until it answers", "err", err)
+		r.p.metrics.up.WithLabelValues(r.Group, r.Name).Set(0)
+		r.log.Warn(r.p.kind.Noun+" unreachable; holding its purges until it answers", "err", err)
 	} else {
-		r.p.metrics.up.WithLabelValues(r.group, r.addr).Set(1)
-		r.log.Info(r.p.kind.noun + " reachable again; draining its backlog")
+		r.p.metrics.up.WithLabelValues(r.Group, r.Name).Set(1)
+		r.log.Info(r.p.kind.Noun + " reachable again; draining its backlog")
 	}
 }
 
-// netUnreachable tells the errors of a connection that could not be made or
+// NetUnreachable tells the errors of a connection that could not be made or
 // was lost, common to every kind of cache.
-func netUnreachable(err error) bool {
+func NetUnreachable(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) ||
 		errors.Is(err, io.EOF) ||
@@ -363,21 +394,15 @@ func netUnreachable(err error) bool {
 		errors.Is(err, context.DeadlineExceeded)
 }
 
-// deadLetter is the record published to the dead-letter topic.
-type deadLetter struct {
-	Topic    string `json:"topic"`
-	Channel  string `json:"channel"`
-	Replica  string `json:"replica"`
-	Attempts uint16 `json:"attempts"`
-	Error    string `json:"error"`
-	Body     []byte `json:"body"`
-	At       string `json:"at"`
-}
-
-func (r *purgeTarget) deadLetter(m *nsq.Message, cause error) error {
-	body, err := json.Marshal(deadLetter{
-		Topic: r.topic, Channel: r.channel, Replica: r.addr, Attempts: m.Attempts,
-		Error: cause.Error(), Body: m.Body, At: time.Now().UTC().Format(time.RFC3339Nano),
+// deadLetter publishes the record of a message given up on to the
+// dead-letter topic: its topic and channel, the target (under the purger's
+// label: "replica", "instance", "node"), attempts, last error, original body
+// and time.
+func (r *targetConsumer) deadLetter(m *nsq.Message, cause error) error {
+	body, err := json.Marshal(map[string]any{
+		"topic": r.Topic, "channel": r.Channel, r.p.kind.Label: r.Name, "group": r.Group,
+		"attempts": m.Attempts, "error": cause.Error(), "body": m.Body,
+		"at": time.Now().UTC().Format(time.RFC3339Nano),
 	})
 	if err != nil {
 		return err
@@ -391,7 +416,7 @@ func (r *purgeTarget) deadLetter(m *nsq.Message, cause error) error {
 
 // publishDead publishes body to the first nsqd that takes it, trying each in
 // turn, starting with the one that took the last dead letter.
-func (p *purgeConsumers) publishDead(topic string, body []byte) error {
+func (p *PurgeConsumers) publishDead(topic string, body []byte) error {
 	addrs, err := p.deadLetterAddrs()
 	if err != nil {
 		return err
@@ -421,7 +446,7 @@ func (p *purgeConsumers) publishDead(topic string, body []byte) error {
 
 // deadLetterAddrs lists the nsqd TCP addresses dead letters may go to: the
 // configured ones, or else those the first answering nsqlookupd knows.
-func (p *purgeConsumers) deadLetterAddrs() ([]string, error) {
+func (p *PurgeConsumers) deadLetterAddrs() ([]string, error) {
 	if len(p.opts.NSQDTCP) > 0 {
 		return p.opts.NSQDTCP, nil
 	}
@@ -471,7 +496,7 @@ func lookupdNodes(addr string, timeout time.Duration) ([]string, error) {
 }
 
 // deadProducer returns the dead-letter producer of the nsqd at addr.
-func (p *purgeConsumers) deadProducer(addr string) (*nsq.Producer, error) {
+func (p *PurgeConsumers) deadProducer(addr string) (*nsq.Producer, error) {
 	p.deadMu.Lock()
 	defer p.deadMu.Unlock()
 	if prod := p.deadProducers[addr]; prod != nil {
@@ -489,7 +514,7 @@ func (p *purgeConsumers) deadProducer(addr string) (*nsq.Producer, error) {
 	return prod, nil
 }
 
-func (p *purgeConsumers) stopDeadProducers() {
+func (p *PurgeConsumers) stopDeadProducers() {
 	p.deadMu.Lock()
 	defer p.deadMu.Unlock()
 	for addr, prod := range p.deadProducers {

@@ -41,11 +41,11 @@ type RedisPurgerOptions struct {
 }
 
 // RedisPurger deletes purged keys from every replica of every group. Each
-// replica has its own NSQ consumer on its own channel (see purgeConsumers
+// replica has its own NSQ consumer on its own channel (see PurgeConsumers
 // for the failure semantics).
 type RedisPurger struct {
 	opts     RedisPurgerOptions
-	c        *purgeConsumers
+	c        *PurgeConsumers
 	replicas []*redisReplica
 	keys     *prometheus.CounterVec
 
@@ -64,12 +64,12 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if len(opts.Groups) == 0 {
 		return nil, errors.New("redis purger: no redis groups")
 	}
-	co := consumerOptions{
+	co := ConsumerOptions{
 		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
 		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
 		Timeout: opts.Timeout, Logger: opts.Logger,
 	}
-	if err := co.prepare("redis purger"); err != nil {
+	if err := co.Prepare("redis purger"); err != nil {
 		return nil, err
 	}
 	// The rest of the purger reads these defaults from opts.
@@ -80,7 +80,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := newPurgeConsumers(co, consumerKind{metricPrefix: "flashsync_purger_", label: "replica", noun: "redis replica", tier: TierRedis}, opts.Registerer)
+	c, err := NewPurgeConsumers(co, ConsumerKind{MetricPrefix: "flashsync_purger_", Label: "replica", Noun: "redis replica", Tier: TierRedis.String()}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
@@ -109,11 +109,11 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 			}
 			p.replicas = append(p.replicas, r)
 			group := g.Name
-			c.add(&purgeTarget{
-				group: group, addr: addr, topic: RedisTopic(opts.TopicPrefix, g.Name),
-				apply:       func(ctx context.Context, msg *Purge) error { return p.purge(ctx, r, msg.Keys) },
-				unreachable: unreachable,
-				ok: func(msg *Purge) {
+			c.Add(PurgeTarget{
+				Group: group, Name: addr, Topic: RedisTopic(opts.TopicPrefix, g.Name),
+				Apply:       func(ctx context.Context, msg *Purge) error { return p.purge(ctx, r, msg.Keys) },
+				Unreachable: unreachable,
+				OK: func(msg *Purge) {
 					p.keys.WithLabelValues(group, addr).Add(float64(len(msg.Keys)))
 				},
 			})
@@ -125,7 +125,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 // Run consumes until ctx ends, then stops every consumer, waiting for the
 // messages in hand.
 func (p *RedisPurger) Run(ctx context.Context) error {
-	if err := p.c.run(ctx, "redis purger"); err != nil {
+	if err := p.c.Run(ctx, "redis purger"); err != nil {
 		return err
 	}
 	return p.Close()
@@ -147,7 +147,7 @@ func (p *RedisPurger) Close() error {
 }
 
 // Health reports replicas that are currently unreachable.
-func (p *RedisPurger) Health() error { return p.c.health() }
+func (p *RedisPurger) Health() error { return p.c.Health() }
 
 // purge sends DEL in pipelines of at most PipelineKeys keys.
 func (p *RedisPurger) purge(ctx context.Context, r *redisReplica, keys []string) error {
@@ -175,7 +175,7 @@ func (p *RedisPurger) purge(ctx context.Context, r *redisReplica, keys []string)
 // unreachable tells a replica that cannot be talked to (whose purges must
 // wait) from one that answered with an error.
 func unreachable(err error) bool {
-	if netUnreachable(err) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed) {
+	if NetUnreachable(err) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed) {
 		return true
 	}
 	// A restarting Redis answers LOADING until its dataset is in memory.
