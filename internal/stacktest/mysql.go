@@ -3,6 +3,7 @@ package stacktest
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"net"
 	"testing"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
+	// database/sql driver "mysql" for SQLDB.
+	_ "github.com/go-sql-driver/mysql"
 )
 
 // MySQL returns a connection as root to the shared MariaDB ([Require]
@@ -84,4 +87,22 @@ func connect(addr string, timeout time.Duration) (*client.Conn, error) {
 		return nil, err
 	}
 	return conn, nil
+}
+
+// SQLDB opens a database/sql pool on database of the shared MariaDB (UTC
+// times, the session in UTC too), closed at cleanup.
+func SQLDB(t testing.TB, database string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("mysql", DSN(MySQLAddr(), database))
+	Require(t, "shared MariaDB at "+MySQLAddr(), err)
+	Require(t, "shared MariaDB at "+MySQLAddr(), db.Ping())
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// DSN is the go-sql-driver/mysql DSN of root on addr, database: UTC on
+// both sides, parameters interpolated client-side (one round trip per
+// statement).
+func DSN(addr, database string) string {
+	return "root@tcp(" + addr + ")/" + database + "?parseTime=true&loc=UTC&time_zone=%27%2B00%3A00%27&interpolateParams=true"
 }

@@ -1,0 +1,302 @@
+package seckill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The reservation counters live in a Redis of their own (Options.Redis),
+// never in a [[redis_group]] the binlog path purges: invalidations delete
+// display data only and can never rewrite the counter the buy path decides
+// on. Per activity A (one hash tag, so a cluster keeps them on one slot):
+//
+//	sk:{A}:stock  units still reservable (absent: not loaded from MySQL)
+//	sk:{A}:users  hash user → units held (reserved, being written or ordered)
+//	sk:{A}:req    hash request id → "state|user|qty|accepted_unix_ms"
+//	sk:{A}:ver    bumped by every change, for the reconciler's compare-and-set
+//
+// States: R reserved (queued for a writer), W being written, O ordered (in
+// MySQL), X rejected by MySQL (given back), G given back by the reconciler,
+// E expired unpaid (given back).
+const (
+	StateReserved  = "R"
+	StateWriting   = "W"
+	StateOrdered   = "O"
+	StateRejected  = "X"
+	StateGivenBack = "G"
+	StateExpired   = "E"
+)
+
+func keyStock(a int64) string { return "sk:{" + strconv.FormatInt(a, 10) + "}:stock" }
+func keyUsers(a int64) string { return "sk:{" + strconv.FormatInt(a, 10) + "}:users" }
+func keyReq(a int64) string   { return "sk:{" + strconv.FormatInt(a, 10) + "}:req" }
+func keyVer(a int64) string   { return "sk:{" + strconv.FormatInt(a, 10) + "}:ver" }
+
+func activityKeys(a int64) []string { return []string{keyStock(a), keyUsers(a), keyReq(a), keyVer(a)} }
+
+// reserveScript is the whole buy decision, atomic in Redis: an existing
+// request id answers its state (idempotent retry); then the user's quota,
+// then stock; then the units are taken and the request recorded.
+// Returns {1, stock left} | {2, state record} | {-1} sold out |
+// {-2, units held} over quota | {-3} not loaded.
+var reserveScript = redis.NewScript(`
+local s = redis.call('HGET', KEYS[3], ARGV[1])
+if s then return {2, s} end
+local stock = redis.call('GET', KEYS[1])
+if not stock then return {-3} end
+local q = tonumber(ARGV[3])
+stock = tonumber(stock)
+local held = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+if held + q > tonumber(ARGV[4]) then return {-2, held} end
+if stock < q then return {-1} end
+redis.call('DECRBY', KEYS[1], q)
+redis.call('HINCRBY', KEYS[2], ARGV[2], q)
+redis.call('HSET', KEYS[3], ARGV[1], 'R|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[5])
+redis.call('INCR', KEYS[4])
+return {1, stock - q}
+`)
+
+// claimScript marks reserved requests as being written and answers every
+// request's state, so a writer skips those the reconciler gave back.
+var claimScript = redis.NewScript(`
+local out = {}
+for i, rid in ipairs(ARGV) do
+  local s = redis.call('HGET', KEYS[1], rid)
+  if s and string.sub(s, 1, 1) == 'R' then
+    s = 'W' .. string.sub(s, 2)
+    redis.call('HSET', KEYS[1], rid, s)
+  end
+  out[i] = s or ''
+end
+redis.call('INCR', KEYS[2])
+return out
+`)
+
+// settleScript records the outcome of written reservations. ARGV is a list
+// of (outcome, request id, user, qty, accepted ms) quintuples; outcome O
+// (ordered) or X (rejected by MySQL). It is idempotent and gives units back
+// exactly once:
+//   - ordered: state O. Units were taken at reservation; if the reconciler
+//     had given them back (G) or the record is gone (Redis restarted and was
+//     reloaded from MySQL before this order existed), they are taken again.
+//   - rejected: from R/W the units are given back; from X/G/E nothing
+//     happens; with no record (reloaded from MySQL, which never had these
+//     units taken) only the state is written.
+//
+// While the activity is not loaded (no stock key) counters are left alone:
+// loading reads them from MySQL.
+var settleScript = redis.NewScript(`
+local loaded = redis.call('EXISTS', KEYS[1]) == 1
+for i = 1, #ARGV, 5 do
+  local outcome, rid, user, q = ARGV[i], ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3])
+  local s = redis.call('HGET', KEYS[3], rid)
+  local st = s and string.sub(s, 1, 1) or ''
+  local rec = outcome .. '|' .. user .. '|' .. q .. '|' .. ARGV[i+4]
+  if outcome == 'O' then
+    if st ~= 'O' and st ~= 'E' then
+      if (st == 'G' or st == 'X' or st == '') and loaded then
+        redis.call('DECRBY', KEYS[1], q)
+        redis.call('HINCRBY', KEYS[2], user, q)
+      end
+      redis.call('HSET', KEYS[3], rid, rec)
+    end
+  else
+    if st == 'R' or st == 'W' then
+      if loaded then
+        redis.call('INCRBY', KEYS[1], q)
+        redis.call('HINCRBY', KEYS[2], user, -q)
+      end
+      redis.call('HSET', KEYS[3], rid, rec)
+    elseif st == '' then
+      redis.call('HSET', KEYS[3], rid, rec)
+    end
+  end
+end
+redis.call('INCR', KEYS[4])
+return 1
+`)
+
+// expireScript gives an expired order's units back once: from O (or no
+// record: a reload counted the order as sold) to E.
+var expireScript = redis.NewScript(`
+local s = redis.call('HGET', KEYS[3], ARGV[1])
+local st = s and string.sub(s, 1, 1) or ''
+if st == 'E' then return 0 end
+if st == 'O' or st == '' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('INCRBY', KEYS[1], tonumber(ARGV[3]))
+    redis.call('HINCRBY', KEYS[2], ARGV[2], -tonumber(ARGV[3]))
+  end
+end
+redis.call('HSET', KEYS[3], ARGV[1], 'E|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
+redis.call('INCR', KEYS[4])
+return 1
+`)
+
+// loadScript sets an activity's counters from MySQL unless they exist:
+// ARGV[1] stock, then (user, units) pairs.
+var loadScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1])
+end
+redis.call('INCR', KEYS[4])
+return 1
+`)
+
+// ReserveResult is the answer of one reservation attempt.
+type ReserveResult int
+
+const (
+	Reserved ReserveResult = iota + 1
+	Duplicate
+	SoldOut
+	OverQuota
+	NotLoaded
+)
+
+// Reservation is one accepted request, as queued for the order writers.
+type Reservation struct {
+	Activity   int64  `json:"a"`
+	RequestID  string `json:"r"`
+	User       string `json:"u"`
+	Qty        int    `json:"q"`
+	AcceptedMS int64  `json:"t"`
+}
+
+// record is a decoded sk:{A}:req entry.
+type record struct {
+	State      string
+	User       string
+	Qty        int
+	AcceptedMS int64
+}
+
+func parseRecord(s string) (record, error) {
+	f := strings.Split(s, "|")
+	if len(f) != 4 {
+		return record{}, fmt.Errorf("reservation record %q: want 4 fields", s)
+	}
+	q, err1 := strconv.Atoi(f[2])
+	ms, err2 := strconv.ParseInt(f[3], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return record{}, fmt.Errorf("reservation record %q: %w", s, err)
+	}
+	return record{State: f[0], User: f[1], Qty: q, AcceptedMS: ms}, nil
+}
+
+// Reserver runs the Lua steps against the reservation Redis.
+type Reserver struct {
+	rdb redis.UniversalClient
+}
+
+// NewReserver wraps a client of the reservation Redis.
+func NewReserver(rdb redis.UniversalClient) *Reserver { return &Reserver{rdb: rdb} }
+
+// Reserve takes qty units for user under the activity's quota, recording
+// the request id. For Duplicate the existing record's state is returned.
+func (r *Reserver) Reserve(ctx context.Context, res Reservation, quota int) (ReserveResult, string, error) {
+	v, err := reserveScript.Run(ctx, r.rdb, activityKeys(res.Activity),
+		res.RequestID, res.User, res.Qty, quota, res.AcceptedMS).Slice()
+	if err != nil {
+		return 0, "", fmt.Errorf("reserve: %w", err)
+	}
+	code, _ := v[0].(int64)
+	switch code {
+	case 1:
+		return Reserved, "", nil
+	case 2:
+		s, _ := v[1].(string)
+		return Duplicate, s, nil
+	case -1:
+		return SoldOut, "", nil
+	case -2:
+		return OverQuota, "", nil
+	case -3:
+		return NotLoaded, "", nil
+	}
+	return 0, "", fmt.Errorf("reserve: unexpected answer %v", v)
+}
+
+// Claim marks the reservations as being written and returns each one's
+// state record ("" when Redis has none).
+func (r *Reserver) Claim(ctx context.Context, activity int64, rids []string) ([]string, error) {
+	args := make([]any, len(rids))
+	for i, id := range rids {
+		args[i] = id
+	}
+	v, err := claimScript.Run(ctx, r.rdb, []string{keyReq(activity), keyVer(activity)}, args...).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	return v, nil
+}
+
+// Settle records which reservations were ordered and which MySQL rejected.
+func (r *Reserver) Settle(ctx context.Context, activity int64, ordered, rejected []Reservation) error {
+	if len(ordered)+len(rejected) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 5*(len(ordered)+len(rejected)))
+	for _, o := range ordered {
+		args = append(args, StateOrdered, o.RequestID, o.User, o.Qty, o.AcceptedMS)
+	}
+	for _, o := range rejected {
+		args = append(args, StateRejected, o.RequestID, o.User, o.Qty, o.AcceptedMS)
+	}
+	if err := settleScript.Run(ctx, r.rdb, activityKeys(activity), args...).Err(); err != nil {
+		return fmt.Errorf("settle: %w", err)
+	}
+	return nil
+}
+
+// Expire gives an expired order's units back (once).
+func (r *Reserver) Expire(ctx context.Context, o Reservation) error {
+	if err := expireScript.Run(ctx, r.rdb, activityKeys(o.Activity), o.RequestID, o.User, o.Qty, o.AcceptedMS).Err(); err != nil {
+		return fmt.Errorf("expire: %w", err)
+	}
+	return nil
+}
+
+// Load sets an activity's counters (stock, units held per user) unless
+// they exist; it reports whether it did.
+func (r *Reserver) Load(ctx context.Context, activity int64, stock int, held map[string]int) (bool, error) {
+	args := []any{stock}
+	for u, n := range held {
+		args = append(args, u, n)
+	}
+	n, err := loadScript.Run(ctx, r.rdb, activityKeys(activity), args...).Int()
+	if err != nil {
+		return false, fmt.Errorf("load activity %d: %w", activity, err)
+	}
+	return n == 1, nil
+}
+
+// State returns a request's record, ok false when Redis has none.
+func (r *Reserver) State(ctx context.Context, activity int64, rid string) (record, bool, error) {
+	s, err := r.rdb.HGet(ctx, keyReq(activity), rid).Result()
+	if errors.Is(err, redis.Nil) {
+		return record{}, false, nil
+	}
+	if err != nil {
+		return record{}, false, err
+	}
+	rec, err := parseRecord(s)
+	return rec, err == nil, err
+}
+
+// Stock returns the reservable units, ok false when not loaded.
+func (r *Reserver) Stock(ctx context.Context, activity int64) (int, bool, error) {
+	n, err := r.rdb.Get(ctx, keyStock(activity)).Int()
+	if errors.Is(err, redis.Nil) {
+		return 0, false, nil
+	}
+	return n, err == nil, err
+}

@@ -1,0 +1,488 @@
+// Package seckill is the flash-sale core: a buy endpoint that decides in
+// one Redis Lua step (stock, per-user quota, request id) and queues
+// reservations in NSQ; order writers that merge them into guarded MySQL
+// transactions; expiry, payment and a reconciler between Redis and MySQL.
+// Its reads (item detail, activity status) go through the caches flashsync
+// keeps consistent with MySQL.
+package seckill
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+
+	"github.com/flashsync/flashsync/cacheaside"
+)
+
+// Options configure a Service. Parts choose what runs: the buy API, the
+// order writers, the expirer and the reconciler.
+type Options struct {
+	// Addr is the API's listen address (API part).
+	Addr string
+	// DB is the flash-sale database (schema.sql).
+	DB *sql.DB
+	// Reservations is the Redis of the reservation counters: never one of
+	// the cache groups the binlog path purges.
+	Reservations redis.UniversalClient
+	// Cache reads item and activity display data (nil: straight from MySQL).
+	Cache *cacheaside.Reader
+	// ItemTable is the db.table of the items (GET /items/{id}).
+	ItemTable string
+
+	NSQDTCP     []string
+	LookupdHTTP []string
+	// Topic carries reservations to the writers.
+	Topic string
+
+	// TokenKey signs order tokens.
+	TokenKey []byte
+	// Per-IP and per-user request rates on the buy endpoint (0: no limit).
+	RateIP, RateUser   float64
+	BurstIP, BurstUser int
+
+	Writers    int
+	BatchMax   int
+	OrderTTL   time.Duration
+	MsgTimeout time.Duration
+
+	ExpireInterval    time.Duration
+	ReconcileInterval time.Duration
+	// ReconcileGrace is how long a reservation may stay unwritten before
+	// the reconciler gives it back.
+	ReconcileGrace time.Duration
+
+	API, Writer, Expirer, Reconciler bool
+
+	// Now is the clock (tests); default time.Now.
+	Now        func() time.Time
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Service runs the chosen parts.
+type Service struct {
+	opts     Options
+	reserver *Reserver
+	writer   *Writer
+	pub      *publisher
+	limits   *limiters
+	ln       net.Listener
+
+	actMu sync.Mutex
+	acts  map[int64]cachedActivity
+
+	requests   *prometheus.CounterVec
+	accepted   prometheus.Counter
+	cacheReads *prometheus.CounterVec
+	reconciles *prometheus.CounterVec
+	fixed      *prometheus.CounterVec
+	expired    prometheus.Counter
+
+	closeOnce sync.Once
+}
+
+type cachedActivity struct {
+	a    *Activity
+	read time.Time
+}
+
+// activityTTL bounds how long the buy path uses its in-process copy of an
+// activity's times and quota (hot path: no read per request).
+const activityTTL = time.Second
+
+// New checks the options and, for the API, listens (so Addr may be ":0").
+func New(opts Options) (*Service, error) {
+	if opts.DB == nil || opts.Reservations == nil {
+		return nil, errors.New("seckill: DB and Reservations are required")
+	}
+	if !(opts.API || opts.Writer || opts.Expirer || opts.Reconciler) {
+		return nil, errors.New("seckill: no part to run (api, writer, expirer, reconciler)")
+	}
+	if opts.Topic == "" {
+		opts.Topic = "flashsync.seckill.reservations"
+	}
+	if opts.ItemTable == "" {
+		opts.ItemTable = "shop.item"
+	}
+	if opts.ExpireInterval <= 0 {
+		opts.ExpireInterval = time.Second
+	}
+	if opts.ReconcileInterval <= 0 {
+		opts.ReconcileInterval = 30 * time.Second
+	}
+	if opts.ReconcileGrace <= 0 {
+		opts.ReconcileGrace = time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	if opts.API && len(opts.TokenKey) < 16 {
+		return nil, errors.New("seckill: token key must be at least 16 bytes")
+	}
+	if (opts.API || opts.Writer) && len(opts.NSQDTCP) == 0 && len(opts.LookupdHTTP) == 0 {
+		return nil, errors.New("seckill: no nsqd address")
+	}
+	if opts.API && len(opts.NSQDTCP) == 0 {
+		return nil, errors.New("seckill: the api publishes reservations: nsqd_tcp is required")
+	}
+	s := &Service{
+		opts:     opts,
+		reserver: NewReserver(opts.Reservations),
+		acts:     map[int64]cachedActivity{},
+		limits: &limiters{ipRate: rate.Limit(opts.RateIP), userRate: rate.Limit(opts.RateUser),
+			ipBurst: max(opts.BurstIP, 1), userBurst: max(opts.BurstUser, 1),
+			ip: map[string]*limiter{}, user: map[string]*limiter{}},
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flashsync_seckill_requests_total",
+			Help: "API requests by endpoint and result (ok or the refusal code).",
+		}, []string{"endpoint", "result"}),
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flashsync_seckill_reservations_accepted_total",
+			Help: "Reservations taken in Redis and queued for the order writers.",
+		}),
+		cacheReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flashsync_seckill_cache_reads_total",
+			Help: "Display reads by result: hit, filled (loaded and cached), loaded (not cached: raced an invalidation, or the cache is down).",
+		}, []string{"result"}),
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flashsync_seckill_reconciles_total",
+			Help: "Reconciliation passes, by result (applied, busy: Redis changed during the pass).",
+		}, []string{"result"}),
+		fixed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flashsync_seckill_reconcile_fixed_total",
+			Help: "What reconciliations repaired: ordered, expired and given_back records, users' units, stock counters.",
+		}, []string{"what"}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flashsync_seckill_orders_expired_total",
+			Help: "Unpaid orders expired; their stock given back.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{s.requests, s.accepted, s.cacheReads, s.reconciles, s.fixed, s.expired} {
+		if err := opts.Registerer.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	if opts.Writer {
+		w, err := NewWriter(WriterOptions{DB: opts.DB, Reserver: s.reserver, NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP,
+			Topic: opts.Topic, Writers: opts.Writers, BatchMax: opts.BatchMax, OrderTTL: opts.OrderTTL, MsgTimeout: opts.MsgTimeout,
+			Logger: opts.Logger, Registerer: opts.Registerer})
+		if err != nil {
+			return nil, err
+		}
+		s.writer = w
+	}
+	if opts.API {
+		s.pub = newPublisher(opts.NSQDTCP, opts.Topic, opts.Logger)
+		ln, err := net.Listen("tcp", opts.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("seckill api: %w", err)
+		}
+		s.ln = ln
+	}
+	return s, nil
+}
+
+// Addr is the API's address, once New returned.
+func (s *Service) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Handler is the API (for tests that serve it themselves).
+func (s *Service) Handler() http.Handler { return s.mux() }
+
+// Run runs the parts until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	defer s.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	goPart := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errs <- err
+				cancel()
+			}
+		}()
+	}
+	if s.writer != nil {
+		goPart(func() error { return s.writer.Run(ctx) })
+	}
+	if s.opts.Expirer {
+		goPart(func() error { s.every(ctx, s.opts.ExpireInterval, s.expireOnce); return nil })
+	}
+	if s.opts.Reconciler {
+		goPart(func() error { s.every(ctx, s.opts.ReconcileInterval, s.reconcileAll); return nil })
+	}
+	if s.pub != nil {
+		goPart(func() error { s.pub.run(ctx); return nil })
+		goPart(func() error {
+			s.every(ctx, time.Minute, func(context.Context) { s.limits.sweep(time.Minute) })
+			return nil
+		})
+		srv := &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second}
+		goPart(func() error {
+			go func() {
+				<-ctx.Done()
+				sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+				defer c()
+				srv.Shutdown(sctx)
+			}()
+			s.opts.Logger.Info("seckill api listening", "addr", s.ln.Addr().String())
+			if err := srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("seckill api: %w", err)
+			}
+			return nil
+		})
+	}
+	<-ctx.Done()
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// Close releases the listener and the publisher; it is safe to call more
+// than once.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		if s.ln != nil {
+			s.ln.Close()
+		}
+		if s.pub != nil {
+			s.pub.close()
+		}
+	})
+	return nil
+}
+
+func (s *Service) every(ctx context.Context, d time.Duration, f func(context.Context)) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f(ctx)
+		}
+	}
+}
+
+func (s *Service) expireOnce(ctx context.Context) {
+	for {
+		exp, err := ExpireDue(ctx, s.opts.DB, s.reserver, s.opts.Now(), 200)
+		s.expired.Add(float64(len(exp)))
+		if err != nil {
+			if ctx.Err() == nil {
+				s.opts.Logger.Warn("seckill expirer", "err", err)
+			}
+			return
+		}
+		if len(exp) < 200 {
+			return
+		}
+	}
+}
+
+// reconcileAll reconciles every activity that is open or ended less than
+// a day ago.
+func (s *Service) reconcileAll(ctx context.Context) {
+	now := s.opts.Now().UTC()
+	rows, err := s.opts.DB.QueryContext(ctx, "SELECT id FROM activity WHERE start_at <= ? AND end_at > ?", now, now.Add(-24*time.Hour))
+	if err != nil {
+		s.opts.Logger.Warn("seckill reconciler", "err", err)
+		return
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if rows.Scan(&id) == nil {
+			ids = append(ids, id)
+		}
+	}
+	rows.Close()
+	for _, id := range ids {
+		rep, err := Reconcile(ctx, s.opts.DB, s.reserver, id, s.opts.ReconcileGrace, s.opts.Now())
+		if err != nil {
+			s.opts.Logger.Warn("seckill reconciler", "activity", id, "err", err)
+			continue
+		}
+		s.observeReconcile(rep)
+	}
+}
+
+// activity returns the in-process copy of an activity (refreshed from
+// MySQL after activityTTL).
+func (s *Service) activity(ctx context.Context, id int64) (*Activity, error) {
+	s.actMu.Lock()
+	c, ok := s.acts[id]
+	s.actMu.Unlock()
+	if ok && time.Since(c.read) < activityTTL {
+		if c.a == nil {
+			return nil, refuse(http.StatusNotFound, "not_found", "no activity %d", id)
+		}
+		return c.a, nil
+	}
+	a, err := LoadActivity(ctx, s.opts.DB, id)
+	if err != nil && !errors.Is(err, errNotFound) {
+		if ok && c.a != nil {
+			return c.a, nil // MySQL hiccup: keep selling on the last copy
+		}
+		return nil, refuse(http.StatusServiceUnavailable, "unavailable", "activity %d: %v", id, err)
+	}
+	s.actMu.Lock()
+	s.acts[id] = cachedActivity{a: a, read: time.Now()}
+	s.actMu.Unlock()
+	if a == nil {
+		return nil, refuse(http.StatusNotFound, "not_found", "no activity %d", id)
+	}
+	return a, nil
+}
+
+// publisher batches reservations into MPUBs: a request waits for nsqd's
+// acknowledgement of the batch that carried it.
+type publisher struct {
+	addrs []string
+	topic string
+	log   *slog.Logger
+	in    chan pubReq
+	mu    sync.Mutex
+	prods map[string]*nsq.Producer
+	cur   int
+}
+
+type pubReq struct {
+	body []byte
+	done chan error
+}
+
+const maxPublishBatch = 256
+
+func newPublisher(addrs []string, topic string, log *slog.Logger) *publisher {
+	return &publisher{addrs: addrs, topic: topic, log: log, in: make(chan pubReq, 4*maxPublishBatch), prods: map[string]*nsq.Producer{}}
+}
+
+func (p *publisher) publish(ctx context.Context, body []byte) error {
+	r := pubReq{body: body, done: make(chan error, 1)}
+	select {
+	case p.in <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		// The batch may still go out: the reservation is then written;
+		// otherwise the reconciler gives it back.
+		return ctx.Err()
+	}
+}
+
+func (p *publisher) run(ctx context.Context) {
+	batch := make([]pubReq, 0, maxPublishBatch)
+	bodies := make([][]byte, 0, maxPublishBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			for {
+				select {
+				case r := <-p.in:
+					r.done <- errors.New("shutting down")
+				default:
+					return
+				}
+			}
+		case r := <-p.in:
+			batch = append(batch[:0], r)
+		}
+	fill:
+		for len(batch) < maxPublishBatch {
+			select {
+			case r := <-p.in:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		bodies = bodies[:0]
+		for _, r := range batch {
+			bodies = append(bodies, r.body)
+		}
+		err := p.send(bodies)
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
+}
+
+// send MPUBs to the current nsqd, moving on to the next when it fails.
+func (p *publisher) send(bodies [][]byte) error {
+	var errs []error
+	for range p.addrs {
+		addr := p.addrs[p.cur%len(p.addrs)]
+		prod, err := p.producer(addr)
+		if err == nil {
+			err = prod.MultiPublish(p.topic, bodies)
+		}
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("publish %s on nsqd %s: %w", p.topic, addr, err))
+		p.cur++
+	}
+	return errors.Join(errs...)
+}
+
+func (p *publisher) producer(addr string) (*nsq.Producer, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if prod := p.prods[addr]; prod != nil {
+		return prod, nil
+	}
+	cfg := nsq.NewConfig()
+	cfg.DialTimeout = 2 * time.Second
+	cfg.WriteTimeout = 2 * time.Second
+	prod, err := nsq.NewProducer(addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	prod.SetLogger(nsqLog{p.log.With("nsqd", addr)}, nsq.LogLevelError)
+	p.prods[addr] = prod
+	return prod, nil
+}
+
+func (p *publisher) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a, prod := range p.prods {
+		prod.Stop()
+		delete(p.prods, a)
+	}
+}

@@ -1,0 +1,412 @@
+package seckill
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// WriterOptions configure a Writer.
+type WriterOptions struct {
+	// DB is the flash-sale database (tables of schema.sql).
+	DB       *sql.DB
+	Reserver *Reserver
+	// NSQDTCP / LookupdHTTP: where the reservations topic is read.
+	NSQDTCP     []string
+	LookupdHTTP []string
+	Topic       string
+	// Writers is the number of transactions in flight at once (default 2).
+	Writers int
+	// BatchMax bounds the reservations merged into one transaction
+	// (default 500).
+	BatchMax int
+	// OrderTTL is how long an order may stay unpaid (default 15 min).
+	OrderTTL time.Duration
+	// MsgTimeout is how long nsqd waits for a message's answer before it
+	// delivers it again (a killed writer's messages come back after it).
+	MsgTimeout time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Writer turns queued reservations into orders: it merges the reservations
+// of one activity into one transaction (one stock UPDATE guarded by
+// available >= n, one multi-row INSERT), and answers each NSQ message only
+// after that transaction committed (FIN) or failed (requeue).
+type Writer struct {
+	opts     WriterOptions
+	in       chan *nsq.Message
+	batches  *prometheus.HistogramVec
+	results  *prometheus.CounterVec
+	latency  prometheus.Histogram
+	txErrors prometheus.Counter
+}
+
+// NewWriter checks the options; nothing connects before Run.
+func NewWriter(opts WriterOptions) (*Writer, error) {
+	if opts.DB == nil || opts.Reserver == nil {
+		return nil, errors.New("seckill writer: DB and Reserver are required")
+	}
+	if len(opts.NSQDTCP) == 0 && len(opts.LookupdHTTP) == 0 {
+		return nil, errors.New("seckill writer: no nsqd or nsqlookupd address")
+	}
+	if opts.Topic == "" {
+		opts.Topic = "flashsync.seckill.reservations"
+	}
+	if opts.Writers <= 0 {
+		opts.Writers = 2
+	}
+	if opts.BatchMax <= 0 {
+		opts.BatchMax = 500
+	}
+	if opts.OrderTTL <= 0 {
+		opts.OrderTTL = 15 * time.Minute
+	}
+	if opts.MsgTimeout <= 0 {
+		opts.MsgTimeout = 10 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	w := &Writer{
+		opts: opts,
+		in:   make(chan *nsq.Message, opts.Writers*opts.BatchMax),
+		batches: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "flashsync_seckill_writer_batch_reservations",
+			Help:    "Reservations merged into one order transaction.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}, nil),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flashsync_seckill_writer_reservations_total",
+			Help: "Reservations written, by result: ordered, rejected (MySQL refused: stock or quota; given back), duplicate (already ordered), given_back (skipped: the reconciler gave it back).",
+		}, []string{"result"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "flashsync_seckill_accept_to_commit_seconds",
+			Help:    "From a reservation accepted by the buy endpoint to its order committed in MySQL.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
+		}),
+		txErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flashsync_seckill_writer_tx_errors_total",
+			Help: "Order transactions that failed (their reservations were requeued).",
+		}),
+	}
+	for _, c := range []prometheus.Collector{w.batches, w.results, w.latency, w.txErrors} {
+		if err := opts.Registerer.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return w, nil
+}
+
+// Run consumes until ctx ends; messages in hand are finished or requeued
+// before it returns.
+func (w *Writer) Run(ctx context.Context) error {
+	cfg := nsq.NewConfig()
+	cfg.MaxInFlight = w.opts.Writers * w.opts.BatchMax
+	cfg.MsgTimeout = w.opts.MsgTimeout
+	cfg.MaxAttempts = 0
+	cfg.DefaultRequeueDelay = 100 * time.Millisecond
+	cfg.MaxBackoffDuration = time.Second
+	// Latency over syscalls: nsqd sends each message at once.
+	cfg.OutputBufferTimeout = -1
+	cfg.OutputBufferSize = -1
+	c, err := nsq.NewConsumer(w.opts.Topic, "writers", cfg)
+	if err != nil {
+		return fmt.Errorf("nsq consumer %s: %w", w.opts.Topic, err)
+	}
+	c.SetLogger(nsqLog{w.opts.Logger}, nsq.LogLevelError)
+	c.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+		m.DisableAutoResponse()
+		w.in <- m
+		return nil
+	}))
+	if len(w.opts.LookupdHTTP) > 0 {
+		err = c.ConnectToNSQLookupds(w.opts.LookupdHTTP)
+	} else {
+		err = c.ConnectToNSQDs(w.opts.NSQDTCP)
+	}
+	if err != nil {
+		c.Stop()
+		return fmt.Errorf("nsq consumer %s: %w", w.opts.Topic, err)
+	}
+	done := make(chan struct{})
+	loops := make(chan struct{}, w.opts.Writers)
+	for range w.opts.Writers {
+		go func() {
+			defer func() { loops <- struct{}{} }()
+			w.loop(done)
+		}()
+	}
+	w.opts.Logger.Info("seckill order writers running", "writers", w.opts.Writers, "topic", w.opts.Topic)
+	<-ctx.Done()
+	c.Stop()
+	<-c.StopChan
+	close(done)
+	for range w.opts.Writers {
+		<-loops
+	}
+	// Messages delivered but not taken by a loop go back to nsqd.
+	for {
+		select {
+		case m := <-w.in:
+			m.RequeueWithoutBackoff(0)
+		default:
+			return nil
+		}
+	}
+}
+
+// loop takes what is queued (at least one message, at most BatchMax) and
+// writes it; while a transaction runs the next batch gathers.
+func (w *Writer) loop(done <-chan struct{}) {
+	batch := make([]*nsq.Message, 0, w.opts.BatchMax)
+	for {
+		select {
+		case <-done:
+			return
+		case m := <-w.in:
+			batch = append(batch[:0], m)
+		}
+	fill:
+		for len(batch) < w.opts.BatchMax {
+			select {
+			case m := <-w.in:
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		w.write(batch)
+	}
+}
+
+// write decodes a batch, writes each activity's reservations in one
+// transaction and answers every message.
+func (w *Writer) write(batch []*nsq.Message) {
+	byActivity := map[int64][]Reservation{}
+	msgs := map[int64][]*nsq.Message{}
+	var order []int64
+	for _, m := range batch {
+		var r Reservation
+		if err := json.Unmarshal(m.Body, &r); err != nil || r.Activity == 0 || r.RequestID == "" || r.Qty <= 0 {
+			// Not a reservation: finishing it loses nothing that was
+			// accepted; say so loudly.
+			w.opts.Logger.Error("seckill writer: undecodable reservation dropped", "body", string(m.Body), "err", err)
+			m.Finish()
+			continue
+		}
+		if _, ok := byActivity[r.Activity]; !ok {
+			order = append(order, r.Activity)
+		}
+		byActivity[r.Activity] = append(byActivity[r.Activity], r)
+		msgs[r.Activity] = append(msgs[r.Activity], m)
+	}
+	for _, a := range order {
+		ctx, cancel := context.WithTimeout(context.Background(), w.opts.MsgTimeout/2)
+		err := w.writeActivity(ctx, a, byActivity[a])
+		cancel()
+		for _, m := range msgs[a] {
+			if err != nil {
+				m.Requeue(-1)
+			} else {
+				m.Finish()
+			}
+		}
+		if err != nil {
+			w.txErrors.Inc()
+			w.opts.Logger.Warn("seckill writer: reservations requeued", "activity", a, "n", len(msgs[a]), "err", err)
+		}
+	}
+}
+
+// writeActivity writes one activity's reservations: claim them in Redis
+// (skipping any the reconciler gave back), then one transaction, then the
+// outcome back to Redis. Any error leaves every step safe to repeat.
+func (w *Writer) writeActivity(ctx context.Context, activity int64, rs []Reservation) error {
+	w.batches.WithLabelValues().Observe(float64(len(rs)))
+	rids := make([]string, len(rs))
+	for i, r := range rs {
+		rids[i] = r.RequestID
+	}
+	states, err := w.opts.Reserver.Claim(ctx, activity, rids)
+	if err != nil {
+		return err
+	}
+	var todo []Reservation
+	seen := map[string]bool{}
+	for i, r := range rs {
+		if seen[r.RequestID] {
+			continue // delivered twice in one batch
+		}
+		seen[r.RequestID] = true
+		switch st := firstByte(states[i]); st {
+		case StateGivenBack, StateExpired, StateRejected:
+			// Given back or decided already: no order may be made of it.
+			w.results.WithLabelValues("given_back").Inc()
+			continue
+		}
+		todo = append(todo, r)
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	ordered, rejected, dups, err := w.commit(ctx, activity, todo)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, r := range ordered {
+		w.latency.Observe(now.Sub(time.UnixMilli(r.AcceptedMS)).Seconds())
+	}
+	w.results.WithLabelValues("ordered").Add(float64(len(ordered)))
+	w.results.WithLabelValues("rejected").Add(float64(len(rejected)))
+	w.results.WithLabelValues("duplicate").Add(float64(len(dups)))
+	return w.opts.Reserver.Settle(ctx, activity, append(ordered, dups...), rejected)
+}
+
+func firstByte(s string) string {
+	if s == "" {
+		return ""
+	}
+	return s[:1]
+}
+
+// commit runs the transaction of one batch: the activity's stock row is
+// locked first, so the duplicate and quota reads below see every order
+// committed before, then the reservations that fit (first come first
+// served) are sold with one guarded UPDATE and one multi-row INSERT.
+func (w *Writer) commit(ctx context.Context, activity int64, rs []Reservation) (ordered, rejected, dups []Reservation, err error) {
+	tx, err := w.opts.DB.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+
+	var available, limit int
+	err = tx.QueryRowContext(ctx, `SELECT s.available, a.per_user_limit FROM activity_stock s JOIN activity a ON a.id = s.activity_id
+		WHERE s.activity_id = ? FOR UPDATE`, activity).Scan(&available, &limit)
+	if errors.Is(err, sql.ErrNoRows) {
+		// No such activity: nothing can be sold.
+		return nil, rs, nil, nil
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("lock stock of activity %d: %w", activity, err)
+	}
+
+	rids := make([]any, 0, len(rs)+1)
+	users := make([]any, 0, len(rs)+1)
+	rids = append(rids, activity)
+	users = append(users, activity)
+	seenUser := map[string]bool{}
+	for _, r := range rs {
+		rids = append(rids, r.RequestID)
+		if !seenUser[r.User] {
+			seenUser[r.User] = true
+			users = append(users, r.User)
+		}
+	}
+	existing := map[string]bool{}
+	rows, err := tx.QueryContext(ctx, "SELECT request_id FROM orders WHERE activity_id = ? AND request_id IN ("+placeholders(len(rids)-1)+")", rids...)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read orders: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, nil, nil, err
+		}
+		existing[id] = true
+	}
+	if err := rows.Close(); err != nil {
+		return nil, nil, nil, fmt.Errorf("read orders: %w", err)
+	}
+	held := map[string]int{}
+	rows, err = tx.QueryContext(ctx, "SELECT user_id, SUM(qty) FROM orders WHERE activity_id = ? AND status <> 'expired' AND user_id IN ("+placeholders(len(users)-1)+") GROUP BY user_id", users...)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read quota: %w", err)
+	}
+	for rows.Next() {
+		var u string
+		var n int
+		if err := rows.Scan(&u, &n); err != nil {
+			rows.Close()
+			return nil, nil, nil, err
+		}
+		held[u] = n
+	}
+	if err := rows.Close(); err != nil {
+		return nil, nil, nil, fmt.Errorf("read quota: %w", err)
+	}
+
+	total := 0
+	for _, r := range rs {
+		switch {
+		case existing[r.RequestID]:
+			dups = append(dups, r)
+		case held[r.User]+r.Qty > limit || available-total < r.Qty:
+			rejected = append(rejected, r)
+		default:
+			held[r.User] += r.Qty
+			total += r.Qty
+			ordered = append(ordered, r)
+		}
+	}
+	if total == 0 {
+		return nil, rejected, dups, nil // nothing to write; rollback is fine
+	}
+	res, err := tx.ExecContext(ctx, "UPDATE activity_stock SET available = available - ?, sold = sold + ? WHERE activity_id = ? AND available >= ?",
+		total, total, activity, total)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("update stock: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return nil, nil, nil, err
+	} else if n == 0 {
+		// The guard refused: explicit rejection of the whole batch, whose
+		// units go back to Redis.
+		w.opts.Logger.Warn("seckill writer: stock guard refused a batch", "activity", activity, "units", total)
+		return nil, append(rejected, ordered...), dups, nil
+	}
+	var q strings.Builder
+	q.WriteString("INSERT INTO orders (activity_id, user_id, qty, status, request_id, accepted_at, expires_at) VALUES ")
+	args := make([]any, 0, 6*len(ordered))
+	for i, r := range ordered {
+		if i > 0 {
+			q.WriteString(",")
+		}
+		q.WriteString("(?, ?, ?, 'reserved', ?, ?, ?)")
+		acc := time.UnixMilli(r.AcceptedMS).UTC()
+		args = append(args, activity, r.User, r.Qty, r.RequestID, acc, acc.Add(w.opts.OrderTTL))
+	}
+	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+		return nil, nil, nil, fmt.Errorf("insert %d orders: %w", len(ordered), err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, nil, nil, fmt.Errorf("commit: %w", err)
+	}
+	return ordered, rejected, dups, nil
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
+}
+
+// nsqLog adapts go-nsq's logger to slog.
+type nsqLog struct{ l *slog.Logger }
+
+func (n nsqLog) Output(_ int, s string) error {
+	n.l.Warn(s)
+	return nil
+}
