@@ -32,7 +32,52 @@ type Config struct {
 	Console    Console    `toml:"console"`
 	Dispatcher Dispatcher `toml:"dispatcher"`
 	CDNNodes   []CDNNode  `toml:"cdn_node"`
+	// Seckill is the flash-sale service (package seckill).
+	Seckill Seckill `toml:"seckill"`
 }
+
+// Seckill configures the flash-sale roles: the buy API, the order writers,
+// the expirer and the reconciler.
+type Seckill struct {
+	// Addr is the buy API's listen address.
+	Addr string `toml:"addr"`
+	// Database holds the flash-sale tables (activity, activity_stock,
+	// orders), apart from the ordinary item tables; [mysql] is the server.
+	Database string `toml:"database"`
+	// ItemTable is the db.table of the item details (GET /items/{id}).
+	ItemTable string `toml:"item_table"`
+	// Redis is the reservation counters' Redis: it must not be a replica of
+	// any [[redis_group]], so the binlog path can never rewrite what the
+	// buy path decides on.
+	Redis         string `toml:"redis"`
+	RedisPassword string `toml:"redis_password"`
+	// Topic carries reservations to the order writers (default
+	// "<topic_prefix>.seckill").
+	Topic string `toml:"topic"`
+	// TokenKey signs the order URL tokens (or TokenKeyFile).
+	TokenKey     string `toml:"token_key"`
+	TokenKeyFile string `toml:"token_key_file"`
+	// Writers is the number of order transactions in flight.
+	Writers int `toml:"writers"`
+	// BatchMax bounds the reservations merged into one transaction.
+	BatchMax int `toml:"batch_max"`
+	// OrderTTL is how long an order may stay unpaid before it expires.
+	OrderTTL          time.Duration `toml:"order_ttl"`
+	ExpireInterval    time.Duration `toml:"expire_interval"`
+	ReconcileInterval time.Duration `toml:"reconcile_interval"`
+	// ReconcileGrace is how long a reservation may stay unwritten before the
+	// reconciler gives it back.
+	ReconcileGrace time.Duration `toml:"reconcile_grace"`
+	// Requests per second and bursts on the buy endpoint, per client IP and
+	// per user (0: no limit).
+	RateIP    float64 `toml:"rate_ip"`
+	BurstIP   int     `toml:"burst_ip"`
+	RateUser  float64 `toml:"rate_user"`
+	BurstUser int     `toml:"burst_user"`
+}
+
+// SeckillConfigured tells whether the file has a [seckill] to run.
+func (c *Config) SeckillConfigured() bool { return c.Seckill.Addr != "" || c.Seckill.Redis != "" }
 
 // Console is the console role, run on each CDN node: it takes signed purge
 // batches from the dispatcher and purges its cache machines.
@@ -326,6 +371,34 @@ func (c *Config) Defaults() {
 	if c.Dispatcher.Timeout == 0 {
 		c.Dispatcher.Timeout = 10 * time.Second
 	}
+	sk := &c.Seckill
+	if sk.Database == "" {
+		sk.Database = "seckill"
+	}
+	if sk.ItemTable == "" {
+		sk.ItemTable = "shop.item"
+	}
+	if sk.Topic == "" {
+		sk.Topic = c.NSQ.TopicPrefix + ".seckill"
+	}
+	if sk.Writers == 0 {
+		sk.Writers = 2
+	}
+	if sk.BatchMax == 0 {
+		sk.BatchMax = 500
+	}
+	if sk.OrderTTL == 0 {
+		sk.OrderTTL = 15 * time.Minute
+	}
+	if sk.ExpireInterval == 0 {
+		sk.ExpireInterval = time.Second
+	}
+	if sk.ReconcileInterval == 0 {
+		sk.ReconcileInterval = 30 * time.Second
+	}
+	if sk.ReconcileGrace == 0 {
+		sk.ReconcileGrace = time.Minute
+	}
 }
 
 var (
@@ -456,6 +529,7 @@ func (c *Config) Validate() error {
 		checkGroup(fmt.Sprintf("http_group[%d]", i), g.Name, httpGroups, "instances", g.Instances)
 	}
 	c.validateCDN(bad, checkAddr)
+	c.validateSeckill(bad, checkAddr)
 	for i, r := range c.Rules {
 		key := fmt.Sprintf("rule[%d]", i)
 		if !tableRe.MatchString(r.Table) {
@@ -560,6 +634,52 @@ func (c *Config) validateCDN(bad func(key, format string, args ...any), checkAdd
 			errKey, msg, _ := strings.Cut(err.Error(), ": ")
 			bad(errKey, "%s", msg)
 		}
+	}
+}
+
+// validateSeckill checks [seckill].
+func (c *Config) validateSeckill(bad func(key, format string, args ...any), checkAddr func(key, addr string)) {
+	if !c.SeckillConfigured() {
+		return
+	}
+	sk := c.Seckill
+	checkAddr("seckill.addr", sk.Addr)
+	checkAddr("seckill.redis", sk.Redis)
+	for i, g := range c.RedisGroups {
+		if slices.Contains(g.Replicas, sk.Redis) {
+			bad("seckill.redis", "%q is a replica of redis_group[%d] (%s): the binlog path would purge the reservation counters; give them a Redis of their own", sk.Redis, i, g.Name)
+		}
+	}
+	if !identRe.MatchString(sk.Database) {
+		bad("seckill.database", "%q is not a database name", sk.Database)
+	}
+	if !tableRe.MatchString(sk.ItemTable) {
+		bad("seckill.item_table", "%q: want db.table", sk.ItemTable)
+	}
+	if !topicRe.MatchString(sk.Topic) {
+		bad("seckill.topic", "%q must be 1-32 of [.a-zA-Z0-9_-]", sk.Topic)
+	}
+	if _, err := LoadKey("seckill.token", sk.TokenKey, sk.TokenKeyFile); err != nil {
+		errKey, msg, _ := strings.Cut(err.Error(), ": ")
+		bad(strings.Replace(errKey, "seckill.token.key", "seckill.token_key", 1), "%s", msg)
+	}
+	if sk.Writers < 1 || sk.Writers > 64 {
+		bad("seckill.writers", "must be 1 to 64")
+	}
+	if sk.BatchMax < 1 || sk.BatchMax > 5000 {
+		bad("seckill.batch_max", "must be 1 to 5000")
+	}
+	for key, d := range map[string]time.Duration{"seckill.order_ttl": sk.OrderTTL, "seckill.expire_interval": sk.ExpireInterval,
+		"seckill.reconcile_interval": sk.ReconcileInterval, "seckill.reconcile_grace": sk.ReconcileGrace} {
+		if d <= 0 {
+			bad(key, "must be positive")
+		}
+	}
+	if sk.RateIP < 0 || sk.RateUser < 0 || sk.BurstIP < 0 || sk.BurstUser < 0 {
+		bad("seckill.rate_ip", "rates and bursts must not be negative")
+	}
+	if len(c.NSQ.NSQDTCP) == 0 && c.NSQ.EmbeddedTCP == "" {
+		bad("nsq.nsqd_tcp", "[seckill] queues reservations in NSQ: set nsqd_tcp")
 	}
 }
 

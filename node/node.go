@@ -4,6 +4,7 @@ package node
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/cdn"
@@ -22,6 +24,7 @@ import (
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/jobs"
 	"github.com/flashsync/flashsync/nsqembed"
+	"github.com/flashsync/flashsync/seckill"
 )
 
 // Role names, as subcommands.
@@ -39,7 +42,7 @@ const (
 )
 
 // Roles lists every role in start order.
-var Roles = []string{RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, RoleConsole}
+var Roles = []string{RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, RoleConsole, RoleSeckill}
 
 // Options configure a Node.
 type Options struct {
@@ -79,6 +82,11 @@ type Node struct {
 	console         *cdn.Console
 	consoleListener net.Listener
 
+	seckill      *seckill.Service
+	seckillDB    *sql.DB
+	seckillRedis *redis.Client
+	cacheClients []*redis.Client
+
 	closeOnce sync.Once
 }
 
@@ -114,6 +122,9 @@ func New(opts Options) (*Node, error) {
 		}
 		if cfg.ConsoleConfigured() {
 			n.roles = append(n.roles, RoleConsole)
+		}
+		if cfg.SeckillConfigured() {
+			n.roles = append(n.roles, RoleSeckill)
 		}
 		if len(n.roles) == 0 {
 			return nil, errors.New("config has neither [[rule]] nor [[redis_group]] (nor [[cdn_node]] or [console]): no role to run")
@@ -227,6 +238,11 @@ func (n *Node) build() error {
 	if err := n.buildCDN(); err != nil {
 		return err
 	}
+	if n.has(RoleSeckill) {
+		if err := n.buildSeckill(); err != nil {
+			return err
+		}
+	}
 	n.listener, err = net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("http.addr: %w", err)
@@ -316,6 +332,13 @@ func (n *Node) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			fail(RoleDispatcher, n.dispatcher.Run(ctx))
+		}()
+	}
+	if n.seckill != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail(RoleSeckill, n.runSeckill(ctx))
 		}()
 	}
 	if n.console != nil {
@@ -417,6 +440,7 @@ func (n *Node) Close() error {
 		if n.httpPurger != nil {
 			n.httpPurger.Close()
 		}
+		n.closeSeckill()
 		if n.nsqd != nil {
 			n.nsqd.Close()
 		}

@@ -13,6 +13,9 @@
 #                                  ROW binlog, FULL row image and row metadata, server_id 1
 #   redis-16379 redis-16380        Redis group hot-a
 #   redis-16381 redis-16382        Redis group hot-b
+#   redis-16383                    the seckill reservation counters (not a cache group:
+#                                  the binlog path never touches it); append-only file on,
+#                                  fsync every second
 #   nsqlookupd                     nsqlookupd, TCP 127.0.0.1:14160, HTTP 127.0.0.1:14161
 #   nsqd                           nsqd, TCP 127.0.0.1:14150, HTTP 127.0.0.1:14151
 #   nsqd-2                         nsqd, TCP 127.0.0.1:14152, HTTP 127.0.0.1:14153
@@ -46,11 +49,11 @@ NSQLOOKUPD_TCP_PORT=14160
 NSQLOOKUPD_HTTP_PORT=14161
 declare -A NSQD_TCP_PORT=([nsqd]=14150 [nsqd-2]=14152)
 declare -A NSQD_HTTP_PORT=([nsqd]=14151 [nsqd-2]=14153)
-declare -A REDIS_GROUP=([16379]=hot-a [16380]=hot-a [16381]=hot-b [16382]=hot-b)
+declare -A REDIS_GROUP=([16379]=hot-a [16380]=hot-a [16381]=hot-b [16382]=hot-b [16383]=seckill)
 DEMO_BACKEND_PORT=16090
 
 # Start order: nsqlookupd before the nsqd that register with it.
-SERVICES=(mariadb redis-16379 redis-16380 redis-16381 redis-16382 nsqlookupd nsqd nsqd-2
+SERVICES=(mariadb redis-16379 redis-16380 redis-16381 redis-16382 redis-16383 nsqlookupd nsqd nsqd-2
   demo-backend varnish-16081 varnish-16082)
 
 # "command apt-package" pairs; missing commands (or, for an absolute path,
@@ -430,10 +433,16 @@ redis_cmd() {
     --protected-mode yes
     --dir "$STACK/redis/$port"
     --save ''
-    --appendonly no
     --daemonize no
     --logfile ''
   )
+  # The reservation counters survive a restart (fsync every second); the
+  # cache groups are caches and need no persistence.
+  if [[ ${REDIS_GROUP[$port]:-} == seckill ]]; then
+    CMD+=(--appendonly yes --appendfsync everysec)
+  else
+    CMD+=(--appendonly no)
+  fi
 }
 
 # ---------------------------------------------------------------------------
@@ -647,6 +656,11 @@ cmd_seed() {
   mariadb_client <"$REPO/stack/sql/demo.sql" || die "applying stack/sql/demo.sql failed"
   log "seed: applied stack/sql/demo.sql ($(mariadb_client -N -e 'SELECT COUNT(*) FROM shop.item') rows in shop.item)"
   if [[ -f $REPO/configs/dev.toml && -d $REPO/cmd/flashsync ]]; then
+    log "seed: creating the flash-sale tables (flashsync seckill-migrate) and the demo sale"
+    (cd "$REPO" && go run ./cmd/flashsync seckill-migrate -config configs/dev.toml) 9>&-
+    mariadb_client <"$REPO/stack/sql/seckill-demo.sql" || die "applying stack/sql/seckill-demo.sql failed"
+    redis-cli -h 127.0.0.1 -p 16383 del 'sk:{1}:stock' 'sk:{1}:users' 'sk:{1}:req' 'sk:{1}:ver' >/dev/null ||
+      die "resetting the demo sale's reservation counters in redis-16383 failed"
     log "seed: writing demo cache keys to Redis (flashsync seed-cache)"
     (cd "$REPO" && go run ./cmd/flashsync seed-cache -config configs/dev.toml) 9>&-
   else

@@ -246,7 +246,11 @@ func (s *Service) buyScript(w http.ResponseWriter, r *http.Request) error {
 		state["open"] = true
 		state["buy_url"] = fmt.Sprintf("/activities/%d/buy?user=%s&token=%s", id, urlEscape(user), Token(s.opts.TokenKey, user, a))
 	}
-	b, _ := json.Marshal(state)
+	var buf strings.Builder
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.Encode(state)
+	b := strings.TrimSpace(buf.String())
 	w.Header().Set("Content-Type", "application/javascript")
 	w.Header().Set("Cache-Control", "no-store")
 	_, err = fmt.Fprintf(w, "window.flashsale = %s;\n(function (s) {\n  var b = document.getElementById('buy');\n  if (!b) return;\n  b.disabled = !s.open;\n  if (s.open) b.dataset.url = s.buy_url;\n  else if (s.opens_in_s) setTimeout(function () { location.reload(); }, s.opens_in_s * 1000);\n})(window.flashsale);\n", b)

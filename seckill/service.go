@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -40,7 +41,11 @@ type Options struct {
 	// ItemTable is the db.table of the items (GET /items/{id}).
 	ItemTable string
 
-	NSQDTCP     []string
+	NSQDTCP []string
+	// NSQDHTTP: the topic and the writers' channel are created there at
+	// start, so reservations published before a writer connects wait in
+	// the channel and nsqlookupd knows the topic at once.
+	NSQDHTTP    []string
 	LookupdHTTP []string
 	// Topic carries reservations to the writers.
 	Topic string
@@ -227,6 +232,9 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if err := s.ensureTopic(ctx); err != nil {
+		s.opts.Logger.Warn("seckill: creating the reservations topic and channel (writers find it later through nsqlookupd or nsqd)", "err", err)
+	}
 	if s.writer != nil {
 		goPart(func() error { return s.writer.Run(ctx) })
 	}
@@ -279,6 +287,37 @@ func (s *Service) Close() error {
 		}
 	})
 	return nil
+}
+
+// ensureTopic creates the reservations topic and the writers' channel on
+// every nsqd of NSQDHTTP.
+func (s *Service) ensureTopic(ctx context.Context) error {
+	c := &http.Client{Timeout: 2 * time.Second}
+	var errs []error
+	post := func(addr, path string, q url.Values) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path+"?"+q.Encode(), nil)
+		if err != nil {
+			return err
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return fmt.Errorf("nsqd %s: %w", addr, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("nsqd %s: %s: %s", addr, path, resp.Status)
+		}
+		return nil
+	}
+	for _, addr := range s.opts.NSQDHTTP {
+		// A channel can only be created in an existing topic.
+		err := post(addr, "/topic/create", url.Values{"topic": {s.opts.Topic}})
+		if err == nil {
+			err = post(addr, "/channel/create", url.Values{"topic": {s.opts.Topic}, "channel": {writerChannel}})
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 func (s *Service) every(ctx context.Context, d time.Duration, f func(context.Context)) {

@@ -124,7 +124,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	}
 	svc, err := seckill.New(seckill.Options{
 		Addr: "127.0.0.1:0", DB: w.db, Reservations: w.rdb, ItemTable: o.itemTable,
-		NSQDTCP: []string{w.nsqd.TCPAddr()}, Topic: w.topic, TokenKey: w.key,
+		NSQDTCP: []string{w.nsqd.TCPAddr()}, NSQDHTTP: []string{w.nsqd.HTTPAddr()}, Topic: w.topic, TokenKey: w.key,
 		RateIP: o.rateIP, RateUser: o.rateUser, BurstUser: o.burstUser, BurstIP: 100,
 		OrderTTL: o.orderTTL, MsgTimeout: 2 * time.Second, ReconcileGrace: o.grace,
 		ExpireInterval: 50 * time.Millisecond,

@@ -37,6 +37,10 @@ type WriterOptions struct {
 	Registerer prometheus.Registerer
 }
 
+// writerChannel is the channel every order writer shares: each reservation
+// goes to one writer.
+const writerChannel = "writers"
+
 // Writer turns queued reservations into orders: it merges the reservations
 // of one activity into one transaction (one stock UPDATE guarded by
 // available >= n, one multi-row INSERT), and answers each NSQ message only
@@ -121,7 +125,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	// Latency over syscalls: nsqd sends each message at once.
 	cfg.OutputBufferTimeout = -1
 	cfg.OutputBufferSize = -1
-	c, err := nsq.NewConsumer(w.opts.Topic, "writers", cfg)
+	c, err := nsq.NewConsumer(w.opts.Topic, writerChannel, cfg)
 	if err != nil {
 		return fmt.Errorf("nsq consumer %s: %w", w.opts.Topic, err)
 	}

@@ -28,6 +28,8 @@ commands:
   http-purger apply URL and xkey tag purges to every [[http_group]] instance (Varnish)
   dispatcher  forward URL and tag purges to every [[cdn_node]]'s console
   console     on a CDN node: purge its cache machines on signed requests
+  seckill     the flash-sale service: buy API, order writers, expirer, reconciler
+  seckill-migrate  create the flash-sale database and tables ([seckill] database)
   check       load and validate the config, then exit
   demo-backend  serve the demo item pages behind Varnish (-addr, -table)
   seed-cache  write the keys the rules derive from existing rows (demo)
@@ -87,7 +89,15 @@ func run(args []string, stderr io.Writer) int {
 		if err == nil {
 			err = srv.ListenAndServe(ctx, *demoAddr)
 		}
-	case "all", node.RoleCanal, node.RoleRedisPurger, node.RoleHTTPPurger, node.RoleDispatcher, node.RoleConsole:
+	case "seckill-migrate":
+		if !cfg.SeckillConfigured() {
+			err = errors.New("config has no [seckill]")
+			break
+		}
+		if err = node.MigrateSeckill(ctx, cfg); err == nil {
+			fmt.Fprintf(stderr, "seckill: database %s migrated\n", cfg.Seckill.Database)
+		}
+	case "all", node.RoleCanal, node.RoleRedisPurger, node.RoleHTTPPurger, node.RoleDispatcher, node.RoleConsole, node.RoleSeckill:
 		var roles []string
 		if cmd != "all" {
 			roles = []string{cmd}
