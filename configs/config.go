@@ -669,14 +669,23 @@ func (c *Config) validateSeckill(bad func(key, format string, args ...any), chec
 	if sk.BatchMax < 1 || sk.BatchMax > 5000 {
 		bad("seckill.batch_max", "must be 1 to 5000")
 	}
-	for key, d := range map[string]time.Duration{"seckill.order_ttl": sk.OrderTTL, "seckill.expire_interval": sk.ExpireInterval,
-		"seckill.reconcile_interval": sk.ReconcileInterval, "seckill.reconcile_grace": sk.ReconcileGrace} {
-		if d <= 0 {
-			bad(key, "must be positive")
+	for _, d := range []struct {
+		key string
+		d   time.Duration
+	}{{"seckill.order_ttl", sk.OrderTTL}, {"seckill.expire_interval", sk.ExpireInterval},
+		{"seckill.reconcile_interval", sk.ReconcileInterval}, {"seckill.reconcile_grace", sk.ReconcileGrace}} {
+		if d.d <= 0 {
+			bad(d.key, "must be positive")
 		}
 	}
-	if sk.RateIP < 0 || sk.RateUser < 0 || sk.BurstIP < 0 || sk.BurstUser < 0 {
-		bad("seckill.rate_ip", "rates and bursts must not be negative")
+	for _, r := range []struct {
+		key string
+		v   float64
+	}{{"seckill.rate_ip", sk.RateIP}, {"seckill.burst_ip", float64(sk.BurstIP)},
+		{"seckill.rate_user", sk.RateUser}, {"seckill.burst_user", float64(sk.BurstUser)}} {
+		if r.v < 0 {
+			bad(r.key, "must not be negative (0: no limit)")
+		}
 	}
 	if len(c.NSQ.NSQDTCP) == 0 && c.NSQ.EmbeddedTCP == "" {
 		bad("nsq.nsqd_tcp", "[seckill] queues reservations in NSQ: set nsqd_tcp")

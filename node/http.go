@@ -64,6 +64,9 @@ func (n *Node) mux() *http.ServeMux {
 	mux.Handle("POST /rules/explain", handle(n.log, n.explainRules))
 	mux.Handle("GET /jobs", handle(n.log, n.listJobs))
 	mux.Handle("GET /jobs/{id}", handle(n.log, n.getJob))
+	if n.seckill != nil {
+		mux.Handle("POST /seckill/activities/{id}/reconcile", n.seckill.ReconcileHandler())
+	}
 	return mux
 }
 

@@ -245,26 +245,34 @@ func (s *Service) Run(ctx context.Context) error {
 		goPart(func() error { s.every(ctx, s.opts.ReconcileInterval, s.reconcileAll); return nil })
 	}
 	if s.pub != nil {
-		goPart(func() error { s.pub.run(ctx); return nil })
+		// The publisher outlives the HTTP server: requests still being
+		// answered at shutdown can queue their reservations.
+		pubCtx, stopPub := context.WithCancel(context.Background())
+		pubDone := make(chan struct{})
+		go func() { defer close(pubDone); s.pub.run(pubCtx) }()
 		goPart(func() error {
 			s.every(ctx, time.Minute, func(context.Context) { s.limits.sweep(time.Minute) })
 			return nil
 		})
-		srv := &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 		goPart(func() error {
-			go func() {
-				<-ctx.Done()
-				sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
-				defer c()
-				srv.Shutdown(sctx)
-			}()
+			defer func() { stopPub(); <-pubDone }()
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(s.ln) }()
 			s.opts.Logger.Info("seckill api listening", "addr", s.ln.Addr().String())
-			if err := srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+			select {
+			case err := <-served:
 				return fmt.Errorf("seckill api: %w", err)
+			case <-ctx.Done():
 			}
+			sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			defer c()
+			srv.Shutdown(sctx)
+			<-served
 			return nil
 		})
 	}
+
 	<-ctx.Done()
 	wg.Wait()
 	close(errs)

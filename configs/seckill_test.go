@@ -1,0 +1,66 @@
+package configs_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flashsync/flashsync/configs"
+)
+
+const seckillConfig = `
+[nsq]
+nsqd_tcp = ["127.0.0.1:14150"]
+nsqd_http = ["127.0.0.1:14151"]
+
+[[redis_group]]
+name = "hot"
+replicas = ["127.0.0.1:16379", "127.0.0.1:16380"]
+
+[seckill]
+addr = "127.0.0.1:18090"
+redis = "127.0.0.1:16383"
+token_key = "0123456789abcdef0123"
+`
+
+func TestParseSeckillDefaults(t *testing.T) {
+	cfg, err := configs.Parse([]byte(seckillConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk := cfg.Seckill
+	if !cfg.SeckillConfigured() || sk.Database != "seckill" || sk.ItemTable != "shop.item" || sk.Topic != "flashsync.seckill" ||
+		sk.Writers != 2 || sk.BatchMax != 500 || sk.OrderTTL != 15*time.Minute || sk.ReconcileGrace != time.Minute ||
+		sk.RateIP != 0 || sk.RateUser != 0 {
+		t.Errorf("seckill defaults %+v", sk)
+	}
+}
+
+func TestParseSeckillErrorsNameTheKey(t *testing.T) {
+	for _, tt := range []struct {
+		name, config, wantKey string
+	}{
+		// The reservation counters must never be a cache the binlog path purges.
+		{"redis is a cache replica", strings.Replace(seckillConfig, `redis = "127.0.0.1:16383"`, `redis = "127.0.0.1:16380"`, 1), "seckill.redis:"},
+		{"redis missing", strings.Replace(seckillConfig, `redis = "127.0.0.1:16383"`, ``, 1), "seckill.redis:"},
+		{"no token key", strings.Replace(seckillConfig, `token_key = "0123456789abcdef0123"`, ``, 1), "seckill.token_key:"},
+		{"short token key", strings.Replace(seckillConfig, `"0123456789abcdef0123"`, `"short"`, 1), "seckill.token_key:"},
+		{"token key file missing", strings.Replace(seckillConfig, `token_key = "0123456789abcdef0123"`, `token_key_file = "/nonexistent"`, 1), "seckill.token_key_file:"},
+		{"bad addr", strings.Replace(seckillConfig, `"127.0.0.1:18090"`, `"18090"`, 1), "seckill.addr:"},
+		{"bad database", seckillConfig + `database = "a b"` + "\n", "seckill.database:"},
+		{"bad item table", seckillConfig + `item_table = "item"` + "\n", "seckill.item_table:"},
+		{"writers", seckillConfig + `writers = 100` + "\n", "seckill.writers:"},
+		{"batch", seckillConfig + `batch_max = -1` + "\n", "seckill.batch_max:"},
+		{"ttl", seckillConfig + `order_ttl = "-1s"` + "\n", "seckill.order_ttl:"},
+		{"negative rate", seckillConfig + `rate_user = -1.0` + "\n", "seckill.rate_user:"},
+		{"negative burst", seckillConfig + `burst_ip = -1` + "\n", "seckill.burst_ip:"},
+		{"unknown key", seckillConfig + `stock = 5` + "\n", `unknown key "seckill.stock"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := configs.Parse([]byte(tt.config))
+			if err == nil || !strings.Contains(err.Error(), tt.wantKey) {
+				t.Fatalf("error %v, want one naming %s", err, tt.wantKey)
+			}
+		})
+	}
+}
