@@ -1,0 +1,159 @@
+package cacheaside_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/flashsync/flashsync/cacheaside"
+	"github.com/flashsync/flashsync/internal/stacktest"
+	"github.com/flashsync/flashsync/invalidate"
+)
+
+func group(t *testing.T, n int) ([]*stacktest.RedisServer, cacheaside.Group) {
+	t.Helper()
+	var servers []*stacktest.RedisServer
+	g := cacheaside.Group{Name: "g"}
+	for range n {
+		s := stacktest.StartRedis(t)
+		c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+		t.Cleanup(func() { c.Close() })
+		servers = append(servers, s)
+		g.Replicas = append(g.Replicas, c)
+	}
+	return servers, g
+}
+
+// TestFillHitAndEveryReplica: a miss loads once and fills every replica of
+// the group; the next reads hit whichever replica they pick.
+func TestFillHitAndEveryReplica(t *testing.T) {
+	_, g := group(t, 2)
+	r, err := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var loads atomic.Int32
+	load := func(context.Context) ([]byte, error) { loads.Add(1); return []byte(`{"v":1}`), nil }
+	v, res, err := r.Get(ctx, "item:1", "1", load)
+	if err != nil || res != cacheaside.Filled || string(v) != `{"v":1}` {
+		t.Fatalf("first Get: %q %v %v, want the loaded value, Filled", v, res, err)
+	}
+	for i, c := range g.Replicas {
+		if got, err := c.Get(ctx, "item:1").Result(); err != nil || got != `{"v":1}` {
+			t.Errorf("replica %d: %q %v, want the value", i, got, err)
+		}
+	}
+	for range 20 {
+		if v, res, err := r.Get(ctx, "item:1", "1", load); err != nil || res != cacheaside.Hit || string(v) != `{"v":1}` {
+			t.Fatalf("Get after fill: %q %v %v, want a hit", v, res, err)
+		}
+	}
+	if loads.Load() != 1 {
+		t.Errorf("%d loads, want 1", loads.Load())
+	}
+}
+
+// TestInvalidationDuringLoadWins: the purger's DEL lands while a reader is
+// loading the old row: that fill must not put the old value back.
+func TestInvalidationDuringLoadWins(t *testing.T) {
+	_, g := group(t, 2)
+	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
+	ctx := context.Background()
+	v, res, err := r.Get(ctx, "item:1", "1", func(ctx context.Context) ([]byte, error) {
+		// The row changes and its invalidation is applied meanwhile.
+		for _, c := range g.Replicas {
+			c.Del(ctx, "item:1")
+		}
+		return []byte("old"), nil
+	})
+	if err != nil || res != cacheaside.Loaded || string(v) != "old" {
+		t.Fatalf("Get: %q %v %v, want the load's value, not cached (Loaded)", v, res, err)
+	}
+	for i, c := range g.Replicas {
+		if n, _ := c.Exists(ctx, "item:1").Result(); n != 0 {
+			t.Errorf("replica %d holds item:1 after an invalidation during the load", i)
+		}
+	}
+	v, res, _ = r.Get(ctx, "item:1", "1", func(context.Context) ([]byte, error) { return []byte("new"), nil })
+	if res != cacheaside.Filled || string(v) != "new" {
+		t.Errorf("next Get: %q %v, want the new value filled", v, res)
+	}
+}
+
+// TestLeaseIsNeverServed: a reader that finds another reader's lease loads
+// for itself; it never returns the lease.
+func TestLeaseIsNeverServed(t *testing.T) {
+	_, g := group(t, 1)
+	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
+	ctx := context.Background()
+	inner := make(chan string, 1)
+	v, _, err := r.Get(ctx, "k", "1", func(ctx context.Context) ([]byte, error) {
+		// A second reader arrives while the first holds the lease.
+		v2, res2, err := r.Get(ctx, "k", "1", func(context.Context) ([]byte, error) { return []byte("v"), nil })
+		if err != nil || res2 == cacheaside.Hit || string(v2) != "v" {
+			inner <- "second reader got " + string(v2) + " " + res2String(res2)
+		} else {
+			inner <- ""
+		}
+		return []byte("v"), nil
+	})
+	if err != nil || string(v) != "v" {
+		t.Fatalf("Get: %q %v", v, err)
+	}
+	if msg := <-inner; msg != "" {
+		t.Error(msg)
+	}
+	if got, _ := g.Replicas[0].Get(ctx, "k").Result(); strings.Contains(got, "lease") || got != "v" {
+		t.Errorf("cached %q, want the value", got)
+	}
+}
+
+func res2String(r cacheaside.Result) string {
+	return map[cacheaside.Result]string{cacheaside.Hit: "hit", cacheaside.Filled: "filled", cacheaside.Loaded: "loaded"}[r]
+}
+
+// TestCacheDownServesFromTheDatabase: with the group's Redis stopped the
+// read still answers, from the loader; a loader error is returned.
+func TestCacheDownServesFromTheDatabase(t *testing.T) {
+	servers, g := group(t, 1)
+	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
+	servers[0].Stop()
+	v, res, err := r.Get(context.Background(), "k", "1", func(context.Context) ([]byte, error) { return []byte("db"), nil })
+	if err != nil || res != cacheaside.Loaded || string(v) != "db" {
+		t.Fatalf("Get with Redis down: %q %v %v, want the loaded value", v, res, err)
+	}
+	boom := errors.New("db down too")
+	if _, _, err := r.Get(context.Background(), "k", "1", func(context.Context) ([]byte, error) { return nil, boom }); !errors.Is(err, boom) {
+		t.Errorf("Get: %v, want the loader's error", err)
+	}
+}
+
+// TestRoutesLikeTheRules: a key is read from the group GroupFor picks, the
+// one the rules purge.
+func TestRoutesLikeTheRules(t *testing.T) {
+	_, g0 := group(t, 1)
+	_, g1 := group(t, 1)
+	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g0, g1}})
+	ctx := context.Background()
+	for id := range 40 {
+		key := "item:" + string(rune('a'+id))
+		route := key
+		if _, _, err := r.Get(ctx, key, route, func(context.Context) ([]byte, error) { return []byte("v"), nil }); err != nil {
+			t.Fatal(err)
+		}
+		want := groupFor(route, 2)
+		for gi, g := range []cacheaside.Group{g0, g1} {
+			n, _ := g.Replicas[0].Exists(ctx, key).Result()
+			if (gi == want) != (n == 1) {
+				t.Fatalf("%s (group %d) found in group %d: %d", key, want, gi, n)
+			}
+		}
+	}
+}
+
+func groupFor(v string, n int) int { return invalidate.GroupFor([]byte(v), n) }
