@@ -95,12 +95,13 @@ type AckSender struct {
 	wg      sync.WaitGroup
 	dropped prometheus.Counter
 
-	mu        sync.Mutex
-	producers map[string]*nsq.Producer
-	addrs     []string
-	addrsAt   time.Time
-	last      string
-	closed    bool
+	producers *ProducerPool
+
+	mu      sync.Mutex
+	addrs   []string
+	addrsAt time.Time
+	last    string
+	closed  bool
 }
 
 // NewAckSender registers the metric (shared by every sender of a registry);
@@ -138,7 +139,7 @@ func NewAckSender(opts AckSenderOptions) (*AckSender, error) {
 	}
 	return &AckSender{
 		opts: opts, sem: make(chan struct{}, opts.MaxInFlight),
-		dropped: vec.WithLabelValues(opts.Tier), producers: map[string]*nsq.Producer{},
+		dropped: vec.WithLabelValues(opts.Tier), producers: NewProducerPool(opts.Timeout, opts.Logger),
 	}, nil
 }
 
@@ -202,6 +203,9 @@ func (s *AckSender) publish(body []byte) error {
 					err = errors.New("publish timed out")
 				}
 			}
+			if err != nil {
+				s.producers.Failed(addr, prod)
+			}
 		}
 		if err == nil {
 			s.mu.Lock()
@@ -249,23 +253,12 @@ func (s *AckSender) targets() ([]string, error) {
 
 func (s *AckSender) producer(addr string) (*nsq.Producer, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
 		return nil, errors.New("ack sender closed")
 	}
-	if prod := s.producers[addr]; prod != nil {
-		return prod, nil
-	}
-	cfg := nsq.NewConfig()
-	cfg.DialTimeout = s.opts.Timeout
-	cfg.WriteTimeout = s.opts.Timeout
-	prod, err := nsq.NewProducer(addr, cfg)
-	if err != nil {
-		return nil, err
-	}
-	prod.SetLogger(nsqLogger{s.opts.Logger.With("nsqd", addr)}, nsq.LogLevelError)
-	s.producers[addr] = prod
-	return prod, nil
+	return s.producers.Get(addr)
 }
 
 // Close waits for the acks in flight, then stops the producers.
@@ -274,12 +267,7 @@ func (s *AckSender) Close() {
 	s.closed = true
 	s.mu.Unlock()
 	s.wg.Wait()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for addr, prod := range s.producers {
-		prod.Stop()
-		delete(s.producers, addr)
-	}
+	s.producers.Close()
 }
 
 // AckLatency is the latency of an ack for a message seen by the canal at

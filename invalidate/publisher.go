@@ -67,8 +67,10 @@ type Meta struct {
 // Publisher sends batches to NSQ and returns only once nsqd acknowledged
 // them, retrying across nsqd daemons with backoff.
 type Publisher struct {
-	opts      PublisherOptions
-	producers []*nsq.Producer
+	opts PublisherOptions
+	// producers has one producer per nsqd of NSQDTCP, tried in turn from
+	// next.
+	producers *ProducerPool
 	topics    []string // Redis groups' topics, then HTTP groups', then the CDN topic
 	next      int      // index of the producer to try first
 
@@ -123,18 +125,7 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	if len(opts.CDNNodes) > 0 {
 		p.topics = append(p.topics, CDNTopic(opts.TopicPrefix))
 	}
-	for _, addr := range opts.NSQDTCP {
-		cfg := nsq.NewConfig()
-		cfg.DialTimeout = opts.Timeout
-		cfg.WriteTimeout = opts.Timeout
-		prod, err := nsq.NewProducer(addr, cfg)
-		if err != nil {
-			p.Close()
-			return nil, fmt.Errorf("nsq producer %s: %w", addr, err)
-		}
-		prod.SetLogger(nsqLogger{opts.Logger.With("nsqd", addr)}, nsq.LogLevelWarning)
-		p.producers = append(p.producers, prod)
-	}
+	p.producers = NewProducerPool(opts.Timeout, opts.Logger)
 	p.published = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_invalidate_publishes_total",
 		Help: "NSQ publish attempts of purge messages by result.",
@@ -292,7 +283,7 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 			return nil
 		}
 		p.published.WithLabelValues("error").Inc()
-		p.next = (p.next + 1) % len(p.producers)
+		p.next = (p.next + 1) % len(p.opts.NSQDTCP)
 		p.opts.Logger.Warn("publish purge batch; retrying", "attempt", attempt+1, "backoff", backoff, "err", err)
 		select {
 		case <-ctx.Done():
@@ -392,7 +383,19 @@ func (p *Publisher) encodeCDN(b *Batch, encode func(Purge) error) error {
 // MultiPublishAsync per topic), all groups in flight at once, and clears each group that nsqd acknowledged so a retry sends only
 // what failed.
 func (p *Publisher) publishOnce(bodies [][][]byte) error {
-	prod := p.producers[p.next]
+	addr := p.opts.NSQDTCP[p.next]
+	prod, err := p.producers.Get(addr)
+	if err != nil {
+		return fmt.Errorf("nsqd %s: %w", addr, err)
+	}
+	err = p.multiPublish(prod, bodies)
+	if err != nil {
+		p.producers.Failed(addr, prod)
+	}
+	return err
+}
+
+func (p *Publisher) multiPublish(prod *nsq.Producer, bodies [][][]byte) error {
 	done := make(chan *nsq.ProducerTransaction, len(bodies))
 	inflight := 0
 	for g, bs := range bodies {
@@ -420,16 +423,6 @@ func (p *Publisher) publishOnce(bodies [][][]byte) error {
 // Close stops the producers; it is safe to call more than once.
 func (p *Publisher) Close() {
 	p.closeOnce.Do(func() {
-		for _, prod := range p.producers {
-			prod.Stop()
-		}
+		p.producers.Close()
 	})
-}
-
-// nsqLogger adapts go-nsq's logger to slog.
-type nsqLogger struct{ l *slog.Logger }
-
-func (n nsqLogger) Output(_ int, s string) error {
-	n.l.Warn(s)
-	return nil
 }

@@ -99,8 +99,8 @@ type PurgeConsumers struct {
 
 	// Dead-letter producers by nsqd address, created on first use, and the
 	// address that took the last dead letter (tried first next time).
+	deadProducers *ProducerPool
 	deadMu        sync.Mutex
-	deadProducers map[string]*nsq.Producer
 	deadLast      string
 }
 
@@ -186,7 +186,7 @@ func NewPurgeConsumers(opts ConsumerOptions, kind ConsumerKind, reg prometheus.R
 	if err != nil {
 		return nil, err
 	}
-	return &PurgeConsumers{opts: opts, kind: kind, metrics: m, acks: acks, deadProducers: map[string]*nsq.Producer{}}, nil
+	return &PurgeConsumers{opts: opts, kind: kind, metrics: m, acks: acks, deadProducers: NewProducerPool(opts.Timeout, opts.Logger)}, nil
 }
 
 // Add registers a target; its consumer starts with Run. Call it before Run.
@@ -204,7 +204,7 @@ func (p *PurgeConsumers) Add(t PurgeTarget) {
 // Run consumes until ctx ends, then stops every consumer, waiting for the
 // messages in hand; name names the purger in logs.
 func (p *PurgeConsumers) Run(ctx context.Context, name string) error {
-	defer p.stopDeadProducers()
+	defer p.deadProducers.Close()
 	defer p.acks.Close() // after the consumers stopped: no more acks
 
 	var consumers []*nsq.Consumer
@@ -429,9 +429,11 @@ func (p *PurgeConsumers) publishDead(topic string, body []byte) error {
 	}
 	var errs []error
 	for _, addr := range addrs {
-		prod, err := p.deadProducer(addr)
+		prod, err := p.deadProducers.Get(addr)
 		if err == nil {
-			err = prod.Publish(topic, body)
+			if err = prod.Publish(topic, body); err != nil {
+				p.deadProducers.Failed(addr, prod)
+			}
 		}
 		if err == nil {
 			p.deadMu.Lock()
@@ -495,35 +497,7 @@ func lookupdNodes(addr string, timeout time.Duration) ([]string, error) {
 	return addrs, nil
 }
 
-// deadProducer returns the dead-letter producer of the nsqd at addr.
-func (p *PurgeConsumers) deadProducer(addr string) (*nsq.Producer, error) {
-	p.deadMu.Lock()
-	defer p.deadMu.Unlock()
-	if prod := p.deadProducers[addr]; prod != nil {
-		return prod, nil
-	}
-	cfg := nsq.NewConfig()
-	cfg.DialTimeout = p.opts.Timeout
-	cfg.WriteTimeout = p.opts.Timeout
-	prod, err := nsq.NewProducer(addr, cfg)
-	if err != nil {
-		return nil, err
-	}
-	prod.SetLogger(nsqLogger{p.opts.Logger.With("nsqd", addr)}, nsq.LogLevelWarning)
-	p.deadProducers[addr] = prod
-	return prod, nil
-}
-
-func (p *PurgeConsumers) stopDeadProducers() {
-	p.deadMu.Lock()
-	defer p.deadMu.Unlock()
-	for addr, prod := range p.deadProducers {
-		prod.Stop()
-		delete(p.deadProducers, addr)
-	}
-}
-
-// consumerLogger is nsqLogger for a target's consumer. nsqlookupd answers
+// consumerLogger adapts go-nsq's logger of a target's consumer to slog. nsqlookupd answers
 // TOPIC_NOT_FOUND until a canal has created the topic on some nsqd, which is
 // normal on a first start: that is said once, at info level, not at every
 // poll.

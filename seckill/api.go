@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -243,7 +244,7 @@ func (s *Service) buyScript(w http.ResponseWriter, r *http.Request) error {
 		state["open"], state["ended"] = false, true
 	default:
 		state["open"] = true
-		state["buy_url"] = fmt.Sprintf("/activities/%d/buy?user=%s&token=%s", id, urlEscape(user), Token(s.opts.TokenKey, user, a))
+		state["buy_url"] = fmt.Sprintf("/activities/%d/buy?user=%s&token=%s", id, url.QueryEscape(user), Token(s.opts.TokenKey, user, a))
 	}
 	var buf strings.Builder
 	enc := json.NewEncoder(&buf)

@@ -227,7 +227,8 @@ func expireOne(ctx context.Context, db *sql.DB, o *Order, now time.Time) (bool, 
 
 // LoadCounters sets an activity's Redis counters from MySQL when they are
 // missing (first use, or Redis restarted empty): reservable = available;
-// units held per user = their orders not expired. Reservations still queued
+// units held per user = their orders not expired; a record per order, so
+// its request id stays taken. Reservations still queued
 // then are not counted; the writers settle them as they come and the
 // reconciler repairs what is left.
 func LoadCounters(ctx context.Context, db *sql.DB, r *Reserver, activity int64) (bool, error) {
@@ -240,21 +241,30 @@ func LoadCounters(ctx context.Context, db *sql.DB, r *Reserver, activity int64) 
 		return false, fmt.Errorf("stock of activity %d: %w", activity, err)
 	}
 	held := map[string]int{}
-	rows, err := db.QueryContext(ctx, "SELECT user_id, SUM(qty) FROM orders WHERE activity_id = ? AND status <> 'expired' GROUP BY user_id", activity)
+	var orders []Reservation
+	expired := map[string]bool{}
+	rows, err := db.QueryContext(ctx, "SELECT request_id, user_id, qty, status, accepted_at FROM orders WHERE activity_id = ?", activity)
 	if err != nil {
 		return false, fmt.Errorf("orders of activity %d: %w", activity, err)
 	}
 	for rows.Next() {
-		var u string
-		var n int
-		if err := rows.Scan(&u, &n); err != nil {
+		var o Reservation
+		var status string
+		var acc time.Time
+		if err := rows.Scan(&o.RequestID, &o.User, &o.Qty, &status, &acc); err != nil {
 			rows.Close()
 			return false, err
 		}
-		held[u] = n
+		o.Activity, o.AcceptedMS = activity, acc.UnixMilli()
+		if status == "expired" {
+			expired[o.RequestID] = true
+		} else {
+			held[o.User] += o.Qty
+		}
+		orders = append(orders, o)
 	}
 	if err := rows.Close(); err != nil {
 		return false, err
 	}
-	return r.Load(ctx, activity, avail, held)
+	return r.Load(ctx, activity, avail, held, orders, expired)
 }

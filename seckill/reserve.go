@@ -139,13 +139,23 @@ return 1
 `)
 
 // loadScript sets an activity's counters from MySQL unless they exist:
-// ARGV[1] stock, then (user, units) pairs.
+// ARGV[1] stock, ARGV[2] the number of (user, units) pairs that follow,
+// then (request id, record) pairs of the orders MySQL has, so a request id
+// already ordered is answered as such after a reload, never sold again.
 var loadScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
-for i = 2, #ARGV, 2 do
+local i = 3
+for _ = 1, tonumber(ARGV[2]) do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1])
+  i = i + 2
+end
+while i <= #ARGV do
+  if not redis.call('HGET', KEYS[3], ARGV[i]) then
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i+1])
+  end
+  i = i + 2
 end
 redis.call('INCR', KEYS[4])
 return 1
@@ -265,12 +275,21 @@ func (r *Reserver) Expire(ctx context.Context, o Reservation) error {
 	return nil
 }
 
-// Load sets an activity's counters (stock, units held per user) unless
-// they exist; it reports whether it did.
-func (r *Reserver) Load(ctx context.Context, activity int64, stock int, held map[string]int) (bool, error) {
-	args := []any{stock}
+// Load sets an activity's counters (stock, units held per user, the
+// records of the orders MySQL has) unless they exist; it reports whether it
+// did.
+func (r *Reserver) Load(ctx context.Context, activity int64, stock int, held map[string]int, orders []Reservation, expired map[string]bool) (bool, error) {
+	args := make([]any, 0, 2+2*len(held)+2*len(orders))
+	args = append(args, stock, len(held))
 	for u, n := range held {
 		args = append(args, u, n)
+	}
+	for _, o := range orders {
+		st := StateOrdered
+		if expired[o.RequestID] {
+			st = StateExpired
+		}
+		args = append(args, o.RequestID, fmt.Sprintf("%s|%s|%d|%d", st, o.User, o.Qty, o.AcceptedMS))
 	}
 	n, err := loadScript.Run(ctx, r.rdb, activityKeys(activity), args...).Int()
 	if err != nil {

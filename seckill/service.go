@@ -18,12 +18,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 
 	"github.com/flashsync/flashsync/cacheaside"
+	"github.com/flashsync/flashsync/invalidate"
 )
 
 // Options configure a Service. Parts choose what runs: the buy API, the
@@ -417,10 +417,8 @@ func (s *Service) activity(ctx context.Context, id int64) (*Activity, error) {
 type publisher struct {
 	addrs []string
 	topic string
-	log   *slog.Logger
 	in    chan pubReq
-	mu    sync.Mutex
-	prods map[string]*nsq.Producer
+	prods *invalidate.ProducerPool
 	cur   int
 }
 
@@ -432,7 +430,7 @@ type pubReq struct {
 const maxPublishBatch = 256
 
 func newPublisher(addrs []string, topic string, log *slog.Logger) *publisher {
-	return &publisher{addrs: addrs, topic: topic, log: log, in: make(chan pubReq, 4*maxPublishBatch), prods: map[string]*nsq.Producer{}}
+	return &publisher{addrs: addrs, topic: topic, in: make(chan pubReq, 4*maxPublishBatch), prods: invalidate.NewProducerPool(2*time.Second, log)}
 }
 
 func (p *publisher) publish(ctx context.Context, body []byte) error {
@@ -494,9 +492,11 @@ func (p *publisher) send(bodies [][]byte) error {
 	var errs []error
 	for range p.addrs {
 		addr := p.addrs[p.cur%len(p.addrs)]
-		prod, err := p.producer(addr)
+		prod, err := p.prods.Get(addr)
 		if err == nil {
-			err = prod.MultiPublish(p.topic, bodies)
+			if err = prod.MultiPublish(p.topic, bodies); err != nil {
+				p.prods.Failed(addr, prod)
+			}
 		}
 		if err == nil {
 			return nil
@@ -507,29 +507,4 @@ func (p *publisher) send(bodies [][]byte) error {
 	return errors.Join(errs...)
 }
 
-func (p *publisher) producer(addr string) (*nsq.Producer, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if prod := p.prods[addr]; prod != nil {
-		return prod, nil
-	}
-	cfg := nsq.NewConfig()
-	cfg.DialTimeout = 2 * time.Second
-	cfg.WriteTimeout = 2 * time.Second
-	prod, err := nsq.NewProducer(addr, cfg)
-	if err != nil {
-		return nil, err
-	}
-	prod.SetLogger(nsqLog{p.log.With("nsqd", addr)}, nsq.LogLevelError)
-	p.prods[addr] = prod
-	return prod, nil
-}
-
-func (p *publisher) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for a, prod := range p.prods {
-		prod.Stop()
-		delete(p.prods, a)
-	}
-}
+func (p *publisher) close() { p.prods.Close() }

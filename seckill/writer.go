@@ -320,18 +320,18 @@ func (w *Writer) commit(ctx context.Context, activity int64, rs []Reservation) (
 			users = append(users, r.User)
 		}
 	}
-	existing := map[string]bool{}
-	rows, err := tx.QueryContext(ctx, "SELECT request_id FROM orders WHERE activity_id = ? AND request_id IN ("+placeholders(len(rids)-1)+")", rids...)
+	existing := map[string]string{} // request id → its order's user
+	rows, err := tx.QueryContext(ctx, "SELECT request_id, user_id FROM orders WHERE activity_id = ? AND request_id IN ("+placeholders(len(rids)-1)+")", rids...)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("read orders: %w", err)
 	}
 	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
+		var id, u string
+		if err := rows.Scan(&id, &u); err != nil {
 			rows.Close()
 			return nil, nil, nil, err
 		}
-		existing[id] = true
+		existing[id] = u
 	}
 	if err := rows.Close(); err != nil {
 		return nil, nil, nil, fmt.Errorf("read orders: %w", err)
@@ -356,9 +356,14 @@ func (w *Writer) commit(ctx context.Context, activity int64, rs []Reservation) (
 
 	total := 0
 	for _, r := range rs {
+		owner, done := existing[r.RequestID]
 		switch {
-		case existing[r.RequestID]:
+		case done && owner == r.User:
 			dups = append(dups, r)
+		case done:
+			// Another user's request id (possible only after Redis lost
+			// its records): not this reservation's order.
+			rejected = append(rejected, r)
 		case held[r.User]+r.Qty > limit || available-total < r.Qty:
 			rejected = append(rejected, r)
 		default:
