@@ -382,7 +382,7 @@ func (c *Config) Defaults() {
 		sk.Topic = c.NSQ.TopicPrefix + ".seckill"
 	}
 	if sk.Writers == 0 {
-		sk.Writers = 2
+		sk.Writers = 4
 	}
 	if sk.BatchMax == 0 {
 		sk.BatchMax = 500

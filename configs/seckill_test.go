@@ -30,7 +30,7 @@ func TestParseSeckillDefaults(t *testing.T) {
 	}
 	sk := cfg.Seckill
 	if !cfg.SeckillConfigured() || sk.Database != "seckill" || sk.ItemTable != "shop.item" || sk.Topic != "flashsync.seckill" ||
-		sk.Writers != 2 || sk.BatchMax != 500 || sk.OrderTTL != 15*time.Minute || sk.ReconcileGrace != time.Minute ||
+		sk.Writers != 4 || sk.BatchMax != 500 || sk.OrderTTL != 15*time.Minute || sk.ReconcileGrace != time.Minute ||
 		sk.RateIP != 0 || sk.RateUser != 0 {
 		t.Errorf("seckill defaults %+v", sk)
 	}

@@ -20,9 +20,10 @@ import (
 //	sk:{A}:req    hash request id → "state|user|qty|accepted_unix_ms"
 //	sk:{A}:ver    bumped by every change, for the reconciler's compare-and-set
 //
-// States: R reserved (queued for a writer), W being written, O ordered (in
+// States: R reserved (queued for a writer, or being written), O ordered (in
 // MySQL), X rejected by MySQL (given back), G given back by the reconciler,
-// E expired unpaid (given back).
+// E expired unpaid (given back). W (being written) is read as R: records of
+// earlier versions may hold it.
 const (
 	StateReserved  = "R"
 	StateWriting   = "W"
@@ -61,19 +62,45 @@ redis.call('INCR', KEYS[4])
 return {1, stock - q}
 `)
 
-// claimScript marks reserved requests as being written and answers every
-// request's state, so a writer skips those the reconciler gave back.
-var claimScript = redis.NewScript(`
+// reserveManyScript is reserveScript for a batch of one activity's
+// requests, applied in order: ARGV[1] the quota, then (request id, user,
+// qty, accepted ms) quadruples. It returns a (code, value) pair per request,
+// with reserveScript's codes; value is the stock left, the units held or the
+// existing record.
+var reserveManyScript = redis.NewScript(`
+local stock = redis.call('GET', KEYS[1])
 local out = {}
-for i, rid in ipairs(ARGV) do
-  local s = redis.call('HGET', KEYS[1], rid)
-  if s and string.sub(s, 1, 1) == 'R' then
-    s = 'W' .. string.sub(s, 2)
-    redis.call('HSET', KEYS[1], rid, s)
-  end
-  out[i] = s or ''
+if not stock then
+  for i = 2, #ARGV, 4 do out[#out+1] = -3; out[#out+1] = 0 end
+  return out
 end
-redis.call('INCR', KEYS[2])
+stock = tonumber(stock)
+local quota = tonumber(ARGV[1])
+local taken = 0
+for i = 2, #ARGV, 4 do
+  local rid, user, q = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2])
+  local s = redis.call('HGET', KEYS[3], rid)
+  if s then
+    out[#out+1] = 2; out[#out+1] = s
+  else
+    local held = tonumber(redis.call('HGET', KEYS[2], user) or '0')
+    if held + q > quota then
+      out[#out+1] = -2; out[#out+1] = held
+    elseif stock < q then
+      out[#out+1] = -1; out[#out+1] = 0
+    else
+      stock = stock - q
+      taken = taken + q
+      redis.call('HINCRBY', KEYS[2], user, q)
+      redis.call('HSET', KEYS[3], rid, 'R|' .. user .. '|' .. ARGV[i+2] .. '|' .. ARGV[i+3])
+      out[#out+1] = 1; out[#out+1] = stock
+    end
+  end
+end
+if taken > 0 then
+  redis.call('DECRBY', KEYS[1], taken)
+  redis.call('INCR', KEYS[4])
+end
 return out
 `)
 
@@ -235,18 +262,64 @@ func (r *Reserver) Reserve(ctx context.Context, res Reservation, quota int) (Res
 	return 0, "", fmt.Errorf("reserve: unexpected answer %v", v)
 }
 
-// Claim marks the reservations as being written and returns each one's
-// state record ("" when Redis has none).
-func (r *Reserver) Claim(ctx context.Context, activity int64, rids []string) ([]string, error) {
-	args := make([]any, len(rids))
-	for i, id := range rids {
-		args[i] = id
+// ReserveOutcome is the answer to one request of ReserveMany.
+type ReserveOutcome struct {
+	Result ReserveResult
+	// Record is the existing record of a Duplicate.
+	Record string
+}
+
+// ReserveMany is Reserve for a batch of one activity's requests in one Lua
+// call, applied in order.
+func (r *Reserver) ReserveMany(ctx context.Context, activity int64, quota int, rs []Reservation) ([]ReserveOutcome, error) {
+	args := make([]any, 0, 1+4*len(rs))
+	args = append(args, quota)
+	for _, x := range rs {
+		args = append(args, x.RequestID, x.User, x.Qty, x.AcceptedMS)
 	}
-	v, err := claimScript.Run(ctx, r.rdb, []string{keyReq(activity), keyVer(activity)}, args...).StringSlice()
+	v, err := reserveManyScript.Run(ctx, r.rdb, activityKeys(activity), args...).Slice()
 	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
+		return nil, fmt.Errorf("reserve: %w", err)
 	}
-	return v, nil
+	if len(v) != 2*len(rs) {
+		return nil, fmt.Errorf("reserve: %d answers for %d requests", len(v)/2, len(rs))
+	}
+	out := make([]ReserveOutcome, len(rs))
+	for i := range out {
+		code, _ := v[2*i].(int64)
+		switch code {
+		case 1:
+			out[i].Result = Reserved
+		case 2:
+			out[i].Result = Duplicate
+			out[i].Record, _ = v[2*i+1].(string)
+		case -1:
+			out[i].Result = SoldOut
+		case -2:
+			out[i].Result = OverQuota
+		case -3:
+			out[i].Result = NotLoaded
+		default:
+			return nil, fmt.Errorf("reserve: unexpected answer %v", v[2*i])
+		}
+	}
+	return out, nil
+}
+
+// States returns each request's record ("" when Redis has none), so a
+// writer skips those the reconciler gave back. It only reads: a give-back
+// that races with the write is undone when the order is settled (Settle
+// takes the units again).
+func (r *Reserver) States(ctx context.Context, activity int64, rids []string) ([]string, error) {
+	v, err := r.rdb.HMGet(ctx, keyReq(activity), rids...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reservation states: %w", err)
+	}
+	out := make([]string, len(v))
+	for i, x := range v {
+		out[i], _ = x.(string)
+	}
+	return out, nil
 }
 
 // Settle records which reservations were ordered and which MySQL rejected.

@@ -81,6 +81,7 @@ type Service struct {
 	reserver *Reserver
 	writer   *Writer
 	pub      *publisher
+	batch    *reserveBatcher
 	limits   *limiters
 	ln       net.Listener
 
@@ -195,6 +196,7 @@ func New(opts Options) (*Service, error) {
 	}
 	if opts.API {
 		s.pub = newPublisher(opts.NSQDTCP, opts.Topic, opts.Logger)
+		s.batch = newReserveBatcher(s.reserver)
 		ln, err := net.Listen("tcp", opts.Addr)
 		if err != nil {
 			return nil, fmt.Errorf("seckill api: %w", err)
@@ -245,18 +247,19 @@ func (s *Service) Run(ctx context.Context) error {
 		goPart(func() error { s.every(ctx, s.opts.ReconcileInterval, s.reconcileAll); return nil })
 	}
 	if s.pub != nil {
-		// The publisher outlives the HTTP server: requests still being
-		// answered at shutdown can queue their reservations.
+		// The publisher and the Redis batcher outlive the HTTP server:
+		// requests still being answered at shutdown can finish.
 		pubCtx, stopPub := context.WithCancel(context.Background())
-		pubDone := make(chan struct{})
-		go func() { defer close(pubDone); s.pub.run(pubCtx) }()
+		pubDone := make(chan struct{}, 2)
+		go func() { defer func() { pubDone <- struct{}{} }(); s.pub.run(pubCtx) }()
+		go func() { defer func() { pubDone <- struct{}{} }(); s.batch.run(pubCtx) }()
 		goPart(func() error {
 			s.every(ctx, time.Minute, func(context.Context) { s.limits.sweep(time.Minute) })
 			return nil
 		})
 		srv := &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 		goPart(func() error {
-			defer func() { stopPub(); <-pubDone }()
+			defer func() { stopPub(); <-pubDone; <-pubDone }()
 			served := make(chan error, 1)
 			go func() { served <- srv.Serve(s.ln) }()
 			s.opts.Logger.Info("seckill api listening", "addr", s.ln.Addr().String())
@@ -412,8 +415,8 @@ func (s *Service) activity(ctx context.Context, id int64) (*Activity, error) {
 	return a, nil
 }
 
-// publisher batches reservations into MPUBs: a request waits for nsqd's
-// acknowledgement of the batch that carried it.
+// publisher batches reservations into messages: a request waits for
+// nsqd's acknowledgement of the message that carried it.
 type publisher struct {
 	addrs []string
 	topic string
@@ -453,6 +456,7 @@ func (p *publisher) publish(ctx context.Context, body []byte) error {
 func (p *publisher) run(ctx context.Context) {
 	batch := make([]pubReq, 0, maxPublishBatch)
 	bodies := make([][]byte, 0, maxPublishBatch)
+	busy := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -467,15 +471,8 @@ func (p *publisher) run(ctx context.Context) {
 		case r := <-p.in:
 			batch = append(batch[:0], r)
 		}
-	fill:
-		for len(batch) < maxPublishBatch {
-			select {
-			case r := <-p.in:
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
+		batch = gather(p.in, batch, maxPublishBatch, gatherLinger, busy)
+		busy = len(batch) > 1
 		bodies = bodies[:0]
 		for _, r := range batch {
 			bodies = append(bodies, r.body)
@@ -487,14 +484,17 @@ func (p *publisher) run(ctx context.Context) {
 	}
 }
 
-// send MPUBs to the current nsqd, moving on to the next when it fails.
+// send publishes the batch as one message (a JSON array of reservations:
+// nsqd, the writers' FINs and requeues then cost one message per batch,
+// not per reservation) to the current nsqd, moving on to the next when it
+// fails.
 func (p *publisher) send(bodies [][]byte) error {
 	var errs []error
 	for range p.addrs {
 		addr := p.addrs[p.cur%len(p.addrs)]
 		prod, err := p.prods.Get(addr)
 		if err == nil {
-			if err = prod.MultiPublish(p.topic, bodies); err != nil {
+			if err = prod.Publish(p.topic, joinReservations(bodies)); err != nil {
 				p.prods.Failed(addr, prod)
 			}
 		}
@@ -508,3 +508,20 @@ func (p *publisher) send(bodies [][]byte) error {
 }
 
 func (p *publisher) close() { p.prods.Close() }
+
+// joinReservations makes one message of encoded reservations.
+func joinReservations(bodies [][]byte) []byte {
+	n := 2
+	for _, b := range bodies {
+		n += len(b) + 1
+	}
+	out := make([]byte, 0, n)
+	out = append(out, '[')
+	for i, b := range bodies {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, b...)
+	}
+	return append(out, ']')
+}

@@ -10,8 +10,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flashsync/flashsync/invalidate"
 )
 
 // WriterOptions configure a Writer.
@@ -23,7 +26,11 @@ type WriterOptions struct {
 	NSQDTCP     []string
 	LookupdHTTP []string
 	Topic       string
-	// Writers is the number of transactions in flight at once (default 2).
+	// DeadTopic takes messages that are not reservations (default
+	// Topic + ".dead"), published to the first nsqd of NSQDTCP that takes
+	// them.
+	DeadTopic string
+	// Writers is the number of transactions in flight at once (default 4).
 	Writers int
 	// BatchMax bounds the reservations merged into one transaction
 	// (default 500).
@@ -41,13 +48,47 @@ type WriterOptions struct {
 // goes to one writer.
 const writerChannel = "writers"
 
+// delivery is one NSQ message and the reservations it carries.
+type delivery struct {
+	m  *nsq.Message
+	rs []Reservation
+}
+
+// decodeReservations reads a message: a JSON array of reservations, or one.
+func decodeReservations(body []byte) ([]Reservation, error) {
+	var rs []Reservation
+	var err error
+	if len(body) > 0 && body[0] == '[' {
+		err = json.Unmarshal(body, &rs)
+	} else {
+		var r Reservation
+		err = json.Unmarshal(body, &r)
+		rs = []Reservation{r}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(rs) == 0 {
+		return nil, errors.New("no reservation")
+	}
+	for i, r := range rs {
+		if r.Activity <= 0 || r.RequestID == "" || r.User == "" || r.Qty <= 0 {
+			return nil, fmt.Errorf("reservation %d: activity, request id, user and qty are required", i)
+		}
+	}
+	return rs, nil
+}
+
 // Writer turns queued reservations into orders: it merges the reservations
 // of one activity into one transaction (one stock UPDATE guarded by
-// available >= n, one multi-row INSERT), and answers each NSQ message only
-// after that transaction committed (FIN) or failed (requeue).
+// available >= n, one multi-row INSERT), and answers each NSQ message (a
+// batch of reservations) only after the transactions of all its
+// reservations committed (FIN) or one failed (requeue).
 type Writer struct {
 	opts     WriterOptions
-	in       chan *nsq.Message
+	in       chan delivery
+	dead     *invalidate.ProducerPool
+	deadN    prometheus.Counter
 	batches  *prometheus.HistogramVec
 	results  *prometheus.CounterVec
 	latency  prometheus.Histogram
@@ -65,8 +106,11 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 	if opts.Topic == "" {
 		opts.Topic = "flashsync.seckill.reservations"
 	}
+	if opts.DeadTopic == "" {
+		opts.DeadTopic = opts.Topic + ".dead"
+	}
 	if opts.Writers <= 0 {
-		opts.Writers = 2
+		opts.Writers = 4
 	}
 	if opts.BatchMax <= 0 {
 		opts.BatchMax = 500
@@ -85,7 +129,12 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 	}
 	w := &Writer{
 		opts: opts,
-		in:   make(chan *nsq.Message, opts.Writers*opts.BatchMax),
+		in:   make(chan delivery, opts.Writers*opts.BatchMax),
+		dead: invalidate.NewProducerPool(2*time.Second, opts.Logger),
+		deadN: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flashsync_seckill_writer_dead_letters_total",
+			Help: "Messages that were not reservations, moved to the dead-letter topic.",
+		}),
 		batches: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "flashsync_seckill_writer_batch_reservations",
 			Help:    "Reservations merged into one order transaction.",
@@ -105,7 +154,7 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 			Help: "Order transactions that failed (their reservations were requeued).",
 		}),
 	}
-	for _, c := range []prometheus.Collector{w.batches, w.results, w.latency, w.txErrors} {
+	for _, c := range []prometheus.Collector{w.batches, w.results, w.latency, w.txErrors, w.deadN} {
 		if err := opts.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -131,8 +180,17 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 	c.SetLogger(nsqLog{w.opts.Logger}, nsq.LogLevelError)
 	c.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+		rs, err := decodeReservations(m.Body)
+		if err != nil {
+			// Not ours to write: set aside, visibly, never dropped.
+			if derr := w.deadLetter(m, err); derr != nil {
+				w.opts.Logger.Error("seckill writer: dead-letter publish failed; requeued", "err", derr)
+				return derr
+			}
+			return nil
+		}
 		m.DisableAutoResponse()
-		w.in <- m
+		w.in <- delivery{m: m, rs: rs}
 		return nil
 	}))
 	if len(w.opts.LookupdHTTP) > 0 {
@@ -160,33 +218,66 @@ func (w *Writer) Run(ctx context.Context) error {
 	for range w.opts.Writers {
 		<-loops
 	}
+	w.dead.Close()
 	// Messages delivered but not taken by a loop go back to nsqd.
 	for {
 		select {
-		case m := <-w.in:
-			m.RequeueWithoutBackoff(0)
+		case d := <-w.in:
+			d.m.RequeueWithoutBackoff(0)
 		default:
 			return nil
 		}
 	}
 }
 
-// loop takes what is queued (at least one message, at most BatchMax) and
-// writes it; while a transaction runs the next batch gathers.
+// deadLetter publishes a message that is not a batch of reservations to the
+// dead-letter topic, with the reason.
+func (w *Writer) deadLetter(m *nsq.Message, cause error) error {
+	body, err := json.Marshal(map[string]any{"topic": w.opts.Topic, "channel": writerChannel, "error": cause.Error(),
+		"attempts": m.Attempts, "body": m.Body, "at": time.Now().UTC().Format(time.RFC3339Nano)})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, addr := range w.opts.NSQDTCP {
+		prod, err := w.dead.Get(addr)
+		if err == nil {
+			if err = prod.Publish(w.opts.DeadTopic, body); err != nil {
+				w.dead.Failed(addr, prod)
+			}
+		}
+		if err == nil {
+			w.deadN.Inc()
+			w.opts.Logger.Error("seckill writer: message is not a reservation batch; dead-lettered", "topic", w.opts.DeadTopic, "err", cause, "body", string(m.Body[:min(len(m.Body), 256)]))
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("publish %s on nsqd %s: %w", w.opts.DeadTopic, addr, err))
+	}
+	if len(errs) == 0 {
+		return errors.New("no nsqd_tcp to publish dead letters to")
+	}
+	return errors.Join(errs...)
+}
+
+// loop takes what is queued (at least one message, up to BatchMax
+// reservations) and writes it; while a transaction runs the next batch
+// gathers.
 func (w *Writer) loop(done <-chan struct{}) {
-	batch := make([]*nsq.Message, 0, w.opts.BatchMax)
+	batch := make([]delivery, 0, 64)
 	for {
 		select {
 		case <-done:
 			return
-		case m := <-w.in:
-			batch = append(batch[:0], m)
+		case d := <-w.in:
+			batch = append(batch[:0], d)
 		}
+		n := len(batch[0].rs)
 	fill:
-		for len(batch) < w.opts.BatchMax {
+		for n < w.opts.BatchMax {
 			select {
-			case m := <-w.in:
-				batch = append(batch, m)
+			case d := <-w.in:
+				batch = append(batch, d)
+				n += len(d.rs)
 			default:
 				break fill
 			}
@@ -195,55 +286,54 @@ func (w *Writer) loop(done <-chan struct{}) {
 	}
 }
 
-// write decodes a batch, writes each activity's reservations in one
-// transaction and answers every message.
-func (w *Writer) write(batch []*nsq.Message) {
+// write writes each activity's reservations of a batch in one transaction
+// and answers every message: FIN once all its reservations are written,
+// requeue if one of their transactions failed.
+func (w *Writer) write(batch []delivery) {
 	byActivity := map[int64][]Reservation{}
-	msgs := map[int64][]*nsq.Message{}
 	var order []int64
-	for _, m := range batch {
-		var r Reservation
-		if err := json.Unmarshal(m.Body, &r); err != nil || r.Activity == 0 || r.RequestID == "" || r.Qty <= 0 {
-			// Not a reservation: finishing it loses nothing that was
-			// accepted; say so loudly.
-			w.opts.Logger.Error("seckill writer: undecodable reservation dropped", "body", string(m.Body), "err", err)
-			m.Finish()
-			continue
+	for _, d := range batch {
+		for _, r := range d.rs {
+			if _, ok := byActivity[r.Activity]; !ok {
+				order = append(order, r.Activity)
+			}
+			byActivity[r.Activity] = append(byActivity[r.Activity], r)
 		}
-		if _, ok := byActivity[r.Activity]; !ok {
-			order = append(order, r.Activity)
-		}
-		byActivity[r.Activity] = append(byActivity[r.Activity], r)
-		msgs[r.Activity] = append(msgs[r.Activity], m)
 	}
+	failed := map[int64]bool{}
 	for _, a := range order {
 		ctx, cancel := context.WithTimeout(context.Background(), w.opts.MsgTimeout/2)
 		err := w.writeActivity(ctx, a, byActivity[a])
 		cancel()
-		for _, m := range msgs[a] {
-			if err != nil {
-				m.Requeue(-1)
-			} else {
-				m.Finish()
-			}
-		}
 		if err != nil {
+			failed[a] = true
 			w.txErrors.Inc()
-			w.opts.Logger.Warn("seckill writer: reservations requeued", "activity", a, "n", len(msgs[a]), "err", err)
+			w.opts.Logger.Warn("seckill writer: reservations requeued", "activity", a, "n", len(byActivity[a]), "err", err)
+		}
+	}
+	for _, d := range batch {
+		requeue := false
+		for _, r := range d.rs {
+			requeue = requeue || failed[r.Activity]
+		}
+		if requeue {
+			d.m.Requeue(-1)
+		} else {
+			d.m.Finish()
 		}
 	}
 }
 
-// writeActivity writes one activity's reservations: claim them in Redis
-// (skipping any the reconciler gave back), then one transaction, then the
-// outcome back to Redis. Any error leaves every step safe to repeat.
+// writeActivity writes one activity's reservations: read their states in
+// Redis (skipping any the reconciler gave back), then one transaction, then
+// the outcome back to Redis. Any error leaves every step safe to repeat.
 func (w *Writer) writeActivity(ctx context.Context, activity int64, rs []Reservation) error {
 	w.batches.WithLabelValues().Observe(float64(len(rs)))
 	rids := make([]string, len(rs))
 	for i, r := range rs {
 		rids[i] = r.RequestID
 	}
-	states, err := w.opts.Reserver.Claim(ctx, activity, rids)
+	states, err := w.opts.Reserver.States(ctx, activity, rids)
 	if err != nil {
 		return err
 	}
@@ -291,7 +381,16 @@ func firstByte(s string) string {
 // committed before, then the reservations that fit (first come first
 // served) are sold with one guarded UPDATE and one multi-row INSERT.
 func (w *Writer) commit(ctx context.Context, activity int64, rs []Reservation) (ordered, rejected, dups []Reservation, err error) {
-	tx, err := w.opts.DB.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	return w.commitBatch(ctx, activity, rs, false)
+}
+
+// commitBatch is commit; slow also reads the orders of the batch's request
+// ids (after the unique key said one was ordered by another user).
+func (w *Writer) commitBatch(ctx context.Context, activity int64, rs []Reservation, slow bool) (ordered, rejected, dups []Reservation, err error) {
+	// Plain BEGIN (REPEATABLE READ): the stock row's lock is taken first,
+	// so the snapshot of the reads below starts after every order committed
+	// before it.
+	tx, err := w.opts.DB.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("begin: %w", err)
 	}
@@ -308,50 +407,46 @@ func (w *Writer) commit(ctx context.Context, activity int64, rs []Reservation) (
 		return nil, nil, nil, fmt.Errorf("lock stock of activity %d: %w", activity, err)
 	}
 
-	rids := make([]any, 0, len(rs)+1)
+	// One read of the batch's users' orders gives their units held and the
+	// request ids they already ordered (a redelivered reservation). A
+	// request id ordered by another user is caught by the unique key.
 	users := make([]any, 0, len(rs)+1)
-	rids = append(rids, activity)
 	users = append(users, activity)
 	seenUser := map[string]bool{}
 	for _, r := range rs {
-		rids = append(rids, r.RequestID)
 		if !seenUser[r.User] {
 			seenUser[r.User] = true
 			users = append(users, r.User)
 		}
 	}
 	existing := map[string]string{} // request id → its order's user
-	rows, err := tx.QueryContext(ctx, "SELECT request_id, user_id FROM orders WHERE activity_id = ? AND request_id IN ("+placeholders(len(rids)-1)+")", rids...)
+	held := map[string]int{}
+	query := "SELECT request_id, user_id, qty, status FROM orders WHERE activity_id = ? AND user_id IN (" + placeholders(len(users)-1) + ")"
+	args := users
+	if slow {
+		query = "SELECT request_id, user_id, qty, status FROM orders WHERE activity_id = ? AND (user_id IN (" + placeholders(len(users)-1) + ") OR request_id IN (" + placeholders(len(rs)) + "))"
+		for _, r := range rs {
+			args = append(args, r.RequestID)
+		}
+	}
+	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("read orders: %w", err)
 	}
 	for rows.Next() {
-		var id, u string
-		if err := rows.Scan(&id, &u); err != nil {
+		var id, u, status string
+		var n int
+		if err := rows.Scan(&id, &u, &n, &status); err != nil {
 			rows.Close()
 			return nil, nil, nil, err
 		}
 		existing[id] = u
+		if status != "expired" && seenUser[u] {
+			held[u] += n
+		}
 	}
 	if err := rows.Close(); err != nil {
 		return nil, nil, nil, fmt.Errorf("read orders: %w", err)
-	}
-	held := map[string]int{}
-	rows, err = tx.QueryContext(ctx, "SELECT user_id, SUM(qty) FROM orders WHERE activity_id = ? AND status <> 'expired' AND user_id IN ("+placeholders(len(users)-1)+") GROUP BY user_id", users...)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("read quota: %w", err)
-	}
-	for rows.Next() {
-		var u string
-		var n int
-		if err := rows.Scan(&u, &n); err != nil {
-			rows.Close()
-			return nil, nil, nil, err
-		}
-		held[u] = n
-	}
-	if err := rows.Close(); err != nil {
-		return nil, nil, nil, fmt.Errorf("read quota: %w", err)
 	}
 
 	total := 0
@@ -390,7 +485,7 @@ func (w *Writer) commit(ctx context.Context, activity int64, rs []Reservation) (
 	}
 	var q strings.Builder
 	q.WriteString("INSERT INTO orders (activity_id, user_id, qty, status, request_id, accepted_at, expires_at) VALUES ")
-	args := make([]any, 0, 6*len(ordered))
+	args = make([]any, 0, 6*len(ordered))
 	for i, r := range ordered {
 		if i > 0 {
 			q.WriteString(",")
@@ -400,6 +495,13 @@ func (w *Writer) commit(ctx context.Context, activity int64, rs []Reservation) (
 		args = append(args, activity, r.User, r.Qty, r.RequestID, acc, acc.Add(w.opts.OrderTTL))
 	}
 	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+		var me *mysql.MySQLError
+		if errors.As(err, &me) && me.Number == 1062 && !slow {
+			// A request id of this batch was ordered by another user: redo
+			// the batch reading the request ids too.
+			tx.Rollback()
+			return w.commitBatch(ctx, activity, rs, true)
+		}
 		return nil, nil, nil, fmt.Errorf("insert %d orders: %w", len(ordered), err)
 	}
 	if err := tx.Commit(); err != nil {
