@@ -47,6 +47,7 @@ run: seed build
 bench: stack-up build
 	go test -run '^$$' -bench . -benchtime 2s ./invalidate
 	go run ./bench/bulkupdate -big-rows 1000000
+	go run ./bench/seckill
 
 test: stack-up
 	go vet ./...
