@@ -613,6 +613,7 @@ cmd_up() {
   done
   if [[ -n $all ]]; then
     log "up: ${*} already running"
+    migrate_seckill "$@"
     return 0
   fi
   ensure_packages
@@ -623,7 +624,21 @@ cmd_up() {
   done
   ((${#failed[@]} == 0)) || die "failed to start: ${failed[*]}"
   for s in "${STARTED[@]}"; do hook "$s" after_start; done
+  migrate_seckill "$@"
   log "up: all requested services are running"
+}
+
+# migrate_seckill SERVICE...: with mariadb among them, create the flash-sale
+# database and tables (seckill/schema.sql, idempotent; `flashsync seckill`
+# applies the same file at start).
+migrate_seckill() {
+  local s
+  for s in "$@"; do
+    [[ $s == mariadb ]] || continue
+    mariadb_client -e 'CREATE DATABASE IF NOT EXISTS seckill' &&
+      mariadb_client seckill <"$REPO/seckill/schema.sql" ||
+      die "applying seckill/schema.sql to database seckill failed"
+  done
 }
 
 cmd_down() {

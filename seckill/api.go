@@ -564,7 +564,7 @@ func (s *Service) observeReconcile(rep ReconcileReport) {
 	s.fixed.WithLabelValues("expired").Add(float64(rep.Expired))
 	s.fixed.WithLabelValues("given_back").Add(float64(rep.GivenBack))
 	s.fixed.WithLabelValues("users").Add(float64(rep.UsersFixed))
-	if rep.StockBefore != rep.StockAfter {
+	if rep.StockBefore >= 0 && rep.StockBefore != rep.StockAfter {
 		s.fixed.WithLabelValues("stock").Inc()
 	}
 	if rep.Drift() {

@@ -60,9 +60,10 @@ type ReconcileReport struct {
 	UsersFixed int `json:"users_fixed"`
 }
 
-// Drift reports whether the pass changed anything.
+// Drift reports whether the pass repaired anything. Loading counters that
+// were not there (StockBefore -1) is not a repair.
 func (r ReconcileReport) Drift() bool {
-	return r.StockBefore != r.StockAfter || r.Ordered+r.Expired+r.GivenBack+r.UsersFixed > 0
+	return (r.StockBefore >= 0 && r.StockBefore != r.StockAfter) || r.Ordered+r.Expired+r.GivenBack+r.UsersFixed > 0
 }
 
 type mysqlOrder struct {
