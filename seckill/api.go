@@ -224,11 +224,7 @@ func Token(key []byte, user string, a *Activity) string {
 // the order URL, which carries the user's token. The token is only ever
 // handed out once the sale is open.
 func (s *Service) buyScript(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r, "id")
-	if err != nil {
-		return err
-	}
-	user, err := userOf(r)
+	id, user, err := activityAndUser(r)
 	if err != nil {
 		return err
 	}
@@ -262,6 +258,17 @@ func urlEscape(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "&", "%26"), " ", "%20")
 }
 
+// activityAndUser reads the activity id of the path and the user of the
+// query.
+func activityAndUser(r *http.Request) (int64, string, error) {
+	id, err := pathID(r, "id")
+	if err != nil {
+		return 0, "", err
+	}
+	user, err := userOf(r)
+	return id, user, err
+}
+
 func userOf(r *http.Request) (string, error) {
 	u := r.URL.Query().Get("user")
 	if u == "" || len(u) > 64 || strings.ContainsAny(u, "|\x00") {
@@ -280,11 +287,7 @@ type buyRequest struct {
 // in-process activity copy, then one Redis Lua step; a reservation is
 // answered 202 once it is queued in NSQ for the order writers.
 func (s *Service) buy(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r, "id")
-	if err != nil {
-		return err
-	}
-	user, err := userOf(r)
+	id, user, err := activityAndUser(r)
 	if err != nil {
 		return err
 	}

@@ -790,15 +790,7 @@ func runBaseline(ctx context.Context, f flags, name string, a *seckill.Activity,
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	defer func() {
-		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(c)
-		<-served
-	}()
+	defer serve(ln, mux)()
 
 	urls := buyURLs(f, "http://"+ln.Addr().String(), a, key)
 	var lv live
@@ -846,15 +838,7 @@ func runFloor(ctx context.Context, f flags, a *seckill.Activity, key []byte) err
 		w.WriteHeader(http.StatusAccepted)
 		json.NewEncoder(w).Encode(map[string]any{"request_id": "r0000000", "state": "reserved", "poll": "/orders/r0000000?activity=1"})
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	defer func() {
-		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(c)
-		<-served
-	}()
+	defer serve(ln, mux)()
 	urls := buyURLs(f, "http://"+ln.Addr().String(), a, key)
 	var lv live
 	cpu0 := sampleCPU(0)
@@ -1196,4 +1180,17 @@ func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
 		}
 	}
 	return nil
+}
+
+// serve serves h on ln until the returned stop is called.
+func serve(ln net.Listener, h http.Handler) (stop func()) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	return func() {
+		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(c)
+		<-served
+	}
 }
