@@ -692,8 +692,10 @@ func (c *Config) validateSeckill(bad func(key, format string, args ...any), chec
 	}
 }
 
+// canalConfigured tells whether the file asks for a canal. [mysql] alone
+// does; next to [seckill] (the flash-sale database's server) it does not.
 func (c *Config) canalConfigured() bool {
-	return c.MySQL.Addr != "" || len(c.Rules) > 0 || c.Canal.PositionFile != ""
+	return len(c.Rules) > 0 || c.Canal.PositionFile != "" || (c.MySQL.Addr != "" && !c.SeckillConfigured())
 }
 
 // Load reads, strictly decodes, defaults and validates a TOML file. Errors

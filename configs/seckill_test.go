@@ -36,6 +36,17 @@ func TestParseSeckillDefaults(t *testing.T) {
 	}
 }
 
+// TestParseSeckillOnly: a flash-sale node needs [mysql] for its database but
+// runs no canal, so it needs no server_id or position file.
+func TestParseSeckillOnly(t *testing.T) {
+	if _, err := configs.Parse([]byte("[mysql]\naddr = \"127.0.0.1:13306\"\n" + seckillConfig)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := configs.Parse([]byte("[mysql]\naddr = \"127.0.0.1:13306\"\n")); err == nil || !strings.Contains(err.Error(), "mysql.server_id") {
+		t.Errorf("[mysql] alone: %v, want the canal's keys asked for", err)
+	}
+}
+
 func TestParseSeckillErrorsNameTheKey(t *testing.T) {
 	for _, tt := range []struct {
 		name, config, wantKey string
