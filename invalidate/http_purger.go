@@ -53,9 +53,9 @@ const maxXkeyHeader = 4000
 // HTTPPurger sends PURGE requests for the URLs and xkey tags of each HTTP
 // group's purges to every instance of the group (Varnish with
 // configs/varnish/flashsync.vcl). Failure semantics are the Redis purger's
-// (shared in PurgeConsumers): an unreachable instance holds its messages, a
-// refused purge (any status but 2xx and 404) is retried and, after
-// MaxAttempts, dead-lettered.
+// (shared in PurgeConsumers): an instance that is unreachable or answers 5xx
+// holds its messages, a refused purge (4xx other than 404) is retried and,
+// after MaxAttempts, dead-lettered.
 type HTTPPurger struct {
 	opts    HTTPPurgerOptions
 	c       *PurgeConsumers
@@ -70,6 +70,18 @@ type httpStatusError struct {
 	instance, what string
 	status         int
 	body           string
+}
+
+// httpUnreachable tells an instance that cannot take purges now: no
+// connection, or a 5xx answer (the cache itself is failing: overloaded,
+// restarting, out of workspace). Its purges are held, not counted as
+// attempts; a purge it refuses (4xx: ACL, method) is a bad message.
+func httpUnreachable(err error) bool {
+	var se *httpStatusError
+	if errors.As(err, &se) {
+		return se.status >= 500
+	}
+	return NetUnreachable(err)
 }
 
 func (e *httpStatusError) Error() string {
@@ -142,7 +154,7 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 				// messages at once as there are connections.
 				Concurrency: opts.MaxConnsPerInstance,
 				Apply:       func(ctx context.Context, msg *Purge) error { return p.purge(ctx, client, group, addr, msg) },
-				Unreachable: NetUnreachable,
+				Unreachable: httpUnreachable,
 				OK: func(msg *Purge) {
 					p.urls.WithLabelValues(group, addr).Add(float64(len(msg.URLs)))
 					p.tags.WithLabelValues(group, addr).Add(float64(len(msg.Tags)))
@@ -237,7 +249,7 @@ func firstUnreachableOr(errs []error) error {
 		if err == nil {
 			continue
 		}
-		if NetUnreachable(err) {
+		if httpUnreachable(err) {
 			return err
 		}
 		if first == nil {

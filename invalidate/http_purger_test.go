@@ -367,3 +367,52 @@ func TestHTTPPurgerRequests(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTPPurgerHoldsOn5xx: an instance answering 503 (a failing cache, not
+// a refused purge) holds its messages without burning attempts: with
+// max_attempts 2 and ten 503s, nothing is dead-lettered and the purge lands
+// once the instance answers 200.
+func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
+	var calls, ok atomic.Int32
+	inst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) <= 10 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		ok.Add(1)
+	}))
+	defer inst.Close()
+	addr := strings.TrimPrefix(inst.URL, "http://")
+	nsqd := stacktest.StartNSQD(t)
+	reg := prometheus.NewRegistry()
+	p, err := invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
+		Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, NSQDTCP: []string{nsqd.TCPAddr()},
+		TopicPrefix: "t5xx", MaxAttempts: 2, Registerer: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	prod, _ := nsq.NewProducer(nsqd.TCPAddr(), nsq.NewConfig())
+	defer prod.Stop()
+	body, _ := (&invalidate.Purge{V: 1, Group: "g", URLs: []string{"/a.html"}}).Marshal()
+	if err := prod.Publish(invalidate.HTTPTopic("t5xx", "g"), body); err != nil {
+		t.Fatal(err)
+	}
+	stacktest.Eventually(t, 20*time.Second, func() error {
+		if ok.Load() == 0 {
+			return fmt.Errorf("%d answers so far, none 200", calls.Load())
+		}
+		return nil
+	})
+	if d := metricValue(t, reg, "flashsync_purger_http_dead_letters_total", nil); d != 0 {
+		t.Errorf("dead letters %v, want 0: a 5xx is not a bad message", d)
+	}
+	if u := metricValue(t, reg, "flashsync_purger_http_messages_total", map[string]string{"result": "unreachable"}); u < 10 {
+		t.Errorf("unreachable results %v, want the ten 503s", u)
+	}
+	stacktest.Eventually(t, 5*time.Second, p.Health)
+}
