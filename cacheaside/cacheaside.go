@@ -7,7 +7,10 @@
 // filler first puts a lease in the key itself (SET NX with a short expiry),
 // loads, and then replaces the lease with the value only if the lease is
 // still there. An invalidation (the purger's DEL) in between removes the
-// lease, so that fill is dropped and the next read loads again.
+// lease, so that fill is dropped and the next read loads again. Readers that
+// find a lease wait briefly for the value instead of all loading at once
+// (a hot key purged during a sale would otherwise send every reader to
+// MySQL).
 package cacheaside
 
 import (
@@ -39,6 +42,9 @@ type Options struct {
 	TTL time.Duration
 	// Lease bounds a fill (default 2 s).
 	Lease time.Duration
+	// LeaseWait bounds how long a reader that finds another reader's lease
+	// waits for its value before loading itself (default 50 ms).
+	LeaseWait time.Duration
 }
 
 // Reader reads keys cache-aside.
@@ -61,6 +67,9 @@ func New(opts Options) (*Reader, error) {
 	}
 	if opts.Lease <= 0 {
 		opts.Lease = 2 * time.Second
+	}
+	if opts.LeaseWait <= 0 {
+		opts.LeaseWait = 50 * time.Millisecond
 	}
 	return &Reader{opts: opts}, nil
 }
@@ -91,7 +100,18 @@ func (r *Reader) Get(ctx context.Context, key, routeValue string, load func(cont
 	g := r.opts.Groups[invalidate.GroupFor([]byte(routeValue), len(r.opts.Groups))]
 	replica := g.Replicas[rand.IntN(len(g.Replicas))]
 	v, err := replica.Get(ctx, key).Bytes()
-	if err == nil && !strings.HasPrefix(string(v), leasePrefix) {
+	// Another reader is filling the key (a lease): wait a little for its
+	// value rather than load too, so a hot key purged under load costs the
+	// database one read, not one per reader. Past leaseWait, load.
+	for waited := time.Duration(0); err == nil && isLease(v) && waited < r.opts.LeaseWait; waited += leasePoll {
+		select {
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		case <-time.After(leasePoll):
+		}
+		v, err = replica.Get(ctx, key).Bytes()
+	}
+	if err == nil && !isLease(v) {
 		return v, Hit, nil
 	}
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -104,10 +124,31 @@ func (r *Reader) Get(ctx context.Context, key, routeValue string, load func(cont
 	tok := make([]byte, 8)
 	rand2(tok)
 	lease := leasePrefix + hex.EncodeToString(tok)
+	// The group's first replica decides who fills (one filler per key);
+	// the filler then takes the others' leases too.
 	held := make([]bool, len(g.Replicas))
 	for i, c := range g.Replicas {
 		ok, err := c.SetNX(ctx, key, lease, r.opts.Lease).Result()
 		held[i] = err == nil && ok
+		if i == 0 && !held[0] && err == nil {
+			break
+		}
+	}
+	if !held[0] {
+		// Another reader took the leases between our GET and SETNX: wait
+		// for its value as above.
+		for waited := time.Duration(0); waited < r.opts.LeaseWait; waited += leasePoll {
+			select {
+			case <-ctx.Done():
+				return nil, 0, ctx.Err()
+			case <-time.After(leasePoll):
+			}
+			if v, err := replica.Get(ctx, key).Bytes(); err == nil && !isLease(v) {
+				return v, Hit, nil
+			} else if err != nil && !errors.Is(err, redis.Nil) {
+				break
+			}
+		}
 	}
 	v, err = load(ctx)
 	if err != nil {
@@ -126,3 +167,8 @@ func (r *Reader) Get(ctx context.Context, key, routeValue string, load func(cont
 }
 
 func rand2(b []byte) { _, _ = crand.Read(b) }
+
+func isLease(v []byte) bool { return strings.HasPrefix(string(v), leasePrefix) }
+
+// leasePoll is how often a reader that found a lease looks again.
+const leasePoll = 2 * time.Millisecond

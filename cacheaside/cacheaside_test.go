@@ -3,9 +3,12 @@ package cacheaside_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -157,3 +160,47 @@ func TestRoutesLikeTheRules(t *testing.T) {
 }
 
 func groupFor(v string, n int) int { return invalidate.GroupFor([]byte(v), n) }
+
+// TestConcurrentMissLoadsOnce: 50 readers miss one key at once; they wait
+// for the first filler's value instead of all loading.
+func TestConcurrentMissLoadsOnce(t *testing.T) {
+	_, g := group(t, 2)
+	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
+	var loads atomic.Int32
+	release := make(chan struct{})
+	load := func(context.Context) ([]byte, error) {
+		loads.Add(1)
+		<-release // the database is slow: every other reader arrives meanwhile
+		return []byte("v"), nil
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, _, err := r.Get(context.Background(), "hot", "1", load)
+			if err == nil && string(v) != "v" {
+				err = fmt.Errorf("got %q", v)
+			}
+			errs <- err
+		}()
+	}
+	stacktest.Eventually(t, 5*time.Second, func() error {
+		if loads.Load() == 0 {
+			return errors.New("no load yet")
+		}
+		return nil
+	})
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := loads.Load(); n != 1 {
+		t.Errorf("%d loads for 50 concurrent readers, want 1", n)
+	}
+}
