@@ -41,6 +41,28 @@ type coordination struct {
 	my   configs.MySQL
 	db   string
 	conn *client.Conn
+	// ready: the coordination tables exist (made on first use, not in
+	// NewLease: nothing connects before Run).
+	ready bool
+}
+
+// ensureLocked creates the database and tables once; c.mu is held and
+// c.conn open.
+func (c *coordination) ensureLocked() error {
+	if c.ready {
+		return nil
+	}
+	for _, q := range []string{
+		"CREATE DATABASE IF NOT EXISTS " + c.db,
+		"CREATE TABLE IF NOT EXISTS " + c.db + ".canal_lease (name VARCHAR(64) PRIMARY KEY, holder VARCHAR(255) NOT NULL, token BIGINT NOT NULL, expires_at DATETIME(6) NOT NULL) ENGINE=InnoDB",
+		"CREATE TABLE IF NOT EXISTS " + c.db + ".canal_checkpoint (name VARCHAR(64) PRIMARY KEY, token BIGINT NOT NULL, position LONGTEXT NOT NULL, saved_at DATETIME(6) NOT NULL) ENGINE=InnoDB",
+	} {
+		if _, err := c.conn.Execute(q); err != nil {
+			return fmt.Errorf("coordination tables: %w", err)
+		}
+	}
+	c.ready = true
+	return nil
 }
 
 func (c *coordination) exec(query string, args ...any) (rows [][]any, affected uint64, err error) {
@@ -51,6 +73,11 @@ func (c *coordination) exec(query string, args ...any) (rows [][]any, affected u
 			if c.conn, err = connect(context.Background(), c.my); err != nil {
 				return nil, 0, err
 			}
+		}
+		if err = c.ensureLocked(); err != nil {
+			c.conn.Close()
+			c.conn = nil
+			return nil, 0, err
 		}
 		r, err := c.conn.Execute(query, args...)
 		if err == nil {
@@ -108,7 +135,8 @@ type LeaseOptions struct {
 	TTL      time.Duration
 }
 
-// NewLease connects and creates the coordination tables if missing.
+// NewLease checks the options; the first use connects and creates the
+// coordination tables if missing.
 func NewLease(opts LeaseOptions) (*Lease, *MySQLCheckpoint, error) {
 	if !identRe.MatchString(opts.Database) || !identRe.MatchString(opts.Name) {
 		return nil, nil, fmt.Errorf("canal.ha_database %q and canal.ha_name %q must be 1-64 of [A-Za-z0-9_]", opts.Database, opts.Name)
@@ -119,16 +147,6 @@ func NewLease(opts LeaseOptions) (*Lease, *MySQLCheckpoint, error) {
 	host, _ := os.Hostname()
 	coord := &coordination{my: opts.MySQL, db: opts.Database}
 	l := &Lease{coord: coord, name: opts.Name, ttl: opts.TTL, holder: fmt.Sprintf("%s:%d:%d", host, os.Getpid(), time.Now().UnixNano())}
-	for _, q := range []string{
-		"CREATE DATABASE IF NOT EXISTS " + opts.Database,
-		"CREATE TABLE IF NOT EXISTS " + opts.Database + ".canal_lease (name VARCHAR(64) PRIMARY KEY, holder VARCHAR(255) NOT NULL, token BIGINT NOT NULL, expires_at DATETIME(6) NOT NULL) ENGINE=InnoDB",
-		"CREATE TABLE IF NOT EXISTS " + opts.Database + ".canal_checkpoint (name VARCHAR(64) PRIMARY KEY, token BIGINT NOT NULL, position LONGTEXT NOT NULL, saved_at DATETIME(6) NOT NULL) ENGINE=InnoDB",
-	} {
-		if _, _, err := coord.exec(q); err != nil {
-			coord.close()
-			return nil, nil, fmt.Errorf("coordination tables: %w", err)
-		}
-	}
 	return l, &MySQLCheckpoint{coord: coord, lease: l}, nil
 }
 
@@ -169,6 +187,9 @@ func (l *Lease) TryAcquire() (bool, error) {
 		c.Close()
 		l.coord.conn = nil
 		return false, err
+	}
+	if err := l.coord.ensureLocked(); err != nil {
+		return fail(err)
 	}
 	if _, err := c.Execute("BEGIN"); err != nil {
 		return fail(err)
