@@ -79,7 +79,7 @@ func newConsumerMetrics(reg prometheus.Registerer, k ConsumerKind) (consumerMetr
 			Name:    k.MetricPrefix + "commit_to_purge_seconds",
 			Help:    "From the canal reading a commit to its targets purged on a " + k.Noun + ".",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"group"}),
+		}, []string{"group", k.Label}),
 	}
 	for _, c := range []prometheus.Collector{m.messages, m.dead, m.up, m.latency} {
 		if err := reg.Register(c); err != nil {
@@ -297,7 +297,7 @@ func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
 			r.OK(msg)
 		}
 		if msg.SeenUnixNano > 0 {
-			r.p.metrics.latency.WithLabelValues(r.Group).Observe(time.Since(time.Unix(0, msg.SeenUnixNano)).Seconds())
+			r.p.metrics.latency.WithLabelValues(r.Group, r.Name).Observe(time.Since(time.Unix(0, msg.SeenUnixNano)).Seconds())
 		}
 		r.ack(m, msg, nil)
 		return nil
