@@ -68,6 +68,7 @@ func runChildWriter(dsn string) int {
 // MariaDB, a private redis-server for the reservations, a private nsqd.
 type world struct {
 	t     *testing.T
+	mysql string
 	dbn   string
 	db    *sql.DB
 	redis *stacktest.RedisServer
@@ -92,15 +93,35 @@ type worldOpts struct {
 	burstUser  int
 	itemTable  string
 	activities []seckill.Activity
+	// mysql is a private server's address (default: the shared MariaDB).
+	mysql string
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
 	t.Helper()
-	w := &world{t: t, dbn: stacktest.NewDatabase(t), key: []byte("test-token-key-0123456789abcdef"), now: o.now}
+	w := &world{t: t, key: []byte("test-token-key-0123456789abcdef"), now: o.now, mysql: o.mysql}
 	if w.now == nil {
 		w.now = time.Now
 	}
-	w.db = stacktest.SQLDB(t, w.dbn)
+	if o.mysql == "" {
+		w.mysql = stacktest.MySQLAddr()
+		w.dbn = stacktest.NewDatabase(t)
+		w.db = stacktest.SQLDB(t, w.dbn)
+	} else {
+		w.dbn = "seckill_test"
+		root, err := sql.Open("mysql", stacktest.DSN(o.mysql, ""))
+		if err == nil {
+			_, err = root.Exec("CREATE DATABASE " + w.dbn)
+			root.Close()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.db, err = sql.Open("mysql", stacktest.DSN(o.mysql, w.dbn)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.db.Close() })
+	}
 	ctx := context.Background()
 	if err := seckill.Migrate(ctx, w.db); err != nil {
 		t.Fatal(err)
@@ -156,7 +177,7 @@ func (w *world) childWriter() *exec.Cmd {
 	w.t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
-		envWriterDSN+"="+stacktest.DSN(stacktest.MySQLAddr(), w.dbn),
+		envWriterDSN+"="+stacktest.DSN(w.mysql, w.dbn),
 		envWriterRedis+"="+w.redis.Addr(), envWriterNSQD+"="+w.nsqd.TCPAddr(), envWriterTopic+"="+w.topic)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
