@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -33,20 +32,11 @@ type Node struct {
 
 // DispatcherOptions configure a Dispatcher.
 type DispatcherOptions struct {
-	Nodes []Node
-	// NSQDTCP lists the nsqd to consume from when LookupdHTTP is empty, and
-	// those dead letters go to (the first that takes them).
-	NSQDTCP             []string
-	LookupdHTTP         []string
-	LookupdPollInterval time.Duration
-	TopicPrefix         string
-	// MaxAttempts dead-letters a message that failed this many times for a
-	// reason other than its console being unreachable.
-	MaxAttempts uint16
-	MaxInFlight int
-	// Timeout bounds one POST to a console (default 10 s).
-	Timeout    time.Duration
-	Logger     *slog.Logger
+	// ConsumerOptions: as the purgers'; Timeout bounds one POST to a
+	// console, its fan-out included (default 10 s), and MaxInFlight is also
+	// the POSTs in flight to one node (default 16).
+	invalidate.ConsumerOptions
+	Nodes      []Node
 	Registerer prometheus.Registerer
 }
 
@@ -78,16 +68,10 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	co := invalidate.ConsumerOptions{
-		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
-		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
-		Timeout: opts.Timeout, Logger: opts.Logger,
-	}
-	if err := co.Prepare("dispatcher"); err != nil {
+	if err := opts.ConsumerOptions.Prepare("dispatcher"); err != nil {
 		return nil, err
 	}
-	opts.TopicPrefix = co.TopicPrefix
-	c, err := invalidate.NewPurgeConsumers(co, invalidate.ConsumerKind{
+	c, err := invalidate.NewPurgeConsumers(opts.ConsumerOptions, invalidate.ConsumerKind{
 		MetricPrefix: "flashsync_dispatcher_", Label: "node", Noun: "cdn console", Tier: invalidate.TierCDN,
 	}, opts.Registerer)
 	if err != nil {

@@ -101,8 +101,7 @@ func startCascade(t *testing.T, nodes []cdn.Node, maxAttempts uint16) *cascade {
 		t.Fatal(err)
 	}
 	c.dispatch, err = cdn.NewDispatcher(cdn.DispatcherOptions{
-		Nodes: nodes, NSQDTCP: []string{c.nsqd.TCPAddr()}, MaxAttempts: maxAttempts,
-		Timeout: 2 * time.Second, Registerer: c.reg,
+		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{c.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: 2 * time.Second}, Nodes: nodes, Registerer: c.reg,
 	})
 	if err != nil {
 		t.Fatal(err)

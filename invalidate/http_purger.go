@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -20,18 +19,10 @@ import (
 
 // HTTPPurgerOptions configure an HTTPPurger.
 type HTTPPurgerOptions struct {
+	// ConsumerOptions: as in RedisPurgerOptions; Timeout bounds one purge
+	// request (connect, send, response headers and body).
+	ConsumerOptions
 	Groups []configs.HTTPGroup
-	// NSQDTCP, LookupdHTTP, LookupdPollInterval, TopicPrefix, MaxAttempts,
-	// MaxInFlight are as in RedisPurgerOptions.
-	NSQDTCP             []string
-	LookupdHTTP         []string
-	LookupdPollInterval time.Duration
-	TopicPrefix         string
-	MaxAttempts         uint16
-	MaxInFlight         int
-	// Timeout bounds one purge request (connect, send, response headers
-	// and body).
-	Timeout time.Duration
 	// Host is the Host header of a URL purge whose URL is a path; empty
 	// means the instance's address (what a client talking to the instance
 	// directly sends). An absolute URL's own host always wins.
@@ -42,7 +33,6 @@ type HTTPPurgerOptions struct {
 	// MaxConnsPerInstance bounds the keep-alive connections to one instance
 	// and the messages applied to it at once (default 8).
 	MaxConnsPerInstance int
-	Logger              *slog.Logger
 	Registerer          prometheus.Registerer
 }
 
@@ -93,23 +83,16 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 	if len(opts.Groups) == 0 {
 		return nil, errors.New("http purger: no http groups")
 	}
-	co := ConsumerOptions{
-		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
-		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
-		Timeout: opts.Timeout, Logger: opts.Logger,
-	}
-	if err := co.Prepare("http purger"); err != nil {
+	if err := opts.ConsumerOptions.Prepare("http purger"); err != nil {
 		return nil, err
 	}
-	// The rest of the purger reads these defaults from opts.
-	opts.TopicPrefix, opts.Timeout = co.TopicPrefix, co.Timeout
 	if opts.MaxConnsPerInstance <= 0 {
 		opts.MaxConnsPerInstance = 8
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := NewPurgeConsumers(co, ConsumerKind{MetricPrefix: "flashsync_purger_http_", Label: "instance", Noun: "http instance", Tier: TierHTTP.String()}, opts.Registerer)
+	c, err := NewPurgeConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_http_", Label: "instance", Noun: "http instance", Tier: TierHTTP.String()}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}

@@ -129,8 +129,7 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 	}
 	t.Cleanup(f.prod.Stop)
 	f.purger, err = invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-		Groups: []configs.HTTPGroup{f.instance}, NSQDTCP: []string{f.nsqd.TCPAddr()},
-		MaxAttempts: maxAttempts, Timeout: time.Second, Registerer: f.reg,
+		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: time.Second}, Groups: []configs.HTTPGroup{f.instance}, Registerer: f.reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -304,8 +303,7 @@ func TestHTTPPurgerRequests(t *testing.T) {
 		t.Run(fmt.Sprintf("soft=%v", soft), func(t *testing.T) {
 			prefix := fmt.Sprintf("t%v", soft)
 			p, err := invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-				Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, NSQDTCP: []string{nsqd.TCPAddr()},
-				TopicPrefix: prefix, Host: "shop.example", SoftPurge: soft,
+				ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: prefix}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Host: "shop.example", SoftPurge: soft,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -386,8 +384,7 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 	nsqd := stacktest.StartNSQD(t)
 	reg := prometheus.NewRegistry()
 	p, err := invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-		Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, NSQDTCP: []string{nsqd.TCPAddr()},
-		TopicPrefix: "t5xx", MaxAttempts: 2, Registerer: reg,
+		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: "t5xx", MaxAttempts: 2}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)

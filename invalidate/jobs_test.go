@@ -77,13 +77,13 @@ func TestPurgeJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	redisPurger, err := invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
-		Groups: []configs.RedisGroup{redisGroup}, NSQDTCP: tcp, MaxAttempts: 2, Registerer: reg,
+		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: tcp, MaxAttempts: 2}, Groups: []configs.RedisGroup{redisGroup}, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	httpPurger, err := invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-		Groups: httpGroups, NSQDTCP: tcp, MaxAttempts: 2, Timeout: time.Second, Registerer: reg,
+		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: tcp, MaxAttempts: 2, Timeout: time.Second}, Groups: httpGroups, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -274,7 +274,7 @@ func TestLookupdPurgerFollowsPublisherFailover(t *testing.T) {
 	}
 	waitRegistered(t, lookupd.HTTPAddr(), topics, n1.TCPAddr(), n2.TCPAddr())
 	reg := runPurger(t, invalidate.RedisPurgerOptions{
-		Groups: groups, LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 5,
+		ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 5}, Groups: groups,
 	})
 	for _, n := range []*stacktest.NSQD{n1, n2} {
 		waitClients(t, n.HTTPAddr(), prefix, groups, 1)
@@ -330,8 +330,7 @@ func TestLookupdPurgerDiscoversNewNSQD(t *testing.T) {
 	}
 	waitRegistered(t, lookupd.HTTPAddr(), topics, n1.TCPAddr())
 	runPurger(t, invalidate.RedisPurgerOptions{
-		Groups: groups, LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix,
-		LookupdPollInterval: 100 * time.Millisecond,
+		ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, LookupdPollInterval: 100 * time.Millisecond}, Groups: groups,
 	})
 	waitClients(t, n1.HTTPAddr(), prefix, groups, 1)
 
@@ -369,7 +368,7 @@ func TestLookupdTwoPurgersShareTheLoad(t *testing.T) {
 	var regs []*prometheus.Registry
 	for i := 0; i < 2; i++ {
 		regs = append(regs, runPurger(t, invalidate.RedisPurgerOptions{
-			Groups: groups, LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix,
+			ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix}, Groups: groups,
 		}))
 	}
 	for _, n := range []*stacktest.NSQD{n1, n2} {
@@ -440,7 +439,7 @@ func TestStackLookupdPurgerReadsSecondNSQD(t *testing.T) {
 	}
 	waitRegistered(t, lookupd, topics, nsqd1[0], nsqd2[0])
 	runPurger(t, invalidate.RedisPurgerOptions{
-		Groups: groups, LookupdHTTP: []string{lookupd}, TopicPrefix: prefix,
+		ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd}, TopicPrefix: prefix}, Groups: groups,
 	})
 	waitClients(t, nsqd2[1], prefix, groups, 1)
 
@@ -505,7 +504,7 @@ func TestDeadLettersFailOverAcrossNSQD(t *testing.T) {
 			// purger without nsqd_tcp meets it too.
 			dead.Stop()
 			opts := invalidate.RedisPurgerOptions{
-				Groups: groups, LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 2,
+				ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 2}, Groups: groups,
 			}
 			if tt.configured {
 				opts.NSQDTCP = []string{dead.TCPAddr(), n.TCPAddr()}

@@ -31,14 +31,25 @@ import (
 
 // ConsumerOptions are the NSQ and failure settings of a purger.
 type ConsumerOptions struct {
-	NSQDTCP             []string
+	// NSQDTCP lists the nsqd to consume from when LookupdHTTP is empty, and
+	// those dead letters go to (the first that takes them).
+	NSQDTCP []string
+	// LookupdHTTP lists nsqlookupd HTTP addresses. Set, each target's
+	// consumer connects to every nsqd that nsqlookupd reports for its topic,
+	// polling every LookupdPollInterval (default 5 s), so an nsqd added
+	// later is consumed without a restart. Without NSQDTCP, dead letters go
+	// to the nsqd that nsqlookupd lists.
 	LookupdHTTP         []string
 	LookupdPollInterval time.Duration
 	TopicPrefix         string
-	MaxAttempts         uint16
-	MaxInFlight         int
-	Timeout             time.Duration
-	Logger              *slog.Logger
+	// MaxAttempts dead-letters a message that failed this many times for a
+	// reason other than its target being unreachable (default 10).
+	MaxAttempts uint16
+	// MaxInFlight is the messages one target's consumer holds (default 64).
+	MaxInFlight int
+	// Timeout bounds one request to a target (default 2 s).
+	Timeout time.Duration
+	Logger  *slog.Logger
 }
 
 // ConsumerKind names a purger's targets in metrics, logs, dead letters and

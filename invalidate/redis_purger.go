@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -17,26 +15,11 @@ import (
 
 // RedisPurgerOptions configure a RedisPurger.
 type RedisPurgerOptions struct {
-	Groups []configs.RedisGroup
-	// NSQDTCP lists the nsqd to consume from when LookupdHTTP is empty, and
-	// those dead letters go to (the first that takes them).
-	NSQDTCP []string
-	// LookupdHTTP lists nsqlookupd HTTP addresses. Set, each replica's
-	// consumer connects to every nsqd that nsqlookupd reports for its topic,
-	// polling every LookupdPollInterval, so an nsqd added later is consumed
-	// without a restart. Without NSQDTCP, dead letters go to the nsqd that
-	// nsqlookupd lists.
-	LookupdHTTP []string
-	// LookupdPollInterval is how often nsqlookupd is asked (default 5 s).
-	LookupdPollInterval time.Duration
-	TopicPrefix         string
-	// MaxAttempts dead-letters a message that failed this many times for a
-	// reason other than its replica being unreachable.
-	MaxAttempts  uint16
-	MaxInFlight  int
-	Timeout      time.Duration
+	// ConsumerOptions: where the purges come from, attempts before a dead
+	// letter, messages in flight, the request timeout, the logger.
+	ConsumerOptions
+	Groups       []configs.RedisGroup
 	PipelineKeys int
-	Logger       *slog.Logger
 	Registerer   prometheus.Registerer
 }
 
@@ -64,23 +47,16 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if len(opts.Groups) == 0 {
 		return nil, errors.New("redis purger: no redis groups")
 	}
-	co := ConsumerOptions{
-		NSQDTCP: opts.NSQDTCP, LookupdHTTP: opts.LookupdHTTP, LookupdPollInterval: opts.LookupdPollInterval,
-		TopicPrefix: opts.TopicPrefix, MaxAttempts: opts.MaxAttempts, MaxInFlight: opts.MaxInFlight,
-		Timeout: opts.Timeout, Logger: opts.Logger,
-	}
-	if err := co.Prepare("redis purger"); err != nil {
+	if err := opts.ConsumerOptions.Prepare("redis purger"); err != nil {
 		return nil, err
 	}
-	// The rest of the purger reads these defaults from opts.
-	opts.TopicPrefix, opts.Timeout = co.TopicPrefix, co.Timeout
 	if opts.PipelineKeys <= 0 {
 		opts.PipelineKeys = 512
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := NewPurgeConsumers(co, ConsumerKind{MetricPrefix: "flashsync_purger_", Label: "replica", Noun: "redis replica", Tier: TierRedis.String()}, opts.Registerer)
+	c, err := NewPurgeConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_", Label: "replica", Noun: "redis replica", Tier: TierRedis.String()}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}

@@ -54,7 +54,7 @@ func startPurge(t *testing.T, groups, replicas int, maxAttempts uint16) *purgeFi
 		t.Fatal(err)
 	}
 	purger, err := invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
-		Groups: f.groups, NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Registerer: f.reg,
+		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts}, Groups: f.groups, Registerer: f.reg,
 	})
 	if err != nil {
 		t.Fatal(err)

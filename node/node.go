@@ -210,11 +210,8 @@ func (n *Node) build() error {
 			return errors.New("purger role: config has no [[redis_group]]")
 		}
 		n.purger, err = invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
-			Groups: cfg.RedisGroups, NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP,
-			TopicPrefix: cfg.NSQ.TopicPrefix,
-			MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight,
-			Timeout: cfg.Purger.Timeout, PipelineKeys: cfg.Purger.PipelineKeys,
-			Logger: n.log.With("role", RoleRedisPurger), Registerer: n.registry,
+			ConsumerOptions: n.consumerOptions(RoleRedisPurger, cfg.Purger.Timeout),
+			Groups:          cfg.RedisGroups, PipelineKeys: cfg.Purger.PipelineKeys, Registerer: n.registry,
 		})
 		if err != nil {
 			return err
@@ -225,11 +222,8 @@ func (n *Node) build() error {
 			return errors.New("http-purger role: config has no [[http_group]]")
 		}
 		n.httpPurger, err = invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-			Groups: cfg.HTTPGroups, NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP,
-			TopicPrefix: cfg.NSQ.TopicPrefix,
-			MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight,
-			Timeout: cfg.Purger.Timeout, Host: cfg.Purger.HTTPHost, SoftPurge: cfg.Purger.HTTPSoftPurge,
-			Logger: n.log.With("role", RoleHTTPPurger), Registerer: n.registry,
+			ConsumerOptions: n.consumerOptions(RoleHTTPPurger, cfg.Purger.Timeout),
+			Groups:          cfg.HTTPGroups, Host: cfg.Purger.HTTPHost, SoftPurge: cfg.Purger.HTTPSoftPurge, Registerer: n.registry,
 		})
 		if err != nil {
 			return err
@@ -448,6 +442,16 @@ func (n *Node) Close() error {
 	return nil
 }
 
+// consumerOptions are a purger role's NSQ and failure settings.
+func (n *Node) consumerOptions(role string, timeout time.Duration) invalidate.ConsumerOptions {
+	cfg := n.cfg
+	return invalidate.ConsumerOptions{
+		NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
+		MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight, Timeout: timeout,
+		Logger: n.log.With("role", role),
+	}
+}
+
 // cdnNodeNames lists the [[cdn_node]] names, for the CDN topic's channels.
 func cdnNodeNames(cfg *configs.Config) []string {
 	var names []string
@@ -474,9 +478,8 @@ func (n *Node) buildCDN() error {
 		}
 		var err error
 		n.dispatcher, err = cdn.NewDispatcher(cdn.DispatcherOptions{
-			Nodes: nodes, NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
-			MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight, Timeout: cfg.Dispatcher.Timeout,
-			Logger: n.log.With("role", RoleDispatcher), Registerer: n.registry,
+			ConsumerOptions: n.consumerOptions(RoleDispatcher, cfg.Dispatcher.Timeout),
+			Nodes:           nodes, Registerer: n.registry,
 		})
 		if err != nil {
 			return err
