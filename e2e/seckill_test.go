@@ -259,6 +259,31 @@ token_key = "e2e-seckill-token-key-0123456789"
 	if n, err := rc.Get(ctx, stockKey).Int(); err != nil || n != 4 {
 		t.Errorf("reservation counter %s = %d %v after binlog purges, want 4 (untouched)", stockKey, n, err)
 	}
+
+	// /healthz names the seckill role while its Redis is down.
+	healthz := func() (int, string) {
+		resp, err := httpClient.Get("http://" + httpAddr + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	resv.Stop()
+	stacktest.Eventually(t, 5*time.Second, func() error {
+		if code, body := healthz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "reservation redis") {
+			return fmt.Errorf("/healthz %d %s, want 503 naming the reservation redis", code, body)
+		}
+		return nil
+	})
+	resv.Start()
+	stacktest.Eventually(t, 5*time.Second, func() error {
+		if code, body := healthz(); code != http.StatusOK {
+			return fmt.Errorf("/healthz %d %s after the restart", code, body)
+		}
+		return nil
+	})
 }
 
 // TestSeckillSIGTERMMidStorm: `flashsync seckill` (API + writers) is

@@ -138,7 +138,7 @@ type health struct {
 
 // healthz answers 200 while every role is healthy and 503 otherwise, with
 // each role's state.
-func (n *Node) healthz(w http.ResponseWriter, _ *http.Request) error {
+func (n *Node) healthz(w http.ResponseWriter, r *http.Request) error {
 	h := health{Status: "ok", Roles: map[string]string{}}
 	if n.canal != nil {
 		h.Roles[RoleCanal] = n.canal.State()
@@ -167,6 +167,13 @@ func (n *Node) healthz(w http.ResponseWriter, _ *http.Request) error {
 	}
 	if n.console != nil {
 		h.Roles[RoleConsole] = "ok"
+	}
+	if n.seckill != nil {
+		h.Roles[RoleSeckill] = "ok"
+		if err := n.seckill.Health(r.Context()); err != nil {
+			h.Roles[RoleSeckill] = err.Error()
+			h.Status = "degraded"
+		}
 	}
 	status := http.StatusOK
 	if h.Status != "ok" {

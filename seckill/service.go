@@ -206,6 +206,20 @@ func New(opts Options) (*Service, error) {
 	return s, nil
 }
 
+// Health reports whether the reservation Redis and the database answer.
+func (s *Service) Health(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var errs []error
+	if err := s.opts.Reservations.Ping(ctx).Err(); err != nil {
+		errs = append(errs, fmt.Errorf("reservation redis: %w", err))
+	}
+	if err := s.opts.DB.PingContext(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("mysql: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
 // Addr is the API's address, once New returned.
 func (s *Service) Addr() string {
 	if s.ln == nil {
