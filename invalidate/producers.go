@@ -2,6 +2,7 @@ package invalidate
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -82,6 +83,28 @@ func (p *ProducerPool) Failed(addr string, prod *nsq.Producer) {
 		delete(p.m, addr)
 		go prod.Stop()
 	}
+}
+
+// PublishFirst publishes body to topic on the first nsqd of addrs that
+// takes it and returns that address; the errors of all of them otherwise.
+func (p *ProducerPool) PublishFirst(addrs []string, topic string, body []byte) (string, error) {
+	var errs []error
+	for _, addr := range addrs {
+		prod, err := p.Get(addr)
+		if err == nil {
+			if err = prod.Publish(topic, body); err != nil {
+				p.Failed(addr, prod)
+			}
+		}
+		if err == nil {
+			return addr, nil
+		}
+		errs = append(errs, fmt.Errorf("publish %s on nsqd %s: %w", topic, addr, err))
+	}
+	if len(errs) == 0 {
+		return "", fmt.Errorf("publish %s: no nsqd address", topic)
+	}
+	return "", errors.Join(errs...)
 }
 
 // Close stops every producer; it is safe to call more than once.

@@ -419,10 +419,7 @@ func (r *targetConsumer) deadLetter(m *nsq.Message, cause error) error {
 		return err
 	}
 	topic := DeadLetterTopic(r.p.opts.TopicPrefix)
-	if err := r.p.publishDead(topic, body); err != nil {
-		return fmt.Errorf("publish %s: %w", topic, err)
-	}
-	return nil
+	return r.p.publishDead(topic, body)
 }
 
 // publishDead publishes body to the first nsqd that takes it, trying each in
@@ -430,7 +427,7 @@ func (r *targetConsumer) deadLetter(m *nsq.Message, cause error) error {
 func (p *PurgeConsumers) publishDead(topic string, body []byte) error {
 	addrs, err := p.deadLetterAddrs()
 	if err != nil {
-		return err
+		return fmt.Errorf("publish %s: %w", topic, err)
 	}
 	p.deadMu.Lock()
 	last := p.deadLast
@@ -438,23 +435,14 @@ func (p *PurgeConsumers) publishDead(topic string, body []byte) error {
 	if i := slices.Index(addrs, last); i > 0 {
 		addrs = append(append([]string{last}, addrs[:i]...), addrs[i+1:]...)
 	}
-	var errs []error
-	for _, addr := range addrs {
-		prod, err := p.deadProducers.Get(addr)
-		if err == nil {
-			if err = prod.Publish(topic, body); err != nil {
-				p.deadProducers.Failed(addr, prod)
-			}
-		}
-		if err == nil {
-			p.deadMu.Lock()
-			p.deadLast = addr
-			p.deadMu.Unlock()
-			return nil
-		}
-		errs = append(errs, fmt.Errorf("nsqd %s: %w", addr, err))
+	addr, err := p.deadProducers.PublishFirst(addrs, topic, body)
+	if err != nil {
+		return err
 	}
-	return errors.Join(errs...)
+	p.deadMu.Lock()
+	p.deadLast = addr
+	p.deadMu.Unlock()
+	return nil
 }
 
 // deadLetterAddrs lists the nsqd TCP addresses dead letters may go to: the

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -503,22 +504,14 @@ func (p *publisher) run(ctx context.Context) {
 // not per reservation) to the current nsqd, moving on to the next when it
 // fails.
 func (p *publisher) send(bodies [][]byte) error {
-	var errs []error
-	for range p.addrs {
-		addr := p.addrs[p.cur%len(p.addrs)]
-		prod, err := p.prods.Get(addr)
-		if err == nil {
-			if err = prod.Publish(p.topic, joinReservations(bodies)); err != nil {
-				p.prods.Failed(addr, prod)
-			}
-		}
-		if err == nil {
-			return nil
-		}
-		errs = append(errs, fmt.Errorf("publish %s on nsqd %s: %w", p.topic, addr, err))
-		p.cur++
+	// Start with the nsqd that took the last batch.
+	addrs := append(append([]string(nil), p.addrs[p.cur:]...), p.addrs[:p.cur]...)
+	addr, err := p.prods.PublishFirst(addrs, p.topic, joinReservations(bodies))
+	if err != nil {
+		return err
 	}
-	return errors.Join(errs...)
+	p.cur = slices.Index(p.addrs, addr)
+	return nil
 }
 
 func (p *publisher) close() { p.prods.Close() }

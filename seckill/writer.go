@@ -238,25 +238,12 @@ func (w *Writer) deadLetter(m *nsq.Message, cause error) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, addr := range w.opts.NSQDTCP {
-		prod, err := w.dead.Get(addr)
-		if err == nil {
-			if err = prod.Publish(w.opts.DeadTopic, body); err != nil {
-				w.dead.Failed(addr, prod)
-			}
-		}
-		if err == nil {
-			w.deadN.Inc()
-			w.opts.Logger.Error("seckill writer: message is not a reservation batch; dead-lettered", "topic", w.opts.DeadTopic, "err", cause, "body", string(m.Body[:min(len(m.Body), 256)]))
-			return nil
-		}
-		errs = append(errs, fmt.Errorf("publish %s on nsqd %s: %w", w.opts.DeadTopic, addr, err))
+	if _, err := w.dead.PublishFirst(w.opts.NSQDTCP, w.opts.DeadTopic, body); err != nil {
+		return err
 	}
-	if len(errs) == 0 {
-		return errors.New("no nsqd_tcp to publish dead letters to")
-	}
-	return errors.Join(errs...)
+	w.deadN.Inc()
+	w.opts.Logger.Error("seckill writer: message is not a reservation batch; dead-lettered", "topic", w.opts.DeadTopic, "err", cause, "body", string(m.Body[:min(len(m.Body), 256)]))
+	return nil
 }
 
 // loop takes what is queued (at least one message, up to BatchMax
