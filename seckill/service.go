@@ -269,7 +269,12 @@ func (s *Service) Run(ctx context.Context) error {
 		go func() { defer func() { pubDone <- struct{}{} }(); s.pub.run(pubCtx) }()
 		go func() { defer func() { pubDone <- struct{}{} }(); s.batch.run(pubCtx) }()
 		goPart(func() error {
-			s.every(ctx, time.Minute, func(context.Context) { s.limits.sweep(time.Minute) })
+			// A bucket idle for 10 s is full again (rates ≥ 1/s with
+			// bursts ≤ 10 in any sane config) and can be forgotten.
+			s.every(ctx, 10*time.Second, func(context.Context) {
+				s.limits.sweep(10 * time.Second)
+				s.sweepActivities(time.Minute)
+			})
 			return nil
 		})
 		srv := &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
@@ -346,6 +351,17 @@ func (s *Service) ensureTopic(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// sweepActivities forgets activity copies not read again for idle.
+func (s *Service) sweepActivities(idle time.Duration) {
+	s.actMu.Lock()
+	defer s.actMu.Unlock()
+	for id, c := range s.acts {
+		if time.Since(c.read) > idle {
+			delete(s.acts, id)
+		}
+	}
+}
+
 func (s *Service) every(ctx context.Context, d time.Duration, f func(context.Context)) {
 	t := time.NewTicker(d)
 	defer t.Stop()
@@ -409,9 +425,6 @@ func (s *Service) activity(ctx context.Context, id int64) (*Activity, error) {
 	c, ok := s.acts[id]
 	s.actMu.Unlock()
 	if ok && time.Since(c.read) < activityTTL {
-		if c.a == nil {
-			return nil, refuse(http.StatusNotFound, "not_found", "no activity %d", id)
-		}
 		return c.a, nil
 	}
 	a, err := LoadActivity(ctx, s.opts.DB, id)
@@ -421,12 +434,13 @@ func (s *Service) activity(ctx context.Context, id int64) (*Activity, error) {
 		}
 		return nil, refuse(http.StatusServiceUnavailable, "unavailable", "activity %d: %v", id, err)
 	}
+	if a == nil {
+		// Not remembered: ids that name nothing must not fill the map.
+		return nil, refuse(http.StatusNotFound, "not_found", "no activity %d", id)
+	}
 	s.actMu.Lock()
 	s.acts[id] = cachedActivity{a: a, read: time.Now()}
 	s.actMu.Unlock()
-	if a == nil {
-		return nil, refuse(http.StatusNotFound, "not_found", "no activity %d", id)
-	}
 	return a, nil
 }
 
