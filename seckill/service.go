@@ -269,8 +269,8 @@ func (s *Service) Run(ctx context.Context) error {
 		go func() { defer func() { pubDone <- struct{}{} }(); s.pub.run(pubCtx) }()
 		go func() { defer func() { pubDone <- struct{}{} }(); s.batch.run(pubCtx) }()
 		goPart(func() error {
-			// A bucket idle for 10 s is full again (rates ≥ 1/s with
-			// bursts ≤ 10 in any sane config) and can be forgotten.
+			// Forgetting a bucket refills it; one idle for 10 s is full
+			// again anyway unless its burst exceeds 10 s of its rate.
 			s.every(ctx, 10*time.Second, func(context.Context) {
 				s.limits.sweep(10 * time.Second)
 				s.sweepActivities(time.Minute)
