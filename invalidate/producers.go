@@ -26,6 +26,8 @@ type ProducerPool struct {
 	mu     sync.Mutex
 	m      map[string]*pooledProducer
 	closed bool
+	// stopping counts the replaced producers being stopped; Close waits.
+	stopping sync.WaitGroup
 }
 
 type pooledProducer struct {
@@ -57,7 +59,7 @@ func (p *ProducerPool) Get(addr string) (*nsq.Producer, error) {
 			return pp.Producer, nil
 		}
 		delete(p.m, addr)
-		go pp.Stop() // its router has exited; Stop only marks it stopped
+		p.stopLocked(pp.Producer)
 	}
 	cfg := nsq.NewConfig()
 	cfg.DialTimeout = p.timeout
@@ -81,8 +83,18 @@ func (p *ProducerPool) Failed(addr string, prod *nsq.Producer) {
 	defer p.mu.Unlock()
 	if pp := p.m[addr]; pp != nil && pp.Producer == prod {
 		delete(p.m, addr)
-		go prod.Stop()
+		p.stopLocked(prod)
 	}
+}
+
+// stopLocked stops a replaced producer in the background (Stop waits for
+// its connection to close) and counts it for Close; p.mu is held.
+func (p *ProducerPool) stopLocked(prod *nsq.Producer) {
+	p.stopping.Add(1)
+	go func() {
+		defer p.stopping.Done()
+		prod.Stop()
+	}()
 }
 
 // PublishFirst publishes body to topic on the first nsqd of addrs that
@@ -117,6 +129,7 @@ func (p *ProducerPool) Close() {
 	for _, pp := range all {
 		pp.Stop()
 	}
+	p.stopping.Wait()
 }
 
 // producerLogger marks its producer gone when the router of its connection
