@@ -2,7 +2,6 @@ package cdn_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"slices"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashsync/flashsync/cdn"
@@ -186,10 +184,10 @@ func TestDispatcherReachesEveryNodeAndBuffersForADeadOne(t *testing.T) {
 	}
 	t.Logf("node c's backlog delivered %v after its restart", time.Since(start))
 	stacktest.Eventually(t, 2*time.Second, func() error { return c.dispatch.Health() })
-	if got := metricValue(t, c.reg, "flashsync_dispatcher_messages_total", map[string]string{"node": "c", "result": "unreachable"}); got == 0 {
+	if got := stacktest.MetricValue(t, c.reg, "flashsync_dispatcher_messages_total", map[string]string{"node": "c", "result": "unreachable"}); got == 0 {
 		t.Error("no unreachable count for node c")
 	}
-	if got := metricValue(t, c.reg, "flashsync_dispatcher_dead_letters_total", nil); got != 0 {
+	if got := stacktest.MetricValue(t, c.reg, "flashsync_dispatcher_dead_letters_total", nil); got != 0 {
 		t.Errorf("dead letters %v, want 0: an unreachable console burns no attempts", got)
 	}
 }
@@ -199,22 +197,7 @@ func TestDispatcherDeadLettersAKeyMismatch(t *testing.T) {
 	const maxAttempts = 3
 	c := startCascade(t, []cdn.Node{{Name: "a", ConsoleURL: "http://" + n.addr, Key: []byte("not-the-console-key-at-all")}}, maxAttempts)
 
-	got := make(chan map[string]any, 4)
-	cons, err := nsq.NewConsumer(invalidate.DeadLetterTopic("flashsync"), "test", nsq.NewConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons.SetLogger(nil, nsq.LogLevelError)
-	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-		var d map[string]any
-		json.Unmarshal(m.Body, &d)
-		got <- d
-		return nil
-	}))
-	if err := cons.ConnectToNSQD(c.nsqd.TCPAddr()); err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Stop()
+	got := stacktest.ConsumeJSON[map[string]any](t, c.nsqd.TCPAddr(), invalidate.DeadLetterTopic("flashsync"))
 
 	c.publish(t, "/p/1")
 	select {
@@ -229,34 +212,4 @@ func TestDispatcherDeadLettersAKeyMismatch(t *testing.T) {
 	if len(n.machine.got()) != 0 {
 		t.Errorf("machine purged %v on requests signed with the wrong key", n.machine.got())
 	}
-}
-
-// metricValue sums the samples of a counter or gauge whose labels include
-// every given name=value pair.
-func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue metrics
-				}
-			}
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
 }

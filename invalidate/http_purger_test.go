@@ -2,7 +2,6 @@ package invalidate_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -164,7 +163,7 @@ func (f *httpPurgeFixture) waitOK(t *testing.T, n float64) {
 	t.Helper()
 	for _, a := range f.addrs {
 		stacktest.Eventually(t, 10*time.Second, func() error {
-			if got := metricValue(t, f.reg, "flashsync_purger_http_messages_total", map[string]string{"instance": a, "result": "ok"}); got != n {
+			if got := stacktest.MetricValue(t, f.reg, "flashsync_purger_http_messages_total", map[string]string{"instance": a, "result": "ok"}); got != n {
 				return fmt.Errorf("%s: %v messages ok, want %v", a, got, n)
 			}
 			return nil
@@ -187,7 +186,7 @@ func TestHTTPPurgerPurgesURLsAndTagsOnEveryInstance(t *testing.T) {
 	expectHit(t, f.addrs, false, "/item/2.html", "/list.html")
 	expectHit(t, f.addrs, true, "/item/1.html")
 
-	if got := metricValue(t, f.reg, "flashsync_purger_http_tags_purged_total", nil); got != 2 {
+	if got := stacktest.MetricValue(t, f.reg, "flashsync_purger_http_tags_purged_total", nil); got != 2 {
 		t.Errorf("tags_purged_total = %v, want 2", got)
 	}
 	if err := f.purger.Health(); err != nil {
@@ -203,10 +202,10 @@ func TestHTTPPurgerHoldsWhileInstanceDownAndDrainsAfterRestart(t *testing.T) {
 		f.publish(t, invalidate.Purge{URLs: []string{fmt.Sprintf("/item/%d.html", i)}})
 	}
 	stacktest.Eventually(t, 10*time.Second, func() error {
-		if got := metricValue(t, f.reg, "flashsync_purger_http_messages_total", map[string]string{"instance": f.addrs[0], "result": "ok"}); got != 3 {
+		if got := stacktest.MetricValue(t, f.reg, "flashsync_purger_http_messages_total", map[string]string{"instance": f.addrs[0], "result": "ok"}); got != 3 {
 			return fmt.Errorf("up instance: %v ok, want 3", got)
 		}
-		if got := metricValue(t, f.reg, "flashsync_purger_http_messages_total", map[string]string{"instance": down, "result": "unreachable"}); got < 3 {
+		if got := stacktest.MetricValue(t, f.reg, "flashsync_purger_http_messages_total", map[string]string{"instance": down, "result": "unreachable"}); got < 3 {
 			return fmt.Errorf("down instance: %v unreachable results, want several", got)
 		}
 		if f.purger.Health() == nil {
@@ -216,16 +215,16 @@ func TestHTTPPurgerHoldsWhileInstanceDownAndDrainsAfterRestart(t *testing.T) {
 	})
 	// Longer than MaxAttempts (2) worth of requeues: nothing may be lost.
 	time.Sleep(time.Second)
-	if got := metricValue(t, f.reg, "flashsync_purger_http_dead_letters_total", nil); got != 0 {
+	if got := stacktest.MetricValue(t, f.reg, "flashsync_purger_http_dead_letters_total", nil); got != 0 {
 		t.Fatalf("dead_letters_total = %v while the instance was down, want 0", got)
 	}
-	if got := metricValue(t, f.reg, "flashsync_purger_http_instance_up", map[string]string{"instance": down}); got != 0 {
+	if got := stacktest.MetricValue(t, f.reg, "flashsync_purger_http_instance_up", map[string]string{"instance": down}); got != 0 {
 		t.Errorf("instance_up{%s} = %v, want 0", down, got)
 	}
 	f.varnish[1].Start()
 	f.waitOK(t, 3)
 	stacktest.Eventually(t, 5*time.Second, f.purger.Health)
-	if got := metricValue(t, f.reg, "flashsync_purger_http_dead_letters_total", nil); got != 0 {
+	if got := stacktest.MetricValue(t, f.reg, "flashsync_purger_http_dead_letters_total", nil); got != 0 {
 		t.Errorf("dead_letters_total = %v, want 0", got)
 	}
 }
@@ -252,21 +251,7 @@ func TestHTTPPurgerDeadLettersWhatVarnishRefuses(t *testing.T) {
 	const maxAttempts = 3
 	f := startHTTPPurge(t, 1, refusing, maxAttempts)
 
-	got := make(chan map[string]any, 4)
-	cons, err := nsq.NewConsumer(invalidate.DeadLetterTopic("flashsync"), "test", nsq.NewConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-		var d map[string]any
-		json.Unmarshal(m.Body, &d)
-		got <- d
-		return nil
-	}))
-	if err := cons.ConnectToNSQD(f.nsqd.TCPAddr()); err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Stop()
+	got := stacktest.ConsumeJSON[map[string]any](t, f.nsqd.TCPAddr(), invalidate.DeadLetterTopic("flashsync"))
 
 	f.publish(t, invalidate.Purge{URLs: []string{"/item/1.html"}, Tags: []string{"item-1"}})
 	select {
@@ -278,10 +263,10 @@ func TestHTTPPurgerDeadLettersWhatVarnishRefuses(t *testing.T) {
 		t.Fatal("no dead letter within 30s")
 	}
 	stacktest.Eventually(t, 2*time.Second, func() error {
-		if n := metricValue(t, f.reg, "flashsync_purger_http_dead_letters_total", nil); n != 1 {
+		if n := stacktest.MetricValue(t, f.reg, "flashsync_purger_http_dead_letters_total", nil); n != 1 {
 			return fmt.Errorf("dead_letters_total = %v, want 1", n)
 		}
-		if n := metricValue(t, f.reg, "flashsync_purger_http_requests_total", map[string]string{"code": "405"}); n < maxAttempts {
+		if n := stacktest.MetricValue(t, f.reg, "flashsync_purger_http_requests_total", map[string]string{"code": "405"}); n < maxAttempts {
 			return fmt.Errorf("requests_total{code=405} = %v, want at least %d", n, maxAttempts)
 		}
 		return nil
@@ -405,10 +390,10 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 		}
 		return nil
 	})
-	if d := metricValue(t, reg, "flashsync_purger_http_dead_letters_total", nil); d != 0 {
+	if d := stacktest.MetricValue(t, reg, "flashsync_purger_http_dead_letters_total", nil); d != 0 {
 		t.Errorf("dead letters %v, want 0: a 5xx is not a bad message", d)
 	}
-	if u := metricValue(t, reg, "flashsync_purger_http_messages_total", map[string]string{"result": "unreachable"}); u < 10 {
+	if u := stacktest.MetricValue(t, reg, "flashsync_purger_http_messages_total", map[string]string{"result": "unreachable"}); u < 10 {
 		t.Errorf("unreachable results %v, want the ten 503s", u)
 	}
 	stacktest.Eventually(t, 5*time.Second, p.Health)

@@ -180,14 +180,14 @@ func TestPurgeJobs(t *testing.T) {
 		}
 	}
 	for state, n := range map[string]float64{"done": 1, "failed": 1} {
-		if got := metricValue(t, reg, "flashsync_jobs_total", map[string]string{"state": state}); got != n {
+		if got := stacktest.MetricValue(t, reg, "flashsync_jobs_total", map[string]string{"state": state}); got != n {
 			t.Errorf("jobs_total{%s} = %v, want %v", state, got, n)
 		}
 	}
-	if got := metricValue(t, reg, "flashsync_jobs_tracked", nil); got != 2 {
+	if got := stacktest.MetricValue(t, reg, "flashsync_jobs_tracked", nil); got != 2 {
 		t.Errorf("jobs_tracked = %v, want 2", got)
 	}
-	if got := metricValue(t, reg, "flashsync_purger_acks_dropped_total", nil); got != 0 {
+	if got := stacktest.MetricValue(t, reg, "flashsync_purger_acks_dropped_total", nil); got != 0 {
 		t.Errorf("acks_dropped_total = %v, want 0", got)
 	}
 }
@@ -214,7 +214,7 @@ func TestAckSenderDropsWhenNSQDIsDown(t *testing.T) {
 		t.Errorf("Send took %v", d)
 	}
 	s.Close()
-	if got := metricValue(t, reg, "flashsync_purger_acks_dropped_total", map[string]string{"tier": "redis"}); got != 3 {
+	if got := stacktest.MetricValue(t, reg, "flashsync_purger_acks_dropped_total", map[string]string{"tier": "redis"}); got != 3 {
 		t.Errorf("acks_dropped_total = %v, want 3", got)
 	}
 }

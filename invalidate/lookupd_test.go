@@ -300,14 +300,14 @@ func TestLookupdPurgerFollowsPublisherFailover(t *testing.T) {
 	if got, want := messagesOn(t, n2.HTTPAddr(), topics), uint64(batches*len(groups)); got != want {
 		t.Errorf("second nsqd received %d messages after the failover, want %d", got, want)
 	}
-	if n := metricValue(t, pubReg, "flashsync_invalidate_publishes_total", map[string]string{"result": "error"}); n < 1 {
+	if n := stacktest.MetricValue(t, pubReg, "flashsync_invalidate_publishes_total", map[string]string{"result": "error"}); n < 1 {
 		t.Errorf("publishes_total{error} = %v, want at least 1 (the attempt on the stopped nsqd)", n)
 	}
 	for _, g := range groups {
 		for _, r := range g.Replicas {
 			labels := map[string]string{"replica": r, "result": "ok"}
 			stacktest.Eventually(t, 2*time.Second, func() error {
-				if n := metricValue(t, reg, "flashsync_purger_messages_total", labels); n != 2*batches {
+				if n := stacktest.MetricValue(t, reg, "flashsync_purger_messages_total", labels); n != 2*batches {
 					return fmt.Errorf("messages_total%v = %v, want %d", labels, n, 2*batches)
 				}
 				return nil
@@ -388,14 +388,14 @@ func TestLookupdTwoPurgersShareTheLoad(t *testing.T) {
 	for _, r := range groups[0].Replicas {
 		labels := map[string]string{"replica": r, "result": "ok"}
 		stacktest.Eventually(t, 2*time.Second, func() error {
-			if n := metricValue(t, regs[0], "flashsync_purger_messages_total", labels) +
-				metricValue(t, regs[1], "flashsync_purger_messages_total", labels); n != batches {
+			if n := stacktest.MetricValue(t, regs[0], "flashsync_purger_messages_total", labels) +
+				stacktest.MetricValue(t, regs[1], "flashsync_purger_messages_total", labels); n != batches {
 				return fmt.Errorf("purgers handled %v messages for %s, want %d", n, r, batches)
 			}
 			return nil
 		})
 		for i, reg := range regs {
-			n := metricValue(t, reg, "flashsync_purger_messages_total", labels)
+			n := stacktest.MetricValue(t, reg, "flashsync_purger_messages_total", labels)
 			t.Logf("purger %d handled %v of %d messages for replica %s", i, n, batches, r)
 			if n == 0 {
 				t.Errorf("purger %d handled no message for replica %s: the load is not shared", i, r)
@@ -455,29 +455,15 @@ func TestStackLookupdPurgerReadsSecondNSQD(t *testing.T) {
 	}
 }
 
+// deadLetter is the part of a dead-letter record these tests read.
+type deadLetter struct {
+	Replica string `json:"replica"`
+}
+
 // deadLetters collects the dead letters that reach the nsqd at nsqdTCP.
-func deadLetters(t *testing.T, nsqdTCP, prefix string) <-chan string {
+func deadLetters(t *testing.T, nsqdTCP, prefix string) <-chan deadLetter {
 	t.Helper()
-	got := make(chan string, 16)
-	cons, err := nsq.NewConsumer(invalidate.DeadLetterTopic(prefix), "test", nsq.NewConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-		var d struct {
-			Replica string `json:"replica"`
-		}
-		if err := json.Unmarshal(m.Body, &d); err != nil {
-			t.Errorf("dead letter %s: %v", m.Body, err)
-		}
-		got <- d.Replica
-		return nil
-	}))
-	if err := cons.ConnectToNSQD(nsqdTCP); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cons.Stop)
-	return got
+	return stacktest.ConsumeJSON[deadLetter](t, nsqdTCP, invalidate.DeadLetterTopic(prefix))
 }
 
 // A dead letter goes to the first nsqd that takes it: past an unreachable
@@ -521,15 +507,15 @@ func TestDeadLettersFailOverAcrossNSQD(t *testing.T) {
 				t.Fatal(err)
 			}
 			select {
-			case r := <-got:
-				if r != groups[0].Replicas[0] {
-					t.Errorf("dead letter from replica %q, want %q", r, groups[0].Replicas[0])
+			case d := <-got:
+				if d.Replica != groups[0].Replicas[0] {
+					t.Errorf("dead letter from replica %q, want %q", d.Replica, groups[0].Replicas[0])
 				}
 			case <-time.After(20 * time.Second):
 				t.Fatal("no dead letter reached the running nsqd")
 			}
 			stacktest.Eventually(t, 2*time.Second, func() error {
-				if v := metricValue(t, reg, "flashsync_purger_dead_letters_total", nil); v != 1 {
+				if v := stacktest.MetricValue(t, reg, "flashsync_purger_dead_letters_total", nil); v != 1 {
 					return fmt.Errorf("dead_letters_total = %v, want 1", v)
 				}
 				return nil

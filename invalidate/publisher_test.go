@@ -136,13 +136,13 @@ func TestPublishHTTPGroupsToTheirTopics(t *testing.T) {
 		}
 		t.Fatal("unexpected HTTP purge messages")
 	}
-	if n := metricValue(t, reg, "flashsync_invalidate_http_targets_published_total", map[string]string{"group": "varnish-b", "kind": "url"}); n != 2 {
+	if n := stacktest.MetricValue(t, reg, "flashsync_invalidate_http_targets_published_total", map[string]string{"group": "varnish-b", "kind": "url"}); n != 2 {
 		t.Errorf("http urls published = %v, want 2", n)
 	}
-	if n := metricValue(t, reg, "flashsync_invalidate_keys_published_total", map[string]string{"group": "hot-a"}); n != 1 {
+	if n := stacktest.MetricValue(t, reg, "flashsync_invalidate_keys_published_total", map[string]string{"group": "hot-a"}); n != 1 {
 		t.Errorf("keys published = %v, want 1", n)
 	}
-	if n := metricValue(t, reg, "flashsync_invalidate_publishes_total", map[string]string{"result": "ok"}); n != 1 {
+	if n := stacktest.MetricValue(t, reg, "flashsync_invalidate_publishes_total", map[string]string{"result": "ok"}); n != 1 {
 		t.Errorf("publishes ok = %v, want 1 (both tiers in one round)", n)
 	}
 }

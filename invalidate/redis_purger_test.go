@@ -2,7 +2,6 @@ package invalidate_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
@@ -105,39 +104,9 @@ func TestPublishPurgesEveryReplicaOfItsGroupOnly(t *testing.T) {
 			}
 		}
 	}
-	if got := metricValue(t, f.reg, "flashsync_invalidate_publishes_total", map[string]string{"result": "ok"}); got != 1 {
+	if got := stacktest.MetricValue(t, f.reg, "flashsync_invalidate_publishes_total", map[string]string{"result": "ok"}); got != 1 {
 		t.Errorf("publishes_total{ok} = %v, want 1", got)
 	}
-}
-
-// metricValue sums the samples of a counter or gauge whose labels include
-// every given name=value pair.
-func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue metrics
-				}
-			}
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
 }
 
 func TestPoisonMessageIsDeadLetteredAfterMaxAttempts(t *testing.T) {
@@ -155,23 +124,7 @@ func TestPoisonMessageIsDeadLetteredAfterMaxAttempts(t *testing.T) {
 		Error    string `json:"error"`
 		Body     []byte `json:"body"`
 	}
-	got := make(chan dead, 4)
-	cons, err := nsq.NewConsumer(invalidate.DeadLetterTopic("flashsync"), "test", nsq.NewConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-		var d dead
-		if err := json.Unmarshal(m.Body, &d); err != nil {
-			t.Errorf("dead letter %s: %v", m.Body, err)
-		}
-		got <- d
-		return nil
-	}))
-	if err := cons.ConnectToNSQD(f.nsqd.TCPAddr()); err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Stop()
+	got := stacktest.ConsumeJSON[dead](t, f.nsqd.TCPAddr(), invalidate.DeadLetterTopic("flashsync"))
 
 	poison := []byte(`{"v":99,"keys":["x"]}`)
 	if err := prod.Publish(invalidate.RedisTopic("flashsync", "g0"), poison); err != nil {
@@ -197,7 +150,7 @@ func TestPoisonMessageIsDeadLetteredAfterMaxAttempts(t *testing.T) {
 		}
 	}
 	stacktest.Eventually(t, 2*time.Second, func() error {
-		if n := metricValue(t, f.reg, "flashsync_purger_dead_letters_total", nil); n != 2 {
+		if n := stacktest.MetricValue(t, f.reg, "flashsync_purger_dead_letters_total", nil); n != 2 {
 			return fmt.Errorf("dead_letters_total = %v, want 2", n)
 		}
 		return nil

@@ -97,22 +97,7 @@ func TestWriterRedeliveryAndForeignRequestID(t *testing.T) {
 // goes on with the next.
 func TestWriterDeadLettersGarbage(t *testing.T) {
 	w := writerWorld(t)
-	got := make(chan map[string]any, 4)
-	cons, err := nsq.NewConsumer(w.topic+".dead", "test", nsq.NewConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons.SetLogger(nil, nsq.LogLevelError)
-	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-		var d map[string]any
-		json.Unmarshal(m.Body, &d)
-		got <- d
-		return nil
-	}))
-	if err := cons.ConnectToNSQD(w.nsqd.TCPAddr()); err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Stop()
+	got := stacktest.ConsumeJSON[map[string]any](t, w.nsqd.TCPAddr(), w.topic+".dead")
 	w.publish([]byte("not json"))
 	w.publish([]byte(`[{"a":3,"r":"","u":"x","q":1}]`))
 	for _, want := range []string{"invalid character", "request id"} {
