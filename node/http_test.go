@@ -53,27 +53,47 @@ route_by = "id"
 ignore_changes = ["view_count"]
 `
 
-// explainServer serves the mux of a node that runs only the purger role:
-// nothing is contacted before Run, and the rules are there all the same.
-func explainServer(t *testing.T) *httptest.Server {
+// testNode builds a node of explainConfig running only role (nothing is
+// contacted before Run) and serves its mux.
+func testNode(t *testing.T, role string) (*Node, *httptest.Server) {
 	t.Helper()
 	cfg, err := configs.Parse([]byte(explainConfig))
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := New(Options{Config: cfg, Roles: []string{RoleRedisPurger}, Logger: slog.New(slog.DiscardHandler)})
+	n, err := New(Options{Config: cfg, Roles: []string{role}, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
 	srv := httptest.NewServer(n.mux())
 	t.Cleanup(srv.Close)
+	return n, srv
+}
+
+// explainServer serves the mux of a node that runs only the purger role:
+// the rules are there all the same.
+func explainServer(t *testing.T) *httptest.Server {
+	t.Helper()
+	_, srv := testNode(t, RoleRedisPurger)
 	return srv
 }
 
 func post(t *testing.T, url, body string) (int, map[string]any) {
 	t.Helper()
 	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	return jsonAnswer(t, resp, err)
+}
+
+func get(t *testing.T, url string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	return jsonAnswer(t, resp, err)
+}
+
+// jsonAnswer reads a JSON answer: its status and object.
+func jsonAnswer(t *testing.T, resp *http.Response, err error) (int, map[string]any) {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,49 +2,17 @@ package node
 
 import (
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/invalidate"
 )
 
-func get(t *testing.T, url string) (int, map[string]any) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	if err := json.Unmarshal(data, &out); err != nil {
-		t.Fatalf("%d %s: %v", resp.StatusCode, data, err)
-	}
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("content type %q", ct)
-	}
-	return resp.StatusCode, out
-}
-
 func TestJobsAPI(t *testing.T) {
-	cfg, err := configs.Parse([]byte(explainConfig))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The canal role builds the job store; nothing connects before Run.
-	n, err := New(Options{Config: cfg, Roles: []string{RoleCanal}, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	srv := httptest.NewServer(n.mux())
-	t.Cleanup(srv.Close)
+	n, srv := testNode(t, RoleCanal)
 
 	targets := []invalidate.JobTarget{
 		{Tier: "redis", Group: "hot-a", Target: "127.0.0.1:16379"},
