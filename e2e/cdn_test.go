@@ -99,30 +99,7 @@ func newCDNWorld(t *testing.T, items int) *cdnWorld {
 	nsqd := stacktest.StartNSQD(t)
 	w.centerAddr = fmt.Sprintf("127.0.0.1:%d", lowFreePort(t))
 	position := filepath.Join(t.TempDir(), "position")
-	cfg := fmt.Sprintf(`[mysql]
-addr = %q
-user = "root"
-password = ""
-server_id = %d
-
-[canal]
-position_file = %q
-include_tables = [%q]
-save_interval = "1s"
-
-[nsq]
-nsqd_tcp = [%q]
-nsqd_http = [%q]
-topic_prefix = "e2e"
-
-[http]
-addr = %q
-
-[purger]
-max_attempts = 10
-timeout = "2s"
-
-[dispatcher]
+	cfg := preludeTOML(stacktest.MySQLAddr(), newServerID(), position, w.db, nsqd.TCPAddr(), nsqd.HTTPAddr(), w.centerAddr) + fmt.Sprintf(`[dispatcher]
 timeout = "2s"
 
 [[http_group]]
@@ -134,8 +111,7 @@ table = %q
 urls = ["/item/{id}.html"]
 tags = ["item-{id}"]
 route_by = "id"
-`, stacktest.MySQLAddr(), newServerID(), position, w.db+`\..*`, nsqd.TCPAddr(), nsqd.HTTPAddr(), w.centerAddr,
-		w.httpCaches[0], w.httpCaches[1], nodeCfg.String(), w.db+".item")
+`, w.httpCaches[0], w.httpCaches[1], nodeCfg.String(), w.db+".item")
 	cfgPath := writeFile(t, "center.toml", cfg)
 
 	w.backend = startLogged(t, "demo-backend", "demo-backend", "-config", cfgPath, "-addr", backendAddr, "-table", w.db+".item")

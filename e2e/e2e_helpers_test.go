@@ -231,16 +231,43 @@ func (c Config) TOML() string {
 		}
 		return "[" + strings.Join(q, ", ") + "]"
 	}
-	fmt.Fprintf(&b, "[mysql]\naddr = %q\nuser = \"root\"\npassword = \"\"\nflavor = \"mariadb\"\nserver_id = %d\n\n", c.MySQLAddr, c.ServerID)
-	fmt.Fprintf(&b, "[canal]\nposition_file = %q\ninclude_tables = %s\nsave_interval = \"1s\"\n\n", c.PositionFile, quote([]string{c.DB + `\..*`}))
-	fmt.Fprintf(&b, "[nsq]\nnsqd_tcp = [%q]\nnsqd_http = [%q]\ntopic_prefix = \"e2e\"\n\n", c.NSQDTCP, c.NSQDHTTP)
-	fmt.Fprintf(&b, "[http]\naddr = %q\n\n", c.HTTPAddr)
-	fmt.Fprintf(&b, "[purger]\nmax_attempts = 10\ntimeout = \"2s\"\n\n")
+	b.WriteString(preludeTOML(c.MySQLAddr, c.ServerID, c.PositionFile, c.DB, c.NSQDTCP, c.NSQDHTTP, c.HTTPAddr))
 	for i, g := range c.Groups {
 		fmt.Fprintf(&b, "[[redis_group]]\nname = \"g%d\"\nreplicas = %s\n\n", i, quote(g))
 	}
 	fmt.Fprintf(&b, "[[rule]]\ntable = %q\nkeys = %s\nroute_by = \"id\"\n", c.DB+".item", quote(c.Keys))
 	return b.String()
+}
+
+// preludeTOML is the part every center configuration of these tests
+// shares: [mysql] (root), [canal] reading the tables of db, [nsq] with one
+// nsqd, [http], [purger].
+func preludeTOML(mysqlAddr string, serverID uint32, position, db, nsqdTCP, nsqdHTTP, httpAddr string) string {
+	return fmt.Sprintf(`[mysql]
+addr = %q
+user = "root"
+password = ""
+flavor = "mariadb"
+server_id = %d
+
+[canal]
+position_file = %q
+include_tables = [%q]
+save_interval = "1s"
+
+[nsq]
+nsqd_tcp = [%q]
+nsqd_http = [%q]
+topic_prefix = "e2e"
+
+[http]
+addr = %q
+
+[purger]
+max_attempts = 10
+timeout = "2s"
+
+`, mysqlAddr, serverID, position, db+`\..*`, nsqdTCP, nsqdHTTP, httpAddr)
 }
 
 // writeFile writes data to a new file in t.TempDir() and returns its path.

@@ -47,23 +47,7 @@ func TestSeckillReadsPurgedThroughBinlog(t *testing.T) {
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
 	apiAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
 	position := filepath.Join(t.TempDir(), "position")
-	cfg := fmt.Sprintf(`[mysql]
-addr = %q
-server_id = %d
-
-[canal]
-position_file = %q
-include_tables = [%q]
-
-[nsq]
-nsqd_tcp = [%q]
-nsqd_http = [%q]
-topic_prefix = "e2esk"
-
-[http]
-addr = %q
-
-[[redis_group]]
+	cfg := preludeTOML(stacktest.MySQLAddr(), newServerID(), position, db, nsqd.TCPAddr(), nsqd.HTTPAddr(), httpAddr) + fmt.Sprintf(`[[redis_group]]
 name = "hot"
 replicas = [%q, %q]
 
@@ -93,8 +77,7 @@ database = %q
 item_table = %q
 redis = %q
 token_key = "e2e-seckill-token-key-0123456789"
-`, stacktest.MySQLAddr(), newServerID(), position, db+`\..*`, nsqd.TCPAddr(), nsqd.HTTPAddr(), httpAddr,
-		r1.Addr(), r2.Addr(), v.Addr(), db+".item", db+".activity", db+".activity_stock",
+`, r1.Addr(), r2.Addr(), v.Addr(), db+".item", db+".activity", db+".activity_stock",
 		apiAddr, db, db+".item", resv.Addr())
 	cfgPath := writeFile(t, "seckill.toml", cfg)
 

@@ -64,30 +64,7 @@ func TestVarnishPurgedOnUpdateAndTag(t *testing.T) {
 
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
 	position := filepath.Join(t.TempDir(), "position")
-	cfg := fmt.Sprintf(`[mysql]
-addr = %q
-user = "root"
-password = ""
-server_id = %d
-
-[canal]
-position_file = %q
-include_tables = [%q]
-save_interval = "1s"
-
-[nsq]
-nsqd_tcp = [%q]
-nsqd_http = [%q]
-topic_prefix = "e2e"
-
-[http]
-addr = %q
-
-[purger]
-max_attempts = 10
-timeout = "2s"
-
-[[http_group]]
+	cfg := preludeTOML(stacktest.MySQLAddr(), newServerID(), position, db, nsqd.TCPAddr(), nsqd.HTTPAddr(), httpAddr) + fmt.Sprintf(`[[http_group]]
 name = "varnish"
 instances = [%q, %q]
 
@@ -100,8 +77,7 @@ route_by = "id"
 table = %q
 tags = ["item-{item_id}"]
 route_by = "item_id"
-`, stacktest.MySQLAddr(), newServerID(), position, db+`\..*`, nsqd.TCPAddr(), nsqd.HTTPAddr(), httpAddr,
-		addrs[0], addrs[1], db+".item", db+".restock")
+`, addrs[0], addrs[1], db+".item", db+".restock")
 	cfgPath := writeFile(t, "flashsync.toml", cfg)
 
 	backend := startFlashsync(t, "demo-backend", "demo-backend", "-config", cfgPath, "-addr", backendAddr, "-table", db+".item")
