@@ -94,22 +94,30 @@ const (
 	Loaded        // loaded; not written (another fill or an invalidation raced it)
 )
 
+// String is "hit", "filled" or "loaded".
+func (r Result) String() string {
+	switch r {
+	case Hit:
+		return "hit"
+	case Filled:
+		return "filled"
+	case Loaded:
+		return "loaded"
+	}
+	return "unknown"
+}
+
 // Get returns key's value from the group routeValue hashes to, loading it
 // with load on a miss.
 func (r *Reader) Get(ctx context.Context, key, routeValue string, load func(context.Context) ([]byte, error)) ([]byte, Result, error) {
 	g := r.opts.Groups[invalidate.GroupFor([]byte(routeValue), len(r.opts.Groups))]
 	replica := g.Replicas[rand.IntN(len(g.Replicas))]
 	v, err := replica.Get(ctx, key).Bytes()
-	// Another reader is filling the key (a lease): wait a little for its
-	// value rather than load too, so a hot key purged under load costs the
-	// database one read, not one per reader. Past leaseWait, load.
-	for waited := time.Duration(0); err == nil && isLease(v) && waited < r.opts.LeaseWait; waited += leasePoll {
-		select {
-		case <-ctx.Done():
-			return nil, 0, ctx.Err()
-		case <-time.After(leasePoll):
-		}
-		v, err = replica.Get(ctx, key).Bytes()
+	if err == nil && isLease(v) {
+		// Another reader is filling the key: wait a little for its value
+		// rather than load too, so a hot key purged under load costs the
+		// database one read, not one per reader. Past LeaseWait, load.
+		v, err = r.awaitFill(ctx, replica, key, false)
 	}
 	if err == nil && !isLease(v) {
 		return v, Hit, nil
@@ -135,19 +143,12 @@ func (r *Reader) Get(ctx context.Context, key, routeValue string, load func(cont
 		}
 	}
 	if !held[0] {
-		// Another reader took the leases between our GET and SETNX: wait
-		// for its value as above.
-		for waited := time.Duration(0); waited < r.opts.LeaseWait; waited += leasePoll {
-			select {
-			case <-ctx.Done():
-				return nil, 0, ctx.Err()
-			case <-time.After(leasePoll):
-			}
-			if v, err := replica.Get(ctx, key).Bytes(); err == nil && !isLease(v) {
-				return v, Hit, nil
-			} else if err != nil && !errors.Is(err, redis.Nil) {
-				break
-			}
+		// Another reader took the leases between our GET and SETNX (its
+		// lease may not have reached this replica yet): wait as above.
+		if v, err := r.awaitFill(ctx, replica, key, true); err == nil && !isLease(v) {
+			return v, Hit, nil
+		} else if ctx.Err() != nil {
+			return nil, 0, ctx.Err()
 		}
 	}
 	v, err = load(ctx)
@@ -169,6 +170,32 @@ func (r *Reader) Get(ctx context.Context, key, routeValue string, load func(cont
 func rand2(b []byte) { _, _ = crand.Read(b) }
 
 func isLease(v []byte) bool { return strings.HasPrefix(string(v), leasePrefix) }
+
+// awaitFill reads key from c every leasePoll while it holds another
+// reader's lease (or, with whileMissing, no value yet), for at most
+// LeaseWait; it returns the last read: the filler's value, a lease when
+// time ran out, redis.Nil, or the error that stopped it.
+func (r *Reader) awaitFill(ctx context.Context, c redis.UniversalClient, key string, whileMissing bool) ([]byte, error) {
+	var v []byte
+	var err error = redis.Nil
+	for waited := time.Duration(0); waited < r.opts.LeaseWait; waited += leasePoll {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(leasePoll):
+		}
+		v, err = c.Get(ctx, key).Bytes()
+		switch {
+		case err == nil && !isLease(v):
+			return v, nil
+		case errors.Is(err, redis.Nil) && whileMissing, err == nil:
+			continue
+		default:
+			return v, err
+		}
+	}
+	return v, err
+}
 
 // leasePoll is how often a reader that found a lease looks again.
 const leasePoll = 2 * time.Millisecond

@@ -121,8 +121,14 @@ func (s *Service) cached(ctx context.Context, key, route string, load func(conte
 		return v, "off", err
 	}
 	v, res, err := s.opts.Cache.Get(ctx, key, route, load)
-	s.cacheReads.WithLabelValues(map[cacheaside.Result]string{cacheaside.Hit: "hit", cacheaside.Filled: "filled", cacheaside.Loaded: "loaded"}[res]).Inc()
-	return v, map[cacheaside.Result]string{cacheaside.Hit: "hit", cacheaside.Filled: "miss", cacheaside.Loaded: "miss"}[res], err
+	if err != nil {
+		return nil, "", err
+	}
+	s.cacheReads.WithLabelValues(res.String()).Inc()
+	if res == cacheaside.Hit {
+		return v, "hit", nil
+	}
+	return v, "miss", nil
 }
 
 var errItemNotFound = refuse(http.StatusNotFound, "not_found", "no such item")
