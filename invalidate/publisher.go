@@ -159,40 +159,52 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 // never connected must already have its channel buffering for it.
 func (p *Publisher) EnsureChannels(ctx context.Context) error {
 	client := &http.Client{Timeout: p.opts.Timeout}
-	post := func(base, path string, q url.Values) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+base+path+"?"+q.Encode(), nil)
+	for _, addr := range p.opts.NSQDHTTP {
+		// Until a job store's channel exists, the topic keeps the acks.
+		for _, topic := range []string{DeadLetterTopic(p.opts.TopicPrefix), AckTopic(p.opts.TopicPrefix)} {
+			if err := CreateChannels(ctx, client, addr, topic); err != nil {
+				return err
+			}
+		}
+		for i, g := range slices.Concat(p.opts.Groups, p.opts.HTTPGroups, p.cdnGroup()) {
+			channels := make([]string, len(g.Replicas))
+			for j, r := range g.Replicas {
+				channels[j] = ReplicaChannel(r) // unchanged for CDN channels
+			}
+			if err := CreateChannels(ctx, client, addr, p.topics[i], channels...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// CreateChannels creates topic and its channels on the nsqd whose HTTP
+// address is addr (nothing happens to those that exist). NSQ copies a
+// message only to the channels that exist when it is published.
+func CreateChannels(ctx context.Context, client *http.Client, addr, topic string, channels ...string) error {
+	post := func(path string, q url.Values) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path+"?"+q.Encode(), nil)
 		if err != nil {
 			return err
 		}
 		resp, err := client.Do(req)
 		if err != nil {
-			return err
+			return fmt.Errorf("nsqd %s: %w", addr, err)
 		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s %s: %s", path, q.Encode(), resp.Status)
+			return fmt.Errorf("nsqd %s: %s %s: %s", addr, path, q.Encode(), resp.Status)
 		}
 		return nil
 	}
-	for _, addr := range p.opts.NSQDHTTP {
-		if err := post(addr, "/topic/create", url.Values{"topic": {DeadLetterTopic(p.opts.TopicPrefix)}}); err != nil {
-			return fmt.Errorf("nsqd %s: %w", addr, err)
-		}
-		// Until a job store's channel exists, the topic keeps the acks.
-		if err := post(addr, "/topic/create", url.Values{"topic": {AckTopic(p.opts.TopicPrefix)}}); err != nil {
-			return fmt.Errorf("nsqd %s: %w", addr, err)
-		}
-		for i, g := range slices.Concat(p.opts.Groups, p.opts.HTTPGroups, p.cdnGroup()) {
-			// Channels can only be created in an existing topic.
-			if err := post(addr, "/topic/create", url.Values{"topic": {p.topics[i]}}); err != nil {
-				return fmt.Errorf("nsqd %s: %w", addr, err)
-			}
-			for _, r := range g.Replicas {
-				q := url.Values{"topic": {p.topics[i]}, "channel": {ReplicaChannel(r)}} // unchanged for CDN channels
-				if err := post(addr, "/channel/create", q); err != nil {
-					return fmt.Errorf("nsqd %s: %w", addr, err)
-				}
-			}
+	// Channels can only be created in an existing topic.
+	if err := post("/topic/create", url.Values{"topic": {topic}}); err != nil {
+		return err
+	}
+	for _, ch := range channels {
+		if err := post("/channel/create", url.Values{"topic": {topic}, "channel": {ch}}); err != nil {
+			return err
 		}
 	}
 	return nil

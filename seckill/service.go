@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -325,28 +324,8 @@ func (s *Service) Close() error {
 func (s *Service) ensureTopic(ctx context.Context) error {
 	c := &http.Client{Timeout: 2 * time.Second}
 	var errs []error
-	post := func(addr, path string, q url.Values) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path+"?"+q.Encode(), nil)
-		if err != nil {
-			return err
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			return fmt.Errorf("nsqd %s: %w", addr, err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("nsqd %s: %s: %s", addr, path, resp.Status)
-		}
-		return nil
-	}
 	for _, addr := range s.opts.NSQDHTTP {
-		// A channel can only be created in an existing topic.
-		err := post(addr, "/topic/create", url.Values{"topic": {s.opts.Topic}})
-		if err == nil {
-			err = post(addr, "/channel/create", url.Values{"topic": {s.opts.Topic}, "channel": {writerChannel}})
-		}
-		errs = append(errs, err)
+		errs = append(errs, invalidate.CreateChannels(ctx, c, addr, s.opts.Topic, writerChannel))
 	}
 	return errors.Join(errs...)
 }
