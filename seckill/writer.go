@@ -89,7 +89,7 @@ type Writer struct {
 	in       chan delivery
 	dead     *invalidate.ProducerPool
 	deadN    prometheus.Counter
-	batches  *prometheus.HistogramVec
+	batches  prometheus.Histogram
 	results  *prometheus.CounterVec
 	latency  prometheus.Histogram
 	txErrors prometheus.Counter
@@ -135,11 +135,11 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 			Name: "flashsync_seckill_writer_dead_letters_total",
 			Help: "Messages that were not reservations, moved to the dead-letter topic.",
 		}),
-		batches: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		batches: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "flashsync_seckill_writer_batch_reservations",
 			Help:    "Reservations merged into one order transaction.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
-		}, nil),
+		}),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flashsync_seckill_writer_reservations_total",
 			Help: "Reservations written, by result: ordered, rejected (MySQL refused: stock or quota; given back), duplicate (already ordered), given_back (skipped: the reconciler gave it back).",
@@ -315,7 +315,7 @@ func (w *Writer) write(batch []delivery) {
 // Redis (skipping any the reconciler gave back), then one transaction, then
 // the outcome back to Redis. Any error leaves every step safe to repeat.
 func (w *Writer) writeActivity(ctx context.Context, activity int64, rs []Reservation) error {
-	w.batches.WithLabelValues().Observe(float64(len(rs)))
+	w.batches.Observe(float64(len(rs)))
 	rids := make([]string, len(rs))
 	for i, r := range rs {
 		rids[i] = r.RequestID
