@@ -250,7 +250,7 @@ func (p *PurgeConsumers) Run(ctx context.Context, name string) error {
 		}
 		// go-nsq warns on every clean stop; its errors (lost nsqd
 		// connections) matter, and the handler logs its own failures.
-		c.SetLogger(&consumerLogger{l: r.log, poll: p.opts.LookupdPollInterval}, nsq.LogLevelError)
+		c.SetLogger(NewConsumerLogger(r.log, p.opts.LookupdPollInterval), nsq.LogLevelError)
 		c.AddConcurrentHandlers(r, r.Concurrency)
 		// A message is only in the channels of the nsqd it was published
 		// to, so every consumer reads from every nsqd: all that nsqlookupd
@@ -496,17 +496,21 @@ func lookupdNodes(addr string, timeout time.Duration) ([]string, error) {
 	return addrs, nil
 }
 
-// consumerLogger adapts go-nsq's logger of a target's consumer to slog. nsqlookupd answers
-// TOPIC_NOT_FOUND until a canal has created the topic on some nsqd, which is
-// normal on a first start: that is said once, at info level, not at every
-// poll.
-type consumerLogger struct {
+// ConsumerLogger adapts a go-nsq consumer's logger to slog. nsqlookupd
+// answers TOPIC_NOT_FOUND until some nsqd has the topic, which is normal on
+// a first start: that is said once, at info level, not at every poll.
+type ConsumerLogger struct {
 	l        *slog.Logger
 	poll     time.Duration
 	notFound atomic.Bool
 }
 
-func (c *consumerLogger) Output(_ int, s string) error {
+// NewConsumerLogger logs for a consumer that asks nsqlookupd every poll.
+func NewConsumerLogger(l *slog.Logger, poll time.Duration) *ConsumerLogger {
+	return &ConsumerLogger{l: l, poll: poll}
+}
+
+func (c *ConsumerLogger) Output(_ int, s string) error {
 	if strings.Contains(s, "TOPIC_NOT_FOUND") {
 		if !c.notFound.Swap(true) {
 			c.l.Info("nsqlookupd knows no nsqd with this topic yet (the canal creates it at start); asking again", "every", c.poll)

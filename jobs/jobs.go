@@ -322,7 +322,7 @@ func (s *Store) Consume(ctx context.Context, opts ConsumerOptions) error {
 	if err != nil {
 		return fmt.Errorf("nsq consumer %s/%s: %w", topic, channel, err)
 	}
-	c.SetLogger(nsqLogger{opts.Logger}, nsq.LogLevelError)
+	c.SetLogger(invalidate.NewConsumerLogger(opts.Logger, opts.LookupdPollInterval), nsq.LogLevelError)
 	log := opts.Logger
 	c.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
 		a, err := invalidate.DecodeAck(m.Body)
@@ -345,12 +345,5 @@ func (s *Store) Consume(ctx context.Context, opts ConsumerOptions) error {
 	<-ctx.Done()
 	c.Stop()
 	<-c.StopChan
-	return nil
-}
-
-type nsqLogger struct{ l *slog.Logger }
-
-func (n nsqLogger) Output(_ int, s string) error {
-	n.l.Warn(s)
 	return nil
 }

@@ -178,7 +178,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("nsq consumer %s: %w", w.opts.Topic, err)
 	}
-	c.SetLogger(nsqLog{w.opts.Logger}, nsq.LogLevelError)
+	c.SetLogger(invalidate.NewConsumerLogger(w.opts.Logger, cfg.LookupdPollInterval), nsq.LogLevelError)
 	c.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
 		rs, err := decodeReservations(m.Body)
 		if err != nil {
@@ -499,12 +499,4 @@ func (w *Writer) commitBatch(ctx context.Context, activity int64, rs []Reservati
 
 func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
-}
-
-// nsqLog adapts go-nsq's logger to slog.
-type nsqLog struct{ l *slog.Logger }
-
-func (n nsqLog) Output(_ int, s string) error {
-	n.l.Warn(s)
-	return nil
 }
