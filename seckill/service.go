@@ -85,8 +85,9 @@ type Service struct {
 	limits   *limiters
 	ln       net.Listener
 
-	actMu sync.Mutex
-	acts  map[int64]cachedActivity
+	actMu    sync.Mutex
+	acts     map[int64]cachedActivity
+	actLoads map[int64]*activityLoad
 
 	requests   *prometheus.CounterVec
 	accepted   prometheus.Counter
@@ -152,6 +153,7 @@ func New(opts Options) (*Service, error) {
 		opts:     opts,
 		reserver: NewReserver(opts.Reservations),
 		acts:     map[int64]cachedActivity{},
+		actLoads: map[int64]*activityLoad{},
 		limits: &limiters{ipRate: rate.Limit(opts.RateIP), userRate: rate.Limit(opts.RateUser),
 			ipBurst: max(opts.BurstIP, 1), userBurst: max(opts.BurstUser, 1),
 			ip: map[string]*limiter{}, user: map[string]*limiter{}},
@@ -397,30 +399,64 @@ func (s *Service) reconcileAll(ctx context.Context) {
 	}
 }
 
-// activity returns the in-process copy of an activity (refreshed from
-// MySQL after activityTTL).
+// activity returns the in-process copy of an activity, refreshed from
+// MySQL after activityTTL. One load per activity runs at a time: the others
+// keep selling on the stale copy meanwhile, or, with none yet, wait for that
+// load (10,000 first requests must not open 10,000 MySQL connections).
 func (s *Service) activity(ctx context.Context, id int64) (*Activity, error) {
 	s.actMu.Lock()
 	c, ok := s.acts[id]
-	s.actMu.Unlock()
 	if ok && time.Since(c.read) < activityTTL {
+		s.actMu.Unlock()
 		return c.a, nil
 	}
-	a, err := LoadActivity(ctx, s.opts.DB, id)
-	if err != nil && !errors.Is(err, errNotFound) {
-		if ok && c.a != nil {
-			return c.a, nil // MySQL hiccup: keep selling on the last copy
+	l := s.actLoads[id]
+	if l != nil {
+		s.actMu.Unlock()
+		if ok {
+			return c.a, nil
 		}
-		return nil, refuse(http.StatusServiceUnavailable, "unavailable", "activity %d: %v", id, err)
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return l.a, l.err
 	}
-	if a == nil {
+	l = &activityLoad{done: make(chan struct{})}
+	s.actLoads[id] = l
+	s.actMu.Unlock()
+
+	// Others wait on this load: the request that started it may go away.
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	a, err := LoadActivity(lctx, s.opts.DB, id)
+	cancel()
+	switch {
+	case errors.Is(err, errNotFound):
 		// Not remembered: ids that name nothing must not fill the map.
-		return nil, refuse(http.StatusNotFound, "not_found", "no activity %d", id)
+		l.err = refuse(http.StatusNotFound, "not_found", "no activity %d", id)
+	case err != nil && ok:
+		l.a = c.a // MySQL hiccup: keep selling on the last copy
+	case err != nil:
+		l.err = refuse(http.StatusServiceUnavailable, "unavailable", "activity %d: %v", id, err)
+	default:
+		l.a = a
 	}
 	s.actMu.Lock()
-	s.acts[id] = cachedActivity{a: a, read: time.Now()}
+	delete(s.actLoads, id)
+	if err == nil {
+		s.acts[id] = cachedActivity{a: a, read: time.Now()}
+	}
 	s.actMu.Unlock()
-	return a, nil
+	close(l.done)
+	return l.a, l.err
+}
+
+// activityLoad is one MySQL read of an activity that other requests wait on.
+type activityLoad struct {
+	done chan struct{}
+	a    *Activity
+	err  error
 }
 
 // publisher batches reservations into messages: a request waits for
