@@ -26,8 +26,11 @@
 #                                  demo-backend; HTTP group "varnish"; admin port disabled
 #
 # Everything (data, logs, pid files, the nsqd and nsqlookupd binaries) lives
-# under $REPO/.stack/. A running service whose command line in this script has
-# changed since `up` started it is restarted by the next `up`.
+# under $REPO/.stack/, wherever the repository is checked out: no server
+# needs another user to reach the checkout (all of them, varnishd's
+# processes included, run as the user who ran `up`). A running service whose
+# command line in this script has changed since `up` started it is restarted
+# by the next `up`.
 # Each server runs under scripts/stack-supervise.sh, which wait()s on it, because
 # PID 1 on our machines does not reap orphans. Liveness is decided by probing the
 # service (ping), never by `kill -0` alone.
@@ -36,21 +39,54 @@
 # REQUIRES, and define <kind>_addr, <kind>_exe, <kind>_ping and <kind>_cmd (plus the
 # optional <kind>_prepare, <kind>_cleanup, <kind>_after_start, <kind>_start_timeout).
 # <kind> is the part of the service name before the first '-'.
+#
+# FLASHSYNC_STACK_PORT_OFFSET=N (default 0) runs a second, separate stack, e.g.
+# for a test next to the shared one: N is added to every port above (MariaDB,
+# Redis, nsqlookupd, nsqd, the demo backend, the Varnish listen ports and the
+# backend port in Varnish's VCL) while the service names stay the same
+# (varnish-16081 listens on 16081+N). Such a stack keeps its state in
+# $REPO/.stack/offset-N/ (its own lock, pid files and data) so that it can
+# never mistake the shared stack's servers for its own, and its demo backend
+# and `seed` use a copy of configs/dev.toml with the stack's addresses moved
+# by N (.stack/offset-N/dev.toml). With N=0 nothing changes. Keep every port
+# below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 and
+# up by default), i.e. N <= 16384: a port in it may be taken at any moment by
+# some client connection's local end, and the server then fails to bind.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
-STACK=$REPO/.stack
 SUPERVISE=$SCRIPT_DIR/stack-supervise.sh
 export PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
-MARIADB_PORT=13306
-NSQLOOKUPD_TCP_PORT=14160
-NSQLOOKUPD_HTTP_PORT=14161
-declare -A NSQD_TCP_PORT=([nsqd]=14150 [nsqd-2]=14152)
-declare -A NSQD_HTTP_PORT=([nsqd]=14151 [nsqd-2]=14153)
+# The stack's ports without offset. Redis and Varnish take theirs from the
+# service name (redis-16379, varnish-16081).
+BASE_PORTS=(13306 14150 14151 14152 14153 14160 14161 16379 16380 16381 16382 16383 16090 16081 16082)
+PORT_OFFSET=${FLASHSYNC_STACK_PORT_OFFSET:-0}
+if [[ ! $PORT_OFFSET =~ ^[0-9]{1,5}$ ]] || ((10#$PORT_OFFSET + 16383 > 65535)); then
+  printf 'stack: error: FLASHSYNC_STACK_PORT_OFFSET=%s is not a number from 0 to %d\n' \
+    "$PORT_OFFSET" $((65535 - 16383)) >&2
+  exit 2
+fi
+PORT_OFFSET=$((10#$PORT_OFFSET))
+# port BASE: the port the service with port BASE listens on in this stack.
+port() { echo $(($1 + PORT_OFFSET)); }
+
+if ((PORT_OFFSET == 0)); then
+  STACK=$REPO/.stack
+  STACK_CONFIG=$REPO/configs/dev.toml
+else
+  STACK=$REPO/.stack/offset-$PORT_OFFSET
+  STACK_CONFIG=$STACK/dev.toml
+fi
+
+MARIADB_PORT=$(port 13306)
+NSQLOOKUPD_TCP_PORT=$(port 14160)
+NSQLOOKUPD_HTTP_PORT=$(port 14161)
+declare -A NSQD_TCP_PORT=([nsqd]=$(port 14150) [nsqd-2]=$(port 14152))
+declare -A NSQD_HTTP_PORT=([nsqd]=$(port 14151) [nsqd-2]=$(port 14153))
 declare -A REDIS_GROUP=([16379]=hot-a [16380]=hot-a [16381]=hot-b [16382]=hot-b [16383]=seckill)
-DEMO_BACKEND_PORT=16090
+DEMO_BACKEND_PORT=$(port 16090)
 
 # Start order: nsqlookupd before the nsqd that register with it.
 SERVICES=(mariadb redis-16379 redis-16380 redis-16381 redis-16382 redis-16383 nsqlookupd nsqd nsqd-2
@@ -294,6 +330,23 @@ stop_service() {
   stop_wait "$1"
 }
 
+# write_stack_config: with a port offset, write $STACK_CONFIG, configs/dev.toml
+# with the addresses of this stack's servers ("127.0.0.1:PORT") moved by the
+# offset, for the commands this script runs (demo-backend, seed).
+write_stack_config() {
+  ((PORT_OFFSET)) || return 0
+  local p expr=()
+  for p in "${BASE_PORTS[@]}"; do
+    expr+=(-e "s/\"127\\.0\\.0\\.1:$p\"/\"127.0.0.1:$(port "$p")\"/g")
+  done
+  mkdir -p "$STACK"
+  {
+    echo "# Written by scripts/stack.sh: configs/dev.toml for the stack with port offset $PORT_OFFSET."
+    sed "${expr[@]}" "$REPO/configs/dev.toml"
+  } >"$STACK_CONFIG.tmp"
+  mv -f "$STACK_CONFIG.tmp" "$STACK_CONFIG"
+}
+
 # ---------------------------------------------------------------------------
 # Package installation
 # ---------------------------------------------------------------------------
@@ -416,11 +469,14 @@ mariadb_after_start() {
 # redis-<port>
 # ---------------------------------------------------------------------------
 
+# redis_port NAME: the port in the service name; redis_listen_port NAME: the
+# port it listens on (plus the offset).
 redis_port() { echo "${1#redis-}"; }
-redis_addr() { echo "127.0.0.1:$(redis_port "$1") (${REDIS_GROUP[$(redis_port "$1")]:-?})"; }
+redis_listen_port() { port "$(redis_port "$1")"; }
+redis_addr() { echo "127.0.0.1:$(redis_listen_port "$1") (${REDIS_GROUP[$(redis_port "$1")]:-?})"; }
 redis_exe() { command -v redis-server; }
 redis_ping() {
-  [[ $(timeout 3 redis-cli -h 127.0.0.1 -p "$(redis_port "$1")" ping 2>/dev/null) == PONG ]]
+  [[ $(timeout 3 redis-cli -h 127.0.0.1 -p "$(redis_listen_port "$1")" ping 2>/dev/null) == PONG ]]
 }
 redis_prepare() { mkdir -p "$STACK/redis/$(redis_port "$1")"; }
 redis_cmd() {
@@ -428,7 +484,7 @@ redis_cmd() {
   port=$(redis_port "$1")
   CMD=(
     "$(redis_exe)"
-    --port "$port"
+    --port "$(redis_listen_port "$1")"
     --bind 127.0.0.1
     --protected-mode yes
     --dir "$STACK/redis/$port"
@@ -533,11 +589,14 @@ demo_exe() { echo "$STACK/bin/flashsync"; }
 demo_ping() {
   [[ $(curl -s -m 2 "http://127.0.0.1:$DEMO_BACKEND_PORT/healthz" 2>/dev/null) == ok ]]
 }
-demo_prepare() { flashsync_build; }
+demo_prepare() {
+  write_stack_config
+  flashsync_build
+}
 demo_cmd() {
   CMD=(
     "$(demo_exe)" demo-backend
-    -config "$REPO/configs/dev.toml"
+    -config "$STACK_CONFIG"
     -addr "127.0.0.1:$DEMO_BACKEND_PORT"
   )
 }
@@ -549,22 +608,23 @@ demo_cmd() {
 # Each instance's directory holds its varnishd working directory (-n) and
 # flashsync-backend.vcl, which configs/varnish/flashsync.vcl includes through
 # vcl_path (this directory first): the backend is the demo backend.
+# varnish_port NAME: the port in the service name; varnish_listen_port NAME:
+# the port it listens on (plus the offset).
 varnish_port() { echo "${1#varnish-}"; }
+varnish_listen_port() { port "$(varnish_port "$1")"; }
 varnish_dir() { echo "$STACK/$1"; }
-varnish_addr() { echo "127.0.0.1:$(varnish_port "$1") (http group varnish)"; }
+varnish_addr() { echo "127.0.0.1:$(varnish_listen_port "$1") (http group varnish)"; }
 varnish_exe() { command -v varnishd; }
 varnish_start_timeout() { echo 60; }
 varnish_ping() {
   local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$(varnish_port "$1")/healthz" 2>/dev/null)
+  code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$(varnish_listen_port "$1")/healthz" 2>/dev/null)
   [[ -n $code && $code != 000 ]]
 }
 varnish_prepare() {
   local dir
   dir=$(varnish_dir "$1")
   mkdir -p "$dir"
-  # varnishd's compiler and child run as unprivileged users.
-  chmod 755 "$STACK" "$dir"
   printf 'backend default {\n    .host = "127.0.0.1";\n    .port = "%s";\n    .connect_timeout = 1s;\n    .first_byte_timeout = 5s;\n}\n' \
     "$DEMO_BACKEND_PORT" >"$dir/flashsync-backend.vcl"
 }
@@ -573,7 +633,15 @@ varnish_cmd() {
   dir=$(varnish_dir "$1")
   CMD=(
     "$(varnish_exe)" -F
-    -a "127.0.0.1:$(varnish_port "$1")"
+    # -j none: every varnishd process (manager, VCL compiler, child) runs as
+    # the user who ran `up`, like the stack's other servers. The default jail
+    # for root (unix) drops the compiler and the child to the users varnish
+    # and vcache, which cannot read the VCL, vcl_path or the working
+    # directory when any directory above the checkout is closed to them:
+    # /root (0700) on Debian, a clone under `mktemp -d`. The instance listens
+    # on 127.0.0.1 only and has no admin port.
+    -j none
+    -a "127.0.0.1:$(varnish_listen_port "$1")"
     -f "$REPO/configs/varnish/flashsync.vcl"
     -n "$dir/work"
     -T none
@@ -671,13 +739,14 @@ cmd_seed() {
   mariadb_client <"$REPO/stack/sql/demo.sql" || die "applying stack/sql/demo.sql failed"
   log "seed: applied stack/sql/demo.sql ($(mariadb_client -N -e 'SELECT COUNT(*) FROM shop.item') rows in shop.item)"
   if [[ -f $REPO/configs/dev.toml && -d $REPO/cmd/flashsync ]]; then
+    write_stack_config
     log "seed: creating the flash-sale tables (flashsync seckill-migrate) and the demo sale"
-    (cd "$REPO" && go run ./cmd/flashsync seckill-migrate -config configs/dev.toml) 9>&-
+    (cd "$REPO" && go run ./cmd/flashsync seckill-migrate -config "$STACK_CONFIG") 9>&-
     mariadb_client <"$REPO/stack/sql/seckill-demo.sql" || die "applying stack/sql/seckill-demo.sql failed"
-    redis-cli -h 127.0.0.1 -p 16383 del 'sk:{1}:stock' 'sk:{1}:users' 'sk:{1}:req' 'sk:{1}:ver' >/dev/null ||
+    redis-cli -h 127.0.0.1 -p "$(port 16383)" del 'sk:{1}:stock' 'sk:{1}:users' 'sk:{1}:req' 'sk:{1}:ver' >/dev/null ||
       die "resetting the demo sale's reservation counters in redis-16383 failed"
     log "seed: writing demo cache keys to Redis (flashsync seed-cache)"
-    (cd "$REPO" && go run ./cmd/flashsync seed-cache -config configs/dev.toml) 9>&-
+    (cd "$REPO" && go run ./cmd/flashsync seed-cache -config "$STACK_CONFIG") 9>&-
   else
     log "seed: note: configs/dev.toml or cmd/flashsync not present yet; skipping the Redis cache keys"
   fi
