@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/route"
 )
 
 // Action is what happened to a row.
@@ -402,8 +403,8 @@ func (b *Bound) routeGroups(ru *boundRule, image []any) [2]int {
 	}
 	var ok bool
 	if b.buf, ok = appendValue(b.buf[:0], image[ru.route]); ok {
-		g[TierRedis] = GroupFor(b.buf, b.groups[TierRedis])
-		g[TierHTTP] = GroupFor(b.buf, b.groups[TierHTTP])
+		g[TierRedis] = route.GroupFor(b.buf, b.groups[TierRedis])
+		g[TierHTTP] = route.GroupFor(b.buf, b.groups[TierHTTP])
 	}
 	return g
 }

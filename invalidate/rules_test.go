@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/route"
 )
 
 func TestParseTemplate(t *testing.T) {
@@ -50,22 +51,6 @@ func TestParseTemplate(t *testing.T) {
 // Golden values: ((crc32(v) >> 16) & 0x7fff) % n, computed independently
 // (Python zlib.crc32); they must never change, or caches are purged in the
 // wrong group after an upgrade.
-func TestGroupForGolden(t *testing.T) {
-	tests := []struct {
-		value string
-		n     int
-		want  int
-	}{
-		{"1", 2, 0}, {"2", 2, 1}, {"3", 2, 0}, {"101", 2, 0},
-		{"1", 3, 1}, {"2", 3, 2}, {"42", 3, 2}, {"hello", 3, 1},
-		{"anything", 1, 0},
-	}
-	for _, tt := range tests {
-		if got := GroupFor([]byte(tt.value), tt.n); got != tt.want {
-			t.Errorf("GroupFor(%q, %d) = %d, want %d", tt.value, tt.n, got, tt.want)
-		}
-	}
-}
 
 func testRules(t testing.TB) *Rules {
 	t.Helper()
@@ -281,7 +266,7 @@ func TestMultiTierRuleRoutesEachTierByItsGroupCount(t *testing.T) {
 		wantRedisIdx int
 	}{{2, "hot-b", "v2", 1}, {1, "hot-a", "v1", 0}} {
 		v := strconv.FormatInt(tt.id, 10)
-		if GroupFor([]byte(v), 2) != tt.wantRedisIdx {
+		if route.GroupFor([]byte(v), 2) != tt.wantRedisIdx {
 			t.Fatalf("golden redis group of %s changed", v)
 		}
 		got := targetsOf(t, r, b, Insert, nil, []any{tt.id, int32(7), "pen", int64(0)})
@@ -289,7 +274,7 @@ func TestMultiTierRuleRoutesEachTierByItsGroupCount(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Errorf("id %d: targets %v, want %v", tt.id, got, want)
 		}
-		if g := GroupFor([]byte(v), 3); r.http[g].Name != tt.http {
+		if g := route.GroupFor([]byte(v), 3); r.http[g].Name != tt.http {
 			t.Errorf("id %d: http group %s, GroupFor says %s", tt.id, tt.http, r.http[g].Name)
 		}
 	}

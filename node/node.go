@@ -24,6 +24,7 @@ import (
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/jobs"
 	"github.com/flashsync/flashsync/nsqembed"
+	"github.com/flashsync/flashsync/purge"
 	"github.com/flashsync/flashsync/seckill"
 )
 
@@ -74,8 +75,8 @@ type Node struct {
 	jobs       *jobs.Store // with the canal role: the purge jobs it published
 	canal      *canal.Canal
 	lease      *canal.Lease
-	purger     *invalidate.RedisPurger
-	httpPurger *invalidate.HTTPPurger
+	purger     *purge.RedisPurger
+	httpPurger *purge.HTTPPurger
 	listener   net.Listener
 
 	dispatcher      *cdn.Dispatcher
@@ -209,7 +210,7 @@ func (n *Node) build() error {
 		if len(cfg.RedisGroups) == 0 {
 			return errors.New("purger role: config has no [[redis_group]]")
 		}
-		n.purger, err = invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
+		n.purger, err = purge.NewRedisPurger(purge.RedisPurgerOptions{
 			ConsumerOptions: n.consumerOptions(RoleRedisPurger, cfg.Purger.Timeout),
 			Groups:          cfg.RedisGroups, PipelineKeys: cfg.Purger.PipelineKeys, Registerer: n.registry,
 		})
@@ -221,7 +222,7 @@ func (n *Node) build() error {
 		if len(cfg.HTTPGroups) == 0 {
 			return errors.New("http-purger role: config has no [[http_group]]")
 		}
-		n.httpPurger, err = invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
+		n.httpPurger, err = purge.NewHTTPPurger(purge.HTTPPurgerOptions{
 			ConsumerOptions: n.consumerOptions(RoleHTTPPurger, cfg.Purger.Timeout),
 			Groups:          cfg.HTTPGroups, Host: cfg.Purger.HTTPHost, SoftPurge: cfg.Purger.HTTPSoftPurge, Registerer: n.registry,
 		})
@@ -443,9 +444,9 @@ func (n *Node) Close() error {
 }
 
 // consumerOptions are a purger role's NSQ and failure settings.
-func (n *Node) consumerOptions(role string, timeout time.Duration) invalidate.ConsumerOptions {
+func (n *Node) consumerOptions(role string, timeout time.Duration) purge.ConsumerOptions {
 	cfg := n.cfg
-	return invalidate.ConsumerOptions{
+	return purge.ConsumerOptions{
 		NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
 		MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight, Timeout: timeout,
 		Logger: n.log.With("role", role),

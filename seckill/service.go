@@ -23,7 +23,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/flashsync/flashsync/cacheaside"
-	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/internal/nsqio"
 )
 
 // Options configure a Service. Parts choose what runs: the buy API, the
@@ -327,7 +327,7 @@ func (s *Service) ensureTopic(ctx context.Context) error {
 	c := &http.Client{Timeout: 2 * time.Second}
 	var errs []error
 	for _, addr := range s.opts.NSQDHTTP {
-		errs = append(errs, invalidate.CreateChannels(ctx, c, addr, s.opts.Topic, writerChannel))
+		errs = append(errs, nsqio.CreateChannels(ctx, c, addr, s.opts.Topic, writerChannel))
 	}
 	return errors.Join(errs...)
 }
@@ -465,7 +465,7 @@ type publisher struct {
 	addrs []string
 	topic string
 	in    chan pubReq
-	prods *invalidate.ProducerPool
+	prods *nsqio.ProducerPool
 	cur   int
 }
 
@@ -477,7 +477,7 @@ type pubReq struct {
 const maxPublishBatch = 256
 
 func newPublisher(addrs []string, topic string, log *slog.Logger) *publisher {
-	return &publisher{addrs: addrs, topic: topic, in: make(chan pubReq, 4*maxPublishBatch), prods: invalidate.NewProducerPool(2*time.Second, log)}
+	return &publisher{addrs: addrs, topic: topic, in: make(chan pubReq, 4*maxPublishBatch), prods: nsqio.NewProducerPool(2*time.Second, log)}
 }
 
 func (p *publisher) publish(ctx context.Context, body []byte) error {

@@ -1,4 +1,4 @@
-package invalidate_test
+package purge_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
 )
 
 type purgeFixture struct {
@@ -52,8 +53,8 @@ func startPurge(t *testing.T, groups, replicas int, maxAttempts uint16) *purgeFi
 	if err := f.publisher.EnsureChannels(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	purger, err := invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts}, Groups: f.groups, Registerer: f.reg,
+	purger, err := purge.NewRedisPurger(purge.RedisPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts}, Groups: f.groups, Registerer: f.reg,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package invalidate_test
+package purge_test
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
 )
 
 const flashsyncVCL = "../configs/varnish/flashsync.vcl"
@@ -93,7 +94,7 @@ type httpPurgeFixture struct {
 	addrs    []string
 	prod     *nsq.Producer
 	reg      *prometheus.Registry
-	purger   *invalidate.HTTPPurger
+	purger   *purge.HTTPPurger
 	instance configs.HTTPGroup
 }
 
@@ -127,8 +128,8 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 		t.Fatal(err)
 	}
 	t.Cleanup(f.prod.Stop)
-	f.purger, err = invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: time.Second}, Groups: []configs.HTTPGroup{f.instance}, Registerer: f.reg,
+	f.purger, err = purge.NewHTTPPurger(purge.HTTPPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: time.Second}, Groups: []configs.HTTPGroup{f.instance}, Registerer: f.reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -287,8 +288,8 @@ func TestHTTPPurgerRequests(t *testing.T) {
 	for _, soft := range []bool{false, true} {
 		t.Run(fmt.Sprintf("soft=%v", soft), func(t *testing.T) {
 			prefix := fmt.Sprintf("t%v", soft)
-			p, err := invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-				ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: prefix}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Host: "shop.example", SoftPurge: soft,
+			p, err := purge.NewHTTPPurger(purge.HTTPPurgerOptions{
+				ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: prefix}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Host: "shop.example", SoftPurge: soft,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -368,8 +369,8 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 	addr := strings.TrimPrefix(inst.URL, "http://")
 	nsqd := stacktest.StartNSQD(t)
 	reg := prometheus.NewRegistry()
-	p, err := invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: "t5xx", MaxAttempts: 2}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Registerer: reg,
+	p, err := purge.NewHTTPPurger(purge.HTTPPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: "t5xx", MaxAttempts: 2}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package invalidate_test
+package purge_test
 
 import (
 	"context"
@@ -20,6 +20,7 @@ import (
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
 )
 
 // Several nsqd behind one nsqlookupd: publishers write to any nsqd, purgers
@@ -65,11 +66,11 @@ func newPublisher(t *testing.T, prefix string, gr []invalidate.GroupReplicas, re
 func addrs(n *stacktest.NSQD) [2]string { return [2]string{n.TCPAddr(), n.HTTPAddr()} }
 
 // runPurger runs a purger until cleanup and returns its metrics.
-func runPurger(t *testing.T, opts invalidate.RedisPurgerOptions) *prometheus.Registry {
+func runPurger(t *testing.T, opts purge.RedisPurgerOptions) *prometheus.Registry {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts.Registerer = reg
-	purger, err := invalidate.NewRedisPurger(opts)
+	purger, err := purge.NewRedisPurger(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,8 +274,8 @@ func TestLookupdPurgerFollowsPublisherFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRegistered(t, lookupd.HTTPAddr(), topics, n1.TCPAddr(), n2.TCPAddr())
-	reg := runPurger(t, invalidate.RedisPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 5}, Groups: groups,
+	reg := runPurger(t, purge.RedisPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 5}, Groups: groups,
 	})
 	for _, n := range []*stacktest.NSQD{n1, n2} {
 		waitClients(t, n.HTTPAddr(), prefix, groups, 1)
@@ -329,8 +330,8 @@ func TestLookupdPurgerDiscoversNewNSQD(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRegistered(t, lookupd.HTTPAddr(), topics, n1.TCPAddr())
-	runPurger(t, invalidate.RedisPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, LookupdPollInterval: 100 * time.Millisecond}, Groups: groups,
+	runPurger(t, purge.RedisPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, LookupdPollInterval: 100 * time.Millisecond}, Groups: groups,
 	})
 	waitClients(t, n1.HTTPAddr(), prefix, groups, 1)
 
@@ -367,8 +368,8 @@ func TestLookupdTwoPurgersShareTheLoad(t *testing.T) {
 	waitRegistered(t, lookupd.HTTPAddr(), topics, n1.TCPAddr(), n2.TCPAddr())
 	var regs []*prometheus.Registry
 	for i := 0; i < 2; i++ {
-		regs = append(regs, runPurger(t, invalidate.RedisPurgerOptions{
-			ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix}, Groups: groups,
+		regs = append(regs, runPurger(t, purge.RedisPurgerOptions{
+			ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix}, Groups: groups,
 		}))
 	}
 	for _, n := range []*stacktest.NSQD{n1, n2} {
@@ -438,8 +439,8 @@ func TestStackLookupdPurgerReadsSecondNSQD(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRegistered(t, lookupd, topics, nsqd1[0], nsqd2[0])
-	runPurger(t, invalidate.RedisPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd}, TopicPrefix: prefix}, Groups: groups,
+	runPurger(t, purge.RedisPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd}, TopicPrefix: prefix}, Groups: groups,
 	})
 	waitClients(t, nsqd2[1], prefix, groups, 1)
 
@@ -489,8 +490,8 @@ func TestDeadLettersFailOverAcrossNSQD(t *testing.T) {
 			// A stopped in-process nsqd stays listed by nsqlookupd, so the
 			// purger without nsqd_tcp meets it too.
 			dead.Stop()
-			opts := invalidate.RedisPurgerOptions{
-				ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 2}, Groups: groups,
+			opts := purge.RedisPurgerOptions{
+				ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 2}, Groups: groups,
 			}
 			if tt.configured {
 				opts.NSQDTCP = []string{dead.TCPAddr(), n.TCPAddr()}
