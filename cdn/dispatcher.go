@@ -52,6 +52,10 @@ type Dispatcher struct {
 	request *prometheus.HistogramVec
 }
 
+// DefaultDispatchTimeout bounds one POST to a console, its fan-out
+// included, unless configured.
+const DefaultDispatchTimeout = 10 * time.Second
+
 // NewDispatcher checks the options and loads the CA files; nothing
 // connects before Run.
 func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
@@ -64,7 +68,7 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 		opts.MaxInFlight = 16
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = 10 * time.Second
+		opts.Timeout = DefaultDispatchTimeout
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()

@@ -15,6 +15,12 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/flashsync/flashsync/canal"
+	"github.com/flashsync/flashsync/cdn"
+	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/nsqembed"
+	"github.com/flashsync/flashsync/purge"
+	"github.com/flashsync/flashsync/seckill"
 )
 
 // Config is one flashsync process's configuration. Every role reads the part
@@ -295,109 +301,51 @@ type Rule struct {
 // RuleActions are the values Rule.Actions accepts.
 var RuleActions = []string{"insert", "update", "delete"}
 
-// DefaultCoalesceWindow is canal.coalesce_window when the file has none.
-const DefaultCoalesceWindow = 2 * time.Millisecond
+// DefaultHTTPAddr is http.addr when the file has none.
+const DefaultHTTPAddr = "127.0.0.1:18080"
 
-// Defaults fills unset fields.
-func (c *Config) Defaults() {
-	if c.MySQL.Flavor == "" {
-		c.MySQL.Flavor = "mariadb"
+// Default is the configuration of an empty file: every default in one
+// place, each taken from the package that uses it, so that the file, a
+// package used on its own and the generated reference agree. Decoding a
+// file over it keeps what the file does not set, so a zero that the file
+// sets on purpose (canal.coalesce_window = "0s") stays zero.
+func Default() Config {
+	return Config{
+		MySQL: MySQL{Flavor: canal.DefaultFlavor, User: "root"},
+		Canal: Canal{
+			SaveInterval: canal.DefaultSaveInterval, MaxBatchKeys: canal.DefaultMaxBatchKeys,
+			MaxBatchBytes: canal.DefaultMaxBatchBytes, CoalesceWindow: canal.DefaultCoalesceWindow,
+			HAName: canal.DefaultHAName, HADatabase: canal.DefaultHADatabase, LeaseTTL: canal.DefaultLeaseTTL,
+		},
+		NSQ: NSQ{
+			TopicPrefix: invalidate.DefaultTopicPrefix, PublishTimeout: invalidate.DefaultPublishTimeout,
+			EmbeddedTCP: nsqembed.DefaultTCPAddress, EmbeddedHTTP: nsqembed.DefaultHTTPAddress,
+			EmbeddedDataPath: nsqembed.DefaultDataPath,
+		},
+		HTTP: HTTP{Addr: DefaultHTTPAddr},
+		Purger: Purger{
+			MaxAttempts: purge.DefaultMaxAttempts, MaxInFlight: purge.DefaultMaxInFlight,
+			Timeout: purge.DefaultTimeout, PipelineKeys: purge.DefaultPipelineKeys,
+		},
+		Console: Console{
+			MaxBodyBytes: cdn.DefaultMaxBodyBytes, MaxSkew: cdn.DefaultMaxSkew,
+			Concurrency: cdn.DefaultConcurrency, HostTimeout: cdn.DefaultHostTimeout,
+		},
+		Dispatcher: Dispatcher{Timeout: cdn.DefaultDispatchTimeout},
+		Seckill: Seckill{
+			Database: "seckill", ItemTable: seckill.DefaultItemTable,
+			Writers: seckill.DefaultWriters, BatchMax: seckill.DefaultBatchMax, OrderTTL: seckill.DefaultOrderTTL,
+			ExpireInterval: seckill.DefaultExpireInterval, ReconcileInterval: seckill.DefaultReconcileInterval,
+			ReconcileGrace: seckill.DefaultReconcileGrace,
+		},
 	}
-	if c.MySQL.User == "" {
-		c.MySQL.User = "root"
-	}
-	if c.Canal.SaveInterval == 0 {
-		c.Canal.SaveInterval = time.Second
-	}
-	if c.Canal.MaxBatchKeys == 0 {
-		c.Canal.MaxBatchKeys = 10000
-	}
-	if c.Canal.HAName == "" {
-		c.Canal.HAName = "default"
-	}
-	if c.Canal.HADatabase == "" {
-		c.Canal.HADatabase = "flashsync"
-	}
-	if c.Canal.LeaseTTL == 0 {
-		c.Canal.LeaseTTL = 3 * time.Second
-	}
-	if c.Canal.MaxBatchBytes == 0 {
-		c.Canal.MaxBatchBytes = 1 << 20
-	}
-	if c.NSQ.TopicPrefix == "" {
-		c.NSQ.TopicPrefix = "flashsync"
-	}
-	if len(c.NSQ.NSQDTCP) == 0 {
-		if c.NSQ.EmbeddedTCP == "" {
-			c.NSQ.EmbeddedTCP = "127.0.0.1:14170"
-		}
-		if c.NSQ.EmbeddedHTTP == "" {
-			c.NSQ.EmbeddedHTTP = "127.0.0.1:14171"
-		}
-		if c.NSQ.EmbeddedDataPath == "" {
-			c.NSQ.EmbeddedDataPath = ".stack/flashsync/nsqd"
-		}
-	}
-	if c.NSQ.PublishTimeout == 0 {
-		c.NSQ.PublishTimeout = 5 * time.Second
-	}
-	if c.HTTP.Addr == "" {
-		c.HTTP.Addr = "127.0.0.1:18080"
-	}
-	if c.Purger.MaxAttempts == 0 {
-		c.Purger.MaxAttempts = 10
-	}
-	if c.Purger.MaxInFlight == 0 {
-		c.Purger.MaxInFlight = 64
-	}
-	if c.Purger.Timeout == 0 {
-		c.Purger.Timeout = 2 * time.Second
-	}
-	if c.Purger.PipelineKeys == 0 {
-		c.Purger.PipelineKeys = 512
-	}
-	if c.Console.MaxBodyBytes == 0 {
-		c.Console.MaxBodyBytes = 1 << 20
-	}
-	if c.Console.MaxSkew == 0 {
-		c.Console.MaxSkew = 30 * time.Second
-	}
-	if c.Console.Concurrency == 0 {
-		c.Console.Concurrency = 8
-	}
-	if c.Console.HostTimeout == 0 {
-		c.Console.HostTimeout = 2 * time.Second
-	}
-	if c.Dispatcher.Timeout == 0 {
-		c.Dispatcher.Timeout = 10 * time.Second
-	}
-	sk := &c.Seckill
-	if sk.Database == "" {
-		sk.Database = "seckill"
-	}
-	if sk.ItemTable == "" {
-		sk.ItemTable = "shop.item"
-	}
-	if sk.Topic == "" {
-		sk.Topic = c.NSQ.TopicPrefix + ".seckill"
-	}
-	if sk.Writers == 0 {
-		sk.Writers = 4
-	}
-	if sk.BatchMax == 0 {
-		sk.BatchMax = 500
-	}
-	if sk.OrderTTL == 0 {
-		sk.OrderTTL = 15 * time.Minute
-	}
-	if sk.ExpireInterval == 0 {
-		sk.ExpireInterval = time.Second
-	}
-	if sk.ReconcileInterval == 0 {
-		sk.ReconcileInterval = 30 * time.Second
-	}
-	if sk.ReconcileGrace == 0 {
-		sk.ReconcileGrace = time.Minute
+}
+
+// derive fills what depends on other keys after decoding: the seckill
+// topic follows the topic prefix.
+func (c *Config) derive() {
+	if c.Seckill.Topic == "" {
+		c.Seckill.Topic = c.NSQ.TopicPrefix + ".seckill"
 	}
 }
 
@@ -678,6 +626,11 @@ func (c *Config) validateSeckill(bad func(key, format string, args ...any), chec
 			bad(d.key, "must be positive")
 		}
 	}
+	if sk.ReconcileGrace > 0 {
+		if err := seckill.CheckReconcileGrace(sk.ReconcileGrace, seckill.DefaultMsgTimeout); err != nil {
+			bad("seckill.reconcile_grace", "%v", err)
+		}
+	}
 	for _, r := range []struct {
 		key string
 		v   float64
@@ -714,8 +667,7 @@ func Load(path string) (*Config, error) {
 
 // Parse is Load without the file.
 func Parse(data []byte) (*Config, error) {
-	// Defaults that zero must not override are set before decoding.
-	cfg := Config{Canal: Canal{CoalesceWindow: DefaultCoalesceWindow}}
+	cfg := Default()
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
 	if err != nil {
 		var perr toml.ParseError
@@ -731,7 +683,7 @@ func Parse(data []byte) (*Config, error) {
 		}
 		return nil, errors.Join(errs...)
 	}
-	cfg.Defaults()
+	cfg.derive()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

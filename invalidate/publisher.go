@@ -15,6 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// DefaultPublishTimeout bounds one publish attempt unless configured.
+const DefaultPublishTimeout = 5 * time.Second
+
 // PublisherOptions configure a Publisher.
 type PublisherOptions struct {
 	// NSQDTCP and NSQDHTTP list the nsqd daemons, same order.
@@ -95,10 +98,10 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 		return nil, errors.New("publisher: no groups")
 	}
 	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = "flashsync"
+		opts.TopicPrefix = DefaultTopicPrefix
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = 5 * time.Second
+		opts.Timeout = DefaultPublishTimeout
 	}
 	if opts.MaxKeysPerMessage <= 0 {
 		opts.MaxKeysPerMessage = 1000

@@ -304,7 +304,7 @@ func (s *Store) Consume(ctx context.Context, opts ConsumerOptions) error {
 		return errors.New("jobs: no nsqd or nsqlookupd address")
 	}
 	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = "flashsync"
+		opts.TopicPrefix = invalidate.DefaultTopicPrefix
 	}
 	if opts.LookupdPollInterval <= 0 {
 		opts.LookupdPollInterval = 5 * time.Second

@@ -54,7 +54,7 @@ type AckSender struct {
 // nothing connects before the first ack.
 func NewAckSender(opts AckSenderOptions) (*AckSender, error) {
 	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = "flashsync"
+		opts.TopicPrefix = invalidate.DefaultTopicPrefix
 	}
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = 256

@@ -28,6 +28,15 @@ import (
 // failure requeues with backoff until MaxAttempts sends the message to the
 // dead-letter topic; metrics and Health per target.
 
+// Defaults of ConsumerOptions and the purgers' options (configs' defaults
+// are these).
+const (
+	DefaultMaxAttempts  = 10
+	DefaultMaxInFlight  = 64
+	DefaultTimeout      = 2 * time.Second
+	DefaultPipelineKeys = 512
+)
+
 // ConsumerOptions are the NSQ and failure settings of a purger.
 type ConsumerOptions struct {
 	// NSQDTCP lists the nsqd to consume from when LookupdHTTP is empty, and
@@ -159,16 +168,16 @@ func (o *ConsumerOptions) Prepare(role string) error {
 		o.LookupdPollInterval = 5 * time.Second
 	}
 	if o.TopicPrefix == "" {
-		o.TopicPrefix = "flashsync"
+		o.TopicPrefix = invalidate.DefaultTopicPrefix
 	}
 	if o.MaxAttempts == 0 {
-		o.MaxAttempts = 10
+		o.MaxAttempts = DefaultMaxAttempts
 	}
 	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 64
+		o.MaxInFlight = DefaultMaxInFlight
 	}
 	if o.Timeout <= 0 {
-		o.Timeout = 2 * time.Second
+		o.Timeout = DefaultTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -14,16 +14,22 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/invalidate"
 )
+
+// HTTPGroup is a set of HTTP caches that all hold the same pages: each
+// instance gets every URL and tag purge of the group.
+type HTTPGroup struct {
+	Name      string
+	Instances []string
+}
 
 // HTTPPurgerOptions configure an HTTPPurger.
 type HTTPPurgerOptions struct {
 	// ConsumerOptions: as in RedisPurgerOptions; Timeout bounds one purge
 	// request (connect, send, response headers and body).
 	ConsumerOptions
-	Groups []configs.HTTPGroup
+	Groups []HTTPGroup
 	// Host is the Host header of a URL purge whose URL is a path; empty
 	// means the instance's address (what a client talking to the instance
 	// directly sends). An absolute URL's own host always wins.

@@ -18,7 +18,6 @@ import (
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/purge"
@@ -95,7 +94,7 @@ type httpPurgeFixture struct {
 	prod     *nsq.Producer
 	reg      *prometheus.Registry
 	purger   *purge.HTTPPurger
-	instance configs.HTTPGroup
+	instance purge.HTTPGroup
 }
 
 // startHTTPPurge starts an nsqd, n private Varnish instances of group g0
@@ -111,7 +110,7 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 		f.addrs = append(f.addrs, v.Addr())
 	}
 	f.nsqd = stacktest.StartNSQD(t)
-	f.instance = configs.HTTPGroup{Name: "g0", Instances: f.addrs}
+	f.instance = purge.HTTPGroup{Name: "g0", Instances: f.addrs}
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{f.nsqd.TCPAddr()}, NSQDHTTP: []string{f.nsqd.HTTPAddr()},
 		HTTPGroups: []invalidate.GroupReplicas{{Name: "g0", Replicas: f.addrs}}, Registerer: prometheus.NewRegistry(),
@@ -129,7 +128,7 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 	}
 	t.Cleanup(f.prod.Stop)
 	f.purger, err = purge.NewHTTPPurger(purge.HTTPPurgerOptions{
-		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: time.Second}, Groups: []configs.HTTPGroup{f.instance}, Registerer: f.reg,
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: time.Second}, Groups: []purge.HTTPGroup{f.instance}, Registerer: f.reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -289,7 +288,7 @@ func TestHTTPPurgerRequests(t *testing.T) {
 		t.Run(fmt.Sprintf("soft=%v", soft), func(t *testing.T) {
 			prefix := fmt.Sprintf("t%v", soft)
 			p, err := purge.NewHTTPPurger(purge.HTTPPurgerOptions{
-				ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: prefix}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Host: "shop.example", SoftPurge: soft,
+				ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: prefix}, Groups: []purge.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Host: "shop.example", SoftPurge: soft,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -370,7 +369,7 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 	nsqd := stacktest.StartNSQD(t)
 	reg := prometheus.NewRegistry()
 	p, err := purge.NewHTTPPurger(purge.HTTPPurgerOptions{
-		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: "t5xx", MaxAttempts: 2}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Registerer: reg,
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: "t5xx", MaxAttempts: 2}, Groups: []purge.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/jobs"
@@ -50,11 +49,11 @@ func TestPurgeJobs(t *testing.T) {
 	backendAddr := strings.TrimPrefix(backend.URL, "http://")
 	good := stacktest.StartVarnish(t, flashsyncVCL, backendAddr)
 	bad := stacktest.StartVarnish(t, refusingVCL(t), backendAddr)
-	redisGroup := configs.RedisGroup{Name: "hot"}
+	redisGroup := purge.RedisGroup{Name: "hot"}
 	for i := 0; i < 2; i++ {
 		redisGroup.Replicas = append(redisGroup.Replicas, stacktest.StartRedis(t).Addr())
 	}
-	httpGroups := []configs.HTTPGroup{{Name: "web", Instances: []string{good.Addr()}}, {Name: "bad", Instances: []string{bad.Addr()}}}
+	httpGroups := []purge.HTTPGroup{{Name: "web", Instances: []string{good.Addr()}}, {Name: "bad", Instances: []string{bad.Addr()}}}
 	tcp := []string{nsqd.TCPAddr()}
 
 	reg := prometheus.NewRegistry()
@@ -78,7 +77,7 @@ func TestPurgeJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	redisPurger, err := purge.NewRedisPurger(purge.RedisPurgerOptions{
-		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: tcp, MaxAttempts: 2}, Groups: []configs.RedisGroup{redisGroup}, Registerer: reg,
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: tcp, MaxAttempts: 2}, Groups: []purge.RedisGroup{redisGroup}, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)

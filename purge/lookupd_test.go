@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/purge"
@@ -29,13 +28,13 @@ import (
 // replica's channel (EnsureChannels) and every purger reads every nsqd.
 
 // redisGroups starts groups x replicas private Redis servers.
-func redisGroups(t *testing.T, groups, replicas int) ([]configs.RedisGroup, []invalidate.GroupReplicas, map[string]*redis.Client) {
+func redisGroups(t *testing.T, groups, replicas int) ([]purge.RedisGroup, []invalidate.GroupReplicas, map[string]*redis.Client) {
 	t.Helper()
-	var cg []configs.RedisGroup
+	var cg []purge.RedisGroup
 	var gr []invalidate.GroupReplicas
 	clients := map[string]*redis.Client{}
 	for g := 0; g < groups; g++ {
-		grp := configs.RedisGroup{Name: fmt.Sprintf("g%d", g)}
+		grp := purge.RedisGroup{Name: fmt.Sprintf("g%d", g)}
 		for r := 0; r < replicas; r++ {
 			srv := stacktest.StartRedis(t)
 			grp.Replicas = append(grp.Replicas, srv.Addr())
@@ -168,7 +167,7 @@ func messagesOn(t *testing.T, nsqdHTTP string, topics []string) uint64 {
 // consumers on the nsqd at nsqdHTTP, each ready to receive. A consumer that
 // finds a second nsqd may get RDY 0 there at first: go-nsq gave all its
 // max-in-flight to the first connection and retries the new one 5 s later.
-func waitClients(t *testing.T, nsqdHTTP, prefix string, groups []configs.RedisGroup, n int) {
+func waitClients(t *testing.T, nsqdHTTP, prefix string, groups []purge.RedisGroup, n int) {
 	t.Helper()
 	stacktest.Eventually(t, 10*time.Second, func() error {
 		clients, ready := map[string]int{}, map[string]int{}
@@ -195,7 +194,7 @@ func waitClients(t *testing.T, nsqdHTTP, prefix string, groups []configs.RedisGr
 	})
 }
 
-func topicsOf(prefix string, groups []configs.RedisGroup) []string {
+func topicsOf(prefix string, groups []purge.RedisGroup) []string {
 	var ts []string
 	for _, g := range groups {
 		ts = append(ts, invalidate.RedisTopic(prefix, g.Name))

@@ -10,16 +10,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/invalidate"
 )
+
+// RedisGroup is a set of Redis replicas that all hold the same hot data:
+// each gets every purge of the group, on its own NSQ channel.
+type RedisGroup struct {
+	Name     string
+	Replicas []string
+	Password string
+	DB       int
+}
 
 // RedisPurgerOptions configure a RedisPurger.
 type RedisPurgerOptions struct {
 	// ConsumerOptions: where the purges come from, attempts before a dead
 	// letter, messages in flight, the request timeout, the logger.
 	ConsumerOptions
-	Groups       []configs.RedisGroup
+	Groups       []RedisGroup
 	PipelineKeys int
 	Registerer   prometheus.Registerer
 }
@@ -52,7 +60,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		return nil, err
 	}
 	if opts.PipelineKeys <= 0 {
-		opts.PipelineKeys = 512
+		opts.PipelineKeys = DefaultPipelineKeys
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()

@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/purge"
@@ -19,7 +18,7 @@ import (
 
 type purgeFixture struct {
 	nsqd      *stacktest.NSQD
-	groups    []configs.RedisGroup
+	groups    []purge.RedisGroup
 	clients   map[string]*redis.Client
 	publisher *invalidate.Publisher
 	reg       *prometheus.Registry
@@ -32,7 +31,7 @@ func startPurge(t *testing.T, groups, replicas int, maxAttempts uint16) *purgeFi
 	f := &purgeFixture{nsqd: stacktest.StartNSQD(t), clients: map[string]*redis.Client{}, reg: prometheus.NewRegistry()}
 	var gr []invalidate.GroupReplicas
 	for g := 0; g < groups; g++ {
-		grp := configs.RedisGroup{Name: fmt.Sprintf("g%d", g)}
+		grp := purge.RedisGroup{Name: fmt.Sprintf("g%d", g)}
 		for r := 0; r < replicas; r++ {
 			srv := stacktest.StartRedis(t)
 			grp.Replicas = append(grp.Replicas, srv.Addr())

@@ -103,22 +103,22 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 		return nil, errors.New("seckill writer: no nsqd or nsqlookupd address")
 	}
 	if opts.Topic == "" {
-		opts.Topic = "flashsync.seckill.reservations"
+		opts.Topic = DefaultTopic
 	}
 	if opts.DeadTopic == "" {
 		opts.DeadTopic = opts.Topic + ".dead"
 	}
 	if opts.Writers <= 0 {
-		opts.Writers = 4
+		opts.Writers = DefaultWriters
 	}
 	if opts.BatchMax <= 0 {
-		opts.BatchMax = 500
+		opts.BatchMax = DefaultBatchMax
 	}
 	if opts.OrderTTL <= 0 {
-		opts.OrderTTL = 15 * time.Minute
+		opts.OrderTTL = DefaultOrderTTL
 	}
 	if opts.MsgTimeout <= 0 {
-		opts.MsgTimeout = 10 * time.Second
+		opts.MsgTimeout = DefaultMsgTimeout
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
