@@ -4,6 +4,7 @@ package configs
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -55,10 +56,10 @@ type Seckill struct {
 	// Redis is the reservation counters' Redis: it must not be a replica of
 	// any [[redis_group]], so the binlog path can never rewrite what the
 	// buy path decides on.
-	Redis         string `toml:"redis"`
+	Redis string `toml:"redis"`
+	// RedisPassword is the reservation Redis's password (AUTH).
 	RedisPassword string `toml:"redis_password"`
-	// Topic carries reservations to the order writers (default
-	// "<topic_prefix>.seckill").
+	// Topic carries reservations to the order writers.
 	Topic string `toml:"topic"`
 	// TokenKey signs the order URL tokens (or TokenKeyFile).
 	TokenKey     string `toml:"token_key"`
@@ -68,11 +69,16 @@ type Seckill struct {
 	// BatchMax bounds the reservations merged into one transaction.
 	BatchMax int `toml:"batch_max"`
 	// OrderTTL is how long an order may stay unpaid before it expires.
-	OrderTTL          time.Duration `toml:"order_ttl"`
-	ExpireInterval    time.Duration `toml:"expire_interval"`
+	OrderTTL time.Duration `toml:"order_ttl"`
+	// ExpireInterval is how often unpaid orders past order_ttl are
+	// expired and their stock given back.
+	ExpireInterval time.Duration `toml:"expire_interval"`
+	// ReconcileInterval is how often the reconciler compares the
+	// reservation counters with MySQL and repairs drift.
 	ReconcileInterval time.Duration `toml:"reconcile_interval"`
 	// ReconcileGrace is how long a reservation may stay unwritten before the
-	// reconciler gives it back.
+	// reconciler gives it back; at least three NSQ message timeouts (30s),
+	// so a reservation whose writer died is redelivered first.
 	ReconcileGrace time.Duration `toml:"reconcile_grace"`
 	// Requests per second and bursts on the buy endpoint, per client IP and
 	// per user (0: no limit).
@@ -88,14 +94,18 @@ func (c *Config) SeckillConfigured() bool { return c.Seckill.Addr != "" || c.Sec
 // Console is the console role, run on each CDN node: it takes signed purge
 // batches from the dispatcher and purges its cache machines.
 type Console struct {
+	// Addr is the console's listen address, which the dispatcher's
+	// cdn_node.console_url points at.
 	Addr string `toml:"addr"`
-	// Key is the secret shared with the dispatcher; KeyFile names a file
-	// holding it instead (surrounding white space is ignored).
-	Key     string `toml:"key"`
+	// Key is the secret shared with the dispatcher (at least 16 bytes).
+	Key string `toml:"key"`
+	// KeyFile names a file holding Key instead (surrounding white space
+	// is ignored).
 	KeyFile string `toml:"key_file"`
-	// TLSCert and TLSKey: set, the console serves HTTPS.
+	// TLSCert is a PEM certificate: with TLSKey, the console serves HTTPS.
 	TLSCert string `toml:"tls_cert"`
-	TLSKey  string `toml:"tls_key"`
+	// TLSKey is TLSCert's private key.
+	TLSKey string `toml:"tls_key"`
 	// MaxBodyBytes bounds a request body.
 	MaxBodyBytes int64 `toml:"max_body_bytes"`
 	// MaxSkew is the accepted clock distance of a request's timestamp;
@@ -119,10 +129,14 @@ type Dispatcher struct {
 // CDNNode is one CDN node's console, which the dispatcher sends every
 // batch's URLs and tags to.
 type CDNNode struct {
-	Name       string `toml:"name"`
+	// Name names the node in its NSQ channel, metrics and job acks.
+	Name string `toml:"name"`
+	// ConsoleURL is the node's console, http:// or https://.
 	ConsoleURL string `toml:"console_url"`
-	Key        string `toml:"key"`
-	KeyFile    string `toml:"key_file"`
+	// Key is the secret shared with that console (at least 16 bytes).
+	Key string `toml:"key"`
+	// KeyFile names a file holding Key instead.
+	KeyFile string `toml:"key_file"`
 	// CAFile is a PEM bundle to verify an https console_url with (default:
 	// the system roots).
 	CAFile string `toml:"ca_file"`
@@ -164,8 +178,12 @@ func (c *Config) ConsoleConfigured() bool {
 
 // MySQL is the binlog source.
 type MySQL struct {
-	Addr     string `toml:"addr"`
-	User     string `toml:"user"`
+	// Addr is the server's host:port.
+	Addr string `toml:"addr"`
+	// User needs REPLICATION SLAVE, REPLICATION CLIENT and SELECT on the
+	// ruled tables (and, with canal.ha, rights on ha_database).
+	User string `toml:"user"`
+	// Password of User.
 	Password string `toml:"password"`
 	// Flavor is "mariadb" or "mysql".
 	Flavor string `toml:"flavor"`
@@ -195,18 +213,24 @@ type Canal struct {
 	// CoalesceWindow bounds how long the transactions committed while a
 	// publish is in flight gather in one batch (a key changed by many of
 	// them is purged once); with the publisher idle a commit goes out at
-	// once. "0s" publishes every transaction on its own. Default
-	// DefaultCoalesceWindow.
+	// once. "0s" publishes every transaction on its own.
 	CoalesceWindow time.Duration `toml:"coalesce_window"`
 	// HA runs this canal as one of several for the source: the one holding
 	// a lease (a row in HADatabase on the source server) streams, the
 	// others wait, and the position is kept in that database too, so a
 	// standby resumes where the leader stopped. HAName names the stream;
 	// every canal of one source uses the same name and its own server_id.
-	HA         bool          `toml:"ha"`
-	HAName     string        `toml:"ha_name"`
-	HADatabase string        `toml:"ha_database"`
-	LeaseTTL   time.Duration `toml:"lease_ttl"`
+	HA bool `toml:"ha"`
+	// HAName names the stream: every canal of one source uses the same
+	// name and its own mysql.server_id.
+	HAName string `toml:"ha_name"`
+	// HADatabase is the database on the source server that holds the
+	// lease row and the shared position.
+	HADatabase string `toml:"ha_database"`
+	// LeaseTTL is how long a leader's lease lasts without renewal: a
+	// standby takes over at most this long after the leader died (300ms
+	// to 1m).
+	LeaseTTL time.Duration `toml:"lease_ttl"`
 }
 
 // NSQ says where invalidations travel.
@@ -233,6 +257,8 @@ type NSQ struct {
 
 // HTTP serves /metrics and /healthz.
 type HTTP struct {
+	// Addr is the operator port's listen address: /metrics, /healthz,
+	// /jobs, /rules/explain.
 	Addr string `toml:"addr"`
 }
 
@@ -260,16 +286,24 @@ type Purger struct {
 // RedisGroup is a set of Redis instances that all hold the same hot data;
 // every replica gets every purge of the group.
 type RedisGroup struct {
-	Name     string   `toml:"name"`
+	// Name names the group in topics, metrics and logs; groups route in
+	// the order of the file.
+	Name string `toml:"name"`
+	// Replicas are the group's Redis instances, host:port.
 	Replicas []string `toml:"replicas"`
-	Password string   `toml:"password"`
-	DB       int      `toml:"db"`
+	// Password of every replica (AUTH).
+	Password string `toml:"password"`
+	// DB is the Redis database number the keys live in.
+	DB int `toml:"db"`
 }
 
 // HTTPGroup is a set of HTTP caches (Varnish, CDN nodes) that all hold the
 // same pages; every instance gets every URL and tag purge of the group.
 type HTTPGroup struct {
-	Name      string   `toml:"name"`
+	// Name names the group in topics, metrics and logs; groups route in
+	// the order of the file.
+	Name string `toml:"name"`
+	// Instances are the group's HTTP caches, host:port.
 	Instances []string `toml:"instances"`
 }
 
@@ -319,8 +353,6 @@ func Default() Config {
 		},
 		NSQ: NSQ{
 			TopicPrefix: invalidate.DefaultTopicPrefix, PublishTimeout: invalidate.DefaultPublishTimeout,
-			EmbeddedTCP: nsqembed.DefaultTCPAddress, EmbeddedHTTP: nsqembed.DefaultHTTPAddress,
-			EmbeddedDataPath: nsqembed.DefaultDataPath,
 		},
 		HTTP: HTTP{Addr: DefaultHTTPAddr},
 		Purger: Purger{
@@ -341,9 +373,23 @@ func Default() Config {
 	}
 }
 
-// derive fills what depends on other keys after decoding: the seckill
-// topic follows the topic prefix.
+// derivedDefaults describe, for the reference, the defaults that depend on
+// other keys; derive sets them.
+var derivedDefaults = map[string]string{
+	"nsq.embedded_tcp":       fmt.Sprintf("`%q` when nsqd_tcp is empty", nsqembed.DefaultTCPAddress),
+	"nsq.embedded_http":      fmt.Sprintf("`%q` when nsqd_tcp is empty", nsqembed.DefaultHTTPAddress),
+	"nsq.embedded_data_path": fmt.Sprintf("`%q` when nsqd_tcp is empty", nsqembed.DefaultDataPath),
+	"seckill.topic":          "`\"<nsq.topic_prefix>.seckill\"`",
+}
+
+// derive fills, after decoding, the defaults that depend on other keys.
 func (c *Config) derive() {
+	if len(c.NSQ.NSQDTCP) == 0 {
+		n := &c.NSQ
+		n.EmbeddedTCP = cmp.Or(n.EmbeddedTCP, nsqembed.DefaultTCPAddress)
+		n.EmbeddedHTTP = cmp.Or(n.EmbeddedHTTP, nsqembed.DefaultHTTPAddress)
+		n.EmbeddedDataPath = cmp.Or(n.EmbeddedDataPath, nsqembed.DefaultDataPath)
+	}
 	if c.Seckill.Topic == "" {
 		c.Seckill.Topic = c.NSQ.TopicPrefix + ".seckill"
 	}
