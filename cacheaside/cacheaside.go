@@ -23,9 +23,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flashsync/flashsync/internal/route"
 	"github.com/redis/go-redis/v9"
-
-	"github.com/flashsync/flashsync/invalidate"
 )
 
 // Group is one Redis group's replicas.
@@ -110,7 +109,7 @@ func (r Result) String() string {
 // Get returns key's value from the group routeValue hashes to, loading it
 // with load on a miss.
 func (r *Reader) Get(ctx context.Context, key, routeValue string, load func(context.Context) ([]byte, error)) ([]byte, Result, error) {
-	g := r.opts.Groups[invalidate.GroupFor([]byte(routeValue), len(r.opts.Groups))]
+	g := r.opts.Groups[route.GroupFor([]byte(routeValue), len(r.opts.Groups))]
 	replica := g.Replicas[rand.IntN(len(g.Replicas))]
 	v, err := replica.Get(ctx, key).Bytes()
 	if err == nil && isLease(v) {

@@ -13,8 +13,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/flashsync/flashsync/cacheaside"
+	"github.com/flashsync/flashsync/internal/route"
 	"github.com/flashsync/flashsync/internal/stacktest"
-	"github.com/flashsync/flashsync/invalidate"
 )
 
 func group(t *testing.T, n int) ([]*stacktest.RedisServer, cacheaside.Group) {
@@ -159,7 +159,7 @@ func TestRoutesLikeTheRules(t *testing.T) {
 	}
 }
 
-func groupFor(v string, n int) int { return invalidate.GroupFor([]byte(v), n) }
+func groupFor(v string, n int) int { return route.GroupFor([]byte(v), n) }
 
 // TestConcurrentMissLoadsOnce: 50 readers miss one key at once; they wait
 // for the first filler's value instead of all loading.

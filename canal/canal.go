@@ -20,7 +20,6 @@ import (
 	pingcaperrors "github.com/pingcap/errors"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/invalidate"
 )
 
@@ -32,12 +31,48 @@ type Publisher interface {
 
 var _ Publisher = (*invalidate.Publisher)(nil)
 
+// Source is the MySQL or MariaDB server whose binlog a canal reads.
+type Source struct {
+	Addr     string
+	User     string
+	Password string
+	// Flavor is mysql.MariaDBFlavor (default) or mysql.MySQLFlavor.
+	Flavor string
+	// ServerID identifies the reader to the server: two readers with one
+	// ID kick each other off (error 4052).
+	ServerID uint32
+}
+
+// Defaults of Options (configs' defaults are these).
+const (
+	DefaultFlavor         = mysql.MariaDBFlavor
+	DefaultSaveInterval   = time.Second
+	DefaultMaxBatchKeys   = 10000
+	DefaultMaxBatchBytes  = 1 << 20
+	DefaultCoalesceWindow = 2 * time.Millisecond
+)
+
 // Options configure a Canal.
 type Options struct {
-	MySQL     configs.MySQL
-	Canal     configs.Canal
-	Rules     *invalidate.Rules
-	Publisher Publisher
+	MySQL Source
+	// PositionFile is where the acknowledged position is saved unless
+	// Checkpoint is set.
+	PositionFile string
+	// IncludeTables and ExcludeTables are regular expressions over
+	// "db.table".
+	IncludeTables, ExcludeTables []string
+	// SaveInterval bounds how often the position is saved (default
+	// DefaultSaveInterval); it is also saved on rotation, DDL and shutdown.
+	SaveInterval time.Duration
+	// MaxBatchKeys and MaxBatchBytes flush a large transaction's targets
+	// before its commit (defaults DefaultMaxBatchKeys, DefaultMaxBatchBytes).
+	MaxBatchKeys, MaxBatchBytes int
+	// CoalesceWindow bounds how long commits gather in one batch while a
+	// publish is in flight; 0 publishes each transaction on its own. It has
+	// no default here (0 is meaningful): configs sets DefaultCoalesceWindow.
+	CoalesceWindow time.Duration
+	Rules          *invalidate.Rules
+	Publisher      Publisher
 	// DrainTimeout bounds how long shutdown waits for the batches being
 	// published; past it they are replayed on the next start.
 	DrainTimeout time.Duration
@@ -90,7 +125,7 @@ func New(opts Options) (*Canal, error) {
 		return nil, errors.New("canal: mysql.addr is missing")
 	case opts.MySQL.ServerID == 0:
 		return nil, errors.New("canal: mysql.server_id is missing")
-	case opts.Canal.PositionFile == "" && opts.Checkpoint == nil:
+	case opts.PositionFile == "" && opts.Checkpoint == nil:
 		return nil, errors.New("canal: canal.position_file is missing")
 	case opts.Rules == nil:
 		return nil, errors.New("canal: no rules")
@@ -98,19 +133,19 @@ func New(opts Options) (*Canal, error) {
 		return nil, errors.New("canal: no publisher")
 	}
 	if opts.MySQL.Flavor == "" {
-		opts.MySQL.Flavor = mysql.MariaDBFlavor
+		opts.MySQL.Flavor = DefaultFlavor
 	}
 	if opts.Checkpoint == nil {
-		opts.Checkpoint = NewPositionFile(opts.Canal.PositionFile)
+		opts.Checkpoint = NewPositionFile(opts.PositionFile)
 	}
-	if opts.Canal.SaveInterval <= 0 {
-		opts.Canal.SaveInterval = time.Second
+	if opts.SaveInterval <= 0 {
+		opts.SaveInterval = DefaultSaveInterval
 	}
-	if opts.Canal.MaxBatchKeys <= 0 {
-		opts.Canal.MaxBatchKeys = 10000
+	if opts.MaxBatchKeys <= 0 {
+		opts.MaxBatchKeys = DefaultMaxBatchKeys
 	}
-	if opts.Canal.MaxBatchBytes <= 0 {
-		opts.Canal.MaxBatchBytes = 1 << 20
+	if opts.MaxBatchBytes <= 0 {
+		opts.MaxBatchBytes = DefaultMaxBatchBytes
 	}
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 5 * time.Second
@@ -142,14 +177,14 @@ func New(opts Options) (*Canal, error) {
 			Help: "Binlog positions written to the position file.",
 		}),
 	}
-	for _, expr := range opts.Canal.IncludeTables {
+	for _, expr := range opts.IncludeTables {
 		re, err := regexp.Compile("^(?:" + expr + ")$")
 		if err != nil {
 			return nil, fmt.Errorf("canal.include_tables: %w", err)
 		}
 		c.include = append(c.include, re)
 	}
-	for _, expr := range opts.Canal.ExcludeTables {
+	for _, expr := range opts.ExcludeTables {
 		re, err := regexp.Compile("^(?:" + expr + ")$")
 		if err != nil {
 			return nil, fmt.Errorf("canal.exclude_tables: %w", err)
@@ -159,7 +194,7 @@ func New(opts Options) (*Canal, error) {
 	c.ruled = map[string]bool{}
 	for _, t := range opts.Rules.Tables() {
 		if !c.accepts(t) {
-			return nil, fmt.Errorf("rule table %s is not matched by canal.include_tables %q", t, opts.Canal.IncludeTables)
+			return nil, fmt.Errorf("rule table %s is not matched by canal.include_tables %q", t, opts.IncludeTables)
 		}
 		c.ruled[t] = true
 	}
@@ -263,7 +298,7 @@ func (c *Canal) term(ctx context.Context) error {
 	saverDone := make(chan struct{})
 	go func() {
 		defer close(saverDone)
-		tick := time.NewTicker(c.opts.Canal.SaveInterval)
+		tick := time.NewTicker(c.opts.SaveInterval)
 		defer tick.Stop()
 		for {
 			select {
@@ -369,7 +404,7 @@ func (c *Canal) start(ctx context.Context) error {
 	}
 	if ok && !c.opts.ResetToCurrent {
 		if pos.Flavor != "" && pos.Flavor != c.opts.MySQL.Flavor {
-			return fmt.Errorf("position file %s was written for flavor %s, config says %s", c.opts.Canal.PositionFile, pos.Flavor, c.opts.MySQL.Flavor)
+			return fmt.Errorf("position file %s was written for flavor %s, config says %s", c.opts.PositionFile, pos.Flavor, c.opts.MySQL.Flavor)
 		}
 		if err := checkStillThere(conn, pos); err != nil {
 			return fmt.Errorf("mysql %s: %w; recover with `flashsync canal -config <file> --reset-to-current --flush-all` (flushes every configured cache group, then continues from the current position)", c.opts.MySQL.Addr, err)
@@ -419,7 +454,7 @@ func (c *Canal) checkRules(schema *Schema) error {
 	return nil
 }
 
-func connect(ctx context.Context, m configs.MySQL) (*client.Conn, error) {
+func connect(ctx context.Context, m Source) (*client.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, err := client.ConnectWithContext(ctx, m.Addr, m.User, m.Password, "", 10*time.Second)
@@ -554,7 +589,7 @@ func (c *Canal) saveAcked() error {
 // Preflight connects to the server and checks that its binlog can drive
 // invalidation: on, ROW format, FULL row image. Each failure is one line
 // naming the setting.
-func Preflight(ctx context.Context, m configs.MySQL) error {
+func Preflight(ctx context.Context, m Source) error {
 	conn, err := connect(ctx, m)
 	if err != nil {
 		return err

@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashsync/flashsync/canal"
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
@@ -69,13 +68,13 @@ func start(t *testing.T, pub *gatedPublisher, maxBatchKeys int, engine string) *
 	f := &fixture{db: stacktest.NewDatabase(t), posFile: filepath.Join(t.TempDir(), "position"), pub: pub}
 	conn := stacktest.MySQL(t)
 	stacktest.Exec(t, conn, fmt.Sprintf("CREATE TABLE %s.item (id BIGINT PRIMARY KEY, name VARCHAR(50)) ENGINE=%s", f.db, engine))
-	rules, err := invalidate.NewRules([]configs.Rule{{Table: f.db + ".item", Keys: []string{"item:{id}"}, RouteBy: "id"}}, []string{"g"})
+	rules, err := invalidate.NewRules([]invalidate.Rule{{Table: f.db + ".item", Keys: []string{"item:{id}"}, RouteBy: "id"}}, []string{"g"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.canal, err = canal.New(canal.Options{
-		MySQL:      configs.MySQL{Addr: stacktest.MySQLAddr(), User: "root", Flavor: "mariadb", ServerID: uint32(20000 + rand.IntN(30000))},
-		Canal:      configs.Canal{PositionFile: f.posFile, IncludeTables: []string{f.db + `\..*`}, SaveInterval: time.Millisecond, MaxBatchKeys: maxBatchKeys},
+		MySQL:        canal.Source{Addr: stacktest.MySQLAddr(), User: "root", Flavor: "mariadb", ServerID: uint32(20000 + rand.IntN(30000))},
+		PositionFile: f.posFile, IncludeTables: []string{f.db + `\..*`}, SaveInterval: time.Millisecond, MaxBatchKeys: maxBatchKeys,
 		Rules:      rules,
 		Publisher:  pub,
 		Registerer: prometheus.NewRegistry(),

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
-
-	"github.com/flashsync/flashsync/configs"
 )
 
 // Checkpoint stores the acknowledged position. A PositionFile keeps it on
@@ -38,7 +36,7 @@ var identRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`)
 // the go-mysql client is not safe for concurrent use.
 type coordination struct {
 	mu   sync.Mutex
-	my   configs.MySQL
+	my   Source
 	db   string
 	conn *client.Conn
 	// ready: the coordination tables exist (made on first use, not in
@@ -127,9 +125,16 @@ type Lease struct {
 	validUntil time.Time
 }
 
+// Defaults of LeaseOptions (configs' defaults are these).
+const (
+	DefaultHAName     = "default"
+	DefaultHADatabase = "flashsync"
+	DefaultLeaseTTL   = 3 * time.Second
+)
+
 // LeaseOptions configure a Lease.
 type LeaseOptions struct {
-	MySQL    configs.MySQL
+	MySQL    Source
 	Database string // holds the lease and checkpoint tables
 	Name     string // one per binlog source
 	TTL      time.Duration
@@ -138,6 +143,15 @@ type LeaseOptions struct {
 // NewLease checks the options; the first use connects and creates the
 // coordination tables if missing.
 func NewLease(opts LeaseOptions) (*Lease, *MySQLCheckpoint, error) {
+	if opts.Database == "" {
+		opts.Database = DefaultHADatabase
+	}
+	if opts.Name == "" {
+		opts.Name = DefaultHAName
+	}
+	if opts.TTL == 0 {
+		opts.TTL = DefaultLeaseTTL
+	}
 	if !identRe.MatchString(opts.Database) || !identRe.MatchString(opts.Name) {
 		return nil, nil, fmt.Errorf("canal.ha_database %q and canal.ha_name %q must be 1-64 of [A-Za-z0-9_]", opts.Database, opts.Name)
 	}

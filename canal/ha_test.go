@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/flashsync/flashsync/canal"
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,7 +15,7 @@ import (
 
 func newLease(t *testing.T, addr, db string, ttl time.Duration) (*canal.Lease, *canal.MySQLCheckpoint) {
 	t.Helper()
-	l, cp, err := canal.NewLease(canal.LeaseOptions{MySQL: configs.MySQL{Addr: addr, User: "root"}, Database: db, Name: "test", TTL: ttl})
+	l, cp, err := canal.NewLease(canal.LeaseOptions{MySQL: canal.Source{Addr: addr, User: "root"}, Database: db, Name: "test", TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,8 +91,8 @@ func TestStandbyResumesFromSharedCheckpoint(t *testing.T) {
 		l, cp := newLease(t, stacktest.MySQLAddr(), db+"_ha", time.Second)
 		n := &node{pub: &gatedPublisher{}, done: make(chan error, 1)}
 		c, err := canal.New(canal.Options{
-			MySQL:      configs.MySQL{Addr: stacktest.MySQLAddr(), User: "root", Flavor: "mariadb", ServerID: serverID},
-			Canal:      configs.Canal{IncludeTables: []string{db + `\..*`}, SaveInterval: 10 * time.Millisecond},
+			MySQL:         canal.Source{Addr: stacktest.MySQLAddr(), User: "root", Flavor: "mariadb", ServerID: serverID},
+			IncludeTables: []string{db + `\..*`}, SaveInterval: 10 * time.Millisecond,
 			Rules:      rules,
 			Publisher:  n.pub,
 			Registerer: prometheus.NewRegistry(),

@@ -131,7 +131,7 @@ func (c *Canal) stream(ctx context.Context, start Position) error {
 		}
 	}
 	s := &session{c: c, parser: parser.New(), schema: start.Schema, file: start.File, bound: map[string]boundTable{}}
-	s.pipe = newPipeline(pubCtx, c.opts.Rules.NewBatch, c.opts.Canal.CoalesceWindow, c.opts.Canal.MaxBatchKeys, c.opts.Canal.MaxBatchBytes,
+	s.pipe = newPipeline(pubCtx, c.opts.Rules.NewBatch, c.opts.CoalesceWindow, c.opts.MaxBatchKeys, c.opts.MaxBatchBytes,
 		publish, c.ack, func(err error) { stopReading(err) })
 
 	var readErr error

@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashsync/flashsync/canal"
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
@@ -29,7 +28,7 @@ type runner struct {
 	db      string
 	posFile string
 	pub     *gatedPublisher
-	rules   []configs.Rule
+	rules   []invalidate.Rule
 	reset   bool
 	onReset func(context.Context) error
 
@@ -37,7 +36,7 @@ type runner struct {
 	done   chan error
 }
 
-func newRunner(t *testing.T, addr, db string, rules []configs.Rule) *runner {
+func newRunner(t *testing.T, addr, db string, rules []invalidate.Rule) *runner {
 	return &runner{t: t, addr: addr, db: db, posFile: filepath.Join(t.TempDir(), "position"), pub: &gatedPublisher{}, rules: rules}
 }
 
@@ -49,8 +48,8 @@ func (r *runner) start() {
 		r.t.Fatal(err)
 	}
 	c, err := canal.New(canal.Options{
-		MySQL:          configs.MySQL{Addr: r.addr, User: "root", Flavor: "mariadb", ServerID: uint32(20000 + rand.IntN(30000))},
-		Canal:          configs.Canal{PositionFile: r.posFile, IncludeTables: []string{r.db + `\..*`}, SaveInterval: time.Millisecond},
+		MySQL:        canal.Source{Addr: r.addr, User: "root", Flavor: "mariadb", ServerID: uint32(20000 + rand.IntN(30000))},
+		PositionFile: r.posFile, IncludeTables: []string{r.db + `\..*`}, SaveInterval: time.Millisecond,
 		Rules:          rules,
 		Publisher:      r.pub,
 		Registerer:     prometheus.NewRegistry(),
@@ -118,9 +117,9 @@ func (r *runner) waitKeys(want ...string) {
 
 func tail(s []string) []string { return s[max(0, len(s)-12):] }
 
-var nameRule = []configs.Rule{{Table: "", Keys: []string{"item:{id}", "name:{name}"}, RouteBy: "id"}}
+var nameRule = []invalidate.Rule{{Table: "", Keys: []string{"item:{id}", "name:{name}"}, RouteBy: "id"}}
 
-func rulesFor(db string) []configs.Rule {
+func rulesFor(db string) []invalidate.Rule {
 	r := slices.Clone(nameRule)
 	r[0].Table = db + ".item"
 	return r

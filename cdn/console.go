@@ -58,6 +58,14 @@ type Console struct {
 	targets  *prometheus.CounterVec
 }
 
+// Defaults of ConsoleOptions (configs' defaults are these).
+const (
+	DefaultMaxBodyBytes = 1 << 20
+	DefaultMaxSkew      = 30 * time.Second
+	DefaultConcurrency  = 8
+	DefaultHostTimeout  = 2 * time.Second
+)
+
 // NewConsole checks the options.
 func NewConsole(opts ConsoleOptions) (*Console, error) {
 	if len(opts.Key) == 0 {
@@ -67,16 +75,16 @@ func NewConsole(opts ConsoleOptions) (*Console, error) {
 		return nil, errors.New("console: no machines")
 	}
 	if opts.MaxBodyBytes <= 0 {
-		opts.MaxBodyBytes = 1 << 20
+		opts.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	if opts.MaxSkew <= 0 {
-		opts.MaxSkew = 30 * time.Second
+		opts.MaxSkew = DefaultMaxSkew
 	}
 	if opts.Concurrency <= 0 {
-		opts.Concurrency = 8
+		opts.Concurrency = DefaultConcurrency
 	}
 	if opts.HostTimeout <= 0 {
-		opts.HostTimeout = 2 * time.Second
+		opts.HostTimeout = DefaultHostTimeout
 	}
 	if opts.MaxNonces <= 0 {
 		opts.MaxNonces = 1 << 20

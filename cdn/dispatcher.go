@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
 )
 
 // Node is one CDN node the dispatcher sends to.
@@ -35,7 +36,7 @@ type DispatcherOptions struct {
 	// ConsumerOptions: as the purgers'; Timeout bounds one POST to a
 	// console, its fan-out included (default 10 s), and MaxInFlight is also
 	// the POSTs in flight to one node (default 16).
-	invalidate.ConsumerOptions
+	purge.ConsumerOptions
 	Nodes      []Node
 	Registerer prometheus.Registerer
 }
@@ -46,10 +47,14 @@ type DispatcherOptions struct {
 // node never delays the others, and its backlog waits in its channel.
 type Dispatcher struct {
 	opts    DispatcherOptions
-	c       *invalidate.PurgeConsumers
+	c       *purge.Consumers
 	clients []*http.Client
 	request *prometheus.HistogramVec
 }
+
+// DefaultDispatchTimeout bounds one POST to a console, its fan-out
+// included, unless configured.
+const DefaultDispatchTimeout = 10 * time.Second
 
 // NewDispatcher checks the options and loads the CA files; nothing
 // connects before Run.
@@ -63,7 +68,7 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 		opts.MaxInFlight = 16
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = 10 * time.Second
+		opts.Timeout = DefaultDispatchTimeout
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
@@ -71,7 +76,7 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 	if err := opts.ConsumerOptions.Prepare("dispatcher"); err != nil {
 		return nil, err
 	}
-	c, err := invalidate.NewPurgeConsumers(opts.ConsumerOptions, invalidate.ConsumerKind{
+	c, err := purge.NewConsumers(opts.ConsumerOptions, purge.ConsumerKind{
 		MetricPrefix: "flashsync_dispatcher_", Label: "node", Noun: "cdn console", Tier: invalidate.TierCDN,
 	}, opts.Registerer)
 	if err != nil {
@@ -123,7 +128,7 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 			client: &http.Client{Transport: tr, Timeout: opts.Timeout},
 		}
 		d.clients = append(d.clients, s.client)
-		c.Add(invalidate.PurgeTarget{
+		c.Add(purge.Target{
 			Group: invalidate.CDNGroup, Name: n.Name,
 			Topic: invalidate.CDNTopic(opts.TopicPrefix), Channel: invalidate.CDNChannel(n.Name),
 			// Each POST waits for the node's whole fan-out.
@@ -190,7 +195,7 @@ func (n *nodeSender) send(ctx context.Context, p *invalidate.Purge) error {
 	start := time.Now()
 	resp, err := n.client.Do(req)
 	if err != nil {
-		if invalidate.NetUnreachable(err) {
+		if purge.NetUnreachable(err) {
 			return errUnreachable{fmt.Errorf("console %s: %w", n.url, err)}
 		}
 		return fmt.Errorf("console %s: %w", n.url, err)

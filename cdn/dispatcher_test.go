@@ -14,6 +14,7 @@ import (
 	"github.com/flashsync/flashsync/cdn"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
 )
 
 // consoleNode is one CDN node: a console on a real listener in front of one
@@ -99,7 +100,7 @@ func startCascade(t *testing.T, nodes []cdn.Node, maxAttempts uint16) *cascade {
 		t.Fatal(err)
 	}
 	c.dispatch, err = cdn.NewDispatcher(cdn.DispatcherOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{c.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: 2 * time.Second}, Nodes: nodes, Registerer: c.reg,
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{c.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: 2 * time.Second}, Nodes: nodes, Registerer: c.reg,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ package configs
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +16,12 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/flashsync/flashsync/canal"
+	"github.com/flashsync/flashsync/cdn"
+	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/nsqembed"
+	"github.com/flashsync/flashsync/purge"
+	"github.com/flashsync/flashsync/seckill"
 )
 
 // Config is one flashsync process's configuration. Every role reads the part
@@ -49,10 +56,10 @@ type Seckill struct {
 	// Redis is the reservation counters' Redis: it must not be a replica of
 	// any [[redis_group]], so the binlog path can never rewrite what the
 	// buy path decides on.
-	Redis         string `toml:"redis"`
+	Redis string `toml:"redis"`
+	// RedisPassword is the reservation Redis's password (AUTH).
 	RedisPassword string `toml:"redis_password"`
-	// Topic carries reservations to the order writers (default
-	// "<topic_prefix>.seckill").
+	// Topic carries reservations to the order writers.
 	Topic string `toml:"topic"`
 	// TokenKey signs the order URL tokens (or TokenKeyFile).
 	TokenKey     string `toml:"token_key"`
@@ -62,11 +69,16 @@ type Seckill struct {
 	// BatchMax bounds the reservations merged into one transaction.
 	BatchMax int `toml:"batch_max"`
 	// OrderTTL is how long an order may stay unpaid before it expires.
-	OrderTTL          time.Duration `toml:"order_ttl"`
-	ExpireInterval    time.Duration `toml:"expire_interval"`
+	OrderTTL time.Duration `toml:"order_ttl"`
+	// ExpireInterval is how often unpaid orders past order_ttl are
+	// expired and their stock given back.
+	ExpireInterval time.Duration `toml:"expire_interval"`
+	// ReconcileInterval is how often the reconciler compares the
+	// reservation counters with MySQL and repairs drift.
 	ReconcileInterval time.Duration `toml:"reconcile_interval"`
 	// ReconcileGrace is how long a reservation may stay unwritten before the
-	// reconciler gives it back.
+	// reconciler gives it back; at least three NSQ message timeouts (30s),
+	// so a reservation whose writer died is redelivered first.
 	ReconcileGrace time.Duration `toml:"reconcile_grace"`
 	// Requests per second and bursts on the buy endpoint, per client IP and
 	// per user (0: no limit).
@@ -82,14 +94,18 @@ func (c *Config) SeckillConfigured() bool { return c.Seckill.Addr != "" || c.Sec
 // Console is the console role, run on each CDN node: it takes signed purge
 // batches from the dispatcher and purges its cache machines.
 type Console struct {
+	// Addr is the console's listen address, which the dispatcher's
+	// cdn_node.console_url points at.
 	Addr string `toml:"addr"`
-	// Key is the secret shared with the dispatcher; KeyFile names a file
-	// holding it instead (surrounding white space is ignored).
-	Key     string `toml:"key"`
+	// Key is the secret shared with the dispatcher (at least 16 bytes).
+	Key string `toml:"key"`
+	// KeyFile names a file holding Key instead (surrounding white space
+	// is ignored).
 	KeyFile string `toml:"key_file"`
-	// TLSCert and TLSKey: set, the console serves HTTPS.
+	// TLSCert is a PEM certificate: with TLSKey, the console serves HTTPS.
 	TLSCert string `toml:"tls_cert"`
-	TLSKey  string `toml:"tls_key"`
+	// TLSKey is TLSCert's private key.
+	TLSKey string `toml:"tls_key"`
 	// MaxBodyBytes bounds a request body.
 	MaxBodyBytes int64 `toml:"max_body_bytes"`
 	// MaxSkew is the accepted clock distance of a request's timestamp;
@@ -113,10 +129,14 @@ type Dispatcher struct {
 // CDNNode is one CDN node's console, which the dispatcher sends every
 // batch's URLs and tags to.
 type CDNNode struct {
-	Name       string `toml:"name"`
+	// Name names the node in its NSQ channel, metrics and job acks.
+	Name string `toml:"name"`
+	// ConsoleURL is the node's console, http:// or https://.
 	ConsoleURL string `toml:"console_url"`
-	Key        string `toml:"key"`
-	KeyFile    string `toml:"key_file"`
+	// Key is the secret shared with that console (at least 16 bytes).
+	Key string `toml:"key"`
+	// KeyFile names a file holding Key instead.
+	KeyFile string `toml:"key_file"`
 	// CAFile is a PEM bundle to verify an https console_url with (default:
 	// the system roots).
 	CAFile string `toml:"ca_file"`
@@ -158,8 +178,12 @@ func (c *Config) ConsoleConfigured() bool {
 
 // MySQL is the binlog source.
 type MySQL struct {
-	Addr     string `toml:"addr"`
-	User     string `toml:"user"`
+	// Addr is the server's host:port.
+	Addr string `toml:"addr"`
+	// User needs REPLICATION SLAVE, REPLICATION CLIENT and SELECT on the
+	// ruled tables (and, with canal.ha, rights on ha_database).
+	User string `toml:"user"`
+	// Password of User.
 	Password string `toml:"password"`
 	// Flavor is "mariadb" or "mysql".
 	Flavor string `toml:"flavor"`
@@ -189,18 +213,24 @@ type Canal struct {
 	// CoalesceWindow bounds how long the transactions committed while a
 	// publish is in flight gather in one batch (a key changed by many of
 	// them is purged once); with the publisher idle a commit goes out at
-	// once. "0s" publishes every transaction on its own. Default
-	// DefaultCoalesceWindow.
+	// once. "0s" publishes every transaction on its own.
 	CoalesceWindow time.Duration `toml:"coalesce_window"`
 	// HA runs this canal as one of several for the source: the one holding
 	// a lease (a row in HADatabase on the source server) streams, the
 	// others wait, and the position is kept in that database too, so a
 	// standby resumes where the leader stopped. HAName names the stream;
 	// every canal of one source uses the same name and its own server_id.
-	HA         bool          `toml:"ha"`
-	HAName     string        `toml:"ha_name"`
-	HADatabase string        `toml:"ha_database"`
-	LeaseTTL   time.Duration `toml:"lease_ttl"`
+	HA bool `toml:"ha"`
+	// HAName names the stream: every canal of one source uses the same
+	// name and its own mysql.server_id.
+	HAName string `toml:"ha_name"`
+	// HADatabase is the database on the source server that holds the
+	// lease row and the shared position.
+	HADatabase string `toml:"ha_database"`
+	// LeaseTTL is how long a leader's lease lasts without renewal: a
+	// standby takes over at most this long after the leader died (300ms
+	// to 1m).
+	LeaseTTL time.Duration `toml:"lease_ttl"`
 }
 
 // NSQ says where invalidations travel.
@@ -227,6 +257,8 @@ type NSQ struct {
 
 // HTTP serves /metrics and /healthz.
 type HTTP struct {
+	// Addr is the operator port's listen address: /metrics, /healthz,
+	// /jobs, /rules/explain.
 	Addr string `toml:"addr"`
 }
 
@@ -254,16 +286,24 @@ type Purger struct {
 // RedisGroup is a set of Redis instances that all hold the same hot data;
 // every replica gets every purge of the group.
 type RedisGroup struct {
-	Name     string   `toml:"name"`
+	// Name names the group in topics, metrics and logs; groups route in
+	// the order of the file.
+	Name string `toml:"name"`
+	// Replicas are the group's Redis instances, host:port.
 	Replicas []string `toml:"replicas"`
-	Password string   `toml:"password"`
-	DB       int      `toml:"db"`
+	// Password of every replica (AUTH).
+	Password string `toml:"password"`
+	// DB is the Redis database number the keys live in.
+	DB int `toml:"db"`
 }
 
 // HTTPGroup is a set of HTTP caches (Varnish, CDN nodes) that all hold the
 // same pages; every instance gets every URL and tag purge of the group.
 type HTTPGroup struct {
-	Name      string   `toml:"name"`
+	// Name names the group in topics, metrics and logs; groups route in
+	// the order of the file.
+	Name string `toml:"name"`
+	// Instances are the group's HTTP caches, host:port.
 	Instances []string `toml:"instances"`
 }
 
@@ -295,109 +335,63 @@ type Rule struct {
 // RuleActions are the values Rule.Actions accepts.
 var RuleActions = []string{"insert", "update", "delete"}
 
-// DefaultCoalesceWindow is canal.coalesce_window when the file has none.
-const DefaultCoalesceWindow = 2 * time.Millisecond
+// DefaultHTTPAddr is http.addr when the file has none.
+const DefaultHTTPAddr = "127.0.0.1:18080"
 
-// Defaults fills unset fields.
-func (c *Config) Defaults() {
-	if c.MySQL.Flavor == "" {
-		c.MySQL.Flavor = "mariadb"
+// Default is the configuration of an empty file: every default in one
+// place, each taken from the package that uses it, so that the file, a
+// package used on its own and the generated reference agree. Decoding a
+// file over it keeps what the file does not set, so a zero that the file
+// sets on purpose (canal.coalesce_window = "0s") stays zero.
+func Default() Config {
+	return Config{
+		MySQL: MySQL{Flavor: canal.DefaultFlavor, User: "root"},
+		Canal: Canal{
+			SaveInterval: canal.DefaultSaveInterval, MaxBatchKeys: canal.DefaultMaxBatchKeys,
+			MaxBatchBytes: canal.DefaultMaxBatchBytes, CoalesceWindow: canal.DefaultCoalesceWindow,
+			HAName: canal.DefaultHAName, HADatabase: canal.DefaultHADatabase, LeaseTTL: canal.DefaultLeaseTTL,
+		},
+		NSQ: NSQ{
+			TopicPrefix: invalidate.DefaultTopicPrefix, PublishTimeout: invalidate.DefaultPublishTimeout,
+		},
+		HTTP: HTTP{Addr: DefaultHTTPAddr},
+		Purger: Purger{
+			MaxAttempts: purge.DefaultMaxAttempts, MaxInFlight: purge.DefaultMaxInFlight,
+			Timeout: purge.DefaultTimeout, PipelineKeys: purge.DefaultPipelineKeys,
+		},
+		Console: Console{
+			MaxBodyBytes: cdn.DefaultMaxBodyBytes, MaxSkew: cdn.DefaultMaxSkew,
+			Concurrency: cdn.DefaultConcurrency, HostTimeout: cdn.DefaultHostTimeout,
+		},
+		Dispatcher: Dispatcher{Timeout: cdn.DefaultDispatchTimeout},
+		Seckill: Seckill{
+			Database: "seckill", ItemTable: seckill.DefaultItemTable,
+			Writers: seckill.DefaultWriters, BatchMax: seckill.DefaultBatchMax, OrderTTL: seckill.DefaultOrderTTL,
+			ExpireInterval: seckill.DefaultExpireInterval, ReconcileInterval: seckill.DefaultReconcileInterval,
+			ReconcileGrace: seckill.DefaultReconcileGrace,
+		},
 	}
-	if c.MySQL.User == "" {
-		c.MySQL.User = "root"
-	}
-	if c.Canal.SaveInterval == 0 {
-		c.Canal.SaveInterval = time.Second
-	}
-	if c.Canal.MaxBatchKeys == 0 {
-		c.Canal.MaxBatchKeys = 10000
-	}
-	if c.Canal.HAName == "" {
-		c.Canal.HAName = "default"
-	}
-	if c.Canal.HADatabase == "" {
-		c.Canal.HADatabase = "flashsync"
-	}
-	if c.Canal.LeaseTTL == 0 {
-		c.Canal.LeaseTTL = 3 * time.Second
-	}
-	if c.Canal.MaxBatchBytes == 0 {
-		c.Canal.MaxBatchBytes = 1 << 20
-	}
-	if c.NSQ.TopicPrefix == "" {
-		c.NSQ.TopicPrefix = "flashsync"
-	}
+}
+
+// derivedDefaults describe, for the reference, the defaults that depend on
+// other keys; derive sets them.
+var derivedDefaults = map[string]string{
+	"nsq.embedded_tcp":       fmt.Sprintf("`%q` when nsqd_tcp is empty", nsqembed.DefaultTCPAddress),
+	"nsq.embedded_http":      fmt.Sprintf("`%q` when nsqd_tcp is empty", nsqembed.DefaultHTTPAddress),
+	"nsq.embedded_data_path": fmt.Sprintf("`%q` when nsqd_tcp is empty", nsqembed.DefaultDataPath),
+	"seckill.topic":          "`\"<nsq.topic_prefix>.seckill\"`",
+}
+
+// derive fills, after decoding, the defaults that depend on other keys.
+func (c *Config) derive() {
 	if len(c.NSQ.NSQDTCP) == 0 {
-		if c.NSQ.EmbeddedTCP == "" {
-			c.NSQ.EmbeddedTCP = "127.0.0.1:14170"
-		}
-		if c.NSQ.EmbeddedHTTP == "" {
-			c.NSQ.EmbeddedHTTP = "127.0.0.1:14171"
-		}
-		if c.NSQ.EmbeddedDataPath == "" {
-			c.NSQ.EmbeddedDataPath = ".stack/flashsync/nsqd"
-		}
+		n := &c.NSQ
+		n.EmbeddedTCP = cmp.Or(n.EmbeddedTCP, nsqembed.DefaultTCPAddress)
+		n.EmbeddedHTTP = cmp.Or(n.EmbeddedHTTP, nsqembed.DefaultHTTPAddress)
+		n.EmbeddedDataPath = cmp.Or(n.EmbeddedDataPath, nsqembed.DefaultDataPath)
 	}
-	if c.NSQ.PublishTimeout == 0 {
-		c.NSQ.PublishTimeout = 5 * time.Second
-	}
-	if c.HTTP.Addr == "" {
-		c.HTTP.Addr = "127.0.0.1:18080"
-	}
-	if c.Purger.MaxAttempts == 0 {
-		c.Purger.MaxAttempts = 10
-	}
-	if c.Purger.MaxInFlight == 0 {
-		c.Purger.MaxInFlight = 64
-	}
-	if c.Purger.Timeout == 0 {
-		c.Purger.Timeout = 2 * time.Second
-	}
-	if c.Purger.PipelineKeys == 0 {
-		c.Purger.PipelineKeys = 512
-	}
-	if c.Console.MaxBodyBytes == 0 {
-		c.Console.MaxBodyBytes = 1 << 20
-	}
-	if c.Console.MaxSkew == 0 {
-		c.Console.MaxSkew = 30 * time.Second
-	}
-	if c.Console.Concurrency == 0 {
-		c.Console.Concurrency = 8
-	}
-	if c.Console.HostTimeout == 0 {
-		c.Console.HostTimeout = 2 * time.Second
-	}
-	if c.Dispatcher.Timeout == 0 {
-		c.Dispatcher.Timeout = 10 * time.Second
-	}
-	sk := &c.Seckill
-	if sk.Database == "" {
-		sk.Database = "seckill"
-	}
-	if sk.ItemTable == "" {
-		sk.ItemTable = "shop.item"
-	}
-	if sk.Topic == "" {
-		sk.Topic = c.NSQ.TopicPrefix + ".seckill"
-	}
-	if sk.Writers == 0 {
-		sk.Writers = 4
-	}
-	if sk.BatchMax == 0 {
-		sk.BatchMax = 500
-	}
-	if sk.OrderTTL == 0 {
-		sk.OrderTTL = 15 * time.Minute
-	}
-	if sk.ExpireInterval == 0 {
-		sk.ExpireInterval = time.Second
-	}
-	if sk.ReconcileInterval == 0 {
-		sk.ReconcileInterval = 30 * time.Second
-	}
-	if sk.ReconcileGrace == 0 {
-		sk.ReconcileGrace = time.Minute
+	if c.Seckill.Topic == "" {
+		c.Seckill.Topic = c.NSQ.TopicPrefix + ".seckill"
 	}
 }
 
@@ -678,6 +672,11 @@ func (c *Config) validateSeckill(bad func(key, format string, args ...any), chec
 			bad(d.key, "must be positive")
 		}
 	}
+	if sk.ReconcileGrace > 0 {
+		if err := seckill.CheckReconcileGrace(sk.ReconcileGrace, seckill.DefaultMsgTimeout); err != nil {
+			bad("seckill.reconcile_grace", "%v", err)
+		}
+	}
 	for _, r := range []struct {
 		key string
 		v   float64
@@ -714,8 +713,7 @@ func Load(path string) (*Config, error) {
 
 // Parse is Load without the file.
 func Parse(data []byte) (*Config, error) {
-	// Defaults that zero must not override are set before decoding.
-	cfg := Config{Canal: Canal{CoalesceWindow: DefaultCoalesceWindow}}
+	cfg := Default()
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
 	if err != nil {
 		var perr toml.ParseError
@@ -731,7 +729,7 @@ func Parse(data []byte) (*Config, error) {
 		}
 		return nil, errors.Join(errs...)
 	}
-	cfg.Defaults()
+	cfg.derive()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/flashsync/flashsync/configs"
-	"github.com/flashsync/flashsync/invalidate"
 )
 
 // Every shipped config must load, and its rules must compile.
@@ -22,7 +21,7 @@ func TestShippedConfigsLoad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := invalidate.RulesFromConfig(cfg); err != nil {
+			if _, err := cfg.BuildRules(); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -97,7 +96,7 @@ changed = ["qty"]
 	if len(cfg.HTTPGroups) != 1 || cfg.HTTPGroups[0].Name != "varnish-a" || cfg.HTTPGroups[0].Instances[1] != "127.0.0.1:16083" {
 		t.Errorf("http groups = %+v", cfg.HTTPGroups)
 	}
-	rules, err := invalidate.RulesFromConfig(cfg)
+	rules, err := cfg.BuildRules()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flashsync/flashsync/internal/route"
 	"github.com/flashsync/flashsync/internal/stacktest"
-	"github.com/flashsync/flashsync/invalidate"
 )
 
 // nginxBlock is a top-level block of an nginx configuration file: its header
@@ -221,7 +221,7 @@ func hashGroupsConf(t *testing.T, backends []string) (string, string) {
 
 // TestNginxHashGroupsRouting proves that nginx, configured with
 // configs/nginx/hash-groups.conf, reads an item from the group flashsync
-// purges (invalidate.GroupFor), by /item/{id}.html and by ?id=.
+// purges (route.GroupFor), by /item/{id}.html and by ?id=.
 func TestNginxHashGroupsRouting(t *testing.T) {
 	for _, n := range []int{2, 3} {
 		t.Run(fmt.Sprintf("groups=%d", n), func(t *testing.T) {
@@ -277,13 +277,13 @@ func testNginxRouting(t *testing.T, n int) {
 			if err != nil {
 				t.Fatalf("GET %s: %v\n--- nginx log ---\n%s", uri, err, ngx.Log())
 			}
-			want := names[invalidate.GroupFor([]byte(strconv.Itoa(id)), n)]
+			want := names[route.GroupFor([]byte(strconv.Itoa(id)), n)]
 			if got != want {
 				t.Errorf("GET %s: answered by %s, flashsync purges %s", uri, got, want)
 				continue
 			}
 			matched++
-			perGroup[invalidate.GroupFor([]byte(strconv.Itoa(id)), n)]++
+			perGroup[route.GroupFor([]byte(strconv.Itoa(id)), n)]++
 		}
 		t.Logf("%d groups, %s: %d/%d ids read from the group flashsync purges (per group %v)", n, form, matched, ids, perGroup)
 		for g, c := range perGroup {

@@ -1,7 +1,7 @@
 // Package demoweb is the demo backend behind the local stack's Varnish
 // instances: item pages rendered from a MySQL table, tagged with xkey
-// headers, so that flashsync's HTTP purges can be watched (README "HTTP
-// caches").
+// headers, so that flashsync's HTTP purges can be watched
+// (docs/http-caches.md).
 //
 //	GET /item/{id}.html  one item; xkey: item-{id}
 //	GET /list.html       every item; xkey: item-1 item-2 ...

@@ -24,8 +24,8 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/internal/route"
 	"github.com/flashsync/flashsync/internal/stacktest"
-	"github.com/flashsync/flashsync/invalidate"
 )
 
 // flashsyncBin is the binary built once by TestMain.
@@ -302,7 +302,7 @@ func newServerID() uint32 {
 const nGroups = 2
 
 // groupOf is the Redis group flashsync routes row id to.
-func groupOf(id int) int { return invalidate.GroupFor([]byte(strconv.Itoa(id)), nGroups) }
+func groupOf(id int) int { return route.GroupFor([]byte(strconv.Itoa(id)), nGroups) }
 
 // idsInGroup returns the n smallest ids >= from that route to group g.
 func idsInGroup(g, from, n int) []int {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
@@ -15,7 +14,7 @@ import (
 var benchColumns = []string{"id", "name", "price", "stock", "view_count", "updated_at"}
 
 func benchBound(b *testing.B) (*invalidate.Rules, *invalidate.Bound) {
-	rules, err := invalidate.NewRules([]configs.Rule{
+	rules, err := invalidate.NewRules([]invalidate.Rule{
 		{Table: "shop.item", Keys: []string{"item:{id}", "item:page:{id}"}, RouteBy: "id"},
 	}, []string{"hot-a", "hot-b"})
 	if err != nil {
@@ -99,7 +98,7 @@ func BenchmarkRulesAndPublish(b *testing.B) {
 // URLs and tags and an ignore_changes condition (evaluated, and passed, on
 // every row: the price changes).
 func BenchmarkRulesUpdateAllTiers(b *testing.B) {
-	rules, err := invalidate.NewRulesWithGroups([]configs.Rule{{Table: "shop.item", RouteBy: "id",
+	rules, err := invalidate.NewRulesWithGroups([]invalidate.Rule{{Table: "shop.item", RouteBy: "id",
 		Keys: []string{"item:{id}", "item:page:{id}"}, URLs: []string{"/item/{id}.html"}, Tags: []string{"item-{id}"},
 		IgnoreChanges: []string{"view_count", "updated_at"}}},
 		[]invalidate.GroupReplicas{{Name: "hot-a"}, {Name: "hot-b"}}, []invalidate.GroupReplicas{{Name: "varnish-a"}, {Name: "varnish-b"}})

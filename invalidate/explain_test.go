@@ -5,12 +5,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/flashsync/flashsync/configs"
 )
 
 // devRules mirrors configs/dev.toml's groups.
-func devRules(t *testing.T, specs ...configs.Rule) *Rules {
+func devRules(t *testing.T, specs ...Rule) *Rules {
 	t.Helper()
 	r, err := NewRulesWithGroups(specs,
 		[]GroupReplicas{{Name: "hot-a", Replicas: []string{"127.0.0.1:16379", "127.0.0.1:16380"}}, {Name: "hot-b", Replicas: []string{"127.0.0.1:16381", "127.0.0.1:16382"}}},
@@ -21,7 +19,7 @@ func devRules(t *testing.T, specs ...configs.Rule) *Rules {
 	return r
 }
 
-var devItemRule = configs.Rule{Table: "shop.item", RouteBy: "id",
+var devItemRule = Rule{Table: "shop.item", RouteBy: "id",
 	Keys: []string{"item:{id}", "item:page:{id}"}, URLs: []string{"/item/{id}.html"}, Tags: []string{"item-{id}"},
 	IgnoreChanges: []string{"view_count"}}
 
@@ -47,7 +45,7 @@ func textOf(t *testing.T, e *Explanation) string {
 }
 
 func TestExplainTextUpdate(t *testing.T) {
-	r := devRules(t, devItemRule, configs.Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"stock:{id}"}, Changed: []string{"stock"}})
+	r := devRules(t, devItemRule, Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"stock:{id}"}, Changed: []string{"stock"}})
 	e, err := explainJSON(t, r, `{"before":{"id":1,"name":"pen","price":"9.99","stock":10,"view_count":1},"after":{"id":1,"name":"pen","price":"8.99","stock":10,"view_count":2}}`)
 	if err != nil {
 		t.Fatal(err)
@@ -82,8 +80,8 @@ purges (deduplicated, as one batch publishes them):
 
 func TestExplainReasons(t *testing.T) {
 	r := devRules(t, devItemRule,
-		configs.Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"stock:{id}"}, Changed: []string{"stock", "price"}},
-		configs.Rule{Table: "shop.item", RouteBy: "id", Tags: []string{"new-items"}, Actions: []string{"insert"}},
+		Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"stock:{id}"}, Changed: []string{"stock", "price"}},
+		Rule{Table: "shop.item", RouteBy: "id", Tags: []string{"new-items"}, Actions: []string{"insert"}},
 	)
 	const (
 		base  = `"id":1,"name":"pen","price":"9.99","stock":10`
@@ -162,8 +160,8 @@ func checkPurgesMatchRules(t *testing.T, e *Explanation) {
 }
 
 func TestExplainPrimaryKeyChangeAndNulls(t *testing.T) {
-	r := devRules(t, configs.Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"item:{id}", "shop:{shop_id}"}, URLs: []string{"/item/{id}.html"}},
-		configs.Rule{Table: "shop.item", RouteBy: "shop_id", Tags: []string{"shop-{shop_id}"}})
+	r := devRules(t, Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"item:{id}", "shop:{shop_id}"}, URLs: []string{"/item/{id}.html"}},
+		Rule{Table: "shop.item", RouteBy: "shop_id", Tags: []string{"shop-{shop_id}"}})
 	// "1" routes to group 0 of 2 and "2" to group 1, in both tiers.
 	e, err := explainJSON(t, r, `{"before":{"id":1,"shop_id":null},"after":{"id":2,"shop_id":null}}`)
 	if err != nil {
@@ -190,7 +188,7 @@ func TestExplainPrimaryKeyChangeAndNulls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e2, err := explainJSON(t, devRules(t, configs.Rule{Table: "shop.item", RouteBy: "shop_id", Tags: []string{"item-{id}"}}), `{"after":{"id":5,"shop_id":null}}`)
+	e2, err := explainJSON(t, devRules(t, Rule{Table: "shop.item", RouteBy: "shop_id", Tags: []string{"item-{id}"}}), `{"after":{"id":5,"shop_id":null}}`)
 	if err != nil {
 		t.Fatal(err)
 	}

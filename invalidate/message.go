@@ -76,6 +76,9 @@ func DecodePurge(body []byte) (*Purge, error) {
 	return &p, nil
 }
 
+// DefaultTopicPrefix starts every topic name unless configured otherwise.
+const DefaultTopicPrefix = "flashsync"
+
 // RedisTopic is the NSQ topic of a Redis group's purges.
 func RedisTopic(prefix, group string) string { return prefix + ".redis." + group }
 

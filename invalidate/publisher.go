@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/flashsync/flashsync/internal/nsqio"
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// DefaultPublishTimeout bounds one publish attempt unless configured.
+const DefaultPublishTimeout = 5 * time.Second
 
 // PublisherOptions configure a Publisher.
 type PublisherOptions struct {
@@ -70,7 +73,7 @@ type Publisher struct {
 	opts PublisherOptions
 	// producers has one producer per nsqd of NSQDTCP, tried in turn from
 	// next.
-	producers *ProducerPool
+	producers *nsqio.ProducerPool
 	topics    []string // Redis groups' topics, then HTTP groups', then the CDN topic
 	next      int      // index of the producer to try first
 
@@ -95,10 +98,10 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 		return nil, errors.New("publisher: no groups")
 	}
 	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = "flashsync"
+		opts.TopicPrefix = DefaultTopicPrefix
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = 5 * time.Second
+		opts.Timeout = DefaultPublishTimeout
 	}
 	if opts.MaxKeysPerMessage <= 0 {
 		opts.MaxKeysPerMessage = 1000
@@ -125,7 +128,7 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	if len(opts.CDNNodes) > 0 {
 		p.topics = append(p.topics, CDNTopic(opts.TopicPrefix))
 	}
-	p.producers = NewProducerPool(opts.Timeout, opts.Logger)
+	p.producers = nsqio.NewProducerPool(opts.Timeout, opts.Logger)
 	p.published = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_invalidate_publishes_total",
 		Help: "NSQ publish attempts of purge messages by result.",
@@ -162,7 +165,7 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 	for _, addr := range p.opts.NSQDHTTP {
 		// Until a job store's channel exists, the topic keeps the acks.
 		for _, topic := range []string{DeadLetterTopic(p.opts.TopicPrefix), AckTopic(p.opts.TopicPrefix)} {
-			if err := CreateChannels(ctx, client, addr, topic); err != nil {
+			if err := nsqio.CreateChannels(ctx, client, addr, topic); err != nil {
 				return err
 			}
 		}
@@ -171,40 +174,9 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 			for j, r := range g.Replicas {
 				channels[j] = ReplicaChannel(r) // unchanged for CDN channels
 			}
-			if err := CreateChannels(ctx, client, addr, p.topics[i], channels...); err != nil {
+			if err := nsqio.CreateChannels(ctx, client, addr, p.topics[i], channels...); err != nil {
 				return err
 			}
-		}
-	}
-	return nil
-}
-
-// CreateChannels creates topic and its channels on the nsqd whose HTTP
-// address is addr (nothing happens to those that exist). NSQ copies a
-// message only to the channels that exist when it is published.
-func CreateChannels(ctx context.Context, client *http.Client, addr, topic string, channels ...string) error {
-	post := func(path string, q url.Values) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path+"?"+q.Encode(), nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return fmt.Errorf("nsqd %s: %w", addr, err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("nsqd %s: %s %s: %s", addr, path, q.Encode(), resp.Status)
-		}
-		return nil
-	}
-	// Channels can only be created in an existing topic.
-	if err := post("/topic/create", url.Values{"topic": {topic}}); err != nil {
-		return err
-	}
-	for _, ch := range channels {
-		if err := post("/channel/create", url.Values{"topic": {topic}, "channel": {ch}}); err != nil {
-			return err
 		}
 	}
 	return nil

@@ -12,7 +12,6 @@ import (
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
@@ -80,7 +79,7 @@ func TestPublishHTTPGroupsToTheirTopics(t *testing.T) {
 		}
 	}
 
-	rules, err := invalidate.NewRulesWithGroups([]configs.Rule{{Table: "shop.item", RouteBy: "id",
+	rules, err := invalidate.NewRulesWithGroups([]invalidate.Rule{{Table: "shop.item", RouteBy: "id",
 		Keys: []string{"item:{id}"}, URLs: []string{"/item/{id}.html", "/item/{id}/reviews"}, Tags: []string{"item-{id}"}}},
 		[]invalidate.GroupReplicas{{Name: "hot-a"}}, []invalidate.GroupReplicas{{Name: "varnish-a"}, {Name: "varnish-b"}})
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/route"
 )
 
 // Action is what happened to a row.
@@ -124,9 +124,22 @@ type rule struct {
 	ignore    []string
 }
 
+// Rule maps the rows of one table to cache targets (configs' [[rule]]
+// documents each field).
+type Rule struct {
+	Table         string
+	Keys          []string
+	URLs          []string
+	Tags          []string
+	RouteBy       string
+	Actions       []string
+	Changed       []string
+	IgnoreChanges []string
+}
+
 // NewRules parses rules that route only to Redis groups, named in routing
 // order. A rule with urls or tags is an error; use NewRulesWithGroups.
-func NewRules(specs []configs.Rule, redisGroups []string) (*Rules, error) {
+func NewRules(specs []Rule, redisGroups []string) (*Rules, error) {
 	groups := make([]GroupReplicas, len(redisGroups))
 	for i, g := range redisGroups {
 		groups[i].Name = g
@@ -134,28 +147,10 @@ func NewRules(specs []configs.Rule, redisGroups []string) (*Rules, error) {
 	return NewRulesWithGroups(specs, groups, nil)
 }
 
-// RulesFromConfig parses cfg's rules for its Redis and HTTP groups.
-func RulesFromConfig(cfg *configs.Config) (*Rules, error) {
-	redis, http := GroupsFromConfig(cfg)
-	return NewRulesWithGroups(cfg.Rules, redis, http)
-}
-
-// GroupsFromConfig lists cfg's Redis groups with their replicas and its HTTP
-// groups with their instances, each in routing order.
-func GroupsFromConfig(cfg *configs.Config) (redis, http []GroupReplicas) {
-	for _, g := range cfg.RedisGroups {
-		redis = append(redis, GroupReplicas{Name: g.Name, Replicas: g.Replicas})
-	}
-	for _, g := range cfg.HTTPGroups {
-		http = append(http, GroupReplicas{Name: g.Name, Replicas: g.Instances})
-	}
-	return redis, http
-}
-
 // NewRulesWithGroups parses every template once, at start; an error names
 // the rule and the template (and, for syntax, the offset). Keys route to the
 // redis groups, URLs and tags to the http groups, both in routing order.
-func NewRulesWithGroups(specs []configs.Rule, redis, http []GroupReplicas) (*Rules, error) {
+func NewRulesWithGroups(specs []Rule, redis, http []GroupReplicas) (*Rules, error) {
 	r := &Rules{redis: redis, http: http, byTable: map[string][]*rule{}}
 	for i, s := range specs {
 		ru := &rule{name: fmt.Sprintf("rule[%d] (%s)", i, s.Table), table: s.Table, routeBy: s.RouteBy,
@@ -402,8 +397,8 @@ func (b *Bound) routeGroups(ru *boundRule, image []any) [2]int {
 	}
 	var ok bool
 	if b.buf, ok = appendValue(b.buf[:0], image[ru.route]); ok {
-		g[TierRedis] = GroupFor(b.buf, b.groups[TierRedis])
-		g[TierHTTP] = GroupFor(b.buf, b.groups[TierHTTP])
+		g[TierRedis] = route.GroupFor(b.buf, b.groups[TierRedis])
+		g[TierHTTP] = route.GroupFor(b.buf, b.groups[TierHTTP])
 	}
 	return g
 }

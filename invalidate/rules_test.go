@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/route"
 )
 
 func TestParseTemplate(t *testing.T) {
@@ -50,26 +50,10 @@ func TestParseTemplate(t *testing.T) {
 // Golden values: ((crc32(v) >> 16) & 0x7fff) % n, computed independently
 // (Python zlib.crc32); they must never change, or caches are purged in the
 // wrong group after an upgrade.
-func TestGroupForGolden(t *testing.T) {
-	tests := []struct {
-		value string
-		n     int
-		want  int
-	}{
-		{"1", 2, 0}, {"2", 2, 1}, {"3", 2, 0}, {"101", 2, 0},
-		{"1", 3, 1}, {"2", 3, 2}, {"42", 3, 2}, {"hello", 3, 1},
-		{"anything", 1, 0},
-	}
-	for _, tt := range tests {
-		if got := GroupFor([]byte(tt.value), tt.n); got != tt.want {
-			t.Errorf("GroupFor(%q, %d) = %d, want %d", tt.value, tt.n, got, tt.want)
-		}
-	}
-}
 
 func testRules(t testing.TB) *Rules {
 	t.Helper()
-	r, err := NewRules([]configs.Rule{
+	r, err := NewRules([]Rule{
 		{Table: "shop.item", Keys: []string{"item:{id}", "item:page:{id}"}, RouteBy: "id"},
 		{Table: "shop.item", Keys: []string{"shop:{shop_id}:items"}, RouteBy: "shop_id"},
 	}, []string{"hot-a", "hot-b"})
@@ -135,7 +119,7 @@ func TestApply(t *testing.T) {
 }
 
 func TestApplyNullRouteGoesToEveryGroup(t *testing.T) {
-	r, err := NewRules([]configs.Rule{{Table: "shop.item", Keys: []string{"item:{name}"}, RouteBy: "shop_id"}}, []string{"hot-a", "hot-b"})
+	r, err := NewRules([]Rule{{Table: "shop.item", Keys: []string{"item:{name}"}, RouteBy: "shop_id"}}, []string{"hot-a", "hot-b"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,11 +142,11 @@ func TestBindErrors(t *testing.T) {
 }
 
 func TestNewRulesErrors(t *testing.T) {
-	_, err := NewRules([]configs.Rule{{Table: "shop.item", Keys: []string{"ok:{id}", "bad:{id"}, RouteBy: "id"}}, []string{"g"})
+	_, err := NewRules([]Rule{{Table: "shop.item", Keys: []string{"ok:{id}", "bad:{id"}, RouteBy: "id"}}, []string{"g"})
 	if err == nil || !strings.Contains(err.Error(), "rule[0] (shop.item): keys[1]") {
 		t.Fatalf("err = %v, want it to name rule[0] keys[1]", err)
 	}
-	_, err = NewRules([]configs.Rule{{Table: "shop.item", Keys: []string{"ok:{id}"}, RouteBy: "id"}}, nil)
+	_, err = NewRules([]Rule{{Table: "shop.item", Keys: []string{"ok:{id}"}, RouteBy: "id"}}, nil)
 	if err == nil {
 		t.Fatal("rules without groups accepted")
 	}
@@ -229,7 +213,7 @@ func FuzzParseTemplate(f *testing.F) {
 
 // tierRules has 2 Redis groups and 3 HTTP groups, so one route value may
 // pick differently numbered groups in each tier.
-func tierRules(t testing.TB, specs ...configs.Rule) *Rules {
+func tierRules(t testing.TB, specs ...Rule) *Rules {
 	t.Helper()
 	r, err := NewRulesWithGroups(specs,
 		[]GroupReplicas{{Name: "hot-a", Replicas: []string{"r1", "r2"}}, {Name: "hot-b", Replicas: []string{"r3"}}},
@@ -267,7 +251,7 @@ func targetsOf(t testing.TB, r *Rules, b *Bound, action Action, before, after []
 }
 
 func TestMultiTierRuleRoutesEachTierByItsGroupCount(t *testing.T) {
-	r := tierRules(t, configs.Rule{Table: "shop.item", RouteBy: "id",
+	r := tierRules(t, Rule{Table: "shop.item", RouteBy: "id",
 		Keys: []string{"item:{id}"}, URLs: []string{"/item/{id}.html"}, Tags: []string{"item-{id}"}})
 	b, err := r.Bind("shop.item", itemColumns)
 	if err != nil {
@@ -281,7 +265,7 @@ func TestMultiTierRuleRoutesEachTierByItsGroupCount(t *testing.T) {
 		wantRedisIdx int
 	}{{2, "hot-b", "v2", 1}, {1, "hot-a", "v1", 0}} {
 		v := strconv.FormatInt(tt.id, 10)
-		if GroupFor([]byte(v), 2) != tt.wantRedisIdx {
+		if route.GroupFor([]byte(v), 2) != tt.wantRedisIdx {
 			t.Fatalf("golden redis group of %s changed", v)
 		}
 		got := targetsOf(t, r, b, Insert, nil, []any{tt.id, int32(7), "pen", int64(0)})
@@ -289,12 +273,12 @@ func TestMultiTierRuleRoutesEachTierByItsGroupCount(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Errorf("id %d: targets %v, want %v", tt.id, got, want)
 		}
-		if g := GroupFor([]byte(v), 3); r.http[g].Name != tt.http {
+		if g := route.GroupFor([]byte(v), 3); r.http[g].Name != tt.http {
 			t.Errorf("id %d: http group %s, GroupFor says %s", tt.id, tt.http, r.http[g].Name)
 		}
 	}
 	// A NULL route value purges every group of both tiers.
-	r2 := tierRules(t, configs.Rule{Table: "shop.item", RouteBy: "shop_id", Keys: []string{"k:{id}"}, URLs: []string{"/i/{id}"}})
+	r2 := tierRules(t, Rule{Table: "shop.item", RouteBy: "shop_id", Keys: []string{"k:{id}"}, URLs: []string{"/i/{id}"}})
 	b2, _ := r2.Bind("shop.item", itemColumns)
 	got := targetsOf(t, r2, b2, Delete, []any{int64(5), nil, "x", int64(0)}, nil)
 	want := []string{"hot-a key k:5", "hot-b key k:5", "v0 url /i/5", "v1 url /i/5", "v2 url /i/5"}
@@ -305,9 +289,9 @@ func TestMultiTierRuleRoutesEachTierByItsGroupCount(t *testing.T) {
 
 func TestSeveralRulesPerTableDedupPerGroupAndKind(t *testing.T) {
 	r := tierRules(t,
-		configs.Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"item:{id}"}, Tags: []string{"item-{id}"}},
-		configs.Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"item:{id}"}, URLs: []string{"item-{id}"}, Tags: []string{"item-{id}"}},
-		configs.Rule{Table: "shop.other", RouteBy: "id", Keys: []string{"other:{id}"}},
+		Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"item:{id}"}, Tags: []string{"item-{id}"}},
+		Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"item:{id}"}, URLs: []string{"item-{id}"}, Tags: []string{"item-{id}"}},
+		Rule{Table: "shop.other", RouteBy: "id", Keys: []string{"other:{id}"}},
 	)
 	b, _ := r.Bind("shop.item", itemColumns)
 	got := targetsOf(t, r, b, Update, []any{int64(1), int32(7), "pen", int64(0)}, []any{int64(1), int32(7), "pen", int64(1)})
@@ -328,34 +312,34 @@ func TestConditions(t *testing.T) {
 	ts := time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name          string
-		rule          configs.Rule
+		rule          Rule
 		action        Action
 		before, after []any
 		fire          bool
 	}{
-		{"no condition: every action", configs.Rule{}, Update, base, base, true},
-		{"actions: insert listed", configs.Rule{Actions: []string{"insert"}}, Insert, nil, base, true},
-		{"actions: update not listed", configs.Rule{Actions: []string{"insert", "delete"}}, Update, base, row("8.99", int32(10), int64(1), "x", []byte("text")), false},
-		{"actions: delete not listed", configs.Rule{Actions: []string{"update"}}, Delete, base, nil, false},
-		{"changed: price changed", configs.Rule{Changed: []string{"price", "stock"}}, Update, base, row("8.99", int32(10), int64(2), "x", []byte("text")), true},
-		{"changed: only view_count changed", configs.Rule{Changed: []string{"price", "stock"}}, Update, base, row("9.99", int32(10), int64(2), "x", []byte("text")), false},
-		{"changed: NULL to value", configs.Rule{Changed: []string{"price"}}, Update, row(nil, int32(10), int64(1), "t", nil), row("1.00", int32(10), int64(1), "t", nil), true},
-		{"changed: value to NULL", configs.Rule{Changed: []string{"stock"}}, Update, base, row("9.99", nil, int64(1), "t", []byte("text")), true},
-		{"changed: NULL stays NULL", configs.Rule{Changed: []string{"price"}}, Update, row(nil, int32(1), int64(1), "t", nil), row(nil, int32(1), int64(2), "t", nil), false},
-		{"changed: []byte equal content", configs.Rule{Changed: []string{"body"}}, Update, base, row("9.99", int32(10), int64(5), "y", []byte("text")), false},
-		{"changed: []byte differs", configs.Rule{Changed: []string{"body"}}, Update, base, row("9.99", int32(10), int64(1), "2026-11-21 00:00:00", []byte("texT")), true},
-		{"changed: applies to updates only", configs.Rule{Changed: []string{"price"}}, Insert, nil, base, true},
-		{"changed: time.Time equal instants", configs.Rule{Changed: []string{"updated_at"}}, Update, row("1", int32(1), int64(1), ts, nil), row("1", int32(1), int64(1), ts.In(time.FixedZone("x", 3600)), nil), false},
-		{"changed: uint64 differs", configs.Rule{Changed: []string{"stock"}}, Update, row("1", uint64(1), int64(1), "t", nil), row("1", uint64(2), int64(1), "t", nil), true},
-		{"changed: float64 equal", configs.Rule{Changed: []string{"price"}}, Update, row(1.5, int32(1), int64(1), "t", nil), row(1.5, int32(1), int64(2), "t", nil), false},
-		{"changed: int64 vs same text", configs.Rule{Changed: []string{"stock"}}, Update, row("1", int64(10), int64(1), "t", nil), row("1", "10", int64(1), "t", nil), false},
-		{"ignore_changes: only view_count changed", configs.Rule{IgnoreChanges: []string{"view_count", "updated_at"}}, Update, base, row("9.99", int32(10), int64(2), "2026-11-21 00:00:01", []byte("text")), false},
-		{"ignore_changes: price changed too", configs.Rule{IgnoreChanges: []string{"view_count", "updated_at"}}, Update, base, row("8.99", int32(10), int64(2), "2026-11-21 00:00:01", []byte("text")), true},
-		{"ignore_changes: nothing changed", configs.Rule{IgnoreChanges: []string{"view_count"}}, Update, base, base, false},
-		{"ignore_changes: NULL to value outside", configs.Rule{IgnoreChanges: []string{"view_count"}}, Update, row("1", int32(1), int64(1), "t", nil), row("1", int32(1), int64(2), "t", []byte{}), true},
-		{"ignore_changes: []byte change outside", configs.Rule{IgnoreChanges: []string{"view_count"}}, Update, base, row("9.99", int32(10), int64(1), "2026-11-21 00:00:00", []byte("new")), true},
-		{"ignore_changes: delete fires", configs.Rule{IgnoreChanges: []string{"view_count"}}, Delete, base, nil, true},
-		{"ignore_changes and actions", configs.Rule{Actions: []string{"update"}, IgnoreChanges: []string{"view_count"}}, Insert, nil, base, false},
+		{"no condition: every action", Rule{}, Update, base, base, true},
+		{"actions: insert listed", Rule{Actions: []string{"insert"}}, Insert, nil, base, true},
+		{"actions: update not listed", Rule{Actions: []string{"insert", "delete"}}, Update, base, row("8.99", int32(10), int64(1), "x", []byte("text")), false},
+		{"actions: delete not listed", Rule{Actions: []string{"update"}}, Delete, base, nil, false},
+		{"changed: price changed", Rule{Changed: []string{"price", "stock"}}, Update, base, row("8.99", int32(10), int64(2), "x", []byte("text")), true},
+		{"changed: only view_count changed", Rule{Changed: []string{"price", "stock"}}, Update, base, row("9.99", int32(10), int64(2), "x", []byte("text")), false},
+		{"changed: NULL to value", Rule{Changed: []string{"price"}}, Update, row(nil, int32(10), int64(1), "t", nil), row("1.00", int32(10), int64(1), "t", nil), true},
+		{"changed: value to NULL", Rule{Changed: []string{"stock"}}, Update, base, row("9.99", nil, int64(1), "t", []byte("text")), true},
+		{"changed: NULL stays NULL", Rule{Changed: []string{"price"}}, Update, row(nil, int32(1), int64(1), "t", nil), row(nil, int32(1), int64(2), "t", nil), false},
+		{"changed: []byte equal content", Rule{Changed: []string{"body"}}, Update, base, row("9.99", int32(10), int64(5), "y", []byte("text")), false},
+		{"changed: []byte differs", Rule{Changed: []string{"body"}}, Update, base, row("9.99", int32(10), int64(1), "2026-11-21 00:00:00", []byte("texT")), true},
+		{"changed: applies to updates only", Rule{Changed: []string{"price"}}, Insert, nil, base, true},
+		{"changed: time.Time equal instants", Rule{Changed: []string{"updated_at"}}, Update, row("1", int32(1), int64(1), ts, nil), row("1", int32(1), int64(1), ts.In(time.FixedZone("x", 3600)), nil), false},
+		{"changed: uint64 differs", Rule{Changed: []string{"stock"}}, Update, row("1", uint64(1), int64(1), "t", nil), row("1", uint64(2), int64(1), "t", nil), true},
+		{"changed: float64 equal", Rule{Changed: []string{"price"}}, Update, row(1.5, int32(1), int64(1), "t", nil), row(1.5, int32(1), int64(2), "t", nil), false},
+		{"changed: int64 vs same text", Rule{Changed: []string{"stock"}}, Update, row("1", int64(10), int64(1), "t", nil), row("1", "10", int64(1), "t", nil), false},
+		{"ignore_changes: only view_count changed", Rule{IgnoreChanges: []string{"view_count", "updated_at"}}, Update, base, row("9.99", int32(10), int64(2), "2026-11-21 00:00:01", []byte("text")), false},
+		{"ignore_changes: price changed too", Rule{IgnoreChanges: []string{"view_count", "updated_at"}}, Update, base, row("8.99", int32(10), int64(2), "2026-11-21 00:00:01", []byte("text")), true},
+		{"ignore_changes: nothing changed", Rule{IgnoreChanges: []string{"view_count"}}, Update, base, base, false},
+		{"ignore_changes: NULL to value outside", Rule{IgnoreChanges: []string{"view_count"}}, Update, row("1", int32(1), int64(1), "t", nil), row("1", int32(1), int64(2), "t", []byte{}), true},
+		{"ignore_changes: []byte change outside", Rule{IgnoreChanges: []string{"view_count"}}, Update, base, row("9.99", int32(10), int64(1), "2026-11-21 00:00:00", []byte("new")), true},
+		{"ignore_changes: delete fires", Rule{IgnoreChanges: []string{"view_count"}}, Delete, base, nil, true},
+		{"ignore_changes and actions", Rule{Actions: []string{"update"}, IgnoreChanges: []string{"view_count"}}, Insert, nil, base, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -394,8 +378,8 @@ func TestValuesEqual(t *testing.T) {
 }
 
 func TestNewRulesTargetAndConditionErrors(t *testing.T) {
-	ok := configs.Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"k:{id}"}}
-	with := func(edit func(*configs.Rule)) configs.Rule {
+	ok := Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"k:{id}"}}
+	with := func(edit func(*Rule)) Rule {
 		r := ok
 		edit(&r)
 		return r
@@ -404,31 +388,31 @@ func TestNewRulesTargetAndConditionErrors(t *testing.T) {
 	http := []GroupReplicas{{Name: "v"}}
 	tests := []struct {
 		name        string
-		rule        configs.Rule
+		rule        Rule
 		redis, http []GroupReplicas
 		want        []string
 	}{
-		{"bad url template", with(func(r *configs.Rule) { r.URLs = []string{"/ok/{id}", "/item/{id.html"} }), redis, http,
+		{"bad url template", with(func(r *Rule) { r.URLs = []string{"/ok/{id}", "/item/{id.html"} }), redis, http,
 			[]string{"rule[1] (shop.item): urls[1]", `"/item/{id.html"`, "offset 6"}},
-		{"bad tag column", with(func(r *configs.Rule) { r.Tags = []string{"item-{1d}"} }), redis, http,
+		{"bad tag column", with(func(r *Rule) { r.Tags = []string{"item-{1d}"} }), redis, http,
 			[]string{"rule[1] (shop.item): tags[0]", `"1d" at offset 5 is not a column name`}},
-		{"no target", with(func(r *configs.Rule) { r.Keys = nil }), redis, http, []string{"rule[1] (shop.item): no target"}},
-		{"urls without http group", with(func(r *configs.Rule) { r.URLs = []string{"/i/{id}"} }), redis, nil,
+		{"no target", with(func(r *Rule) { r.Keys = nil }), redis, http, []string{"rule[1] (shop.item): no target"}},
+		{"urls without http group", with(func(r *Rule) { r.URLs = []string{"/i/{id}"} }), redis, nil,
 			[]string{"rule[1] (shop.item): urls and tags need at least one [[http_group]]"}},
-		{"keys without redis group", with(func(r *configs.Rule) { r.Keys, r.Tags = []string{"k"}, []string{"t"} }), nil, http,
+		{"keys without redis group", with(func(r *Rule) { r.Keys, r.Tags = []string{"k"}, []string{"t"} }), nil, http,
 			[]string{"rule[0] (shop.item): keys need at least one [[redis_group]]"}},
-		{"unknown action", with(func(r *configs.Rule) { r.Actions = []string{"insert", "upsert"} }), redis, http,
+		{"unknown action", with(func(r *Rule) { r.Actions = []string{"insert", "upsert"} }), redis, http,
 			[]string{"rule[1] (shop.item): actions[1]", `"upsert"`}},
-		{"both conditions", with(func(r *configs.Rule) { r.Changed, r.IgnoreChanges = []string{"a"}, []string{"b"} }), redis, http,
+		{"both conditions", with(func(r *Rule) { r.Changed, r.IgnoreChanges = []string{"a"}, []string{"b"} }), redis, http,
 			[]string{"rule[1] (shop.item): changed and ignore_changes are mutually exclusive"}},
-		{"bad condition column", with(func(r *configs.Rule) { r.IgnoreChanges = []string{"view count"} }), redis, http,
+		{"bad condition column", with(func(r *Rule) { r.IgnoreChanges = []string{"view count"} }), redis, http,
 			[]string{"rule[1] (shop.item): ignore_changes[0]", `"view count"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			specs := []configs.Rule{tt.rule}
+			specs := []Rule{tt.rule}
 			if tt.redis != nil {
-				specs = []configs.Rule{ok, tt.rule}
+				specs = []Rule{ok, tt.rule}
 			}
 			_, err := NewRulesWithGroups(specs, tt.redis, tt.http)
 			if err == nil {
@@ -445,13 +429,13 @@ func TestNewRulesTargetAndConditionErrors(t *testing.T) {
 
 func TestBindChecksConditionAndTargetColumns(t *testing.T) {
 	for _, tt := range []struct {
-		rule configs.Rule
+		rule Rule
 		want string
 	}{
-		{configs.Rule{Changed: []string{"price"}}, `rule[0] (shop.item): changed: column "price" is not in shop.item`},
-		{configs.Rule{IgnoreChanges: []string{"view_count", "updated_at"}}, `rule[0] (shop.item): ignore_changes: column "updated_at" is not in shop.item`},
-		{configs.Rule{URLs: []string{"/i/{slug}.html"}}, `rule[0] (shop.item): url "/i/{slug}.html": column "slug" is not in shop.item`},
-		{configs.Rule{Tags: []string{"shop-{shop}"}}, `rule[0] (shop.item): tag "shop-{shop}": column "shop" is not in shop.item`},
+		{Rule{Changed: []string{"price"}}, `rule[0] (shop.item): changed: column "price" is not in shop.item`},
+		{Rule{IgnoreChanges: []string{"view_count", "updated_at"}}, `rule[0] (shop.item): ignore_changes: column "updated_at" is not in shop.item`},
+		{Rule{URLs: []string{"/i/{slug}.html"}}, `rule[0] (shop.item): url "/i/{slug}.html": column "slug" is not in shop.item`},
+		{Rule{Tags: []string{"shop-{shop}"}}, `rule[0] (shop.item): tag "shop-{shop}": column "shop" is not in shop.item`},
 	} {
 		spec := tt.rule
 		spec.Table, spec.RouteBy = "shop.item", "id"

@@ -17,6 +17,7 @@ import (
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flashsync/flashsync/internal/nsqio"
 	"github.com/flashsync/flashsync/invalidate"
 )
 
@@ -303,7 +304,7 @@ func (s *Store) Consume(ctx context.Context, opts ConsumerOptions) error {
 		return errors.New("jobs: no nsqd or nsqlookupd address")
 	}
 	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = "flashsync"
+		opts.TopicPrefix = invalidate.DefaultTopicPrefix
 	}
 	if opts.LookupdPollInterval <= 0 {
 		opts.LookupdPollInterval = 5 * time.Second
@@ -322,7 +323,7 @@ func (s *Store) Consume(ctx context.Context, opts ConsumerOptions) error {
 	if err != nil {
 		return fmt.Errorf("nsq consumer %s/%s: %w", topic, channel, err)
 	}
-	c.SetLogger(invalidate.NewConsumerLogger(opts.Logger, opts.LookupdPollInterval), nsq.LogLevelError)
+	c.SetLogger(nsqio.NewConsumerLogger(opts.Logger, opts.LookupdPollInterval), nsq.LogLevelError)
 	log := opts.Logger
 	c.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
 		a, err := invalidate.DecodeAck(m.Body)

@@ -24,6 +24,7 @@ import (
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/jobs"
 	"github.com/flashsync/flashsync/nsqembed"
+	"github.com/flashsync/flashsync/purge"
 	"github.com/flashsync/flashsync/seckill"
 )
 
@@ -74,8 +75,8 @@ type Node struct {
 	jobs       *jobs.Store // with the canal role: the purge jobs it published
 	canal      *canal.Canal
 	lease      *canal.Lease
-	purger     *invalidate.RedisPurger
-	httpPurger *invalidate.HTTPPurger
+	purger     *purge.RedisPurger
+	httpPurger *purge.HTTPPurger
 	listener   net.Listener
 
 	dispatcher      *cdn.Dispatcher
@@ -146,7 +147,7 @@ func (n *Node) has(role string) bool { return slices.Contains(n.roles, role) }
 
 func (n *Node) build() error {
 	cfg := n.cfg
-	rules, err := invalidate.RulesFromConfig(cfg)
+	rules, err := cfg.BuildRules()
 	if err != nil {
 		return err
 	}
@@ -170,7 +171,7 @@ func (n *Node) build() error {
 		}
 		// Keys go to the Redis groups' topics, URLs and tags to the HTTP
 		// groups' topics, each with a channel per replica or instance.
-		redisGroups, httpGroups := invalidate.GroupsFromConfig(cfg)
+		redisGroups, httpGroups := cfg.Groups()
 		// Every batch is a job its targets acknowledge on the acks topic.
 		n.jobs, err = jobs.New(jobs.Options{Registerer: n.registry})
 		if err != nil {
@@ -188,19 +189,19 @@ func (n *Node) build() error {
 		var lease *canal.Lease
 		var checkpoint canal.Checkpoint
 		if cfg.Canal.HA {
-			lease, checkpoint, err = canal.NewLease(canal.LeaseOptions{MySQL: cfg.MySQL, Database: cfg.Canal.HADatabase, Name: cfg.Canal.HAName, TTL: cfg.Canal.LeaseTTL})
+			lease, checkpoint, err = canal.NewLease(cfg.LeaseOptions())
 			if err != nil {
 				return fmt.Errorf("canal ha: %w", err)
 			}
 			n.lease = lease
 		}
-		n.canal, err = canal.New(canal.Options{
-			Lease: lease, Checkpoint: checkpoint,
-			MySQL: cfg.MySQL, Canal: cfg.Canal, Rules: rules, Publisher: n.publisher,
-			Logger: n.log, Registerer: n.registry,
-			ResetToCurrent: n.opts.ResetToCurrent,
-			OnReset:        func(ctx context.Context) error { return FlushAll(ctx, cfg, n.log) },
-		})
+		co := cfg.CanalOptions()
+		co.Lease, co.Checkpoint = lease, checkpoint
+		co.Rules, co.Publisher = rules, n.publisher
+		co.Logger, co.Registerer = n.log, n.registry
+		co.ResetToCurrent = n.opts.ResetToCurrent
+		co.OnReset = func(ctx context.Context) error { return FlushAll(ctx, cfg, n.log) }
+		n.canal, err = canal.New(co)
 		if err != nil {
 			return err
 		}
@@ -209,9 +210,9 @@ func (n *Node) build() error {
 		if len(cfg.RedisGroups) == 0 {
 			return errors.New("purger role: config has no [[redis_group]]")
 		}
-		n.purger, err = invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
+		n.purger, err = purge.NewRedisPurger(purge.RedisPurgerOptions{
 			ConsumerOptions: n.consumerOptions(RoleRedisPurger, cfg.Purger.Timeout),
-			Groups:          cfg.RedisGroups, PipelineKeys: cfg.Purger.PipelineKeys, Registerer: n.registry,
+			Groups:          cfg.PurgerRedisGroups(), PipelineKeys: cfg.Purger.PipelineKeys, Registerer: n.registry,
 		})
 		if err != nil {
 			return err
@@ -221,9 +222,9 @@ func (n *Node) build() error {
 		if len(cfg.HTTPGroups) == 0 {
 			return errors.New("http-purger role: config has no [[http_group]]")
 		}
-		n.httpPurger, err = invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
+		n.httpPurger, err = purge.NewHTTPPurger(purge.HTTPPurgerOptions{
 			ConsumerOptions: n.consumerOptions(RoleHTTPPurger, cfg.Purger.Timeout),
-			Groups:          cfg.HTTPGroups, Host: cfg.Purger.HTTPHost, SoftPurge: cfg.Purger.HTTPSoftPurge, Registerer: n.registry,
+			Groups:          cfg.PurgerHTTPGroups(), Host: cfg.Purger.HTTPHost, SoftPurge: cfg.Purger.HTTPSoftPurge, Registerer: n.registry,
 		})
 		if err != nil {
 			return err
@@ -289,7 +290,7 @@ func (n *Node) Run(ctx context.Context) error {
 			defer wg.Done()
 			// Check the server before waiting on nsqd: a wrong binlog format
 			// should fail the start at once, whatever nsqd is doing.
-			if err := canal.Preflight(ctx, n.cfg.MySQL); err != nil {
+			if err := canal.Preflight(ctx, n.cfg.MySQL.Source()); err != nil {
 				fail(RoleCanal, err)
 				return
 			}
@@ -443,9 +444,9 @@ func (n *Node) Close() error {
 }
 
 // consumerOptions are a purger role's NSQ and failure settings.
-func (n *Node) consumerOptions(role string, timeout time.Duration) invalidate.ConsumerOptions {
+func (n *Node) consumerOptions(role string, timeout time.Duration) purge.ConsumerOptions {
 	cfg := n.cfg
-	return invalidate.ConsumerOptions{
+	return purge.ConsumerOptions{
 		NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
 		MaxAttempts: cfg.Purger.MaxAttempts, MaxInFlight: cfg.Purger.MaxInFlight, Timeout: timeout,
 		Logger: n.log.With("role", role),

@@ -18,7 +18,7 @@ import (
 // limit rows of each ruled table, so a demo can watch them being purged. The
 // values are placeholders: flashsync never writes cache values itself.
 func SeedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Logger) error {
-	rules, err := invalidate.RulesFromConfig(cfg)
+	rules, err := cfg.BuildRules()
 	if err != nil {
 		return err
 	}

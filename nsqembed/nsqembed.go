@@ -4,7 +4,6 @@ package nsqembed
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -22,6 +21,14 @@ type Options struct {
 	Logger      *slog.Logger
 }
 
+// Defaults of Options (configs' defaults are these): loopback ports next to
+// the local stack's nsqd, data under the checkout's .stack/.
+const (
+	DefaultTCPAddress  = "127.0.0.1:14170"
+	DefaultHTTPAddress = "127.0.0.1:14171"
+	DefaultDataPath    = ".stack/flashsync/nsqd"
+)
+
 // Server is an in-process nsqd. Its listeners are bound by New, so its
 // addresses are known before Run.
 type Server struct {
@@ -32,8 +39,14 @@ type Server struct {
 
 // New creates the data directory and binds the listeners.
 func New(opts Options) (*Server, error) {
-	if opts.TCPAddress == "" || opts.HTTPAddress == "" || opts.DataPath == "" {
-		return nil, errors.New("embedded nsqd: tcp, http address and data path are required")
+	if opts.TCPAddress == "" {
+		opts.TCPAddress = DefaultTCPAddress
+	}
+	if opts.HTTPAddress == "" {
+		opts.HTTPAddress = DefaultHTTPAddress
+	}
+	if opts.DataPath == "" {
+		opts.DataPath = DefaultDataPath
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

@@ -23,8 +23,36 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/flashsync/flashsync/cacheaside"
-	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/internal/nsqio"
 )
+
+// Defaults of Options and WriterOptions (configs' defaults are these).
+const (
+	// DefaultTopic is "<topic prefix>.seckill" with the default prefix.
+	DefaultTopic             = "flashsync.seckill"
+	DefaultItemTable         = "shop.item"
+	DefaultWriters           = 4
+	DefaultBatchMax          = 500
+	DefaultOrderTTL          = 15 * time.Minute
+	DefaultMsgTimeout        = 10 * time.Second
+	DefaultExpireInterval    = time.Second
+	DefaultReconcileInterval = 30 * time.Second
+	DefaultReconcileGrace    = time.Minute
+)
+
+// CheckReconcileGrace refuses a grace that would let the reconciler give
+// back reservations still on their way to a writer. A reservation whose
+// writer died is redelivered by nsqd only when its message times out
+// (msgTimeout), and then waits for a writer's batch and possibly one more
+// attempt: a grace shorter than three message timeouts gives back stock
+// that was sold (seen: 166 reservations given back after one of two
+// seckill processes was SIGKILLed with a 3 s grace).
+func CheckReconcileGrace(grace, msgTimeout time.Duration) error {
+	if min := 3 * msgTimeout; grace < min {
+		return fmt.Errorf("reconcile grace %v is shorter than 3 NSQ message timeouts (%v): a reservation whose writer died is redelivered only after its message times out, and would be given back while its order is still coming", grace, min)
+	}
+	return nil
+}
 
 // Options configure a Service. Parts choose what runs: the buy API, the
 // order writers, the expirer and the reconciler.
@@ -117,19 +145,25 @@ func New(opts Options) (*Service, error) {
 		return nil, errors.New("seckill: no part to run (api, writer, expirer, reconciler)")
 	}
 	if opts.Topic == "" {
-		opts.Topic = "flashsync.seckill.reservations"
+		opts.Topic = DefaultTopic
 	}
 	if opts.ItemTable == "" {
-		opts.ItemTable = "shop.item"
+		opts.ItemTable = DefaultItemTable
 	}
 	if opts.ExpireInterval <= 0 {
-		opts.ExpireInterval = time.Second
+		opts.ExpireInterval = DefaultExpireInterval
 	}
 	if opts.ReconcileInterval <= 0 {
-		opts.ReconcileInterval = 30 * time.Second
+		opts.ReconcileInterval = DefaultReconcileInterval
 	}
 	if opts.ReconcileGrace <= 0 {
-		opts.ReconcileGrace = time.Minute
+		opts.ReconcileGrace = DefaultReconcileGrace
+	}
+	if opts.MsgTimeout <= 0 {
+		opts.MsgTimeout = DefaultMsgTimeout
+	}
+	if err := CheckReconcileGrace(opts.ReconcileGrace, opts.MsgTimeout); err != nil {
+		return nil, fmt.Errorf("seckill: %w", err)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -327,7 +361,7 @@ func (s *Service) ensureTopic(ctx context.Context) error {
 	c := &http.Client{Timeout: 2 * time.Second}
 	var errs []error
 	for _, addr := range s.opts.NSQDHTTP {
-		errs = append(errs, invalidate.CreateChannels(ctx, c, addr, s.opts.Topic, writerChannel))
+		errs = append(errs, nsqio.CreateChannels(ctx, c, addr, s.opts.Topic, writerChannel))
 	}
 	return errors.Join(errs...)
 }
@@ -465,7 +499,7 @@ type publisher struct {
 	addrs []string
 	topic string
 	in    chan pubReq
-	prods *invalidate.ProducerPool
+	prods *nsqio.ProducerPool
 	cur   int
 }
 
@@ -477,7 +511,7 @@ type pubReq struct {
 const maxPublishBatch = 256
 
 func newPublisher(addrs []string, topic string, log *slog.Logger) *publisher {
-	return &publisher{addrs: addrs, topic: topic, in: make(chan pubReq, 4*maxPublishBatch), prods: invalidate.NewProducerPool(2*time.Second, log)}
+	return &publisher{addrs: addrs, topic: topic, in: make(chan pubReq, 4*maxPublishBatch), prods: nsqio.NewProducerPool(2*time.Second, log)}
 }
 
 func (p *publisher) publish(ctx context.Context, body []byte) error {

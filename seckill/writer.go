@@ -10,11 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flashsync/flashsync/internal/nsqio"
 	"github.com/go-sql-driver/mysql"
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/flashsync/flashsync/invalidate"
 )
 
 // WriterOptions configure a Writer.
@@ -87,7 +86,7 @@ func decodeReservations(body []byte) ([]Reservation, error) {
 type Writer struct {
 	opts     WriterOptions
 	in       chan delivery
-	dead     *invalidate.ProducerPool
+	dead     *nsqio.ProducerPool
 	deadN    prometheus.Counter
 	batches  prometheus.Histogram
 	results  *prometheus.CounterVec
@@ -104,22 +103,22 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 		return nil, errors.New("seckill writer: no nsqd or nsqlookupd address")
 	}
 	if opts.Topic == "" {
-		opts.Topic = "flashsync.seckill.reservations"
+		opts.Topic = DefaultTopic
 	}
 	if opts.DeadTopic == "" {
 		opts.DeadTopic = opts.Topic + ".dead"
 	}
 	if opts.Writers <= 0 {
-		opts.Writers = 4
+		opts.Writers = DefaultWriters
 	}
 	if opts.BatchMax <= 0 {
-		opts.BatchMax = 500
+		opts.BatchMax = DefaultBatchMax
 	}
 	if opts.OrderTTL <= 0 {
-		opts.OrderTTL = 15 * time.Minute
+		opts.OrderTTL = DefaultOrderTTL
 	}
 	if opts.MsgTimeout <= 0 {
-		opts.MsgTimeout = 10 * time.Second
+		opts.MsgTimeout = DefaultMsgTimeout
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -130,7 +129,7 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 	w := &Writer{
 		opts: opts,
 		in:   make(chan delivery, opts.Writers*opts.BatchMax),
-		dead: invalidate.NewProducerPool(2*time.Second, opts.Logger),
+		dead: nsqio.NewProducerPool(2*time.Second, opts.Logger),
 		deadN: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flashsync_seckill_writer_dead_letters_total",
 			Help: "Messages that were not reservations, moved to the dead-letter topic.",
@@ -178,7 +177,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("nsq consumer %s: %w", w.opts.Topic, err)
 	}
-	c.SetLogger(invalidate.NewConsumerLogger(w.opts.Logger, cfg.LookupdPollInterval), nsq.LogLevelError)
+	c.SetLogger(nsqio.NewConsumerLogger(w.opts.Logger, cfg.LookupdPollInterval), nsq.LogLevelError)
 	c.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
 		rs, err := decodeReservations(m.Body)
 		if err != nil {

@@ -54,7 +54,7 @@ func runRules(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(fmt.Errorf("config %w", err))
 	}
-	rules, err := invalidate.RulesFromConfig(cfg)
+	rules, err := cfg.BuildRules()
 	if err != nil {
 		return fail(err)
 	}

@@ -1,5 +1,5 @@
 # flashsync.vcl — Varnish 7.1 VCL for caches purged by flashsync's
-# http-purger role (README "HTTP caches").
+# http-purger role (docs/http-caches.md).
 #
 # Requests flashsync sends (from a client in the purgers ACL):
 #   PURGE /item/1.html                        purge that URL (Host as sent)

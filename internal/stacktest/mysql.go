@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
+
 	// database/sql driver "mysql" for SQLDB.
 	_ "github.com/go-sql-driver/mysql"
 )

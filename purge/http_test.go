@@ -1,4 +1,4 @@
-package invalidate_test
+package purge_test
 
 import (
 	"context"
@@ -18,9 +18,9 @@ import (
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
 )
 
 const flashsyncVCL = "../configs/varnish/flashsync.vcl"
@@ -93,8 +93,8 @@ type httpPurgeFixture struct {
 	addrs    []string
 	prod     *nsq.Producer
 	reg      *prometheus.Registry
-	purger   *invalidate.HTTPPurger
-	instance configs.HTTPGroup
+	purger   *purge.HTTPPurger
+	instance purge.HTTPGroup
 }
 
 // startHTTPPurge starts an nsqd, n private Varnish instances of group g0
@@ -110,7 +110,7 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 		f.addrs = append(f.addrs, v.Addr())
 	}
 	f.nsqd = stacktest.StartNSQD(t)
-	f.instance = configs.HTTPGroup{Name: "g0", Instances: f.addrs}
+	f.instance = purge.HTTPGroup{Name: "g0", Instances: f.addrs}
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{f.nsqd.TCPAddr()}, NSQDHTTP: []string{f.nsqd.HTTPAddr()},
 		HTTPGroups: []invalidate.GroupReplicas{{Name: "g0", Replicas: f.addrs}}, Registerer: prometheus.NewRegistry(),
@@ -127,8 +127,8 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 		t.Fatal(err)
 	}
 	t.Cleanup(f.prod.Stop)
-	f.purger, err = invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: time.Second}, Groups: []configs.HTTPGroup{f.instance}, Registerer: f.reg,
+	f.purger, err = purge.NewHTTPPurger(purge.HTTPPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts, Timeout: time.Second}, Groups: []purge.HTTPGroup{f.instance}, Registerer: f.reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -287,8 +287,8 @@ func TestHTTPPurgerRequests(t *testing.T) {
 	for _, soft := range []bool{false, true} {
 		t.Run(fmt.Sprintf("soft=%v", soft), func(t *testing.T) {
 			prefix := fmt.Sprintf("t%v", soft)
-			p, err := invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-				ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: prefix}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Host: "shop.example", SoftPurge: soft,
+			p, err := purge.NewHTTPPurger(purge.HTTPPurgerOptions{
+				ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: prefix}, Groups: []purge.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Host: "shop.example", SoftPurge: soft,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -368,8 +368,8 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 	addr := strings.TrimPrefix(inst.URL, "http://")
 	nsqd := stacktest.StartNSQD(t)
 	reg := prometheus.NewRegistry()
-	p, err := invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: "t5xx", MaxAttempts: 2}, Groups: []configs.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Registerer: reg,
+	p, err := purge.NewHTTPPurger(purge.HTTPPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, TopicPrefix: "t5xx", MaxAttempts: 2}, Groups: []purge.HTTPGroup{{Name: "g", Instances: []string{addr}}}, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)

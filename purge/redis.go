@@ -1,4 +1,4 @@
-package invalidate
+package purge
 
 import (
 	"context"
@@ -10,25 +10,34 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/invalidate"
 )
+
+// RedisGroup is a set of Redis replicas that all hold the same hot data:
+// each gets every purge of the group, on its own NSQ channel.
+type RedisGroup struct {
+	Name     string
+	Replicas []string
+	Password string
+	DB       int
+}
 
 // RedisPurgerOptions configure a RedisPurger.
 type RedisPurgerOptions struct {
 	// ConsumerOptions: where the purges come from, attempts before a dead
 	// letter, messages in flight, the request timeout, the logger.
 	ConsumerOptions
-	Groups       []configs.RedisGroup
+	Groups       []RedisGroup
 	PipelineKeys int
 	Registerer   prometheus.Registerer
 }
 
 // RedisPurger deletes purged keys from every replica of every group. Each
-// replica has its own NSQ consumer on its own channel (see PurgeConsumers
+// replica has its own NSQ consumer on its own channel (see Consumers
 // for the failure semantics).
 type RedisPurger struct {
 	opts     RedisPurgerOptions
-	c        *PurgeConsumers
+	c        *Consumers
 	replicas []*redisReplica
 	keys     *prometheus.CounterVec
 
@@ -51,12 +60,12 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		return nil, err
 	}
 	if opts.PipelineKeys <= 0 {
-		opts.PipelineKeys = 512
+		opts.PipelineKeys = DefaultPipelineKeys
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := NewPurgeConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_", Label: "replica", Noun: "redis replica", Tier: TierRedis.String()}, opts.Registerer)
+	c, err := NewConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_", Label: "replica", Noun: "redis replica", Tier: invalidate.TierRedis.String()}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
@@ -85,11 +94,11 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 			}
 			p.replicas = append(p.replicas, r)
 			group := g.Name
-			c.Add(PurgeTarget{
-				Group: group, Name: addr, Topic: RedisTopic(opts.TopicPrefix, g.Name),
-				Apply:       func(ctx context.Context, msg *Purge) error { return p.purge(ctx, r, msg.Keys) },
+			c.Add(Target{
+				Group: group, Name: addr, Topic: invalidate.RedisTopic(opts.TopicPrefix, g.Name),
+				Apply:       func(ctx context.Context, msg *invalidate.Purge) error { return p.purge(ctx, r, msg.Keys) },
 				Unreachable: unreachable,
-				OK: func(msg *Purge) {
+				OK: func(msg *invalidate.Purge) {
 					p.keys.WithLabelValues(group, addr).Add(float64(len(msg.Keys)))
 				},
 			})

@@ -1,4 +1,4 @@
-package invalidate_test
+package purge_test
 
 import (
 	"context"
@@ -11,14 +11,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
 )
 
 type purgeFixture struct {
 	nsqd      *stacktest.NSQD
-	groups    []configs.RedisGroup
+	groups    []purge.RedisGroup
 	clients   map[string]*redis.Client
 	publisher *invalidate.Publisher
 	reg       *prometheus.Registry
@@ -31,7 +31,7 @@ func startPurge(t *testing.T, groups, replicas int, maxAttempts uint16) *purgeFi
 	f := &purgeFixture{nsqd: stacktest.StartNSQD(t), clients: map[string]*redis.Client{}, reg: prometheus.NewRegistry()}
 	var gr []invalidate.GroupReplicas
 	for g := 0; g < groups; g++ {
-		grp := configs.RedisGroup{Name: fmt.Sprintf("g%d", g)}
+		grp := purge.RedisGroup{Name: fmt.Sprintf("g%d", g)}
 		for r := 0; r < replicas; r++ {
 			srv := stacktest.StartRedis(t)
 			grp.Replicas = append(grp.Replicas, srv.Addr())
@@ -52,8 +52,8 @@ func startPurge(t *testing.T, groups, replicas int, maxAttempts uint16) *purgeFi
 	if err := f.publisher.EnsureChannels(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	purger, err := invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts}, Groups: f.groups, Registerer: f.reg,
+	purger, err := purge.NewRedisPurger(purge.RedisPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{f.nsqd.TCPAddr()}, MaxAttempts: maxAttempts}, Groups: f.groups, Registerer: f.reg,
 	})
 	if err != nil {
 		t.Fatal(err)

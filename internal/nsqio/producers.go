@@ -1,4 +1,7 @@
-package invalidate
+// Package nsqio is the NSQ plumbing every role shares: producers that never
+// reconnect in place, topic and channel creation, nsqlookupd queries and the
+// go-nsq consumer logger.
+package nsqio
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package invalidate
+package configs_test
 
 import (
 	"slices"
@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/invalidate"
 )
 
 // TestDevConfigSeckillRules: configs/dev.toml purges the flash sale's
@@ -17,13 +18,13 @@ func TestDevConfigSeckillRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := RulesFromConfig(cfg)
+	r, err := cfg.BuildRules()
 	if err != nil {
 		t.Fatal(err)
 	}
 	purged := func(row string) (keys, urls []string) {
 		t.Helper()
-		q, err := ParseExplainRequest([]byte(row))
+		q, err := invalidate.ParseExplainRequest([]byte(row))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package invalidate_test
+package purge_test
 
 import (
 	"context"
@@ -12,10 +12,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/jobs"
+	"github.com/flashsync/flashsync/purge"
 )
 
 // refusingVCL writes the shipped VCL with a purgers ACL that does not list
@@ -49,11 +49,11 @@ func TestPurgeJobs(t *testing.T) {
 	backendAddr := strings.TrimPrefix(backend.URL, "http://")
 	good := stacktest.StartVarnish(t, flashsyncVCL, backendAddr)
 	bad := stacktest.StartVarnish(t, refusingVCL(t), backendAddr)
-	redisGroup := configs.RedisGroup{Name: "hot"}
+	redisGroup := purge.RedisGroup{Name: "hot"}
 	for i := 0; i < 2; i++ {
 		redisGroup.Replicas = append(redisGroup.Replicas, stacktest.StartRedis(t).Addr())
 	}
-	httpGroups := []configs.HTTPGroup{{Name: "web", Instances: []string{good.Addr()}}, {Name: "bad", Instances: []string{bad.Addr()}}}
+	httpGroups := []purge.HTTPGroup{{Name: "web", Instances: []string{good.Addr()}}, {Name: "bad", Instances: []string{bad.Addr()}}}
 	tcp := []string{nsqd.TCPAddr()}
 
 	reg := prometheus.NewRegistry()
@@ -76,14 +76,14 @@ func TestPurgeJobs(t *testing.T) {
 	if err := pub.EnsureChannels(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	redisPurger, err := invalidate.NewRedisPurger(invalidate.RedisPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: tcp, MaxAttempts: 2}, Groups: []configs.RedisGroup{redisGroup}, Registerer: reg,
+	redisPurger, err := purge.NewRedisPurger(purge.RedisPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: tcp, MaxAttempts: 2}, Groups: []purge.RedisGroup{redisGroup}, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	httpPurger, err := invalidate.NewHTTPPurger(invalidate.HTTPPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{NSQDTCP: tcp, MaxAttempts: 2, Timeout: time.Second}, Groups: httpGroups, Registerer: reg,
+	httpPurger, err := purge.NewHTTPPurger(purge.HTTPPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: tcp, MaxAttempts: 2, Timeout: time.Second}, Groups: httpGroups, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -196,14 +196,14 @@ func TestPurgeJobs(t *testing.T) {
 // is counted, not retried or blocking.
 func TestAckSenderDropsWhenNSQDIsDown(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s, err := invalidate.NewAckSender(invalidate.AckSenderOptions{
+	s, err := purge.NewAckSender(purge.AckSenderOptions{
 		NSQDTCP: []string{"127.0.0.1:1"}, Tier: "redis", Timeout: 200 * time.Millisecond, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A second sender on the same registry shares the metric.
-	if _, err := invalidate.NewAckSender(invalidate.AckSenderOptions{Tier: "http", Registerer: reg}); err != nil {
+	if _, err := purge.NewAckSender(purge.AckSenderOptions{Tier: "http", Registerer: reg}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()

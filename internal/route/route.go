@@ -1,4 +1,7 @@
-package invalidate
+// Package route is the routing hash shared by the center, which purges an
+// item in the group its route value picks, and the readers, which must read
+// it from the same group.
+package route
 
 import "hash/crc32"
 

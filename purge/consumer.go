@@ -1,4 +1,4 @@
-package invalidate
+package purge
 
 import (
 	"context"
@@ -8,15 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/flashsync/flashsync/internal/nsqio"
+	"github.com/flashsync/flashsync/invalidate"
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -28,6 +27,15 @@ import (
 // message and retries with backoff without burning attempts; any other
 // failure requeues with backoff until MaxAttempts sends the message to the
 // dead-letter topic; metrics and Health per target.
+
+// Defaults of ConsumerOptions and the purgers' options (configs' defaults
+// are these).
+const (
+	DefaultMaxAttempts  = 10
+	DefaultMaxInFlight  = 64
+	DefaultTimeout      = 2 * time.Second
+	DefaultPipelineKeys = 512
+)
 
 // ConsumerOptions are the NSQ and failure settings of a purger.
 type ConsumerOptions struct {
@@ -100,8 +108,8 @@ func newConsumerMetrics(reg prometheus.Registerer, k ConsumerKind) (consumerMetr
 	return m, nil
 }
 
-// PurgeConsumers runs the consumers of a purger's targets.
-type PurgeConsumers struct {
+// Consumers runs the consumers of a purger's targets.
+type Consumers struct {
 	opts    ConsumerOptions
 	kind    ConsumerKind
 	metrics consumerMetrics
@@ -110,19 +118,19 @@ type PurgeConsumers struct {
 
 	// Dead-letter producers by nsqd address, created on first use, and the
 	// address that took the last dead letter (tried first next time).
-	deadProducers *ProducerPool
+	deadProducers *nsqio.ProducerPool
 	deadMu        sync.Mutex
 	deadLast      string
 }
 
-// PurgeTarget is one cache target of a purger: where its purges come from
+// Target is one cache target of a purger: where its purges come from
 // and how they are applied.
-type PurgeTarget struct {
+type Target struct {
 	// Group and Name label the target in metrics, logs and job acks (a
 	// Redis replica's or HTTP instance's address, a CDN node's name).
 	Group, Name string
 	// Topic is the group's topic; Channel the target's own channel
-	// (default ReplicaChannel(Name)).
+	// (default invalidate.ReplicaChannel(Name)).
 	Topic, Channel string
 	// Concurrency is the number of messages applied at once (default 1).
 	// Purges commute (deleting twice or in another order leaves the same
@@ -133,15 +141,15 @@ type PurgeTarget struct {
 	// that mean the target cannot be talked to (hold and wait) from the
 	// others (requeue, count the attempt); OK, if set, is called after a
 	// success.
-	Apply       func(ctx context.Context, msg *Purge) error
+	Apply       func(ctx context.Context, msg *invalidate.Purge) error
 	Unreachable func(error) bool
-	OK          func(msg *Purge)
+	OK          func(msg *invalidate.Purge)
 }
 
-// targetConsumer is a PurgeTarget's NSQ handler and its state.
+// targetConsumer is a Target's NSQ handler and its state.
 type targetConsumer struct {
-	PurgeTarget
-	p   *PurgeConsumers
+	Target
+	p   *Consumers
 	log *slog.Logger
 	ctx context.Context
 
@@ -150,7 +158,7 @@ type targetConsumer struct {
 }
 
 // Prepare checks the addresses and fills the defaults every purger shares
-// (NewPurgeConsumers calls it; a purger calls it first to read the
+// (NewConsumers calls it; a purger calls it first to read the
 // defaults); role names the purger in the error.
 func (o *ConsumerOptions) Prepare(role string) error {
 	if len(o.NSQDTCP) == 0 && len(o.LookupdHTTP) == 0 {
@@ -160,16 +168,16 @@ func (o *ConsumerOptions) Prepare(role string) error {
 		o.LookupdPollInterval = 5 * time.Second
 	}
 	if o.TopicPrefix == "" {
-		o.TopicPrefix = "flashsync"
+		o.TopicPrefix = invalidate.DefaultTopicPrefix
 	}
 	if o.MaxAttempts == 0 {
-		o.MaxAttempts = 10
+		o.MaxAttempts = DefaultMaxAttempts
 	}
 	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 64
+		o.MaxInFlight = DefaultMaxInFlight
 	}
 	if o.Timeout <= 0 {
-		o.Timeout = 2 * time.Second
+		o.Timeout = DefaultTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -177,9 +185,9 @@ func (o *ConsumerOptions) Prepare(role string) error {
 	return nil
 }
 
-// NewPurgeConsumers checks opts and registers the metrics of kind on reg;
+// NewConsumers checks opts and registers the metrics of kind on reg;
 // nothing connects before Run.
-func NewPurgeConsumers(opts ConsumerOptions, kind ConsumerKind, reg prometheus.Registerer) (*PurgeConsumers, error) {
+func NewConsumers(opts ConsumerOptions, kind ConsumerKind, reg prometheus.Registerer) (*Consumers, error) {
 	if err := opts.Prepare(kind.Noun + " purger"); err != nil {
 		return nil, err
 	}
@@ -197,24 +205,24 @@ func NewPurgeConsumers(opts ConsumerOptions, kind ConsumerKind, reg prometheus.R
 	if err != nil {
 		return nil, err
 	}
-	return &PurgeConsumers{opts: opts, kind: kind, metrics: m, acks: acks, deadProducers: NewProducerPool(opts.Timeout, opts.Logger)}, nil
+	return &Consumers{opts: opts, kind: kind, metrics: m, acks: acks, deadProducers: nsqio.NewProducerPool(opts.Timeout, opts.Logger)}, nil
 }
 
 // Add registers a target; its consumer starts with Run. Call it before Run.
-func (p *PurgeConsumers) Add(t PurgeTarget) {
+func (p *Consumers) Add(t Target) {
 	if t.Channel == "" {
-		t.Channel = ReplicaChannel(t.Name)
+		t.Channel = invalidate.ReplicaChannel(t.Name)
 	}
 	t.Concurrency = max(t.Concurrency, 1)
 	p.targets = append(p.targets, &targetConsumer{
-		PurgeTarget: t, p: p,
+		Target: t, p: p,
 		log: p.opts.Logger.With("group", t.Group, p.kind.Label, t.Name),
 	})
 }
 
 // Run consumes until ctx ends, then stops every consumer, waiting for the
 // messages in hand; name names the purger in logs.
-func (p *PurgeConsumers) Run(ctx context.Context, name string) error {
+func (p *Consumers) Run(ctx context.Context, name string) error {
 	defer p.deadProducers.Close()
 	defer p.acks.Close() // after the consumers stopped: no more acks
 
@@ -250,7 +258,7 @@ func (p *PurgeConsumers) Run(ctx context.Context, name string) error {
 		}
 		// go-nsq warns on every clean stop; its errors (lost nsqd
 		// connections) matter, and the handler logs its own failures.
-		c.SetLogger(NewConsumerLogger(r.log, p.opts.LookupdPollInterval), nsq.LogLevelError)
+		c.SetLogger(nsqio.NewConsumerLogger(r.log, p.opts.LookupdPollInterval), nsq.LogLevelError)
 		c.AddConcurrentHandlers(r, r.Concurrency)
 		// A message is only in the channels of the nsqd it was published
 		// to, so every consumer reads from every nsqd: all that nsqlookupd
@@ -275,7 +283,7 @@ func (p *PurgeConsumers) Run(ctx context.Context, name string) error {
 }
 
 // Health reports the targets that are currently unreachable.
-func (p *PurgeConsumers) Health() error {
+func (p *Consumers) Health() error {
 	var down []string
 	for _, r := range p.targets {
 		r.mu.Lock()
@@ -298,7 +306,7 @@ var _ nsq.Handler = (*targetConsumer)(nil)
 // answers. Any other failure is returned, so NSQ requeues the message with
 // backoff, until MaxAttempts sends it to the dead-letter topic.
 func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
-	msg, err := DecodePurge(m.Body)
+	msg, err := invalidate.DecodePurge(m.Body)
 	if err == nil {
 		err = r.purgeWaiting(m, msg)
 	}
@@ -329,7 +337,7 @@ func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
 	}
 	r.p.metrics.messages.WithLabelValues(r.Group, r.Name, "dead_letter").Inc()
 	r.p.metrics.dead.WithLabelValues(r.Group, r.Name).Inc()
-	r.log.Error("purge message dead-lettered", "topic", DeadLetterTopic(r.p.opts.TopicPrefix), "attempts", m.Attempts, "err", err, "body", truncate(m.Body, 256))
+	r.log.Error("purge message dead-lettered", "topic", invalidate.DeadLetterTopic(r.p.opts.TopicPrefix), "attempts", m.Attempts, "err", err, "body", truncate(m.Body, 256))
 	if msg != nil {
 		r.ack(m, msg, err)
 	}
@@ -338,12 +346,12 @@ func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
 
 // ack reports the message of a job applied (cause nil) or dead-lettered, in
 // the background: it never delays or fails the purge.
-func (r *targetConsumer) ack(m *nsq.Message, msg *Purge, cause error) {
+func (r *targetConsumer) ack(m *nsq.Message, msg *invalidate.Purge, cause error) {
 	if msg.Job == "" {
 		return
 	}
-	a := Ack{Job: msg.Job, Tier: r.p.kind.Tier, Group: r.Group, Target: r.Name, OK: cause == nil,
-		LatencyMS: AckLatency(msg.SeenUnixNano, m.Timestamp)}
+	a := invalidate.Ack{Job: msg.Job, Tier: r.p.kind.Tier, Group: r.Group, Target: r.Name, OK: cause == nil,
+		LatencyMS: invalidate.AckLatency(msg.SeenUnixNano, m.Timestamp)}
 	if cause != nil {
 		a.Error = cause.Error()
 	}
@@ -351,7 +359,7 @@ func (r *targetConsumer) ack(m *nsq.Message, msg *Purge, cause error) {
 }
 
 // purgeWaiting applies msg, waiting for the target while it is unreachable.
-func (r *targetConsumer) purgeWaiting(m *nsq.Message, msg *Purge) error {
+func (r *targetConsumer) purgeWaiting(m *nsq.Message, msg *invalidate.Purge) error {
 	backoff := 20 * time.Millisecond
 	lastTouch := time.Now()
 	for {
@@ -418,13 +426,13 @@ func (r *targetConsumer) deadLetter(m *nsq.Message, cause error) error {
 	if err != nil {
 		return err
 	}
-	topic := DeadLetterTopic(r.p.opts.TopicPrefix)
+	topic := invalidate.DeadLetterTopic(r.p.opts.TopicPrefix)
 	return r.p.publishDead(topic, body)
 }
 
 // publishDead publishes body to the first nsqd that takes it, trying each in
 // turn, starting with the one that took the last dead letter.
-func (p *PurgeConsumers) publishDead(topic string, body []byte) error {
+func (p *Consumers) publishDead(topic string, body []byte) error {
 	addrs, err := p.deadLetterAddrs()
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", topic, err)
@@ -447,13 +455,13 @@ func (p *PurgeConsumers) publishDead(topic string, body []byte) error {
 
 // deadLetterAddrs lists the nsqd TCP addresses dead letters may go to: the
 // configured ones, or else those the first answering nsqlookupd knows.
-func (p *PurgeConsumers) deadLetterAddrs() ([]string, error) {
+func (p *Consumers) deadLetterAddrs() ([]string, error) {
 	if len(p.opts.NSQDTCP) > 0 {
 		return p.opts.NSQDTCP, nil
 	}
 	var errs []error
 	for _, l := range p.opts.LookupdHTTP {
-		addrs, err := lookupdNodes(l, p.opts.Timeout)
+		addrs, err := nsqio.LookupdNodes(l, p.opts.Timeout)
 		if err == nil && len(addrs) == 0 {
 			err = errors.New("no nsqd registered")
 		}
@@ -463,62 +471,6 @@ func (p *PurgeConsumers) deadLetterAddrs() ([]string, error) {
 		errs = append(errs, fmt.Errorf("nsqlookupd %s: %w", l, err))
 	}
 	return nil, errors.Join(errs...)
-}
-
-// lookupdNodes asks nsqlookupd for the TCP addresses of every nsqd
-// registered with it.
-func lookupdNodes(addr string, timeout time.Duration) ([]string, error) {
-	if !strings.Contains(addr, "://") {
-		addr = "http://" + addr
-	}
-	c := http.Client{Timeout: timeout}
-	resp, err := c.Get(strings.TrimSuffix(addr, "/") + "/nodes")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/nodes: %s", resp.Status)
-	}
-	var nodes struct {
-		Producers []struct {
-			BroadcastAddress string `json:"broadcast_address"`
-			TCPPort          int    `json:"tcp_port"`
-		} `json:"producers"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&nodes); err != nil {
-		return nil, fmt.Errorf("/nodes: %w", err)
-	}
-	var addrs []string
-	for _, n := range nodes.Producers {
-		addrs = append(addrs, net.JoinHostPort(n.BroadcastAddress, strconv.Itoa(n.TCPPort)))
-	}
-	return addrs, nil
-}
-
-// ConsumerLogger adapts a go-nsq consumer's logger to slog. nsqlookupd
-// answers TOPIC_NOT_FOUND until some nsqd has the topic, which is normal on
-// a first start: that is said once, at info level, not at every poll.
-type ConsumerLogger struct {
-	l        *slog.Logger
-	poll     time.Duration
-	notFound atomic.Bool
-}
-
-// NewConsumerLogger logs for a consumer that asks nsqlookupd every poll.
-func NewConsumerLogger(l *slog.Logger, poll time.Duration) *ConsumerLogger {
-	return &ConsumerLogger{l: l, poll: poll}
-}
-
-func (c *ConsumerLogger) Output(_ int, s string) error {
-	if strings.Contains(s, "TOPIC_NOT_FOUND") {
-		if !c.notFound.Swap(true) {
-			c.l.Info("nsqlookupd knows no nsqd with this topic yet (the canal creates it at start); asking again", "every", c.poll)
-		}
-		return nil
-	}
-	c.l.Warn(s)
-	return nil
 }
 
 func truncate(b []byte, n int) string {

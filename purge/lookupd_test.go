@@ -1,4 +1,4 @@
-package invalidate_test
+package purge_test
 
 import (
 	"context"
@@ -17,9 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
 )
 
 // Several nsqd behind one nsqlookupd: publishers write to any nsqd, purgers
@@ -28,13 +28,13 @@ import (
 // replica's channel (EnsureChannels) and every purger reads every nsqd.
 
 // redisGroups starts groups x replicas private Redis servers.
-func redisGroups(t *testing.T, groups, replicas int) ([]configs.RedisGroup, []invalidate.GroupReplicas, map[string]*redis.Client) {
+func redisGroups(t *testing.T, groups, replicas int) ([]purge.RedisGroup, []invalidate.GroupReplicas, map[string]*redis.Client) {
 	t.Helper()
-	var cg []configs.RedisGroup
+	var cg []purge.RedisGroup
 	var gr []invalidate.GroupReplicas
 	clients := map[string]*redis.Client{}
 	for g := 0; g < groups; g++ {
-		grp := configs.RedisGroup{Name: fmt.Sprintf("g%d", g)}
+		grp := purge.RedisGroup{Name: fmt.Sprintf("g%d", g)}
 		for r := 0; r < replicas; r++ {
 			srv := stacktest.StartRedis(t)
 			grp.Replicas = append(grp.Replicas, srv.Addr())
@@ -65,11 +65,11 @@ func newPublisher(t *testing.T, prefix string, gr []invalidate.GroupReplicas, re
 func addrs(n *stacktest.NSQD) [2]string { return [2]string{n.TCPAddr(), n.HTTPAddr()} }
 
 // runPurger runs a purger until cleanup and returns its metrics.
-func runPurger(t *testing.T, opts invalidate.RedisPurgerOptions) *prometheus.Registry {
+func runPurger(t *testing.T, opts purge.RedisPurgerOptions) *prometheus.Registry {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts.Registerer = reg
-	purger, err := invalidate.NewRedisPurger(opts)
+	purger, err := purge.NewRedisPurger(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func messagesOn(t *testing.T, nsqdHTTP string, topics []string) uint64 {
 // consumers on the nsqd at nsqdHTTP, each ready to receive. A consumer that
 // finds a second nsqd may get RDY 0 there at first: go-nsq gave all its
 // max-in-flight to the first connection and retries the new one 5 s later.
-func waitClients(t *testing.T, nsqdHTTP, prefix string, groups []configs.RedisGroup, n int) {
+func waitClients(t *testing.T, nsqdHTTP, prefix string, groups []purge.RedisGroup, n int) {
 	t.Helper()
 	stacktest.Eventually(t, 10*time.Second, func() error {
 		clients, ready := map[string]int{}, map[string]int{}
@@ -194,7 +194,7 @@ func waitClients(t *testing.T, nsqdHTTP, prefix string, groups []configs.RedisGr
 	})
 }
 
-func topicsOf(prefix string, groups []configs.RedisGroup) []string {
+func topicsOf(prefix string, groups []purge.RedisGroup) []string {
 	var ts []string
 	for _, g := range groups {
 		ts = append(ts, invalidate.RedisTopic(prefix, g.Name))
@@ -273,8 +273,8 @@ func TestLookupdPurgerFollowsPublisherFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRegistered(t, lookupd.HTTPAddr(), topics, n1.TCPAddr(), n2.TCPAddr())
-	reg := runPurger(t, invalidate.RedisPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 5}, Groups: groups,
+	reg := runPurger(t, purge.RedisPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 5}, Groups: groups,
 	})
 	for _, n := range []*stacktest.NSQD{n1, n2} {
 		waitClients(t, n.HTTPAddr(), prefix, groups, 1)
@@ -329,8 +329,8 @@ func TestLookupdPurgerDiscoversNewNSQD(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRegistered(t, lookupd.HTTPAddr(), topics, n1.TCPAddr())
-	runPurger(t, invalidate.RedisPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, LookupdPollInterval: 100 * time.Millisecond}, Groups: groups,
+	runPurger(t, purge.RedisPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, LookupdPollInterval: 100 * time.Millisecond}, Groups: groups,
 	})
 	waitClients(t, n1.HTTPAddr(), prefix, groups, 1)
 
@@ -367,8 +367,8 @@ func TestLookupdTwoPurgersShareTheLoad(t *testing.T) {
 	waitRegistered(t, lookupd.HTTPAddr(), topics, n1.TCPAddr(), n2.TCPAddr())
 	var regs []*prometheus.Registry
 	for i := 0; i < 2; i++ {
-		regs = append(regs, runPurger(t, invalidate.RedisPurgerOptions{
-			ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix}, Groups: groups,
+		regs = append(regs, runPurger(t, purge.RedisPurgerOptions{
+			ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix}, Groups: groups,
 		}))
 	}
 	for _, n := range []*stacktest.NSQD{n1, n2} {
@@ -438,8 +438,8 @@ func TestStackLookupdPurgerReadsSecondNSQD(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRegistered(t, lookupd, topics, nsqd1[0], nsqd2[0])
-	runPurger(t, invalidate.RedisPurgerOptions{
-		ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd}, TopicPrefix: prefix}, Groups: groups,
+	runPurger(t, purge.RedisPurgerOptions{
+		ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd}, TopicPrefix: prefix}, Groups: groups,
 	})
 	waitClients(t, nsqd2[1], prefix, groups, 1)
 
@@ -489,8 +489,8 @@ func TestDeadLettersFailOverAcrossNSQD(t *testing.T) {
 			// A stopped in-process nsqd stays listed by nsqlookupd, so the
 			// purger without nsqd_tcp meets it too.
 			dead.Stop()
-			opts := invalidate.RedisPurgerOptions{
-				ConsumerOptions: invalidate.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 2}, Groups: groups,
+			opts := purge.RedisPurgerOptions{
+				ConsumerOptions: purge.ConsumerOptions{LookupdHTTP: []string{lookupd.HTTPAddr()}, TopicPrefix: prefix, MaxAttempts: 2}, Groups: groups,
 			}
 			if tt.configured {
 				opts.NSQDTCP = []string{dead.TCPAddr(), n.TCPAddr()}

@@ -1,4 +1,4 @@
-package invalidate
+package purge
 
 import (
 	"context"
@@ -14,15 +14,22 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/invalidate"
 )
+
+// HTTPGroup is a set of HTTP caches that all hold the same pages: each
+// instance gets every URL and tag purge of the group.
+type HTTPGroup struct {
+	Name      string
+	Instances []string
+}
 
 // HTTPPurgerOptions configure an HTTPPurger.
 type HTTPPurgerOptions struct {
 	// ConsumerOptions: as in RedisPurgerOptions; Timeout bounds one purge
 	// request (connect, send, response headers and body).
 	ConsumerOptions
-	Groups []configs.HTTPGroup
+	Groups []HTTPGroup
 	// Host is the Host header of a URL purge whose URL is a path; empty
 	// means the instance's address (what a client talking to the instance
 	// directly sends). An absolute URL's own host always wins.
@@ -43,12 +50,12 @@ const maxXkeyHeader = 4000
 // HTTPPurger sends PURGE requests for the URLs and xkey tags of each HTTP
 // group's purges to every instance of the group (Varnish with
 // configs/varnish/flashsync.vcl). Failure semantics are the Redis purger's
-// (shared in PurgeConsumers): an instance that is unreachable or answers 5xx
+// (shared in Consumers): an instance that is unreachable or answers 5xx
 // holds its messages, a refused purge (4xx other than 404) is retried and,
 // after MaxAttempts, dead-lettered.
 type HTTPPurger struct {
 	opts    HTTPPurgerOptions
-	c       *PurgeConsumers
+	c       *Consumers
 	clients []*http.Client
 	urls    *prometheus.CounterVec
 	tags    *prometheus.CounterVec
@@ -92,7 +99,7 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := NewPurgeConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_http_", Label: "instance", Noun: "http instance", Tier: TierHTTP.String()}, opts.Registerer)
+	c, err := NewConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_http_", Label: "instance", Noun: "http instance", Tier: invalidate.TierHTTP.String()}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
@@ -131,14 +138,14 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 			}
 			p.clients = append(p.clients, client)
 			group, addr := g.Name, addr
-			c.Add(PurgeTarget{
-				Group: group, Name: addr, Topic: HTTPTopic(opts.TopicPrefix, g.Name),
+			c.Add(Target{
+				Group: group, Name: addr, Topic: invalidate.HTTPTopic(opts.TopicPrefix, g.Name),
 				// One message's PURGEs wait their round trips; take as many
 				// messages at once as there are connections.
 				Concurrency: opts.MaxConnsPerInstance,
-				Apply:       func(ctx context.Context, msg *Purge) error { return p.purge(ctx, client, group, addr, msg) },
+				Apply:       func(ctx context.Context, msg *invalidate.Purge) error { return p.purge(ctx, client, group, addr, msg) },
 				Unreachable: httpUnreachable,
-				OK: func(msg *Purge) {
+				OK: func(msg *invalidate.Purge) {
 					p.urls.WithLabelValues(group, addr).Add(float64(len(msg.URLs)))
 					p.tags.WithLabelValues(group, addr).Add(float64(len(msg.Tags)))
 				},
@@ -172,7 +179,7 @@ func (p *HTTPPurger) Health() error { return p.c.Health() }
 // all at once: they commute, and a message's latency is then one round trip
 // rather than one per request. A message is applied again in full after a
 // failure: purging twice is harmless.
-func (p *HTTPPurger) purge(ctx context.Context, client *http.Client, group, addr string, msg *Purge) error {
+func (p *HTTPPurger) purge(ctx context.Context, client *http.Client, group, addr string, msg *invalidate.Purge) error {
 	host := p.opts.Host
 	if host == "" {
 		host = addr

@@ -1,0 +1,77 @@
+package configs
+
+import (
+	"github.com/flashsync/flashsync/canal"
+	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
+)
+
+// This file maps the file's sections onto the options of the packages that
+// run them, so that no library package depends on the file's types. Where a
+// section has the same fields as the package's type, a conversion does it,
+// and the compiler keeps the two in step.
+
+// Source is the canal's view of [mysql].
+func (m MySQL) Source() canal.Source { return canal.Source(m) }
+
+// CanalOptions are the canal settings of [mysql] and [canal]; the caller
+// adds the rules, the publisher, the checkpoint and the observers.
+func (c *Config) CanalOptions() canal.Options {
+	k := c.Canal
+	return canal.Options{
+		MySQL: c.MySQL.Source(), PositionFile: k.PositionFile,
+		IncludeTables: k.IncludeTables, ExcludeTables: k.ExcludeTables,
+		SaveInterval: k.SaveInterval, MaxBatchKeys: k.MaxBatchKeys, MaxBatchBytes: k.MaxBatchBytes,
+		CoalesceWindow: k.CoalesceWindow,
+	}
+}
+
+// LeaseOptions are the HA lease settings of [mysql] and [canal].
+func (c *Config) LeaseOptions() canal.LeaseOptions {
+	return canal.LeaseOptions{MySQL: c.MySQL.Source(), Database: c.Canal.HADatabase, Name: c.Canal.HAName, TTL: c.Canal.LeaseTTL}
+}
+
+// RuleSpecs are the [[rule]]s as the rules engine takes them.
+func (c *Config) RuleSpecs() []invalidate.Rule {
+	specs := make([]invalidate.Rule, len(c.Rules))
+	for i, r := range c.Rules {
+		specs[i] = invalidate.Rule(r)
+	}
+	return specs
+}
+
+// Groups lists the Redis groups with their replicas and the HTTP groups
+// with their instances, each in routing order.
+func (c *Config) Groups() (redis, http []invalidate.GroupReplicas) {
+	for _, g := range c.RedisGroups {
+		redis = append(redis, invalidate.GroupReplicas{Name: g.Name, Replicas: g.Replicas})
+	}
+	for _, g := range c.HTTPGroups {
+		http = append(http, invalidate.GroupReplicas{Name: g.Name, Replicas: g.Instances})
+	}
+	return redis, http
+}
+
+// BuildRules parses the rules for the file's Redis and HTTP groups.
+func (c *Config) BuildRules() (*invalidate.Rules, error) {
+	redis, http := c.Groups()
+	return invalidate.NewRulesWithGroups(c.RuleSpecs(), redis, http)
+}
+
+// PurgerRedisGroups are the [[redis_group]]s as the Redis purger takes them.
+func (c *Config) PurgerRedisGroups() []purge.RedisGroup {
+	groups := make([]purge.RedisGroup, len(c.RedisGroups))
+	for i, g := range c.RedisGroups {
+		groups[i] = purge.RedisGroup(g)
+	}
+	return groups
+}
+
+// PurgerHTTPGroups are the [[http_group]]s as the HTTP purger takes them.
+func (c *Config) PurgerHTTPGroups() []purge.HTTPGroup {
+	groups := make([]purge.HTTPGroup, len(c.HTTPGroups))
+	for i, g := range c.HTTPGroups {
+		groups[i] = purge.HTTPGroup(g)
+	}
+	return groups
+}
