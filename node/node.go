@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
@@ -64,7 +63,7 @@ type Node struct {
 	cfg      *configs.Config
 	opts     Options
 	log      *slog.Logger
-	registry *prometheus.Registry
+	registry *metricsRegistry
 	roles    []string
 
 	nsqd       *nsqembed.Server
@@ -104,7 +103,7 @@ func New(opts Options) (*Node, error) {
 	if opts.ResetToCurrent && !opts.FlushAll {
 		return nil, errors.New("--reset-to-current skips every change between the saved and the current position, so caches may keep stale values: add --flush-all")
 	}
-	n := &Node{cfg: cfg, opts: opts, log: opts.Logger, registry: prometheus.NewRegistry()}
+	n := &Node{cfg: cfg, opts: opts, log: opts.Logger, registry: newMetricsRegistry()}
 	n.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	n.roles = opts.Roles
