@@ -271,6 +271,7 @@ func (p *Consumers) Run(ctx context.Context, name string) error {
 			stopAll()
 			return fmt.Errorf("nsq consumer %s/%s: %w", r.Topic, r.Channel, err)
 		}
+		balanceRDY(c, p.opts.MaxInFlight)
 		consumers = append(consumers, c)
 		p.metrics.up.WithLabelValues(r.Group, r.Name).Set(1)
 	}
@@ -278,6 +279,23 @@ func (p *Consumers) Run(ctx context.Context, name string) error {
 	<-ctx.Done()
 	stopAll()
 	return nil
+}
+
+// balanceRDY gives each nsqd connection of c its share of maxInFlight now.
+// go-nsq v1.1.0 makes room for a new connection by lowering the RDY of
+// every connection in map order: when the new one comes first, nothing is
+// free yet, so it stays at RDY 0 and retries 5 s later, while the older
+// ones drop to their share right after. The messages of that nsqd waited
+// those 5 s (with two nsqd, some target's first purge in about a third of
+// the starts). One more pass over the connections once all are made finds
+// room for each; ChangeMaxInFlight is that pass, but only when the value
+// changes, so it is raised by one and set back. An nsqd found at a later
+// nsqlookupd poll may still wait the 5 s once.
+func balanceRDY(c *nsq.Consumer, maxInFlight int) {
+	if c.Stats().Connections > 1 {
+		c.ChangeMaxInFlight(maxInFlight + 1)
+		c.ChangeMaxInFlight(maxInFlight)
+	}
 }
 
 // topicRegistrationWait bounds prepareTopics' wait for nsqlookupd to list
