@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -235,6 +236,12 @@ func (p *Consumers) Run(ctx context.Context, name string) error {
 			<-c.StopChan
 		}
 	}
+	if len(p.opts.LookupdHTTP) > 0 {
+		p.prepareTopics(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
 	for _, r := range p.targets {
 		r.ctx = ctx
 		cfg := nsq.NewConfig()
@@ -273,6 +280,7 @@ func (p *Consumers) Run(ctx context.Context, name string) error {
 			stopAll()
 			return fmt.Errorf("nsq consumer %s/%s: %w", r.Topic, r.Channel, err)
 		}
+		balanceRDY(c, p.opts.MaxInFlight)
 		consumers = append(consumers, c)
 		p.metrics.up.WithLabelValues(r.Group, r.Name).Set(1)
 	}
@@ -280,6 +288,54 @@ func (p *Consumers) Run(ctx context.Context, name string) error {
 	<-ctx.Done()
 	stopAll()
 	return nil
+}
+
+// balanceRDY gives each nsqd connection of c its share of maxInFlight now.
+// go-nsq v1.1.0 makes room for a new connection by lowering the RDY of
+// every connection in map order: when the new one comes first, nothing is
+// free yet, so it stays at RDY 0 and retries 5 s later, while the older
+// ones drop to their share right after. The messages of that nsqd waited
+// those 5 s (with two nsqd, some target's first purge in about a third of
+// the starts). One more pass over the connections once all are made finds
+// room for each; ChangeMaxInFlight is that pass, but only when the value
+// changes, so it is raised by one and set back. An nsqd found at a later
+// nsqlookupd poll may still wait the 5 s once.
+func balanceRDY(c *nsq.Consumer, maxInFlight int) {
+	if c.Stats().Connections > 1 {
+		c.ChangeMaxInFlight(maxInFlight + 1)
+		c.ChangeMaxInFlight(maxInFlight)
+	}
+}
+
+// topicRegistrationWait bounds prepareTopics' wait for nsqlookupd to list
+// the nsqd that took the topics; nsqd registers them within milliseconds.
+const topicRegistrationWait = 2 * time.Second
+
+// prepareTopics creates every target's topic and channel on every nsqd that
+// nsqlookupd knows and waits until nsqlookupd lists those nsqd for the
+// topics. A consumer asks nsqlookupd once as it connects, then every
+// LookupdPollInterval (plus up to 30% jitter): on a first start, or for a
+// group added later, no nsqd has the topic until the canal creates it, so
+// without this the first purges waited for the next poll, 5 to 6.5 s. If
+// nsqlookupd is down or lists no nsqd yet, the consumers find their nsqd at
+// a later poll, as before; nothing is lost either way, since the canal
+// creates every channel on every nsqd before it publishes.
+func (p *Consumers) prepareTopics(ctx context.Context) {
+	topics := map[string][]string{}
+	for _, r := range p.targets {
+		if !slices.Contains(topics[r.Topic], r.Channel) {
+			topics[r.Topic] = append(topics[r.Topic], r.Channel)
+		}
+	}
+	client := &http.Client{Timeout: p.opts.Timeout}
+	err := nsqio.PrepareLookupdTopics(ctx, client, p.opts.LookupdHTTP, topics, topicRegistrationWait)
+	switch {
+	case err == nil || ctx.Err() != nil:
+	case errors.Is(err, nsqio.ErrNoNSQD):
+		p.opts.Logger.Info("nsqlookupd lists no nsqd yet; the consumers find theirs at a later poll", "every", p.opts.LookupdPollInterval, "err", err)
+	default:
+		p.opts.Logger.Warn("topics not ready on every nsqd before connecting; the consumers find the rest at a later poll", "every", p.opts.LookupdPollInterval, "err", err)
+	}
 }
 
 // Health reports the targets that are currently unreachable.
