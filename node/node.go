@@ -1,5 +1,20 @@
 // Package node runs the flashsync roles a configuration asks for in one
 // process, with the HTTP endpoint for metrics and health.
+//
+// Ownership: whoever builds a component closes it, once. New builds every
+// component of the node's roles (and, when it fails, closes those it had
+// built); Close releases them all, in the reverse order, and does nothing
+// the second time. Run only runs: it stops what it started before it
+// returns and closes nothing New built, so a node is used as
+//
+//	n, err := node.New(opts)
+//	if err != nil { ... }
+//	err = errors.Join(n.Run(ctx), n.Close())
+//
+// The components of the roles (purge.RedisPurger, purge.HTTPPurger,
+// cdn.Dispatcher, canal.Canal, invalidate.Publisher, ...) are used the same
+// way by the node: their New builds, their Run runs, their Close, called
+// once by the node after Run returned, releases.
 package node
 
 import (
@@ -16,7 +31,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/cdn"
@@ -74,7 +88,6 @@ type Node struct {
 	publisher  *invalidate.Publisher
 	jobs       *jobs.Store // with the canal role: the purge jobs it published
 	canal      *canal.Canal
-	lease      *canal.Lease
 	purger     *purge.RedisPurger
 	httpPurger *purge.HTTPPurger
 	listener   net.Listener
@@ -83,13 +96,47 @@ type Node struct {
 	console         *cdn.Console
 	consoleListener net.Listener
 
-	seckill      *seckill.Service
-	seckillDB    *sql.DB
-	seckillRedis *redis.Client
-	cacheClients []*redis.Client
+	seckill   *seckill.Service
+	seckillDB *sql.DB
 
+	// owned is what New built, in build order; Close closes it backwards.
+	owned     []component
 	closeOnce sync.Once
+	closeErr  error
 }
+
+// component is one thing New built and Close releases.
+type component struct {
+	name  string
+	close func() error
+}
+
+// own records what New just built, for Close.
+func (n *Node) own(name string, close func() error) {
+	n.owned = append(n.owned, component{name: name, close: close})
+}
+
+// closeNoErr adapts a Close without a result.
+func closeNoErr(close func()) func() error {
+	return func() error { close(); return nil }
+}
+
+// onceListener closes its listener once: http.Server.Serve closes the
+// listener it serves, and Close closes it in case it was never served.
+type onceListener struct {
+	net.Listener
+	close func() error
+}
+
+func listenOnce(addr string) (*onceListener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &onceListener{Listener: ln, close: sync.OnceValue(ln.Close)}, nil
+}
+
+func (l *onceListener) Close() error { return l.close() }
 
 // New builds every requested role: templates are parsed, options checked,
 // listeners bound. Nothing talks to MySQL, Redis or NSQ before Run.
@@ -163,6 +210,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own("embedded nsqd", n.nsqd.Close)
 		n.nsqdTCP, n.nsqdHTTP = []string{n.nsqd.TCPAddr()}, []string{n.nsqd.HTTPAddr()}
 	}
 	if n.has(RoleCanal) {
@@ -186,6 +234,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own("publisher", closeNoErr(n.publisher.Close))
 		var lease *canal.Lease
 		var checkpoint canal.Checkpoint
 		if cfg.Canal.HA {
@@ -193,7 +242,7 @@ func (n *Node) build() error {
 			if err != nil {
 				return fmt.Errorf("canal ha: %w", err)
 			}
-			n.lease = lease
+			n.own("canal lease", closeNoErr(lease.Close))
 		}
 		n.canal, err = canal.New(canal.Options{
 			Lease: lease, Checkpoint: checkpoint,
@@ -205,6 +254,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own(RoleCanal, n.canal.Close)
 	}
 	if n.has(RoleRedisPurger) {
 		if len(cfg.RedisGroups) == 0 {
@@ -217,6 +267,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own(RoleRedisPurger, n.purger.Close)
 	}
 	if n.has(RoleHTTPPurger) {
 		if len(cfg.HTTPGroups) == 0 {
@@ -229,6 +280,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own(RoleHTTPPurger, n.httpPurger.Close)
 	}
 	if err := n.buildCDN(); err != nil {
 		return err
@@ -238,10 +290,12 @@ func (n *Node) build() error {
 			return err
 		}
 	}
-	n.listener, err = net.Listen("tcp", cfg.HTTP.Addr)
+	ln, err := listenOnce(cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("http.addr: %w", err)
 	}
+	n.listener = ln
+	n.own("http listener", ln.Close)
 	return nil
 }
 
@@ -411,36 +465,20 @@ func (n *Node) consumeAcks(ctx context.Context) {
 	}
 }
 
-// Close releases what New acquired; it is safe to call more than once.
+// Close releases what New built, each component once, in the reverse order
+// of building; call it after Run returned, or instead of Run. It is safe to
+// call more than once: the second call only returns the first's result.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
-		if n.listener != nil {
-			n.listener.Close()
+		var errs []error
+		for _, c := range slices.Backward(n.owned) {
+			if err := c.close(); err != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", c.name, err))
+			}
 		}
-		if n.consoleListener != nil {
-			n.consoleListener.Close()
-		}
-		if n.canal != nil {
-			n.canal.Close()
-		}
-		if n.lease != nil {
-			n.lease.Close()
-		}
-		if n.publisher != nil {
-			n.publisher.Close()
-		}
-		if n.purger != nil {
-			n.purger.Close()
-		}
-		if n.httpPurger != nil {
-			n.httpPurger.Close()
-		}
-		n.closeSeckill()
-		if n.nsqd != nil {
-			n.nsqd.Close()
-		}
+		n.closeErr = errors.Join(errs...)
 	})
-	return nil
+	return n.closeErr
 }
 
 // consumerOptions are a purger role's NSQ and failure settings.
@@ -485,6 +523,7 @@ func (n *Node) buildCDN() error {
 		if err != nil {
 			return err
 		}
+		n.own(RoleDispatcher, n.dispatcher.Close)
 	}
 	if n.has(RoleConsole) {
 		if !cfg.ConsoleConfigured() {
@@ -502,10 +541,12 @@ func (n *Node) buildCDN() error {
 		if err != nil {
 			return err
 		}
-		n.consoleListener, err = net.Listen("tcp", cfg.Console.Addr)
+		ln, err := listenOnce(cfg.Console.Addr)
 		if err != nil {
 			return fmt.Errorf("console.addr: %w", err)
 		}
+		n.consoleListener = ln
+		n.own("console listener", ln.Close)
 	}
 	return nil
 }
