@@ -1,11 +1,21 @@
 package node
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
 // everyRole adds the dispatcher, console and seckill sections to
@@ -93,5 +103,149 @@ func TestCloseClosesEveryComponentOnce(t *testing.T) {
 			t.Errorf("close: %v", err)
 		}
 	}
+	checkClosedOnce(t, counts)
+}
+
+// With nothing to talk to, the roles fail at once: the first failure stops
+// every other role, and Close then closes each component once.
+func TestRunThenCloseClosesEveryComponentOnce(t *testing.T) {
+	n := newEveryRole(t)
+	counts := closeCounts(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := n.Run(ctx)
+	if err == nil {
+		t.Fatal("run: no error, with no server to talk to")
+	}
+	name, _, _ := strings.Cut(err.Error(), ": ")
+	if !slices.Contains(Roles, name) {
+		t.Errorf("run: %v: does not start with a role's name", err)
+	}
+	for _, c := range counts {
+		if *c != 0 {
+			t.Fatalf("run closed a component: %v", counts)
+		}
+	}
+	n.Close()
+	n.Close()
+	checkClosedOnce(t, counts)
+}
+
+// Every role running against real servers: ctx ending is a clean exit in
+// which the canal saves its position, and Close then closes each component
+// once.
+func TestRunStopsEveryRoleCleanly(t *testing.T) {
+	db := stacktest.NewDatabase(t)
+	conn := stacktest.MySQL(t)
+	stacktest.Exec(t, conn, "CREATE TABLE "+db+".item (id BIGINT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2), stock INT NOT NULL DEFAULT 0)")
+	cache, reservations := stacktest.StartRedis(t), stacktest.StartRedis(t)
+	dir := t.TempDir()
+	position := filepath.Join(dir, "position")
+	consoleAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
+	const key = "node-test-console-key-0123"
+	cfg, err := configs.Parse(fmt.Appendf(nil, `
+[mysql]
+addr = %q
+user = "root"
+flavor = "mariadb"
+server_id = %d
+
+[canal]
+position_file = %q
+include_tables = [%q]
+save_interval = "1s"
+
+[nsq]
+embedded_tcp = "127.0.0.1:0"
+embedded_http = "127.0.0.1:0"
+embedded_data_path = %q
+
+[http]
+addr = "127.0.0.1:0"
+
+[[redis_group]]
+name = "hot"
+replicas = [%q]
+
+[[http_group]]
+name = "varnish"
+instances = ["127.0.0.1:%d"]
+
+[[rule]]
+table = %q
+keys = ["item:{id}"]
+urls = ["/item/{id}.html"]
+route_by = "id"
+
+[[cdn_node]]
+name = "cdn1"
+console_url = "http://%s"
+key = %q
+
+[console]
+addr = %q
+key = %q
+machines = ["127.0.0.1:%d"]
+
+[seckill]
+addr = "127.0.0.1:0"
+database = %q
+item_table = %q
+redis = %q
+token_key = "node-test-token-key-0123456789abcdef"
+`, stacktest.MySQLAddr(), 20000+rand.IntN(40000), position, db+`\..*`, filepath.Join(dir, "nsqd"),
+		cache.Addr(), stacktest.FreePort(t), db+".item", consoleAddr, key, consoleAddr, key, stacktest.FreePort(t),
+		db, db+".item", reservations.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(Options{Config: cfg, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(n.roles, Roles) {
+		t.Fatalf("roles %v, want every role %v", n.roles, Roles)
+	}
+	counts := closeCounts(t, n)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+
+	stacktest.Eventually(t, 20*time.Second, func() error {
+		select {
+		case err := <-done:
+			t.Fatalf("run returned early: %v", err)
+		default:
+		}
+		resp, err := http.Get("http://" + n.HTTPAddr() + "/healthz")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var h health
+		if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK || len(h.Roles) != len(Roles) || h.Roles[RoleCanal] != "active" {
+			return fmt.Errorf("healthz %d %+v", resp.StatusCode, h)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("run after cancel: %v, want nil", err)
+	}
+	if _, err := os.Stat(position); err != nil {
+		t.Errorf("the canal saved no position: %v", err)
+	}
+	for _, c := range counts {
+		if *c != 0 {
+			t.Fatalf("run closed a component: %v", counts)
+		}
+	}
+	if err := n.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	n.Close()
 	checkClosedOnce(t, counts)
 }

@@ -302,125 +302,98 @@ func (n *Node) build() error {
 // HTTPAddr is the bound address of /metrics and /healthz.
 func (n *Node) HTTPAddr() string { return n.listener.Addr().String() }
 
-// Run runs every role until ctx ends or one fails; a failing role stops the
-// others. Shutdown order: the canal stops reading and saves its position,
-// then purgers finish the messages in hand, then the embedded nsqd persists
-// its queues.
+// Run runs every role until ctx ends, a clean exit (nil), or one of them
+// fails, whose error Run returns after the role's name. Either way it then
+// stops the roles one after another, each once the one before it returned,
+// in the order they are added below. Run closes nothing: Close does, after
+// Run returned.
 func (n *Node) Run(ctx context.Context) error {
-	defer n.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	g := newRoleGroup(ctx, n.log)
+	g.stopWhenDone(ctx)
 
-	srv := &http.Server{Handler: n.mux(), ReadHeaderTimeout: 5 * time.Second}
-	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Serve(n.listener) }()
-	n.log.Info("serving metrics and health", "addr", "http://"+n.HTTPAddr())
-
-	var nsqdDone chan error
-	nsqdCtx, stopNSQD := context.WithCancel(context.Background())
-	defer stopNSQD()
-	if n.nsqd != nil {
-		nsqdDone = make(chan error, 1)
-		go func() { nsqdDone <- n.nsqd.Run(nsqdCtx) }()
-		n.log.Info("embedded nsqd running", "tcp", n.nsqd.TCPAddr(), "http", n.nsqd.HTTPAddr())
-	}
-
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	fail := func(role string, err error) {
-		if err != nil && ctx.Err() == nil {
-			mu.Lock()
-			errs = append(errs, fmt.Errorf("%s: %w", role, err))
-			mu.Unlock()
-			cancel()
-		}
-	}
+	// The shutdown order, top to bottom.
+	// 1. The canal stops reading, finishes the batches being published and
+	//    saves its position.
 	if n.canal != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// Check the server before waiting on nsqd: a wrong binlog format
-			// should fail the start at once, whatever nsqd is doing.
-			if err := canal.Preflight(ctx, n.cfg.MySQL); err != nil {
-				fail(RoleCanal, err)
-				return
-			}
-			if err := n.ensureChannels(ctx); err != nil {
-				fail(RoleCanal, err)
-				return
-			}
-			fail(RoleCanal, n.canal.Run(ctx))
-		}()
+		g.add(RoleCanal, n.runCanal)
 	}
-	if n.jobs != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.consumeAcks(ctx)
-		}()
-	}
+	// 2. The purgers finish the messages in hand, and so does the
+	//    dispatcher (whose console may be this node's: it stops later).
 	if n.purger != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fail(RoleRedisPurger, n.purger.Run(ctx))
-		}()
+		g.add(RoleRedisPurger, n.purger.Run)
 	}
 	if n.httpPurger != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fail(RoleHTTPPurger, n.httpPurger.Run(ctx))
-		}()
+		g.add(RoleHTTPPurger, n.httpPurger.Run)
 	}
 	if n.dispatcher != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fail(RoleDispatcher, n.dispatcher.Run(ctx))
-		}()
+		g.add(RoleDispatcher, n.dispatcher.Run)
 	}
+	// 3. The job-ack consumer, once the purgers sent their last acks.
+	if n.jobs != nil {
+		g.add(RoleCanal+" acks", n.consumeAcks)
+	}
+	// 4. The flash-sale service answers the requests in hand and its
+	//    writers store the orders read.
 	if n.seckill != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fail(RoleSeckill, n.runSeckill(ctx))
-		}()
+		g.add(RoleSeckill, n.runSeckill)
 	}
+	// 5. The console answers the requests in hand.
 	if n.console != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.log.Info("serving cdn console", "addr", n.consoleListener.Addr().String(), "tls", n.cfg.Console.TLSCert != "")
-			fail(RoleConsole, n.console.Serve(ctx, n.consoleListener, n.cfg.Console.TLSCert, n.cfg.Console.TLSKey))
-		}()
+		g.add(RoleConsole, n.serveConsole)
 	}
-	if nsqdDone != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case err := <-nsqdDone:
-				nsqdDone <- err // for the shutdown below
-				fail("nsqd", err)
-			case <-ctx.Done():
-			}
-		}()
+	// 6. The embedded nsqd persists its queues, once nothing in this
+	//    process reads or writes them.
+	if n.nsqd != nil {
+		g.add("nsqd", n.runNSQD)
 	}
-	<-ctx.Done()
-	wg.Wait()
-	stopNSQD()
-	if nsqdDone != nil {
-		<-nsqdDone
+	// 7. The HTTP server last: /metrics and /healthz answer to the end.
+	g.add("http", n.serveHTTP)
+	return g.run()
+}
+
+// runCanal checks the server, creates the channels, then runs the canal.
+func (n *Node) runCanal(ctx context.Context) error {
+	// Check the server before waiting on nsqd: a wrong binlog format
+	// should fail the start at once, whatever nsqd is doing.
+	if err := canal.Preflight(ctx, n.cfg.MySQL); err != nil {
+		return err
+	}
+	if err := n.ensureChannels(ctx); err != nil {
+		return err
+	}
+	return n.canal.Run(ctx)
+}
+
+func (n *Node) serveConsole(ctx context.Context) error {
+	n.log.Info("serving cdn console", "addr", n.consoleListener.Addr().String(), "tls", n.cfg.Console.TLSCert != "")
+	return n.console.Serve(ctx, n.consoleListener, n.cfg.Console.TLSCert, n.cfg.Console.TLSKey)
+}
+
+func (n *Node) runNSQD(ctx context.Context) error {
+	n.log.Info("embedded nsqd running", "tcp", n.nsqd.TCPAddr(), "http", n.nsqd.HTTPAddr())
+	return n.nsqd.Run(ctx)
+}
+
+// serveHTTP serves /metrics, /healthz and the API until ctx ends, then
+// lets the requests in hand finish (for up to 2 s).
+func (n *Node) serveHTTP(ctx context.Context) error {
+	srv := &http.Server{Handler: n.mux(), ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(n.listener) }()
+	n.log.Info("serving metrics and health", "addr", "http://"+n.HTTPAddr())
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
 	}
 	shutCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
 	defer done()
-	srv.Shutdown(shutCtx)
-	<-httpDone
-	return errors.Join(errs...)
+	err := srv.Shutdown(shutCtx)
+	if err != nil {
+		srv.Close()
+	}
+	<-served
+	return err
 }
 
 // ensureChannels waits for nsqd and creates every replica's channel before
@@ -444,21 +417,21 @@ func (n *Node) ensureChannels(ctx context.Context) error {
 
 // consumeAcks feeds the acks topic to the job store until ctx ends. Acks
 // are progress reports: a consumer that cannot connect is retried, never
-// fails the node.
-func (n *Node) consumeAcks(ctx context.Context) {
+// fails the node, so consumeAcks returns nothing but nil, once ctx ended.
+func (n *Node) consumeAcks(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for {
 		err := n.jobs.Consume(ctx, jobs.ConsumerOptions{
 			NSQDTCP: n.nsqdTCP, LookupdHTTP: n.cfg.NSQ.LookupdHTTP, TopicPrefix: n.cfg.NSQ.TopicPrefix,
 			Logger: n.log.With("role", RoleCanal, "topic", invalidate.AckTopic(n.cfg.NSQ.TopicPrefix)),
 		})
-		if err == nil || ctx.Err() != nil {
-			return
+		if ctx.Err() != nil {
+			return nil
 		}
 		n.log.Warn("job acks consumer; retrying", "err", err, "backoff", backoff)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)

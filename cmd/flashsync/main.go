@@ -105,7 +105,7 @@ func run(args []string, stderr io.Writer) int {
 		var n *node.Node
 		n, err = node.New(node.Options{Config: cfg, Roles: roles, Logger: log, ResetToCurrent: *resetToCurrent, FlushAll: *flushAll})
 		if err == nil {
-			err = n.Run(ctx)
+			err = errors.Join(n.Run(ctx), n.Close())
 		}
 	default:
 		fmt.Fprintf(stderr, "flashsync: unknown command %q\n%s", cmd, usage)
