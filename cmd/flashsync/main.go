@@ -1,7 +1,8 @@
 // Command flashsync keeps Redis caches consistent with MySQL by tailing the
 // binlog. Each role is a subcommand; `flashsync all` runs every configured
 // role in one process. `flashsync help` lists the commands, `flashsync help
-// <command>` shows one's flags.
+// <command>` shows one's flags. The demo backend and cache seeding are in
+// cmd/flashsync-demo, not here.
 package main
 
 import (
@@ -12,7 +13,6 @@ import (
 	"os"
 
 	"github.com/flashsync/flashsync/cmd/internal/cli"
-	"github.com/flashsync/flashsync/demoweb"
 	"github.com/flashsync/flashsync/node"
 )
 
@@ -35,45 +35,6 @@ var program = &cli.Program{
 		seckillMigrateCommand,
 		checkCommand,
 		rulesExplainCommand,
-		demoBackendCommand,
-		seedCacheCommand,
-	},
-}
-
-var demoBackendCommand = &cli.Command{
-	Name:    "demo-backend",
-	Summary: "serve the demo item pages behind Varnish (-addr, -table)",
-	Flags: func(fs *flag.FlagSet) cli.Action {
-		cf := cli.AddConfigFlags(fs)
-		addr := fs.String("addr", "127.0.0.1:16090", "listen address")
-		table := fs.String("table", "shop.item", "db.table of the items (id, name, price, stock)")
-		return func(ctx context.Context, env cli.Env, _ []string) error {
-			cfg, log, err := cf.Load(env.Stderr)
-			if err != nil {
-				return err
-			}
-			srv, err := demoweb.New(demoweb.Options{MySQL: cfg.MySQL, Table: *table, Logger: log})
-			if err != nil {
-				return err
-			}
-			return srv.ListenAndServe(ctx, *addr)
-		}
-	},
-}
-
-var seedCacheCommand = &cli.Command{
-	Name:    "seed-cache",
-	Summary: "write the keys the rules derive from existing rows (demo)",
-	Flags: func(fs *flag.FlagSet) cli.Action {
-		cf := cli.AddConfigFlags(fs)
-		limit := fs.Int("limit", 1000, "rows per table")
-		return func(ctx context.Context, env cli.Env, _ []string) error {
-			cfg, log, err := cf.Load(env.Stderr)
-			if err != nil {
-				return err
-			}
-			return node.SeedCache(ctx, cfg, *limit, log)
-		}
 	},
 }
 
