@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 )
@@ -132,8 +134,8 @@ func TestRunThenCloseClosesEveryComponentOnce(t *testing.T) {
 }
 
 // Every role running against real servers: ctx ending is a clean exit in
-// which the canal saves its position, and Close then closes each component
-// once.
+// which the canal saves its last acknowledged position, and Close then
+// closes each component once.
 func TestRunStopsEveryRoleCleanly(t *testing.T) {
 	db := stacktest.NewDatabase(t)
 	conn := stacktest.MySQL(t)
@@ -231,12 +233,18 @@ token_key = "node-test-token-key-0123456789abcdef"
 		}
 		return nil
 	})
+	// The canal saves the position it starts from before it streams.
+	stacktest.Eventually(t, 20*time.Second, func() error {
+		_, err := os.Stat(position)
+		return err
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("run after cancel: %v, want nil", err)
 	}
-	if _, err := os.Stat(position); err != nil {
-		t.Errorf("the canal saved no position: %v", err)
+	saved, ok, err := canal.NewPositionFile(position).Load()
+	if err != nil || !ok || saved.String() != n.canal.Position().String() {
+		t.Errorf("saved position %v (%v, %v), want the last acknowledged %v", saved, ok, err, n.canal.Position())
 	}
 	for _, c := range counts {
 		if *c != 0 {
@@ -248,4 +256,52 @@ token_key = "node-test-token-key-0123456789abcdef"
 	}
 	n.Close()
 	checkClosedOnce(t, counts)
+}
+
+// A New that fails closes what it had built: here the embedded nsqd, whose
+// ports the next New binds again.
+func TestFailedNewClosesWhatItBuilt(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	config := func(consoleAddr string) *configs.Config {
+		cfg, err := configs.Parse(fmt.Appendf(nil, `
+[nsq]
+embedded_tcp = "127.0.0.1:%d"
+embedded_http = "127.0.0.1:%d"
+embedded_data_path = %q
+
+[http]
+addr = "127.0.0.1:0"
+
+[[redis_group]]
+name = "hot"
+replicas = ["127.0.0.1:1"]
+
+[console]
+addr = %q
+key = "node-test-console-key-0123"
+machines = ["127.0.0.1:4"]
+`, stacktest.FreePort(t), stacktest.FreePort(t), dir, consoleAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	cfg := config(taken.Addr().String())
+	opts := Options{Config: cfg, Roles: []string{RoleRedisPurger, RoleConsole}, Logger: slog.New(slog.DiscardHandler)}
+	if _, err := New(opts); err == nil || !strings.Contains(err.Error(), "console.addr") {
+		t.Fatalf("new with the console's address taken: %v", err)
+	}
+	cfg.Console.Addr = "127.0.0.1:0"
+	n, err := New(opts)
+	if err != nil {
+		t.Fatalf("new on the ports of the failed one: %v", err)
+	}
+	if err := n.Close(); err != nil {
+		t.Error(err)
+	}
 }
