@@ -141,15 +141,13 @@ func NewDispatcher(opts DispatcherOptions) (*Dispatcher, error) {
 }
 
 // Run consumes until ctx ends, then stops every consumer, waiting for the
-// messages in hand.
+// messages in hand. Whoever built the dispatcher closes it.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	err := d.c.Run(ctx, "cdn dispatcher")
-	d.Close()
-	return err
+	return d.c.Run(ctx, "cdn dispatcher")
 }
 
-// Close drops the idle connections to the consoles; it is safe to call more
-// than once.
+// Close drops the idle connections to the consoles, after Run returned (or
+// instead of Run); it is safe to call more than once.
 func (d *Dispatcher) Close() error {
 	for _, c := range d.clients {
 		c.CloseIdleConnections()

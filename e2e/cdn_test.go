@@ -114,7 +114,7 @@ route_by = "id"
 `, w.httpCaches[0], w.httpCaches[1], nodeCfg.String(), w.db+".item")
 	cfgPath := writeFile(t, "center.toml", cfg)
 
-	w.backend = startLogged(t, "demo-backend", "demo-backend", "-config", cfgPath, "-addr", backendAddr, "-table", w.db+".item")
+	w.backend = startLoggedBin(t, demoBin, "demo-backend", "backend", "-config", cfgPath, "-addr", backendAddr, "-table", w.db+".item")
 	for _, n := range w.nodes {
 		n.p = startLogged(t, "console-"+n.name, "console", "-config", n.cfgPath)
 	}
@@ -207,6 +207,12 @@ func httpOK(url string) error {
 // the log on failure) and whose failure output is the tail of stderr.
 func startLogged(t *testing.T, name string, args ...string) *process {
 	t.Helper()
+	return startLoggedBin(t, flashsyncBin, name, args...)
+}
+
+// startLoggedBin is startLogged for the binary bin.
+func startLoggedBin(t *testing.T, bin, name string, args ...string) *process {
+	t.Helper()
 	dir := filepath.Join(os.TempDir(), "flashsync-e2e-logs")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -215,7 +221,7 @@ func startLogged(t *testing.T, name string, args ...string) *process {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &process{name: name, cmd: command(context.Background(), args...),
+	p := &process{name: name, cmd: binCommand(context.Background(), bin, args...),
 		stderr: new(syncBuffer), stdout: new(syncBuffer), done: make(chan struct{})}
 	p.cmd.Stderr = io.MultiWriter(p.stderr, f)
 	p.cmd.Stdout = p.stdout

@@ -28,8 +28,9 @@ import (
 	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
-// flashsyncBin is the binary built once by TestMain.
-var flashsyncBin string
+// flashsyncBin and demoBin (cmd/flashsync-demo: the demo backend) are the
+// binaries built once by TestMain.
+var flashsyncBin, demoBin string
 
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
@@ -45,12 +46,13 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	flashsyncBin = filepath.Join(dir, "flashsync")
+	flashsyncBin, demoBin = filepath.Join(dir, "flashsync"), filepath.Join(dir, "flashsync-demo")
 	// go test puts its own GOROOT/bin first in the PATH of the test binary.
-	build := exec.Command("go", "build", "-o", flashsyncBin, "./cmd/flashsync")
+	// With -o a directory, go build writes each command there under its name.
+	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./cmd/flashsync", "./cmd/flashsync-demo")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/flashsync: %v\n%s", err, out)
+		fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/flashsync ./cmd/flashsync-demo: %v\n%s", err, out)
 		return 1
 	}
 	return m.Run()
@@ -121,7 +123,12 @@ type process struct {
 // command prepares a flashsync child; the kernel kills it if the test binary
 // dies without stopping it, so no orphan keeps its ports.
 func command(ctx context.Context, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, flashsyncBin, args...)
+	return binCommand(ctx, flashsyncBin, args...)
+}
+
+// binCommand is command for the binary bin (flashsyncBin or demoBin).
+func binCommand(ctx context.Context, bin string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
@@ -132,7 +139,20 @@ func command(ctx context.Context, args ...string) *exec.Cmd {
 // its output is logged.
 func startFlashsync(t *testing.T, name string, args ...string) *process {
 	t.Helper()
-	p := &process{name: name, cmd: command(context.Background(), args...),
+	return startBin(t, flashsyncBin, name, args...)
+}
+
+// startDemoBackend starts `flashsync-demo backend` with args, as
+// startFlashsync does flashsync.
+func startDemoBackend(t *testing.T, args ...string) *process {
+	t.Helper()
+	return startBin(t, demoBin, "demo-backend", append([]string{"backend"}, args...)...)
+}
+
+// startBin is startFlashsync for the binary bin.
+func startBin(t *testing.T, bin, name string, args ...string) *process {
+	t.Helper()
+	p := &process{name: name, cmd: binCommand(context.Background(), bin, args...),
 		stderr: new(syncBuffer), stdout: new(syncBuffer), done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
 	p.cmd.Stdout = p.stdout

@@ -81,7 +81,7 @@ token_key = "e2e-seckill-token-key-0123456789"
 		apiAddr, db, db+".item", resv.Addr())
 	cfgPath := writeFile(t, "seckill.toml", cfg)
 
-	backend := startFlashsync(t, "demo-backend", "demo-backend", "-config", cfgPath, "-addr", backendAddr, "-table", db+".item")
+	backend := startDemoBackend(t, "-config", cfgPath, "-addr", backendAddr, "-table", db+".item")
 	fs := startFlashsync(t, "flashsync", "all", "-config", cfgPath)
 	api := "http://" + apiAddr
 	stacktest.Eventually(t, 20*time.Second, func() error {

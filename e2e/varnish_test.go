@@ -80,7 +80,7 @@ route_by = "item_id"
 `, addrs[0], addrs[1], db+".item", db+".restock")
 	cfgPath := writeFile(t, "flashsync.toml", cfg)
 
-	backend := startFlashsync(t, "demo-backend", "demo-backend", "-config", cfgPath, "-addr", backendAddr, "-table", db+".item")
+	backend := startDemoBackend(t, "-config", cfgPath, "-addr", backendAddr, "-table", db+".item")
 	fs := startFlashsync(t, "flashsync", "all", "-config", cfgPath)
 	stacktest.Eventually(t, 20*time.Second, func() error {
 		for _, p := range []*process{backend, fs} {

@@ -62,6 +62,9 @@ machines = ["127.0.0.1:%d"]
 		if err := <-done; err != nil {
 			t.Errorf("run: %v", err)
 		}
+		if err := n.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
 	}()
 
 	body := []byte(`{"job":"j","urls":["/x.html"]}`)

@@ -1,5 +1,20 @@
 // Package node runs the flashsync roles a configuration asks for in one
 // process, with the HTTP endpoint for metrics and health.
+//
+// Ownership: whoever builds a component closes it, once. New builds every
+// component of the node's roles (and, when it fails, closes those it had
+// built); Close releases them all, in the reverse order, and does nothing
+// the second time. Run only runs: it stops what it started before it
+// returns and closes nothing New built, so a node is used as
+//
+//	n, err := node.New(opts)
+//	if err != nil { ... }
+//	err = errors.Join(n.Run(ctx), n.Close())
+//
+// The components of the roles (purge.RedisPurger, purge.HTTPPurger,
+// cdn.Dispatcher, canal.Canal, invalidate.Publisher, ...) are used the same
+// way by the node: their New builds, their Run runs, their Close, called
+// once by the node after Run returned, releases.
 package node
 
 import (
@@ -15,7 +30,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/cdn"
@@ -73,7 +87,6 @@ type Node struct {
 	publisher  *invalidate.Publisher
 	jobs       *jobs.Store // with the canal role: the purge jobs it published
 	canal      *canal.Canal
-	lease      *canal.Lease
 	purger     *purge.RedisPurger
 	httpPurger *purge.HTTPPurger
 	listener   net.Listener
@@ -82,13 +95,47 @@ type Node struct {
 	console         *cdn.Console
 	consoleListener net.Listener
 
-	seckill      *seckill.Service
-	seckillDB    *sql.DB
-	seckillRedis *redis.Client
-	cacheClients []*redis.Client
+	seckill   *seckill.Service
+	seckillDB *sql.DB
 
+	// owned is what New built, in build order; Close closes it backwards.
+	owned     []component
 	closeOnce sync.Once
+	closeErr  error
 }
+
+// component is one thing New built and Close releases.
+type component struct {
+	name  string
+	close func() error
+}
+
+// own records what New just built, for Close.
+func (n *Node) own(name string, close func() error) {
+	n.owned = append(n.owned, component{name: name, close: close})
+}
+
+// closeNoErr adapts a Close without a result.
+func closeNoErr(close func()) func() error {
+	return func() error { close(); return nil }
+}
+
+// onceListener closes its listener once: http.Server.Serve closes the
+// listener it serves, and Close closes it in case it was never served.
+type onceListener struct {
+	net.Listener
+	close func() error
+}
+
+func listenOnce(addr string) (*onceListener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &onceListener{Listener: ln, close: sync.OnceValue(ln.Close)}, nil
+}
+
+func (l *onceListener) Close() error { return l.close() }
 
 // New builds every requested role: templates are parsed, options checked,
 // listeners bound. Nothing talks to MySQL, Redis or NSQ before Run.
@@ -162,6 +209,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own("embedded nsqd", n.nsqd.Close)
 		n.nsqdTCP, n.nsqdHTTP = []string{n.nsqd.TCPAddr()}, []string{n.nsqd.HTTPAddr()}
 	}
 	if n.has(RoleCanal) {
@@ -185,6 +233,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own("publisher", closeNoErr(n.publisher.Close))
 		var lease *canal.Lease
 		var checkpoint canal.Checkpoint
 		if cfg.Canal.HA {
@@ -192,7 +241,7 @@ func (n *Node) build() error {
 			if err != nil {
 				return fmt.Errorf("canal ha: %w", err)
 			}
-			n.lease = lease
+			n.own("canal lease", closeNoErr(lease.Close))
 		}
 		co := cfg.CanalOptions()
 		co.Lease, co.Checkpoint = lease, checkpoint
@@ -204,6 +253,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own(RoleCanal, n.canal.Close)
 	}
 	if n.has(RoleRedisPurger) {
 		if len(cfg.RedisGroups) == 0 {
@@ -216,6 +266,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own(RoleRedisPurger, n.purger.Close)
 	}
 	if n.has(RoleHTTPPurger) {
 		if len(cfg.HTTPGroups) == 0 {
@@ -228,6 +279,7 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		n.own(RoleHTTPPurger, n.httpPurger.Close)
 	}
 	if err := n.buildCDN(); err != nil {
 		return err
@@ -237,135 +289,110 @@ func (n *Node) build() error {
 			return err
 		}
 	}
-	n.listener, err = net.Listen("tcp", cfg.HTTP.Addr)
+	ln, err := listenOnce(cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("http.addr: %w", err)
 	}
+	n.listener = ln
+	n.own("http listener", ln.Close)
 	return nil
 }
 
 // HTTPAddr is the bound address of /metrics and /healthz.
 func (n *Node) HTTPAddr() string { return n.listener.Addr().String() }
 
-// Run runs every role until ctx ends or one fails; a failing role stops the
-// others. Shutdown order: the canal stops reading and saves its position,
-// then purgers finish the messages in hand, then the embedded nsqd persists
-// its queues.
+// Run runs every role until ctx ends, a clean exit (nil), or one of them
+// fails, whose error Run returns after the role's name. Either way it then
+// stops the roles one after another, each once the one before it returned,
+// in the order they are added below. Run closes nothing: Close does, after
+// Run returned.
 func (n *Node) Run(ctx context.Context) error {
-	defer n.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	g := newRoleGroup(ctx, n.log)
+	g.stopWhenDone(ctx)
 
-	srv := &http.Server{Handler: n.mux(), ReadHeaderTimeout: 5 * time.Second}
-	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Serve(n.listener) }()
-	n.log.Info("serving metrics and health", "addr", "http://"+n.HTTPAddr())
-
-	var nsqdDone chan error
-	nsqdCtx, stopNSQD := context.WithCancel(context.Background())
-	defer stopNSQD()
-	if n.nsqd != nil {
-		nsqdDone = make(chan error, 1)
-		go func() { nsqdDone <- n.nsqd.Run(nsqdCtx) }()
-		n.log.Info("embedded nsqd running", "tcp", n.nsqd.TCPAddr(), "http", n.nsqd.HTTPAddr())
-	}
-
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	fail := func(role string, err error) {
-		if err != nil && ctx.Err() == nil {
-			mu.Lock()
-			errs = append(errs, fmt.Errorf("%s: %w", role, err))
-			mu.Unlock()
-			cancel()
-		}
-	}
+	// The shutdown order, top to bottom.
+	// 1. The canal stops reading, finishes the batches being published and
+	//    saves its position.
 	if n.canal != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// Check the server before waiting on nsqd: a wrong binlog format
-			// should fail the start at once, whatever nsqd is doing.
-			if err := canal.Preflight(ctx, n.cfg.MySQL.Source()); err != nil {
-				fail(RoleCanal, err)
-				return
-			}
-			if err := n.ensureChannels(ctx); err != nil {
-				fail(RoleCanal, err)
-				return
-			}
-			fail(RoleCanal, n.canal.Run(ctx))
-		}()
+		g.add(RoleCanal, n.runCanal)
 	}
-	if n.jobs != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.consumeAcks(ctx)
-		}()
-	}
+	// 2. The purgers finish the messages in hand, and so does the
+	//    dispatcher (whose console may be this node's: it stops later).
 	if n.purger != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fail(RoleRedisPurger, n.purger.Run(ctx))
-		}()
+		g.add(RoleRedisPurger, n.purger.Run)
 	}
 	if n.httpPurger != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fail(RoleHTTPPurger, n.httpPurger.Run(ctx))
-		}()
+		g.add(RoleHTTPPurger, n.httpPurger.Run)
 	}
 	if n.dispatcher != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fail(RoleDispatcher, n.dispatcher.Run(ctx))
-		}()
+		g.add(RoleDispatcher, n.dispatcher.Run)
 	}
+	// 3. The job-ack consumer, once the purgers sent their last acks.
+	if n.jobs != nil {
+		g.add(RoleCanal+" acks", n.consumeAcks)
+	}
+	// 4. The flash-sale service answers the requests in hand and its
+	//    writers store the orders read.
 	if n.seckill != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fail(RoleSeckill, n.runSeckill(ctx))
-		}()
+		g.add(RoleSeckill, n.runSeckill)
 	}
+	// 5. The console answers the requests in hand.
 	if n.console != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.log.Info("serving cdn console", "addr", n.consoleListener.Addr().String(), "tls", n.cfg.Console.TLSCert != "")
-			fail(RoleConsole, n.console.Serve(ctx, n.consoleListener, n.cfg.Console.TLSCert, n.cfg.Console.TLSKey))
-		}()
+		g.add(RoleConsole, n.serveConsole)
 	}
-	if nsqdDone != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case err := <-nsqdDone:
-				nsqdDone <- err // for the shutdown below
-				fail("nsqd", err)
-			case <-ctx.Done():
-			}
-		}()
+	// 6. The embedded nsqd persists its queues, once nothing in this
+	//    process reads or writes them.
+	if n.nsqd != nil {
+		g.add("nsqd", n.runNSQD)
 	}
-	<-ctx.Done()
-	wg.Wait()
-	stopNSQD()
-	if nsqdDone != nil {
-		<-nsqdDone
+	// 7. The HTTP server last: /metrics and /healthz answer to the end.
+	g.add("http", n.serveHTTP)
+	return g.run()
+}
+
+// runCanal checks the server, creates the channels, then runs the canal.
+func (n *Node) runCanal(ctx context.Context) error {
+	// Check the server before waiting on nsqd: a wrong binlog format
+	// should fail the start at once, whatever nsqd is doing.
+	if err := canal.Preflight(ctx, n.cfg.MySQL.Source()); err != nil {
+		return err
+	}
+	if err := n.ensureChannels(ctx); err != nil {
+		return err
+	}
+	return n.canal.Run(ctx)
+}
+
+func (n *Node) serveConsole(ctx context.Context) error {
+	n.log.Info("serving cdn console", "addr", n.consoleListener.Addr().String(), "tls", n.cfg.Console.TLSCert != "")
+	return n.console.Serve(ctx, n.consoleListener, n.cfg.Console.TLSCert, n.cfg.Console.TLSKey)
+}
+
+func (n *Node) runNSQD(ctx context.Context) error {
+	n.log.Info("embedded nsqd running", "tcp", n.nsqd.TCPAddr(), "http", n.nsqd.HTTPAddr())
+	return n.nsqd.Run(ctx)
+}
+
+// serveHTTP serves /metrics, /healthz and the API until ctx ends, then
+// lets the requests in hand finish (for up to 2 s).
+func (n *Node) serveHTTP(ctx context.Context) error {
+	srv := &http.Server{Handler: n.mux(), ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(n.listener) }()
+	n.log.Info("serving metrics and health", "addr", "http://"+n.HTTPAddr())
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
 	}
 	shutCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
 	defer done()
-	srv.Shutdown(shutCtx)
-	<-httpDone
-	return errors.Join(errs...)
+	err := srv.Shutdown(shutCtx)
+	if err != nil {
+		srv.Close()
+	}
+	<-served
+	return err
 }
 
 // ensureChannels waits for nsqd and creates every replica's channel before
@@ -389,57 +416,41 @@ func (n *Node) ensureChannels(ctx context.Context) error {
 
 // consumeAcks feeds the acks topic to the job store until ctx ends. Acks
 // are progress reports: a consumer that cannot connect is retried, never
-// fails the node.
-func (n *Node) consumeAcks(ctx context.Context) {
+// fails the node, so consumeAcks returns nothing but nil, once ctx ended.
+func (n *Node) consumeAcks(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for {
 		err := n.jobs.Consume(ctx, jobs.ConsumerOptions{
 			NSQDTCP: n.nsqdTCP, LookupdHTTP: n.cfg.NSQ.LookupdHTTP, TopicPrefix: n.cfg.NSQ.TopicPrefix,
 			Logger: n.log.With("role", RoleCanal, "topic", invalidate.AckTopic(n.cfg.NSQ.TopicPrefix)),
 		})
-		if err == nil || ctx.Err() != nil {
-			return
+		if ctx.Err() != nil {
+			return nil
 		}
 		n.log.Warn("job acks consumer; retrying", "err", err, "backoff", backoff)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
-// Close releases what New acquired; it is safe to call more than once.
+// Close releases what New built, each component once, in the reverse order
+// of building; call it after Run returned, or instead of Run. It is safe to
+// call more than once: the second call only returns the first's result.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
-		if n.listener != nil {
-			n.listener.Close()
+		var errs []error
+		for _, c := range slices.Backward(n.owned) {
+			if err := c.close(); err != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", c.name, err))
+			}
 		}
-		if n.consoleListener != nil {
-			n.consoleListener.Close()
-		}
-		if n.canal != nil {
-			n.canal.Close()
-		}
-		if n.lease != nil {
-			n.lease.Close()
-		}
-		if n.publisher != nil {
-			n.publisher.Close()
-		}
-		if n.purger != nil {
-			n.purger.Close()
-		}
-		if n.httpPurger != nil {
-			n.httpPurger.Close()
-		}
-		n.closeSeckill()
-		if n.nsqd != nil {
-			n.nsqd.Close()
-		}
+		n.closeErr = errors.Join(errs...)
 	})
-	return nil
+	return n.closeErr
 }
 
 // consumerOptions are a purger role's NSQ and failure settings.
@@ -484,6 +495,7 @@ func (n *Node) buildCDN() error {
 		if err != nil {
 			return err
 		}
+		n.own(RoleDispatcher, n.dispatcher.Close)
 	}
 	if n.has(RoleConsole) {
 		if !cfg.ConsoleConfigured() {
@@ -501,10 +513,12 @@ func (n *Node) buildCDN() error {
 		if err != nil {
 			return err
 		}
-		n.consoleListener, err = net.Listen("tcp", cfg.Console.Addr)
+		ln, err := listenOnce(cfg.Console.Addr)
 		if err != nil {
 			return fmt.Errorf("console.addr: %w", err)
 		}
+		n.consoleListener = ln
+		n.own("console listener", ln.Close)
 	}
 	return nil
 }

@@ -49,7 +49,9 @@ func (n *Node) buildSeckill() error {
 	db.SetMaxOpenConns(4 * sk.Writers)
 	db.SetMaxIdleConns(4 * sk.Writers)
 	n.seckillDB = db
-	n.seckillRedis = redis.NewClient(&redis.Options{Addr: sk.Redis, Password: sk.RedisPassword, PoolSize: 64})
+	n.own("seckill database", db.Close)
+	reservations := redis.NewClient(&redis.Options{Addr: sk.Redis, Password: sk.RedisPassword, PoolSize: 64})
+	n.own("seckill redis", reservations.Close)
 	var cache *cacheaside.Reader
 	if len(cfg.RedisGroups) > 0 {
 		var groups []cacheaside.Group
@@ -57,7 +59,7 @@ func (n *Node) buildSeckill() error {
 			cg := cacheaside.Group{Name: g.Name}
 			for _, addr := range g.Replicas {
 				c := redis.NewClient(&redis.Options{Addr: addr, Password: g.Password, DB: g.DB})
-				n.cacheClients = append(n.cacheClients, c)
+				n.own("seckill cache client "+addr, c.Close)
 				cg.Replicas = append(cg.Replicas, c)
 			}
 			groups = append(groups, cg)
@@ -67,7 +69,7 @@ func (n *Node) buildSeckill() error {
 		}
 	}
 	n.seckill, err = seckill.New(seckill.Options{
-		Addr: sk.Addr, DB: db, Reservations: n.seckillRedis, Cache: cache, ItemTable: sk.ItemTable,
+		Addr: sk.Addr, DB: db, Reservations: reservations, Cache: cache, ItemTable: sk.ItemTable,
 		NSQDTCP: n.nsqdTCP, NSQDHTTP: n.nsqdHTTP, LookupdHTTP: cfg.NSQ.LookupdHTTP, Topic: sk.Topic, TokenKey: key,
 		RateIP: sk.RateIP, BurstIP: sk.BurstIP, RateUser: sk.RateUser, BurstUser: sk.BurstUser,
 		Writers: sk.Writers, BatchMax: sk.BatchMax, OrderTTL: sk.OrderTTL,
@@ -75,7 +77,11 @@ func (n *Node) buildSeckill() error {
 		API: true, Writer: true, Expirer: true, Reconciler: true,
 		Logger: n.log.With("role", RoleSeckill), Registerer: n.registry,
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	n.own(RoleSeckill, n.seckill.Close)
+	return nil
 }
 
 // MigrateSeckill creates the flash-sale database and tables of cfg if they
@@ -109,19 +115,4 @@ func (n *Node) runSeckill(ctx context.Context) error {
 		n.log.Warn("seckill: migration failed, running on the existing tables", "role", RoleSeckill, "err", err)
 	}
 	return n.seckill.Run(ctx)
-}
-
-func (n *Node) closeSeckill() {
-	if n.seckill != nil {
-		n.seckill.Close()
-	}
-	if n.seckillDB != nil {
-		n.seckillDB.Close()
-	}
-	if n.seckillRedis != nil {
-		n.seckillRedis.Close()
-	}
-	for _, c := range n.cacheClients {
-		c.Close()
-	}
 }

@@ -156,15 +156,13 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 }
 
 // Run consumes until ctx ends, then stops every consumer, waiting for the
-// messages in hand.
+// messages in hand. Whoever built the purger closes it.
 func (p *HTTPPurger) Run(ctx context.Context) error {
-	err := p.c.Run(ctx, "http purger")
-	p.Close()
-	return err
+	return p.c.Run(ctx, "http purger")
 }
 
-// Close drops the idle keep-alive connections; it is safe to call more than
-// once.
+// Close drops the idle keep-alive connections, after Run returned (or
+// instead of Run); it is safe to call more than once.
 func (p *HTTPPurger) Close() error {
 	for _, c := range p.clients {
 		c.CloseIdleConnections()

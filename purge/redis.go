@@ -108,15 +108,14 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 }
 
 // Run consumes until ctx ends, then stops every consumer, waiting for the
-// messages in hand.
+// messages in hand. It leaves the Redis clients open: whoever built the
+// purger closes it.
 func (p *RedisPurger) Run(ctx context.Context) error {
-	if err := p.c.Run(ctx, "redis purger"); err != nil {
-		return err
-	}
-	return p.Close()
+	return p.c.Run(ctx, "redis purger")
 }
 
-// Close releases the Redis clients; it is safe to call more than once.
+// Close releases the Redis clients, after Run returned (or instead of Run);
+// it is safe to call more than once.
 func (p *RedisPurger) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

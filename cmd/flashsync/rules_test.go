@@ -13,7 +13,7 @@ const devConfig = "../../configs/dev.toml"
 func runExplain(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var stdout, stderr strings.Builder
-	rc := runRules(append([]string{"explain", "-config", devConfig}, args...), &stdout, &stderr)
+	rc := program.Run(append([]string{"rules", "explain", "-config", devConfig}, args...), &stdout, &stderr)
 	return rc, stdout.String(), stderr.String()
 }
 

@@ -1,4 +1,4 @@
-package node
+package main
 
 import (
 	"context"
@@ -14,10 +14,10 @@ import (
 	"github.com/flashsync/flashsync/invalidate"
 )
 
-// SeedCache fills every replica with the keys the rules derive from up to
+// seedCache fills every replica with the keys the rules derive from up to
 // limit rows of each ruled table, so a demo can watch them being purged. The
 // values are placeholders: flashsync never writes cache values itself.
-func SeedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Logger) error {
+func seedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Logger) error {
 	rules, err := cfg.BuildRules()
 	if err != nil {
 		return err
@@ -58,7 +58,7 @@ func SeedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Lo
 			rc := redis.NewClient(&redis.Options{Addr: addr, Password: group.Password, DB: group.DB})
 			pipe := rc.Pipeline()
 			for _, k := range keys {
-				pipe.Set(ctx, k, "seeded by flashsync seed-cache at "+time.Now().UTC().Format(time.RFC3339), 0)
+				pipe.Set(ctx, k, "seeded by flashsync-demo seed-cache at "+time.Now().UTC().Format(time.RFC3339), 0)
 			}
 			_, err := pipe.Exec(ctx)
 			rc.Close()
@@ -67,23 +67,6 @@ func SeedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Lo
 			}
 		}
 		log.Info("seeded cache keys", "group", group.Name, "replicas", group.Replicas, "keys", len(keys))
-	}
-	return nil
-}
-
-// FlushAll empties every configured Redis group (FLUSHDB on every replica's
-// database): the recovery when changes were lost from the binlog.
-func FlushAll(ctx context.Context, cfg *configs.Config, log *slog.Logger) error {
-	for _, g := range cfg.RedisGroups {
-		for _, addr := range g.Replicas {
-			rc := redis.NewClient(&redis.Options{Addr: addr, Password: g.Password, DB: g.DB})
-			err := rc.FlushDB(ctx).Err()
-			rc.Close()
-			if err != nil {
-				return fmt.Errorf("flush redis %s (group %s): %w", addr, g.Name, err)
-			}
-			log.Warn("flushed redis replica", "group", g.Name, "replica", addr, "db", g.DB)
-		}
 	}
 	return nil
 }

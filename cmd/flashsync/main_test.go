@@ -1,0 +1,149 @@
+package main
+
+import (
+	"maps"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr strings.Builder
+	rc := program.Run(args, &stdout, &stderr)
+	return rc, stdout.String(), stderr.String()
+}
+
+// flagArgs are a valid use of every flag of any command.
+var flagArgs = map[string]string{
+	"-config":           "-config=" + filepath.Join(os.TempDir(), "flashsync-cli-test-no-such.toml"),
+	"-log-level":        "-log-level=debug",
+	"-reset-to-current": "-reset-to-current",
+	"-flush-all":        "-flush-all",
+	"-table":            "-table=shop.item",
+	"-row":              `-row={"after":{"id":1}}`,
+	"-action":           "-action=insert",
+	"-json":             "-json",
+	// The demo's, which flashsync has no more.
+	"-addr":  "-addr=127.0.0.1:1",
+	"-limit": "-limit=5",
+}
+
+// commandFlags lists each command's flags.
+var commandFlags = map[string][]string{
+	"all":             {"-config", "-log-level", "-reset-to-current", "-flush-all"},
+	"canal":           {"-config", "-log-level", "-reset-to-current", "-flush-all"},
+	"purger":          {"-config", "-log-level"},
+	"http-purger":     {"-config", "-log-level"},
+	"dispatcher":      {"-config", "-log-level"},
+	"console":         {"-config", "-log-level"},
+	"seckill":         {"-config", "-log-level"},
+	"seckill-migrate": {"-config"},
+	"check":           {"-config"},
+	"rules explain":   {"-config", "-table", "-row", "-action", "-json"},
+	"help":            nil,
+	"version":         nil,
+}
+
+func TestEveryCommandIsInTheTable(t *testing.T) {
+	var names []string
+	for _, c := range program.All() {
+		names = append(names, c.Name)
+	}
+	if want := slices.Sorted(maps.Keys(commandFlags)); !slices.Equal(slices.Sorted(slices.Values(names)), want) {
+		t.Errorf("commands %v, the test knows %v", names, want)
+	}
+}
+
+// Each command takes its own flags and refuses every other: with its own,
+// the command line is accepted and the command stops at the config, which
+// does not exist (exit 1); with another command's, the command line is
+// wrong (exit 2).
+func TestCommandFlags(t *testing.T) {
+	for name, own := range commandFlags {
+		for flagName, arg := range flagArgs {
+			args := append(strings.Fields(name), arg)
+			if flagName != "-config" && slices.Contains(own, "-config") {
+				args = append(args, flagArgs["-config"])
+			}
+			if name == "rules explain" && flagName != "-row" {
+				args = append(args, flagArgs["-row"]) // required
+			}
+			rc, _, stderr := runCLI(t, args...)
+			if !slices.Contains(own, flagName) {
+				if rc != 2 || !strings.Contains(stderr, "flag provided but not defined: "+flagName) || !strings.Contains(stderr, "usage: flashsync "+name) {
+					t.Errorf("%q: rc %d, want 2 with the refused flag and the usage; stderr:\n%s", args, rc, stderr)
+				}
+				continue
+			}
+			if rc != 1 || !strings.Contains(stderr, ": config ") || !strings.Contains(stderr, strings.TrimPrefix(flagArgs["-config"], "-config=")) {
+				t.Errorf("%q: rc %d, want 1 for the missing config; stderr:\n%s", args, rc, stderr)
+			}
+		}
+	}
+}
+
+func TestCommandLineErrors(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "usage: flashsync <command>"},
+		{[]string{"nope"}, `unknown command "nope"`},
+		{[]string{"demo-backend"}, `unknown command "demo-backend"`},
+		{[]string{"seed-cache"}, `unknown command "seed-cache"`},
+		{[]string{"rules"}, "want a command of rules explain"},
+		{[]string{"check", "extra"}, `unexpected argument "extra"`},
+		{[]string{"help", "nope"}, `unknown command "nope"`},
+		{[]string{"rules", "explain", "-table", "shop.item"}, "-row is required"},
+		{[]string{"purger", "-log-level", "loud"}, "-log-level"},
+	} {
+		rc, stdout, stderr := runCLI(t, tt.args...)
+		if rc != 2 || !strings.Contains(stderr, tt.want) || !strings.Contains(stderr, "usage: flashsync") || stdout != "" {
+			t.Errorf("%q: rc %d, want 2 with %q and the usage on stderr; stdout %q, stderr:\n%s", tt.args, rc, tt.want, stdout, stderr)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	rc, out, _ := runCLI(t, "help")
+	if rc != 0 {
+		t.Errorf("help: rc %d", rc)
+	}
+	for _, c := range program.All() {
+		if !strings.Contains(out, "\n  "+c.Name+" ") {
+			t.Errorf("help does not list %s:\n%s", c.Name, out)
+		}
+	}
+	for name, own := range commandFlags {
+		for _, args := range [][]string{append([]string{"help"}, strings.Fields(name)...), append(strings.Fields(name), "-h")} {
+			rc, out, errOut := runCLI(t, args...)
+			if rc != 0 || !strings.HasPrefix(out, "usage: flashsync "+name+" ") {
+				t.Errorf("%q: rc %d, out %q, stderr %q", args, rc, out, errOut)
+				continue
+			}
+			for flagName := range flagArgs {
+				if got := strings.Contains(out, "\n  "+flagName+" ") || strings.Contains(out, "\n  "+flagName+"\n"); got != slices.Contains(own, flagName) {
+					t.Errorf("%q lists %s: %v, want %v:\n%s", args, flagName, got, !got, out)
+				}
+			}
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	rc, out, errOut := runCLI(t, "version")
+	if rc != 0 || !strings.HasPrefix(out, "flashsync ") || !strings.HasSuffix(out, " "+runtime.Version()+"\n") {
+		t.Errorf("version: rc %d %q %q", rc, out, errOut)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	rc, _, errOut := runCLI(t, "check", "-config", devConfig)
+	if rc != 0 || errOut != devConfig+": ok\n" {
+		t.Errorf("check: rc %d %q", rc, errOut)
+	}
+}
