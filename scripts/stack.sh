@@ -20,7 +20,7 @@
 #   nsqd                           nsqd, TCP 127.0.0.1:14150, HTTP 127.0.0.1:14151
 #   nsqd-2                         nsqd, TCP 127.0.0.1:14152, HTTP 127.0.0.1:14153
 #                                  (both nsqd register with nsqlookupd, which starts first)
-#   demo-backend                   `flashsync demo-backend`, 127.0.0.1:16090: item pages from
+#   demo-backend                   `flashsync-demo backend`, 127.0.0.1:16090: item pages from
 #                                  shop.item with xkey headers (binary built into .stack/bin)
 #   varnish-16081 varnish-16082    Varnish 7 + xkey (configs/varnish/flashsync.vcl) in front of
 #                                  demo-backend; HTTP group "varnish"; admin port disabled
@@ -573,29 +573,29 @@ nsqd_cmd() {
 # demo-backend (kind "demo")
 # ---------------------------------------------------------------------------
 
-# flashsync_build: build $STACK/bin/flashsync from this repo (go build is
+# demo_build: build $STACK/bin/flashsync-demo from this repo (go build is
 # incremental: fast when nothing changed). Run when demo-backend starts; to
 # pick up a code change: scripts/stack.sh down demo-backend && scripts/stack.sh up
-flashsync_build() {
-  local bin=$STACK/bin/flashsync
+demo_build() {
+  local bin=$STACK/bin/flashsync-demo
   mkdir -p "$STACK/bin"
   command -v go >/dev/null || die "go not found (expected /usr/local/go/bin/go)"
-  (cd "$REPO" && go build -o "$bin.tmp" ./cmd/flashsync) 9>&- || die "building flashsync failed"
+  (cd "$REPO" && go build -o "$bin.tmp" ./cmd/flashsync-demo) 9>&- || die "building flashsync-demo failed"
   mv -f "$bin.tmp" "$bin"
 }
 
 demo_addr() { echo "127.0.0.1:$DEMO_BACKEND_PORT (shop.item pages)"; }
-demo_exe() { echo "$STACK/bin/flashsync"; }
+demo_exe() { echo "$STACK/bin/flashsync-demo"; }
 demo_ping() {
   [[ $(curl -s -m 2 "http://127.0.0.1:$DEMO_BACKEND_PORT/healthz" 2>/dev/null) == ok ]]
 }
 demo_prepare() {
   write_stack_config
-  flashsync_build
+  demo_build
 }
 demo_cmd() {
   CMD=(
-    "$(demo_exe)" demo-backend
+    "$(demo_exe)" backend
     -config "$STACK_CONFIG"
     -addr "127.0.0.1:$DEMO_BACKEND_PORT"
   )
@@ -745,8 +745,8 @@ cmd_seed() {
     mariadb_client <"$REPO/stack/sql/seckill-demo.sql" || die "applying stack/sql/seckill-demo.sql failed"
     redis-cli -h 127.0.0.1 -p "$(port 16383)" del 'sk:{1}:stock' 'sk:{1}:users' 'sk:{1}:req' 'sk:{1}:ver' >/dev/null ||
       die "resetting the demo sale's reservation counters in redis-16383 failed"
-    log "seed: writing demo cache keys to Redis (flashsync seed-cache)"
-    (cd "$REPO" && go run ./cmd/flashsync seed-cache -config "$STACK_CONFIG") 9>&-
+    log "seed: writing demo cache keys to Redis (flashsync-demo seed-cache)"
+    (cd "$REPO" && go run ./cmd/flashsync-demo seed-cache -config "$STACK_CONFIG") 9>&-
   else
     log "seed: note: configs/dev.toml or cmd/flashsync not present yet; skipping the Redis cache keys"
   fi

@@ -13,6 +13,7 @@ import (
 	"os"
 
 	"github.com/flashsync/flashsync/cmd/internal/cli"
+	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/node"
 )
 
@@ -34,6 +35,7 @@ var program = &cli.Program{
 		roleCommand(node.RoleSeckill, "the flash-sale service: buy API, order writers, expirer, reconciler", []string{node.RoleSeckill}),
 		seckillMigrateCommand,
 		checkCommand,
+		configReferenceCommand,
 		rulesExplainCommand,
 	},
 }
@@ -102,6 +104,18 @@ var checkCommand = &cli.Command{
 			}
 			fmt.Fprintf(env.Stderr, "%s: ok\n", *path)
 			return nil
+		}
+	},
+}
+
+var configReferenceCommand = &cli.Command{
+	Name:    "config reference",
+	Summary: "print the configuration reference (docs/configuration.md) in Markdown",
+	Doc: "Prints every section and key of the config file with its type, default and meaning,\n" +
+		"generated from the schema in configs/config.go. docs/configuration.md is its output.",
+	Flags: func(fs *flag.FlagSet) cli.Action {
+		return func(_ context.Context, env cli.Env, _ []string) error {
+			return configs.WriteReference(env.Stdout)
 		}
 	},
 }
