@@ -120,6 +120,8 @@ type Lease struct {
 	holder string
 	ttl    time.Duration
 
+	closeOnce sync.Once
+
 	mu         sync.Mutex
 	token      int64
 	validUntil time.Time
@@ -302,8 +304,12 @@ func (l *Lease) Release() {
 
 // Close releases the lease and the connection.
 func (l *Lease) Close() {
-	l.Release()
-	l.coord.close()
+	// Once: a second Release would reconnect to MySQL only to release a
+	// lease that is no longer ours.
+	l.closeOnce.Do(func() {
+		l.Release()
+		l.coord.close()
+	})
 }
 
 // MySQLCheckpoint keeps the position in the source server, written only by
