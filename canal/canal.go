@@ -20,6 +20,7 @@ import (
 	pingcaperrors "github.com/pingcap/errors"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flashsync/flashsync/internal/retry"
 	"github.com/flashsync/flashsync/invalidate"
 )
 
@@ -313,7 +314,9 @@ func (c *Canal) term(ctx context.Context) error {
 	}()
 	defer func() { stopSaver(); <-saverDone }()
 
-	backoff := 100 * time.Millisecond
+	// Exact delays (no jitter): one canal streams at a time, so there is no
+	// herd to spread, and the restart tests allow 10 s for the reconnect.
+	reconnect := retry.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}.New()
 	for {
 		from := c.lastAcked()
 		c.log.Info("canal streaming", "from", from.String())
@@ -332,15 +335,15 @@ func (c *Canal) term(ctx context.Context) error {
 			return fmt.Errorf("mysql %s: %w", c.opts.MySQL.Addr, err)
 		}
 		if time.Since(began) > time.Minute {
-			backoff = 100 * time.Millisecond
+			reconnect.Reset() // the stream was good: a new outage starts over
 		}
-		c.log.Warn("binlog stream interrupted; reconnecting from the acknowledged position", "err", pingcaperrors.Cause(err), "backoff", backoff)
+		next := reconnect.NextBackOff()
+		c.log.Warn("binlog stream interrupted; reconnecting from the acknowledged position", "err", pingcaperrors.Cause(err), "backoff", next)
 		select {
 		case <-ctx.Done():
 			return c.saveAcked()
-		case <-time.After(backoff):
+		case <-time.After(next):
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

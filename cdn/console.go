@@ -11,11 +11,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flashsync/flashsync/internal/httpapi"
 )
 
 // ConsoleOptions configure a Console.
@@ -139,7 +142,7 @@ func NewConsole(opts ConsoleOptions) (*Console, error) {
 // Handler serves POST /v1/purge.
 func (c *Console) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle(PurgePath, c.adapt(c.purge))
+	mux.Handle(PurgePath, httpapi.Handler(c.opts.Logger, c.serve))
 	return mux
 }
 
@@ -183,49 +186,20 @@ func (c *Console) Serve(ctx context.Context, ln net.Listener, certFile, keyFile 
 	return err
 }
 
-// httpError is an error with the status to answer.
-type httpError struct {
-	status int
-	err    error
-}
-
-func (e *httpError) Error() string { return e.err.Error() }
-func (e *httpError) Unwrap() error { return e.err }
-
-func errStatus(status int, format string, args ...any) error {
-	return &httpError{status: status, err: fmt.Errorf(format, args...)}
-}
-
-// adapt turns a handler returning an error into an http.Handler: the one
-// place errors become {"error": "..."} answers.
-func (c *Console) adapt(h func(http.ResponseWriter, *http.Request) (int, error)) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		status, err := h(w, r)
-		if err != nil {
-			status = http.StatusInternalServerError
-			var he *httpError
-			if errors.As(err, &he) {
-				status = he.status
-			}
-			if status >= 500 {
-				c.opts.Logger.Warn("console request failed", "status", status, "err", err, "remote", r.RemoteAddr)
-			} else {
-				c.opts.Logger.Info("console request refused", "status", status, "err", err, "remote", r.RemoteAddr)
-			}
-			if status == http.StatusMethodNotAllowed {
-				w.Header().Set("Allow", http.MethodPost)
-			}
-			writeJSON(w, status, map[string]string{"error": err.Error()})
+// serve adapts purge to the project's API adapter, which answers its
+// errors (and logs those of 500 and more); serve counts every request by
+// the status it answered and logs refusals: an unsigned or replayed
+// request is worth a line.
+func (c *Console) serve(w http.ResponseWriter, r *http.Request) error {
+	status, err := c.purge(w, r)
+	if err != nil {
+		status = httpapi.Answer(err).Status
+		if status < 500 {
+			c.opts.Logger.Info("console request refused", "status", status, "err", err, "remote", r.RemoteAddr)
 		}
-		c.requests.WithLabelValues(fmt.Sprint(status)).Inc()
-	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
+	}
+	c.requests.WithLabelValues(strconv.Itoa(status)).Inc()
+	return err
 }
 
 // Request is the body of POST /v1/purge.
@@ -330,10 +304,12 @@ func splitURL(s string) (host, target string, err error) {
 	return u.Host, target, nil
 }
 
-// purge answers POST /v1/purge.
+// purge answers POST /v1/purge, and returns the status it answered, or
+// the error to answer.
 func (c *Console) purge(w http.ResponseWriter, r *http.Request) (int, error) {
 	if r.Method != http.MethodPost {
-		return 0, errStatus(http.StatusMethodNotAllowed, "method %s not allowed; use POST", r.Method)
+		w.Header().Set("Allow", http.MethodPost)
+		return 0, httpapi.Errorf(http.StatusMethodNotAllowed, "method %s not allowed; use POST", r.Method)
 	}
 	q, err := c.verify(w, r)
 	if err != nil {
@@ -351,8 +327,7 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request) (int, error) {
 	if status != http.StatusOK {
 		c.opts.Logger.Warn("purge failed on some cache machines", "job", q.Job, "machines", resp.Machines)
 	}
-	writeJSON(w, status, resp)
-	return status, nil
+	return status, httpapi.WriteJSON(w, status, resp)
 }
 
 // verify reads, authenticates and decodes a request: 413 for a body over
@@ -360,15 +335,15 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request) (int, error) {
 // replayed nonce, 503 when the replay cache is full, 400 for a bad body.
 func (c *Console) verify(w http.ResponseWriter, r *http.Request) (*Request, error) {
 	if r.ContentLength > c.opts.MaxBodyBytes {
-		return nil, errStatus(http.StatusRequestEntityTooLarge, "body of %d bytes, max %d", r.ContentLength, c.opts.MaxBodyBytes)
+		return nil, httpapi.Errorf(http.StatusRequestEntityTooLarge, "body of %d bytes, max %d", r.ContentLength, c.opts.MaxBodyBytes)
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, c.opts.MaxBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, errStatus(http.StatusRequestEntityTooLarge, "body over %d bytes", c.opts.MaxBodyBytes)
+			return nil, httpapi.Errorf(http.StatusRequestEntityTooLarge, "body over %d bytes", c.opts.MaxBodyBytes)
 		}
-		return nil, errStatus(http.StatusBadRequest, "read body: %v", err)
+		return nil, httpapi.Errorf(http.StatusBadRequest, "read body: %w", err)
 	}
 	return c.check(r.Header, body)
 }
@@ -378,17 +353,17 @@ func (c *Console) check(h http.Header, body []byte) (*Request, error) {
 	now := c.opts.Now()
 	_, nonce, err := Verify(c.opts.Key, h, body, now, c.opts.MaxSkew)
 	if err != nil {
-		return nil, &httpError{status: http.StatusUnauthorized, err: err}
+		return nil, httpapi.Wrap(http.StatusUnauthorized, err)
 	}
 	switch c.nonces.add(strings.ToLower(nonce), now, now.Add(2*c.opts.MaxSkew)) {
 	case nonceReplayed:
-		return nil, errStatus(http.StatusConflict, "nonce already used")
+		return nil, httpapi.Errorf(http.StatusConflict, "nonce already used")
 	case nonceFull:
-		return nil, errStatus(http.StatusServiceUnavailable, "replay cache full (%d nonces within %s); retry later", c.opts.MaxNonces, 2*c.opts.MaxSkew)
+		return nil, httpapi.Errorf(http.StatusServiceUnavailable, "replay cache full (%d nonces within %s); retry later", c.opts.MaxNonces, 2*c.opts.MaxSkew)
 	}
 	q, err := DecodeRequest(body)
 	if err != nil {
-		return nil, &httpError{status: http.StatusBadRequest, err: err}
+		return nil, httpapi.Wrap(http.StatusBadRequest, err)
 	}
 	return q, nil
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/flashsync/flashsync/cdn"
 )
 
@@ -296,4 +298,46 @@ func FuzzConsoleRequest(f *testing.F) {
 			t.Fatalf("accepted a body DecodeRequest refuses: %v", err)
 		}
 	})
+}
+
+// Every answer is counted by its status, refusals included, and a refusal is
+// a JSON {"error"} with nothing else; a GET names the method to use.
+func TestConsoleCountsAnswersByStatus(t *testing.T) {
+	m := startMachine(t)
+	reg := prometheus.NewRegistry()
+	c := newConsole(t, cdn.ConsoleOptions{Machines: []string{m.addr()}, Registerer: reg})
+	h := c.Handler()
+	now := time.Now().Unix()
+	good := []byte(`{"job":"j","urls":["/a"]}`)
+	serve(h, signed(testKey, now, fmt.Sprintf("%032x", 1), good))
+	serve(h, signed(testKey, now, fmt.Sprintf("%032x", 1), good))
+	serve(h, signed([]byte("another key, sixteen+"), now, fmt.Sprintf("%032x", 2), good))
+
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, cdn.PurgePath, nil))
+	var out map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || len(out) != 1 || out["error"] == "" {
+		t.Errorf("GET answer %q, want only an \"error\" field", rec.Body)
+	}
+	if rec.Code != http.StatusMethodNotAllowed || rec.Header().Get("Allow") != http.MethodPost || rec.Header().Get("Content-Type") != "application/json" {
+		t.Errorf("GET: %d, Allow %q, Content-Type %q; want 405, POST, application/json", rec.Code, rec.Header().Get("Allow"), rec.Header().Get("Content-Type"))
+	}
+
+	want := map[string]float64{"200": 1, "409": 1, "401": 1, "405": 1}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "flashsync_console_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("requests by code %v, want %v", got, want)
+	}
 }

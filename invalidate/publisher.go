@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flashsync/flashsync/internal/nsqio"
+	"github.com/flashsync/flashsync/internal/retry"
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -244,38 +245,38 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	if p.opts.OnPublished != nil {
 		p.opts.OnPublished(job, p.jobTargets(b))
 	}
-	backoff := p.opts.RetryMin
-	for attempt := 0; ; attempt++ {
+	// Exact delays (no jitter): RetryMin and RetryMax are the configured
+	// bounds, and one canal publishes at a time.
+	err := retry.Until(ctx, retry.Backoff{Min: p.opts.RetryMin, Max: p.opts.RetryMax}, func() error {
 		err := p.publishOnce(bodies)
-		if err == nil {
-			p.published.WithLabelValues("ok").Inc()
-			for g := 0; g < b.NumGroups(); g++ {
-				if n := len(b.Keys(g)); n > 0 {
-					p.keys.WithLabelValues(p.opts.Groups[g].Name).Add(float64(n))
-				}
-			}
-			for g := 0; g < b.NumHTTPGroups(); g++ {
-				name := p.opts.HTTPGroups[g].Name
-				if n := len(b.URLs(g)); n > 0 {
-					p.httpTargets.WithLabelValues(name, "url").Add(float64(n))
-				}
-				if n := len(b.Tags(g)); n > 0 {
-					p.httpTargets.WithLabelValues(name, "tag").Add(float64(n))
-				}
-			}
-			p.latency.Observe(time.Since(start).Seconds())
-			return nil
+		if err != nil {
+			p.published.WithLabelValues("error").Inc()
+			p.next = (p.next + 1) % len(p.opts.NSQDTCP) // the next attempt starts at the next nsqd
 		}
-		p.published.WithLabelValues("error").Inc()
-		p.next = (p.next + 1) % len(p.opts.NSQDTCP)
-		p.opts.Logger.Warn("publish purge batch; retrying", "attempt", attempt+1, "backoff", backoff, "err", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("publish purge batch at %s: %w (last error: %v)", meta.Pos, ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, p.opts.RetryMax)
+		return err
+	}, func(attempt int, err error, next time.Duration) {
+		p.opts.Logger.Warn("publish purge batch; retrying", "attempt", attempt, "backoff", next, "err", err)
+	})
+	if err != nil {
+		return fmt.Errorf("publish purge batch at %s: %w (last error: %v)", meta.Pos, ctx.Err(), err)
 	}
+	p.published.WithLabelValues("ok").Inc()
+	for g := 0; g < b.NumGroups(); g++ {
+		if n := len(b.Keys(g)); n > 0 {
+			p.keys.WithLabelValues(p.opts.Groups[g].Name).Add(float64(n))
+		}
+	}
+	for g := 0; g < b.NumHTTPGroups(); g++ {
+		name := p.opts.HTTPGroups[g].Name
+		if n := len(b.URLs(g)); n > 0 {
+			p.httpTargets.WithLabelValues(name, "url").Add(float64(n))
+		}
+		if n := len(b.Tags(g)); n > 0 {
+			p.httpTargets.WithLabelValues(name, "tag").Add(float64(n))
+		}
+	}
+	p.latency.Observe(time.Since(start).Seconds())
+	return nil
 }
 
 // jobTargets lists the targets expected to acknowledge b's job.

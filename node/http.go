@@ -1,57 +1,17 @@
 package node
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/flashsync/flashsync/internal/httpapi"
 	"github.com/flashsync/flashsync/invalidate"
 )
-
-// apiError is an error with the HTTP status it answers with.
-type apiError struct {
-	Status int
-	Err    error
-}
-
-func (e *apiError) Error() string { return e.Err.Error() }
-func (e *apiError) Unwrap() error { return e.Err }
-
-// apiHandler is an HTTP handler that returns its error; handle writes it.
-type apiHandler func(w http.ResponseWriter, r *http.Request) error
-
-// handle adapts an apiHandler: every error becomes one JSON body
-// {"error": "..."} with the status of an *apiError, or 500.
-func handle(log *slog.Logger, h apiHandler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := h(w, r)
-		if err == nil {
-			return
-		}
-		status := http.StatusInternalServerError
-		var ae *apiError
-		if errors.As(err, &ae) {
-			status = ae.Status
-		}
-		if status >= 500 {
-			log.Error("http handler", "path", r.URL.Path, "err", err)
-		}
-		writeJSON(w, status, map[string]string{"error": err.Error()})
-	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(v)
-}
 
 func (n *Node) mux() *http.ServeMux {
 	mux := http.NewServeMux()
@@ -60,10 +20,10 @@ func (n *Node) mux() *http.ServeMux {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{Registry: n.registry}))
-	mux.Handle("GET /healthz", handle(n.log, n.healthz))
-	mux.Handle("POST /rules/explain", handle(n.log, n.explainRules))
-	mux.Handle("GET /jobs", handle(n.log, n.listJobs))
-	mux.Handle("GET /jobs/{id}", handle(n.log, n.getJob))
+	mux.Handle("GET /healthz", httpapi.Handler(n.log, n.healthz))
+	mux.Handle("POST /rules/explain", httpapi.Handler(n.log, n.explainRules))
+	mux.Handle("GET /jobs", httpapi.Handler(n.log, n.listJobs))
+	mux.Handle("GET /jobs/{id}", httpapi.Handler(n.log, n.getJob))
 	if n.seckill != nil {
 		mux.Handle("POST /seckill/activities/{id}/reconcile", n.seckill.ReconcileHandler())
 	}
@@ -71,7 +31,7 @@ func (n *Node) mux() *http.ServeMux {
 }
 
 // errNoJobs answers the job endpoints of a node without the canal role.
-var errNoJobs = &apiError{Status: http.StatusNotFound, Err: errors.New("no purge jobs here: this node does not run the canal role")}
+var errNoJobs = httpapi.Wrap(http.StatusNotFound, errors.New("no purge jobs here: this node does not run the canal role"))
 
 // getJob answers GET /jobs/{id}: the job's state, per group and per target.
 func (n *Node) getJob(w http.ResponseWriter, r *http.Request) error {
@@ -81,9 +41,9 @@ func (n *Node) getJob(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	j, ok := n.jobs.Get(id)
 	if !ok {
-		return &apiError{Status: http.StatusNotFound, Err: fmt.Errorf("job %q unknown (never published here, or evicted)", id)}
+		return httpapi.Errorf(http.StatusNotFound, "job %q unknown (never published here, or evicted)", id)
 	}
-	return writeJSON(w, http.StatusOK, j)
+	return httpapi.WriteJSON(w, http.StatusOK, j)
 }
 
 // maxJobsLimit bounds GET /jobs?limit=.
@@ -99,11 +59,11 @@ func (n *Node) listJobs(w http.ResponseWriter, r *http.Request) error {
 	if v := r.URL.Query().Get("limit"); v != "" {
 		l, err := strconv.Atoi(v)
 		if err != nil || l < 1 || l > maxJobsLimit {
-			return &apiError{Status: http.StatusBadRequest, Err: fmt.Errorf("limit %q: want 1 to %d", v, maxJobsLimit)}
+			return httpapi.Errorf(http.StatusBadRequest, "limit %q: want 1 to %d", v, maxJobsLimit)
 		}
 		limit = l
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"jobs": n.jobs.Recent(limit), "tracked": n.jobs.Len()})
+	return httpapi.WriteJSON(w, http.StatusOK, map[string]any{"jobs": n.jobs.Recent(limit), "tracked": n.jobs.Len()})
 }
 
 // maxExplainBody bounds a POST /rules/explain body.
@@ -116,18 +76,18 @@ const maxExplainBody = 1 << 20
 func (n *Node) explainRules(w http.ResponseWriter, r *http.Request) error {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxExplainBody))
 	if err != nil {
-		return &apiError{Status: http.StatusBadRequest, Err: fmt.Errorf("read body: %w", err)}
+		return httpapi.Errorf(http.StatusBadRequest, "read body: %w", err)
 	}
 	q, err := invalidate.ParseExplainRequest(body)
 	if err != nil {
-		return &apiError{Status: http.StatusBadRequest, Err: err}
+		return httpapi.Wrap(http.StatusBadRequest, err)
 	}
 	e, err := n.rules.ExplainRequest(q)
 	if err != nil {
-		return &apiError{Status: http.StatusBadRequest, Err: err}
+		return httpapi.Wrap(http.StatusBadRequest, err)
 	}
 	e.SetTopics(n.cfg.NSQ.TopicPrefix)
-	return writeJSON(w, http.StatusOK, e)
+	return httpapi.WriteJSON(w, http.StatusOK, e)
 }
 
 type health struct {
@@ -179,5 +139,5 @@ func (n *Node) healthz(w http.ResponseWriter, r *http.Request) error {
 	if h.Status != "ok" {
 		status = http.StatusServiceUnavailable
 	}
-	return writeJSON(w, status, h)
+	return httpapi.WriteJSON(w, status, h)
 }

@@ -148,6 +148,9 @@ func TestRulesExplainAPI(t *testing.T) {
 		if status != http.StatusBadRequest || !strings.Contains(msg, tt.want) {
 			t.Errorf("%.80s: %d %q, want 400 with %q", tt.body, status, msg, tt.want)
 		}
+		if len(out) != 1 {
+			t.Errorf("%.80s: answer %v, want only an \"error\" field", tt.body, out)
+		}
 	}
 
 	resp, err := http.Get(url)

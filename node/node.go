@@ -34,6 +34,7 @@ import (
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/cdn"
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/retry"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/jobs"
 	"github.com/flashsync/flashsync/nsqembed"
@@ -396,45 +397,36 @@ func (n *Node) serveHTTP(ctx context.Context) error {
 }
 
 // ensureChannels waits for nsqd and creates every replica's channel before
-// the first publish.
+// the first publish. Every canal node of an HA group, standbys included,
+// waits here for the same nsqd: jitter keeps them from polling it in step.
 func (n *Node) ensureChannels(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for {
-		err := n.publisher.EnsureChannels(ctx)
-		if err == nil {
-			return nil
-		}
-		n.log.Warn("create nsq channels; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
+	return retry.Until(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second, Jitter: 0.5},
+		func() error { return n.publisher.EnsureChannels(ctx) },
+		func(_ int, err error, next time.Duration) {
+			n.log.Warn("create nsq channels; retrying", "err", err, "backoff", next)
+		})
 }
 
 // consumeAcks feeds the acks topic to the job store until ctx ends. Acks
 // are progress reports: a consumer that cannot connect is retried, never
-// fails the node, so consumeAcks returns nothing but nil, once ctx ended.
+// fails the node: it returns nil once ctx ended. Jittered, as every canal
+// node runs one.
 func (n *Node) consumeAcks(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for {
-		err := n.jobs.Consume(ctx, jobs.ConsumerOptions{
-			NSQDTCP: n.nsqdTCP, LookupdHTTP: n.cfg.NSQ.LookupdHTTP, TopicPrefix: n.cfg.NSQ.TopicPrefix,
-			Logger: n.log.With("role", RoleCanal, "topic", invalidate.AckTopic(n.cfg.NSQ.TopicPrefix)),
+	retry.Until(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5},
+		func() error {
+			err := n.jobs.Consume(ctx, jobs.ConsumerOptions{
+				NSQDTCP: n.nsqdTCP, LookupdHTTP: n.cfg.NSQ.LookupdHTTP, TopicPrefix: n.cfg.NSQ.TopicPrefix,
+				Logger: n.log.With("role", RoleCanal, "topic", invalidate.AckTopic(n.cfg.NSQ.TopicPrefix)),
+			})
+			if ctx.Err() != nil {
+				return nil // stopped, not failed
+			}
+			return err
+		},
+		func(_ int, err error, next time.Duration) {
+			n.log.Warn("job acks consumer; retrying", "err", err, "backoff", next)
 		})
-		if ctx.Err() != nil {
-			return nil
-		}
-		n.log.Warn("job acks consumer; retrying", "err", err, "backoff", backoff)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	return nil
 }
 
 // Close releases what New built, each component once, in the reverse order

@@ -22,50 +22,30 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/flashsync/flashsync/cacheaside"
+	"github.com/flashsync/flashsync/internal/httpapi"
 )
 
-// apiError is a refusal with its HTTP status and a stable code.
-type apiError struct {
-	Status int    `json:"-"`
-	Code   string `json:"code"`
-	Msg    string `json:"error"`
-	// RetryAfter, in seconds, for not_started and rate_limited.
-	RetryAfter int `json:"retry_after_s,omitempty"`
+// refuse is a refusal with its HTTP status and a stable code: clients
+// switch on the code, and the request metrics count by it.
+func refuse(status int, code, format string, args ...any) *httpapi.Error {
+	e := httpapi.Errorf(status, format, args...)
+	e.Code = code
+	return e
 }
 
-func (e *apiError) Error() string { return e.Msg }
-
-func refuse(status int, code, format string, args ...any) *apiError {
-	return &apiError{Status: status, Code: code, Msg: fmt.Sprintf(format, args...)}
-}
-
-type apiHandler func(w http.ResponseWriter, r *http.Request) error
-
-// handle writes a handler's error as one JSON body.
-func (s *Service) handle(name string, h apiHandler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// handle serves h through the project's API adapter and counts each
+// request by route name and answer code: "ok", a refusal's code, or
+// "internal" for an unexpected error.
+func (s *Service) handle(name string, h httpapi.HandlerFunc) http.Handler {
+	return httpapi.Handler(s.opts.Logger, func(w http.ResponseWriter, r *http.Request) error {
 		err := h(w, r)
-		if err == nil {
-			s.requests.WithLabelValues(name, "ok").Inc()
-			return
+		code := "ok"
+		if err != nil {
+			code = httpapi.Answer(err).Code
 		}
-		var ae *apiError
-		if !errors.As(err, &ae) {
-			s.opts.Logger.Error("seckill api", "path", r.URL.Path, "err", err)
-			ae = &apiError{Status: http.StatusInternalServerError, Code: "internal", Msg: err.Error()}
-		}
-		s.requests.WithLabelValues(name, ae.Code).Inc()
-		if ae.RetryAfter > 0 {
-			w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
-		}
-		writeJSON(w, ae.Status, ae)
+		s.requests.WithLabelValues(name, code).Inc()
+		return err
 	})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(v)
 }
 
 func (s *Service) mux() *http.ServeMux {
@@ -111,8 +91,8 @@ func (s *Service) getItem(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("X-Cache", res)
 	w.Header().Set("Content-Type", "application/json")
-	_, err = w.Write(v)
-	return err
+	w.Write(v) // a failed write: the client is gone, nothing to answer
+	return nil
 }
 
 func (s *Service) cached(ctx context.Context, key, route string, load func(context.Context) ([]byte, error)) ([]byte, string, error) {
@@ -208,7 +188,7 @@ func (s *Service) getActivity(w http.ResponseWriter, r *http.Request) error {
 		view.Status = "ended"
 	}
 	w.Header().Set("X-Cache", res)
-	return writeJSON(w, http.StatusOK, view)
+	return httpapi.WriteJSON(w, http.StatusOK, view)
 }
 
 func secondsUntil(now, t time.Time) int {
@@ -256,8 +236,8 @@ func (s *Service) buyScript(w http.ResponseWriter, r *http.Request) error {
 	b := strings.TrimSpace(buf.String())
 	w.Header().Set("Content-Type", "application/javascript")
 	w.Header().Set("Cache-Control", "no-store")
-	_, err = fmt.Fprintf(w, "window.flashsale = %s;\n(function (s) {\n  var b = document.getElementById('buy');\n  if (!b) return;\n  b.disabled = !s.open;\n  if (s.open) b.dataset.url = s.buy_url;\n  else if (s.opens_in_s) setTimeout(function () { location.reload(); }, s.opens_in_s * 1000);\n})(window.flashsale);\n", b)
-	return err
+	fmt.Fprintf(w, "window.flashsale = %s;\n(function (s) {\n  var b = document.getElementById('buy');\n  if (!b) return;\n  b.disabled = !s.open;\n  if (s.open) b.dataset.url = s.buy_url;\n  else if (s.opens_in_s) setTimeout(function () { location.reload(); }, s.opens_in_s * 1000);\n})(window.flashsale);\n", b)
+	return nil
 }
 
 func urlEscape(s string) string {
@@ -360,7 +340,7 @@ func (s *Service) buy(w http.ResponseWriter, r *http.Request) error {
 		if st.User != user {
 			return refuse(http.StatusConflict, "request_id_taken", "request_id %q belongs to another request", req.RequestID)
 		}
-		return writeJSON(w, http.StatusOK, map[string]any{"request_id": req.RequestID, "state": stateName(st.State), "poll": poll, "duplicate": true})
+		return httpapi.WriteJSON(w, http.StatusOK, map[string]any{"request_id": req.RequestID, "state": stateName(st.State), "poll": poll, "duplicate": true})
 	case Reserved:
 	default:
 		return refuse(http.StatusServiceUnavailable, "unavailable", "reservations unavailable")
@@ -384,8 +364,8 @@ func (s *Service) buy(w http.ResponseWriter, r *http.Request) error {
 	b = append(b, "\"}\n"...)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
-	_, err = w.Write(b)
-	return err
+	w.Write(b)
+	return nil
 }
 
 // validRequestID: 1 to 64 of [A-Za-z0-9._:-] (safe in a URL, a JSON
@@ -440,7 +420,7 @@ func (s *Service) getOrder(w http.ResponseWriter, r *http.Request) error {
 	if ok {
 		out["state"] = stateName(rec.State)
 		if rec.State != StateOrdered && rec.State != StateExpired {
-			return writeJSON(w, http.StatusOK, out)
+			return httpapi.WriteJSON(w, http.StatusOK, out)
 		}
 	}
 	o, err := FindOrder(r.Context(), s.opts.DB, a, rid)
@@ -448,7 +428,7 @@ func (s *Service) getOrder(w http.ResponseWriter, r *http.Request) error {
 		if !ok {
 			return refuse(http.StatusNotFound, "not_found", "no request %q in activity %d", rid, a)
 		}
-		return writeJSON(w, http.StatusOK, out)
+		return httpapi.WriteJSON(w, http.StatusOK, out)
 	}
 	if err != nil {
 		return err
@@ -457,7 +437,7 @@ func (s *Service) getOrder(w http.ResponseWriter, r *http.Request) error {
 	if o.Status == "expired" {
 		out["state"] = "expired"
 	}
-	return writeJSON(w, http.StatusOK, out)
+	return httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Service) pay(w http.ResponseWriter, r *http.Request) error {
@@ -478,7 +458,7 @@ func (s *Service) pay(w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return err
 	}
-	return writeJSON(w, http.StatusOK, o)
+	return httpapi.WriteJSON(w, http.StatusOK, o)
 }
 
 // ReconcileHandler answers POST .../{id}/reconcile with the report of one
@@ -496,7 +476,7 @@ func (s *Service) reconcileNow(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.observeReconcile(rep)
-	return writeJSON(w, http.StatusOK, rep)
+	return httpapi.WriteJSON(w, http.StatusOK, rep)
 }
 
 // clientIP is the connection's address: X-Forwarded-For is not trusted
