@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/flashsync/flashsync/internal/nsqio"
+	"github.com/flashsync/flashsync/internal/retry"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
@@ -258,6 +259,10 @@ func (p *Consumers) Run(ctx context.Context, name string) error {
 		cfg.OutputBufferSize = -1
 		cfg.OutputBufferTimeout = -1
 		cfg.LookupdPollInterval = p.opts.LookupdPollInterval
+		// go-nsq's first nsqlookupd query runs inside Connect with a 1 m
+		// timeout: an nsqlookupd that hangs would hold every target's
+		// start that long.
+		cfg.LookupdPollTimeout = p.opts.Timeout
 		c, err := nsq.NewConsumer(r.Topic, r.Channel, cfg)
 		if err != nil {
 			stopAll()
@@ -416,27 +421,26 @@ func (r *targetConsumer) ack(m *nsq.Message, msg *invalidate.Purge, cause error)
 
 // purgeWaiting applies msg, waiting for the target while it is unreachable.
 func (r *targetConsumer) purgeWaiting(m *nsq.Message, msg *invalidate.Purge) error {
-	backoff := 20 * time.Millisecond
 	lastTouch := time.Now()
-	for {
-		err := r.Apply(r.ctx, msg)
-		if err == nil || !r.Unreachable(err) {
-			r.setDown(false, nil)
-			return err
+	var result error
+	err := retry.Until(r.ctx, retry.Backoff{Min: 20 * time.Millisecond, Max: time.Second}, func() error {
+		result = r.Apply(r.ctx, msg)
+		if result == nil || !r.Unreachable(result) {
+			return nil // applied, or failed in a way that counts an attempt
 		}
 		r.p.metrics.messages.WithLabelValues(r.Group, r.Name, "unreachable").Inc()
-		r.setDown(true, err)
-		select {
-		case <-r.ctx.Done():
-			return err
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
+		r.setDown(true, result)
 		if time.Since(lastTouch) > 10*time.Second {
 			m.Touch() // keep nsqd from timing the held message out
 			lastTouch = time.Now()
 		}
+		return result
+	}, nil)
+	if err != nil {
+		return err // shutting down while the target is unreachable
 	}
+	r.setDown(false, nil)
+	return result
 }
 
 func (r *targetConsumer) setDown(down bool, err error) {
