@@ -26,13 +26,12 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
-
-	"github.com/flashsync/flashsync/configs"
 )
 
 // Options configure a Server.
 type Options struct {
-	MySQL configs.MySQL
+	// MySQLAddr, MySQLUser and MySQLPassword reach the server of Table.
+	MySQLAddr, MySQLUser, MySQLPassword string
 	// Table is "db.table" with columns id, name, price, stock (default
 	// shop.item).
 	Table  string
@@ -102,12 +101,12 @@ func (s *Server) query(q string, args ...any) ([]item, error) {
 	defer s.mu.Unlock()
 	for try := 0; ; try++ {
 		if s.conn == nil {
-			c, err := client.ConnectWithTimeout(s.opts.MySQL.Addr, s.opts.MySQL.User, s.opts.MySQL.Password, "", 5*time.Second, func(c *client.Conn) error {
+			c, err := client.ConnectWithTimeout(s.opts.MySQLAddr, s.opts.MySQLUser, s.opts.MySQLPassword, "", 5*time.Second, func(c *client.Conn) error {
 				c.ReadTimeout, c.WriteTimeout = 5*time.Second, 5*time.Second
 				return nil
 			})
 			if err != nil {
-				return nil, fmt.Errorf("mysql %s: %w", s.opts.MySQL.Addr, err)
+				return nil, fmt.Errorf("mysql %s: %w", s.opts.MySQLAddr, err)
 			}
 			s.conn = c
 		}

@@ -35,7 +35,10 @@ var backendCommand = &cli.Command{
 			if err != nil {
 				return err
 			}
-			srv, err := demoweb.New(demoweb.Options{MySQL: cfg.MySQL, Table: *table, Logger: log})
+			srv, err := demoweb.New(demoweb.Options{
+				MySQLAddr: cfg.MySQL.Addr, MySQLUser: cfg.MySQL.User, MySQLPassword: cfg.MySQL.Password,
+				Table: *table, Logger: log,
+			})
 			if err != nil {
 				return err
 			}
