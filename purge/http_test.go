@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -133,16 +132,7 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := f.purger.Run(ctx); err != nil {
-			t.Errorf("http purger: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	stacktest.Run(t, "http purger", f.purger.Run)
 	return f
 }
 
@@ -293,10 +283,7 @@ func TestHTTPPurgerRequests(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error)
-			go func() { done <- p.Run(ctx) }()
-			defer func() { cancel(); <-done }()
+			stacktest.Run(t, "http purger", p.Run)
 			prod, _ := nsq.NewProducer(nsqd.TCPAddr(), nsq.NewConfig())
 			defer prod.Stop()
 			tags := make([]string, 0, 1000)
@@ -364,7 +351,7 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 		}
 		ok.Add(1)
 	}))
-	defer inst.Close()
+	t.Cleanup(inst.Close) // cleanups run last first: the purger stops before
 	addr := strings.TrimPrefix(inst.URL, "http://")
 	nsqd := stacktest.StartNSQD(t)
 	reg := prometheus.NewRegistry()
@@ -374,10 +361,7 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	stacktest.Run(t, "http purger", p.Run)
 	prod, _ := nsq.NewProducer(nsqd.TCPAddr(), nsq.NewConfig())
 	defer prod.Stop()
 	body, _ := (&invalidate.Purge{V: 1, Group: "g", URLs: []string{"/a.html"}}).Marshal()

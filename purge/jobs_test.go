@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -88,20 +87,8 @@ func TestPurgeJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	run := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil {
-				t.Errorf("%s: %v", name, err)
-			}
-		}()
-	}
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	run("redis purger", redisPurger.Run)
-	run("http purger", httpPurger.Run)
+	stacktest.Run(t, "redis purger", redisPurger.Run)
+	stacktest.Run(t, "http purger", httpPurger.Run)
 
 	// A batch for the Redis group and the good instance.
 	rdb := stacktest.Redis(t, redisGroup.Replicas[0])
@@ -126,7 +113,7 @@ func TestPurgeJobs(t *testing.T) {
 	if !ok || j.State != jobs.StatePending || j.Pending != 3 || len(j.Targets) != 3 {
 		t.Fatalf("job before its acks are read: %+v", j)
 	}
-	run("acks consumer", func(ctx context.Context) error {
+	stacktest.Run(t, "acks consumer", func(ctx context.Context) error {
 		return store.Consume(ctx, jobs.ConsumerOptions{NSQDTCP: tcp})
 	})
 	stacktest.Eventually(t, 10*time.Second, func() error {

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -73,16 +72,7 @@ func runPurger(t *testing.T, opts purge.RedisPurgerOptions) *prometheus.Registry
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := purger.Run(ctx); err != nil {
-			t.Errorf("purger: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	stacktest.Run(t, "purger", purger.Run)
 	return reg
 }
 

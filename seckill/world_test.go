@@ -158,15 +158,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	}
 	w.svc = svc
 	w.base = "http://" + svc.Addr()
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("service: %v", err)
-		}
-	})
+	stacktest.Run(t, "service", svc.Run)
 	w.http = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}}
 	t.Cleanup(w.http.CloseIdleConnections)
 	return w
