@@ -54,8 +54,8 @@ func TestPublishHTTPGroupsToTheirTopics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{nsqd.TCPAddr()}, NSQDHTTP: []string{nsqd.HTTPAddr()}, TopicPrefix: "t",
-		Groups:            []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{"127.0.0.1:16379"}}},
-		HTTPGroups:        []invalidate.GroupReplicas{{Name: "varnish-a", Replicas: []string{"127.0.0.1:16081", "127.0.0.1:16083"}}, {Name: "varnish-b", Replicas: []string{"127.0.0.1:16082"}}},
+		Groups:            []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{stacktest.DefaultRedisA1}}},
+		HTTPGroups:        []invalidate.GroupReplicas{{Name: "varnish-a", Replicas: []string{stacktest.DefaultVarnish1, "127.0.0.1:16083"}}, {Name: "varnish-b", Replicas: []string{stacktest.DefaultVarnish2}}},
 		MaxKeysPerMessage: 2, Registerer: reg,
 	})
 	if err != nil {
