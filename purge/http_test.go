@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -220,26 +218,8 @@ func TestHTTPPurgerHoldsWhileInstanceDownAndDrainsAfterRestart(t *testing.T) {
 }
 
 func TestHTTPPurgerDeadLettersWhatVarnishRefuses(t *testing.T) {
-	// The shipped VCL with an ACL that does not list us: PURGE answers 405.
-	vcl, err := os.ReadFile(flashsyncVCL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(vcl), "\"127.0.0.1\";") {
-		t.Fatal("flashsync.vcl's purgers ACL has no \"127.0.0.1\"; entry")
-	}
-	dir, err := os.MkdirTemp("", "flashsync-vcl-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	refusing := filepath.Join(dir, "refusing.vcl")
-	if err := os.WriteFile(refusing, []byte(strings.Replace(string(vcl), "\"127.0.0.1\";", "\"192.0.2.1\";", 1)), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	const maxAttempts = 3
-	f := startHTTPPurge(t, 1, refusing, maxAttempts)
+	f := startHTTPPurge(t, 1, refusingVCL(t), maxAttempts)
 
 	got := stacktest.ConsumeJSON[map[string]any](t, f.nsqd.TCPAddr(), invalidate.DeadLetterTopic("flashsync"))
 

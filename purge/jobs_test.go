@@ -25,6 +25,9 @@ func refusingVCL(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(string(vcl), "\"127.0.0.1\";") {
+		t.Fatal("flashsync.vcl's purgers ACL has no \"127.0.0.1\"; entry")
+	}
 	dir, err := os.MkdirTemp("", "flashsync-vcl-")
 	if err != nil {
 		t.Fatal(err)

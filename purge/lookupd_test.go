@@ -26,6 +26,14 @@ import (
 // the nsqd it was published to, so this works only if every nsqd has every
 // replica's channel (EnsureChannels) and every purger reads every nsqd.
 
+// lookupdAndTwoNSQD starts a private nsqlookupd and two private nsqd that
+// register with it.
+func lookupdAndTwoNSQD(t *testing.T) (*stacktest.NSQLookupd, *stacktest.NSQD, *stacktest.NSQD) {
+	t.Helper()
+	lookupd := stacktest.StartNSQLookupd(t)
+	return lookupd, stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr()), stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
+}
+
 // redisGroups starts groups x replicas private Redis servers.
 func redisGroups(t *testing.T, groups, replicas int) ([]purge.RedisGroup, []invalidate.GroupReplicas, map[string]*redis.Client) {
 	t.Helper()
@@ -251,9 +259,7 @@ func keyRange(prefix string, from, to int) []string {
 func TestLookupdPurgerFollowsPublisherFailover(t *testing.T) {
 	t.Parallel()
 	const prefix, batches = "flashsync", 20
-	lookupd := stacktest.StartNSQLookupd(t)
-	n1 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
-	n2 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
+	lookupd, n1, n2 := lookupdAndTwoNSQD(t)
 	groups, gr, clients := redisGroups(t, 2, 2)
 	topics := topicsOf(prefix, groups)
 
@@ -342,9 +348,7 @@ func TestLookupdPurgerDiscoversNewNSQD(t *testing.T) {
 func TestLookupdTwoPurgersShareTheLoad(t *testing.T) {
 	t.Parallel()
 	const prefix, batches = "flashsync", 100
-	lookupd := stacktest.StartNSQLookupd(t)
-	n1 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
-	n2 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
+	lookupd, n1, n2 := lookupdAndTwoNSQD(t)
 	groups, gr, clients := redisGroups(t, 1, 2)
 	topics := topicsOf(prefix, groups)
 
@@ -468,9 +472,7 @@ func TestDeadLettersFailOverAcrossNSQD(t *testing.T) {
 	}{{"nsqd_tcp", true}, {"nsqlookupd only", false}} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			lookupd := stacktest.StartNSQLookupd(t)
-			dead := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
-			n := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
+			lookupd, dead, n := lookupdAndTwoNSQD(t)
 			groups, gr, _ := redisGroups(t, 1, 1)
 			if err := newPublisher(t, prefix, gr, nil, addrs(dead), addrs(n)).EnsureChannels(context.Background()); err != nil {
 				t.Fatal(err)
