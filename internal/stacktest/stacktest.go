@@ -8,14 +8,14 @@
 // through [MySQL], [NewDatabase], [Redis] and the address functions below.
 // Its addresses can be overridden with environment variables:
 //
-//	FLASHSYNC_TEST_MYSQL            MariaDB host:port, user root, empty password (default [DefaultMySQLAddr])
-//	FLASHSYNC_TEST_REDIS_A          comma-separated Redis group A (default [DefaultRedisGroupA])
-//	FLASHSYNC_TEST_REDIS_B          comma-separated Redis group B (default [DefaultRedisGroupB])
-//	FLASHSYNC_TEST_NSQD_TCP         nsqd TCP address (default [DefaultNSQDTCP])
-//	FLASHSYNC_TEST_NSQD_HTTP        nsqd HTTP address (default [DefaultNSQDHTTP])
-//	FLASHSYNC_TEST_NSQD2_TCP        second nsqd (nsqd-2) TCP address (default [DefaultNSQD2TCP])
-//	FLASHSYNC_TEST_NSQD2_HTTP       second nsqd (nsqd-2) HTTP address (default [DefaultNSQD2HTTP])
-//	FLASHSYNC_TEST_NSQLOOKUPD_HTTP  nsqlookupd HTTP address, which both nsqd register with (default [DefaultNSQLookupdHTTP])
+//	FLASHSYNC_TEST_MYSQL            MariaDB host:port, user root, empty password (default DefaultMySQLAddr)
+//	FLASHSYNC_TEST_REDIS_A          comma-separated Redis group A (default DefaultRedisGroupA)
+//	FLASHSYNC_TEST_REDIS_B          comma-separated Redis group B (default DefaultRedisGroupB)
+//	FLASHSYNC_TEST_NSQD_TCP         nsqd TCP address (default DefaultNSQDTCP)
+//	FLASHSYNC_TEST_NSQD_HTTP        nsqd HTTP address (default DefaultNSQDHTTP)
+//	FLASHSYNC_TEST_NSQD2_TCP        second nsqd (nsqd-2) TCP address (default DefaultNSQD2TCP)
+//	FLASHSYNC_TEST_NSQD2_HTTP       second nsqd (nsqd-2) HTTP address (default DefaultNSQD2HTTP)
+//	FLASHSYNC_TEST_NSQLOOKUPD_HTTP  nsqlookupd HTTP address, which both nsqd register with (default DefaultNSQLookupdHTTP)
 //
 // When a shared server cannot be reached the test is skipped with a hint to
 // run `make stack-up`, unless CI=true, in which case it fails (see [Require]).
@@ -25,6 +25,10 @@
 // [StartNSQLookupd] and [StartVarnish]. They listen on free loopback ports, keep their data
 // in t.TempDir() and are stopped at cleanup. Their methods must be called
 // from the test goroutine, except NSQD.Stop and NSQLookupd.Stop.
+//
+// Tests also share [Run], which runs a component (a Run or Serve method)
+// until cleanup, [Eventually], [Consume] and [ConsumeJSON] for the messages
+// of an NSQ topic, and [MetricValue] for a metric of a registry.
 package stacktest
 
 import (
