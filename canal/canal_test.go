@@ -82,15 +82,7 @@ func start(t *testing.T, pub *gatedPublisher, maxBatchKeys int, engine string) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.canal.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("canal.Run: %v", err)
-		}
-	})
+	stacktest.Run(t, "canal.Run", f.canal.Run)
 	stacktest.Eventually(t, 10*time.Second, func() error {
 		if _, ok, err := canal.NewPositionFile(f.posFile).Load(); !ok {
 			return fmt.Errorf("no start position saved yet (%v)", err)

@@ -83,13 +83,12 @@ func TestStandbyResumesFromSharedCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	type node struct {
-		pub    *gatedPublisher
-		cancel context.CancelFunc
-		done   chan error
+		pub  *gatedPublisher
+		stop func()
 	}
 	startNode := func(serverID uint32) *node {
 		l, cp := newLease(t, stacktest.MySQLAddr(), db+"_ha", time.Second)
-		n := &node{pub: &gatedPublisher{}, done: make(chan error, 1)}
+		n := &node{pub: &gatedPublisher{}}
 		c, err := canal.New(canal.Options{
 			MySQL:         canal.Source{Addr: stacktest.MySQLAddr(), User: "root", Flavor: "mariadb", ServerID: serverID},
 			IncludeTables: []string{db + `\..*`}, SaveInterval: 10 * time.Millisecond,
@@ -102,10 +101,7 @@ func TestStandbyResumesFromSharedCheckpoint(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var ctx context.Context
-		ctx, n.cancel = context.WithCancel(context.Background())
-		go func() { n.done <- c.Run(ctx) }()
-		t.Cleanup(func() { n.cancel(); <-n.done })
+		n.stop = stacktest.Run(t, fmt.Sprintf("canal %d", serverID), c.Run)
 		return n
 	}
 	t.Cleanup(func() { stacktest.MySQL(t).Execute("DROP DATABASE IF EXISTS " + db + "_ha") })
@@ -140,11 +136,10 @@ func TestStandbyResumesFromSharedCheckpoint(t *testing.T) {
 		}
 		return nil
 	})
-	active.cancel()
-	if err := <-active.done; err != nil {
-		t.Fatal(err)
+	active.stop()
+	if t.Failed() {
+		t.FailNow()
 	}
-	active.done <- nil
 	stacktest.Exec(t, conn, "INSERT INTO "+db+".item VALUES (2, 'two')")
 	stacktest.Eventually(t, 10*time.Second, func() error {
 		_, keys := standby.pub.snapshot()

@@ -125,6 +125,27 @@ func rulesFor(db string) []invalidate.Rule {
 	return r
 }
 
+// privateShop starts a private MariaDB (extraArgs on its command line) with
+// an empty database shop and returns it with a connection to it.
+func privateShop(t *testing.T, extraArgs ...string) (*stacktest.MariaDB, *client.Conn) {
+	t.Helper()
+	m := stacktest.StartMariaDB(t, extraArgs...)
+	conn := m.Conn(t)
+	stacktest.Exec(t, conn, "CREATE DATABASE shop")
+	return m, conn
+}
+
+// shopRunner is privateShop with a table shop.item (id, name) and a runner
+// of rulesFor("shop") on it, started.
+func shopRunner(t *testing.T, extraArgs ...string) (*stacktest.MariaDB, *client.Conn, *runner) {
+	t.Helper()
+	m, conn := privateShop(t, extraArgs...)
+	stacktest.Exec(t, conn, "CREATE TABLE shop.item (id BIGINT PRIMARY KEY, name VARCHAR(50))")
+	r := newRunner(t, m.Addr(), "shop", rulesFor("shop"))
+	r.start()
+	return m, conn, r
+}
+
 // ddlWhileBehind stops the canal, changes rows around column reorders and
 // drops, restarts it and checks every key is named from the right column:
 // a row read with the wrong column names would publish name:<a number>.
@@ -166,17 +187,13 @@ func ddlWhileBehind(t *testing.T, addr string, conn *client.Conn, db string) {
 // Without binlog column metadata the schema history, saved with the
 // position and replayed through each ALTER, names the columns.
 func TestDDLWhileBehindWithoutMetadata(t *testing.T) {
-	m := stacktest.StartMariaDB(t, "--binlog-row-metadata=NO_LOG")
-	conn := m.Conn(t)
-	stacktest.Exec(t, conn, "CREATE DATABASE shop")
+	m, conn := privateShop(t, "--binlog-row-metadata=NO_LOG")
 	ddlWhileBehind(t, m.Addr(), conn, "shop")
 }
 
 // With binlog_row_metadata=FULL the events name their columns.
 func TestDDLWhileBehindWithFullMetadata(t *testing.T) {
-	m := stacktest.StartMariaDB(t, "--binlog-row-metadata=FULL")
-	conn := m.Conn(t)
-	stacktest.Exec(t, conn, "CREATE DATABASE shop")
+	m, conn := privateShop(t, "--binlog-row-metadata=FULL")
 	ddlWhileBehind(t, m.Addr(), conn, "shop")
 }
 
@@ -186,12 +203,7 @@ func TestDDLWhileBehindWithFullMetadata(t *testing.T) {
 func TestUnreplayableDDLStopsWithoutMetadata(t *testing.T) {
 	for _, meta := range []string{"NO_LOG", "FULL"} {
 		t.Run(meta, func(t *testing.T) {
-			m := stacktest.StartMariaDB(t, "--binlog-row-metadata="+meta)
-			conn := m.Conn(t)
-			stacktest.Exec(t, conn, "CREATE DATABASE shop")
-			stacktest.Exec(t, conn, "CREATE TABLE shop.item (id BIGINT PRIMARY KEY, name VARCHAR(50))")
-			r := newRunner(t, m.Addr(), "shop", rulesFor("shop"))
-			r.start()
+			_, conn, r := shopRunner(t, "--binlog-row-metadata="+meta)
 			stacktest.Exec(t, conn, "ALTER ONLINE TABLE shop.item ADD COLUMN extra INT FIRST")
 			stacktest.Exec(t, conn, "INSERT INTO shop.item VALUES (7, 8, 'eight')")
 			if meta == "FULL" {
@@ -213,12 +225,7 @@ func TestUnreplayableDDLStopsWithoutMetadata(t *testing.T) {
 // recovery; the recovery flushes caches, then continues from the current
 // position.
 func TestPositionGoneAndReset(t *testing.T) {
-	m := stacktest.StartMariaDB(t)
-	conn := m.Conn(t)
-	stacktest.Exec(t, conn, "CREATE DATABASE shop")
-	stacktest.Exec(t, conn, "CREATE TABLE shop.item (id BIGINT PRIMARY KEY, name VARCHAR(50))")
-	r := newRunner(t, m.Addr(), "shop", rulesFor("shop"))
-	r.start()
+	_, conn, r := shopRunner(t)
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -247,12 +254,7 @@ func TestPositionGoneAndReset(t *testing.T) {
 // MariaDB restarting mid-stream: the canal reconnects with backoff from the
 // acknowledged position and misses nothing committed before or after.
 func TestReconnectsWhenMariaDBRestarts(t *testing.T) {
-	m := stacktest.StartMariaDB(t)
-	conn := m.Conn(t)
-	stacktest.Exec(t, conn, "CREATE DATABASE shop")
-	stacktest.Exec(t, conn, "CREATE TABLE shop.item (id BIGINT PRIMARY KEY, name VARCHAR(50))")
-	r := newRunner(t, m.Addr(), "shop", rulesFor("shop"))
-	r.start()
+	m, conn, r := shopRunner(t)
 	stacktest.Exec(t, conn, "INSERT INTO shop.item VALUES (1, 'before')")
 	r.waitKeys("item:1")
 	m.Stop()

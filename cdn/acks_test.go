@@ -4,9 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsqio/go-nsq"
-
 	"github.com/flashsync/flashsync/cdn"
+	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
 
@@ -19,25 +18,7 @@ func TestDispatcherAcksJobs(t *testing.T) {
 		{Name: "a", ConsoleURL: "http://" + good.addr, Key: good.key},
 		{Name: "b", ConsoleURL: "http://" + bad.addr, Key: []byte("not-the-console-key-at-all")},
 	}, 2)
-	acks := make(chan *invalidate.Ack, 8)
-	cons, err := nsq.NewConsumer(invalidate.AckTopic("flashsync"), invalidate.AckChannel("test"), nsq.NewConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons.SetLogger(nil, nsq.LogLevelError)
-	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-		a, err := invalidate.DecodeAck(m.Body)
-		if err != nil {
-			t.Errorf("ack: %v", err)
-			return nil
-		}
-		acks <- a
-		return nil
-	}))
-	if err := cons.ConnectToNSQD(c.nsqd.TCPAddr()); err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Stop()
+	acks := stacktest.Consume(t, c.nsqd.TCPAddr(), invalidate.AckTopic("flashsync"), invalidate.AckChannel("test"), invalidate.DecodeAck)
 
 	c.publish(t, "/p/1")
 	got := map[string]*invalidate.Ack{}

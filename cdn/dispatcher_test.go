@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -42,17 +41,9 @@ func startConsoleNode(t *testing.T, name string) *consoleNode {
 }
 
 func (n *consoleNode) serve(t *testing.T, ln net.Listener) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := n.console.Serve(ctx, ln, "", ""); err != nil {
-			t.Errorf("console %s: %v", n.name, err)
-		}
-	}()
-	var once sync.Once
-	n.stop = func() { once.Do(func() { cancel(); <-done }) }
-	t.Cleanup(n.stop)
+	n.stop = stacktest.Run(t, "console "+n.name, func(ctx context.Context) error {
+		return n.console.Serve(ctx, ln, "", "")
+	})
 }
 
 // restart listens on the node's old address again.
@@ -105,15 +96,8 @@ func startCascade(t *testing.T, nodes []cdn.Node, maxAttempts uint16) *cascade {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := c.dispatch.Run(ctx); err != nil {
-			t.Errorf("dispatcher: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { c.dispatch.Close() }) // after Run stopped
+	stacktest.Run(t, "dispatcher", c.dispatch.Run)
 	return c
 }
 

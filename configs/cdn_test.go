@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
 const consoleConfig = `
 [console]
 addr = "127.0.0.1:16100"
 key = "0123456789abcdef0123"
-machines = ["127.0.0.1:16081", "127.0.0.1:16082"]
+machines = ["` + stacktest.DefaultVarnish1 + `", "` + stacktest.DefaultVarnish2 + `"]
 `
 
 const dispatcherConfig = `
@@ -52,9 +53,9 @@ func TestParseCDNErrorsNameTheKey(t *testing.T) {
 		{"console short key", strings.Replace(consoleConfig, `"0123456789abcdef0123"`, `"short"`, 1), "console.key:"},
 		{"console key and key_file", strings.Replace(consoleConfig, `key =`, `key_file = "/k"`+"\nkey =", 1), "console.key:"},
 		{"console key_file missing", strings.Replace(consoleConfig, `key = "0123456789abcdef0123"`, `key_file = "/nonexistent/key"`, 1), "console.key_file:"},
-		{"console without machines", strings.Replace(consoleConfig, `machines = ["127.0.0.1:16081", "127.0.0.1:16082"]`, "", 1), "console.machines:"},
-		{"console bad machine", strings.Replace(consoleConfig, `"127.0.0.1:16082"`, `"nohost"`, 1), "console.machines[1]:"},
-		{"console machine twice", strings.Replace(consoleConfig, `"127.0.0.1:16082"`, `"127.0.0.1:16081"`, 1), "console.machines[1]:"},
+		{"console without machines", strings.Replace(consoleConfig, `machines = ["`+stacktest.DefaultVarnish1+`", "`+stacktest.DefaultVarnish2+`"]`, "", 1), "console.machines:"},
+		{"console bad machine", strings.Replace(consoleConfig, `"`+stacktest.DefaultVarnish2+`"`, `"nohost"`, 1), "console.machines[1]:"},
+		{"console machine twice", strings.Replace(consoleConfig, `"`+stacktest.DefaultVarnish2+`"`, `"`+stacktest.DefaultVarnish1+`"`, 1), "console.machines[1]:"},
 		{"console bad addr", strings.Replace(consoleConfig, `"127.0.0.1:16100"`, `"16100"`, 1), "console.addr:"},
 		{"console tls half", consoleConfig + `tls_cert = "/c.pem"` + "\n", "console.tls_cert:"},
 		{"console skew", consoleConfig + `max_skew = "1h"` + "\n", "console.max_skew:"},

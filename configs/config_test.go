@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
 // Every shipped config must load, and its rules must compile.
@@ -30,7 +31,7 @@ func TestShippedConfigsLoad(t *testing.T) {
 
 const valid = `
 [mysql]
-addr = "127.0.0.1:13306"
+addr = "` + stacktest.DefaultMySQLAddr + `"
 server_id = 7
 
 [canal]
@@ -38,12 +39,12 @@ position_file = "pos"
 save_interval = "250ms"
 
 [nsq]
-nsqd_tcp = ["127.0.0.1:14150"]
-nsqd_http = ["127.0.0.1:14151"]
+nsqd_tcp = ["` + stacktest.DefaultNSQDTCP + `"]
+nsqd_http = ["` + stacktest.DefaultNSQDHTTP + `"]
 
 [[redis_group]]
 name = "hot-a"
-replicas = ["127.0.0.1:16379"]
+replicas = ["` + stacktest.DefaultRedisA1 + `"]
 
 [[rule]]
 table = "shop.item"
@@ -75,7 +76,7 @@ actions = ["update", "delete"]
 ignore_changes = ["view_count", "updated_at"]`, 1) + `
 [[http_group]]
 name = "varnish-a"
-instances = ["127.0.0.1:16081", "127.0.0.1:16083"]
+instances = ["` + stacktest.DefaultVarnish1 + `", "127.0.0.1:16083"]
 
 [[rule]]
 table = "shop.stock"
@@ -100,7 +101,7 @@ changed = ["qty"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g := rules.HTTPGroups(); len(g) != 1 || g[0].Replicas[0] != "127.0.0.1:16081" {
+	if g := rules.HTTPGroups(); len(g) != 1 || g[0].Replicas[0] != stacktest.DefaultVarnish1 {
 		t.Errorf("rules' http groups = %+v", g)
 	}
 }
@@ -112,20 +113,20 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 	}{
 		{"unknown key with line", "[mysql]\naddr", "[mysql]\nadress = 1\naddr", []string{`line 3: unknown key "mysql.adress"`}},
 		{"unknown table", "[canal]", "[cannal]\nx = 1\n[canal]", []string{`unknown key "cannal"`}},
-		{"missing mysql addr", `addr = "127.0.0.1:13306"`, "", []string{"mysql.addr: missing address"}},
-		{"bad mysql addr", `addr = "127.0.0.1:13306"`, `addr = "localhost"`, []string{`mysql.addr: "localhost" is not host:port`}},
-		{"no replicas", `replicas = ["127.0.0.1:16379"]`, `replicas = []`, []string{"redis_group[0].replicas: missing address"}},
+		{"missing mysql addr", `addr = "` + stacktest.DefaultMySQLAddr + `"`, "", []string{"mysql.addr: missing address"}},
+		{"bad mysql addr", `addr = "` + stacktest.DefaultMySQLAddr + `"`, `addr = "localhost"`, []string{`mysql.addr: "localhost" is not host:port`}},
+		{"no replicas", `replicas = ["` + stacktest.DefaultRedisA1 + `"]`, `replicas = []`, []string{"redis_group[0].replicas: missing address"}},
 		{"bad duration", `save_interval = "250ms"`, `save_interval = "soon"`, []string{"line 8", "soon"}},
 		{"wrong type", `server_id = 7`, `server_id = "seven"`, []string{"server_id"}},
 		{"missing server id", `server_id = 7`, ``, []string{"mysql.server_id: missing"}},
-		{"nsqd http count", `nsqd_http = ["127.0.0.1:14151"]`, ``, []string{"nsq.nsqd_http: needs one HTTP address per nsqd_tcp address"}},
+		{"nsqd http count", `nsqd_http = ["` + stacktest.DefaultNSQDHTTP + `"]`, ``, []string{"nsq.nsqd_http: needs one HTTP address per nsqd_tcp address"}},
 		{"bad include regexp", `save_interval = "250ms"`, `include_tables = ["("]`, []string{"canal.include_tables[0]"}},
 		{"rule without route", `route_by = "id"`, ``, []string{"rule[0].route_by: missing"}},
 		{"bad group name", `name = "hot-a"`, `name = "hot a"`, []string{`redis_group[0].name: "hot a"`}},
 		{"rule without target", `keys = ["item:{id}"]`, ``, []string{"rule[0]: no target; a rule needs at least one of keys, urls, tags"}},
 		{"urls without http group", `keys = ["item:{id}"]`, `urls = ["/item/{id}.html"]`, []string{"rule[0].urls: needs at least one [[http_group]]"}},
 		{"tags without http group", `keys = ["item:{id}"]`, `tags = ["item-{id}"]`, []string{"rule[0].tags: needs at least one [[http_group]]"}},
-		{"keys without redis group", "[[redis_group]]\nname = \"hot-a\"\nreplicas = [\"127.0.0.1:16379\"]\n", "", []string{"rule[0].keys: needs at least one [[redis_group]]"}},
+		{"keys without redis group", "[[redis_group]]\nname = \"hot-a\"\nreplicas = [\"" + stacktest.DefaultRedisA1 + "\"]\n", "", []string{"rule[0].keys: needs at least one [[redis_group]]"}},
 		{"unknown action", `route_by = "id"`, `route_by = "id"` + "\nactions = [\"insert\", \"upsert\"]", []string{`rule[0].actions[1]: unknown action "upsert" (insert, update, delete)`}},
 		{"changed and ignore_changes", `route_by = "id"`, `route_by = "id"` + "\nchanged = [\"price\"]\nignore_changes = [\"view_count\"]", []string{"rule[0]: changed and ignore_changes are mutually exclusive"}},
 		{"bad condition column", `route_by = "id"`, `route_by = "id"` + "\nchanged = [\"unit price\"]", []string{`rule[0].changed[0]: "unit price" is not a column name`}},

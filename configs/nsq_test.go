@@ -6,17 +6,18 @@ import (
 	"testing"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
 const purgerOnly = `
 [nsq]
-nsqd_tcp = ["127.0.0.1:14150", "127.0.0.1:14152"]
-nsqd_http = ["127.0.0.1:14151", "127.0.0.1:14153"]
-nsqlookupd_http = ["127.0.0.1:14161"]
+nsqd_tcp = ["` + stacktest.DefaultNSQDTCP + `", "` + stacktest.DefaultNSQD2TCP + `"]
+nsqd_http = ["` + stacktest.DefaultNSQDHTTP + `", "` + stacktest.DefaultNSQD2HTTP + `"]
+nsqlookupd_http = ["` + stacktest.DefaultNSQLookupdHTTP + `"]
 
 [[redis_group]]
 name = "hot-a"
-replicas = ["127.0.0.1:16379"]
+replicas = ["` + stacktest.DefaultRedisA1 + `"]
 `
 
 func TestNSQLookupdHTTP(t *testing.T) {
@@ -24,7 +25,7 @@ func TestNSQLookupdHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"127.0.0.1:14161"}; !slices.Equal(cfg.NSQ.LookupdHTTP, want) {
+	if want := []string{stacktest.DefaultNSQLookupdHTTP}; !slices.Equal(cfg.NSQ.LookupdHTTP, want) {
 		t.Errorf("nsqlookupd_http = %q, want %q", cfg.NSQ.LookupdHTTP, want)
 	}
 	if len(cfg.NSQ.NSQDTCP) != 2 || cfg.NSQ.EmbeddedTCP != "" {
@@ -32,11 +33,11 @@ func TestNSQLookupdHTTP(t *testing.T) {
 	}
 
 	for _, tt := range []struct{ name, from, to, want string }{
-		{"bad address", `nsqlookupd_http = ["127.0.0.1:14161"]`, `nsqlookupd_http = ["127.0.0.1:14161", "lookupd"]`,
+		{"bad address", `nsqlookupd_http = ["` + stacktest.DefaultNSQLookupdHTTP + `"]`, `nsqlookupd_http = ["` + stacktest.DefaultNSQLookupdHTTP + `", "lookupd"]`,
 			`nsq.nsqlookupd_http[1]: "lookupd" is not host:port`},
-		{"empty address", `nsqlookupd_http = ["127.0.0.1:14161"]`, `nsqlookupd_http = [""]`,
+		{"empty address", `nsqlookupd_http = ["` + stacktest.DefaultNSQLookupdHTTP + `"]`, `nsqlookupd_http = [""]`,
 			`nsq.nsqlookupd_http[0]: missing address`},
-		{"without nsqd", "nsqd_tcp = [\"127.0.0.1:14150\", \"127.0.0.1:14152\"]\nnsqd_http = [\"127.0.0.1:14151\", \"127.0.0.1:14153\"]\n", "",
+		{"without nsqd", "nsqd_tcp = [\"" + stacktest.DefaultNSQDTCP + "\", \"" + stacktest.DefaultNSQD2TCP + "\"]\nnsqd_http = [\"" + stacktest.DefaultNSQDHTTP + "\", \"" + stacktest.DefaultNSQD2HTTP + "\"]\n", "",
 			"nsq.nsqlookupd_http: needs nsqd_tcp"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -51,9 +52,10 @@ func TestNSQLookupdHTTP(t *testing.T) {
 	}
 }
 
-// The embedded nsqd must not take the stack's nsqlookupd ports (14160/14161).
+// The embedded nsqd must not take the stack's nsqlookupd ports
+// ([stacktest.DefaultNSQLookupdTCP], [stacktest.DefaultNSQLookupdHTTP]).
 func TestEmbeddedNSQDDefaults(t *testing.T) {
-	cfg, err := configs.Parse([]byte("[[redis_group]]\nname = \"a\"\nreplicas = [\"127.0.0.1:16379\"]\n"))
+	cfg, err := configs.Parse([]byte("[[redis_group]]\nname = \"a\"\nreplicas = [\"" + stacktest.DefaultRedisA1 + "\"]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,20 +6,21 @@ import (
 	"time"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
 const seckillConfig = `
 [nsq]
-nsqd_tcp = ["127.0.0.1:14150"]
-nsqd_http = ["127.0.0.1:14151"]
+nsqd_tcp = ["` + stacktest.DefaultNSQDTCP + `"]
+nsqd_http = ["` + stacktest.DefaultNSQDHTTP + `"]
 
 [[redis_group]]
 name = "hot"
-replicas = ["127.0.0.1:16379", "127.0.0.1:16380"]
+replicas = ["` + stacktest.DefaultRedisA1 + `", "` + stacktest.DefaultRedisA2 + `"]
 
 [seckill]
 addr = "127.0.0.1:18090"
-redis = "127.0.0.1:16383"
+redis = "` + stacktest.DefaultSeckillRedis + `"
 token_key = "0123456789abcdef0123"
 `
 
@@ -39,10 +40,10 @@ func TestParseSeckillDefaults(t *testing.T) {
 // TestParseSeckillOnly: a flash-sale node needs [mysql] for its database but
 // runs no canal, so it needs no server_id or position file.
 func TestParseSeckillOnly(t *testing.T) {
-	if _, err := configs.Parse([]byte("[mysql]\naddr = \"127.0.0.1:13306\"\n" + seckillConfig)); err != nil {
+	if _, err := configs.Parse([]byte("[mysql]\naddr = \"" + stacktest.DefaultMySQLAddr + "\"\n" + seckillConfig)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := configs.Parse([]byte("[mysql]\naddr = \"127.0.0.1:13306\"\n")); err == nil || !strings.Contains(err.Error(), "mysql.server_id") {
+	if _, err := configs.Parse([]byte("[mysql]\naddr = \"" + stacktest.DefaultMySQLAddr + "\"\n")); err == nil || !strings.Contains(err.Error(), "mysql.server_id") {
 		t.Errorf("[mysql] alone: %v, want the canal's keys asked for", err)
 	}
 }
@@ -52,8 +53,8 @@ func TestParseSeckillErrorsNameTheKey(t *testing.T) {
 		name, config, wantKey string
 	}{
 		// The reservation counters must never be a cache the binlog path purges.
-		{"redis is a cache replica", strings.Replace(seckillConfig, `redis = "127.0.0.1:16383"`, `redis = "127.0.0.1:16380"`, 1), "seckill.redis:"},
-		{"redis missing", strings.Replace(seckillConfig, `redis = "127.0.0.1:16383"`, ``, 1), "seckill.redis:"},
+		{"redis is a cache replica", strings.Replace(seckillConfig, `redis = "`+stacktest.DefaultSeckillRedis+`"`, `redis = "`+stacktest.DefaultRedisA2+`"`, 1), "seckill.redis:"},
+		{"redis missing", strings.Replace(seckillConfig, `redis = "`+stacktest.DefaultSeckillRedis+`"`, ``, 1), "seckill.redis:"},
 		{"no token key", strings.Replace(seckillConfig, `token_key = "0123456789abcdef0123"`, ``, 1), "seckill.token_key:"},
 		{"short token key", strings.Replace(seckillConfig, `"0123456789abcdef0123"`, `"short"`, 1), "seckill.token_key:"},
 		{"token key file missing", strings.Replace(seckillConfig, `token_key = "0123456789abcdef0123"`, `token_key_file = "/nonexistent"`, 1), "seckill.token_key_file:"},

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -61,17 +59,10 @@ func (w *cdnWorld) caches() []string {
 
 func newCDNWorld(t *testing.T, items int) *cdnWorld {
 	t.Helper()
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &cdnWorld{t: t, db: stacktest.NewDatabase(t), conn: stacktest.MySQL(t)}
-	stacktest.Exec(t, w.conn, "CREATE TABLE "+w.db+".item (id BIGINT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2), stock INT NOT NULL DEFAULT 0)")
-	for id := 1; id <= items; id++ {
-		stacktest.Exec(t, w.conn, "INSERT INTO "+w.db+".item (id, name, price, stock) VALUES (?, ?, ?, ?)", id, fmt.Sprintf("item %d", id), "9.99", 10)
-	}
+	w := &cdnWorld{t: t}
+	w.db, w.conn = itemDatabase(t, items)
 	backendAddr := fmt.Sprintf("127.0.0.1:%d", lowFreePort(t))
-	vcl := filepath.Join(root, "configs", "varnish", "flashsync.vcl")
+	vcl := flashsyncVCL(t)
 	var varnishes []*stacktest.Varnish
 	for range 2 {
 		v := stacktest.StartVarnish(t, vcl, backendAddr)
@@ -191,18 +182,6 @@ func (w *cdnWorld) consoleUp(n *cdnNode) error {
 	return nil
 }
 
-func httpOK(url string) error {
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return nil
-}
-
 // startLogged is startFlashsync whose stderr also goes to a file (named in
 // the log on failure) and whose failure output is the tail of stderr.
 func startLogged(t *testing.T, name string, args ...string) *process {
@@ -221,32 +200,13 @@ func startLoggedBin(t *testing.T, bin, name string, args ...string) *process {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &process{name: name, cmd: binCommand(context.Background(), bin, args...),
-		stderr: new(syncBuffer), stdout: new(syncBuffer), done: make(chan struct{})}
-	p.cmd.Stderr = io.MultiWriter(p.stderr, f)
-	p.cmd.Stdout = p.stdout
-	if err := p.cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start flashsync: %v", err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if !p.exited() {
-			if err := p.stop(syscall.SIGTERM, 10*time.Second); err != nil {
-				t.Errorf("%s: %v", p.name, err)
-			}
-		}
+	return startProcess(t, bin, name, args, f, func(p *process) {
 		if t.Failed() {
 			t.Logf("%s (%s) stderr in %s, tail:\n%s", p.name, strings.Join(args, " "), f.Name(), tailString(p.stderr.String(), 40))
 		} else {
 			os.Remove(f.Name())
 		}
 	})
-	return p
 }
 
 func tailString(s string, n int) string {
@@ -255,23 +215,6 @@ func tailString(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// cacheGet is varnishGet returning its error (safe off the test goroutine).
-func cacheGet(addr, path string) (varnishPage, error) {
-	resp, err := httpClient.Get("http://" + addr + path)
-	if err != nil {
-		return varnishPage{}, err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return varnishPage{}, fmt.Errorf("GET %s%s: %s", addr, path, resp.Status)
-	}
-	gen := resp.Header.Get("X-Generated-At")
-	if gen == "" {
-		return varnishPage{}, fmt.Errorf("GET %s%s: no X-Generated-At", addr, path)
-	}
-	return varnishPage{hit: len(strings.Fields(resp.Header.Get("X-Varnish"))) == 2, gen: gen}, nil
 }
 
 func itemPath(id int) string { return "/item/" + strconv.Itoa(id) + ".html" }

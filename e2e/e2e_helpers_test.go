@@ -152,15 +152,40 @@ func startDemoBackend(t *testing.T, args ...string) *process {
 // startBin is startFlashsync for the binary bin.
 func startBin(t *testing.T, bin, name string, args ...string) *process {
 	t.Helper()
+	return startProcess(t, bin, name, args, nil, func(p *process) {
+		if t.Failed() {
+			t.Logf("%s (%s) stderr:\n%s", p.name, strings.Join(args, " "), p.stderr.String())
+			if out := p.stdout.String(); out != "" {
+				t.Logf("%s stdout:\n%s", p.name, out)
+			}
+		}
+	})
+}
+
+// startProcess starts the binary bin (flashsyncBin or demoBin) with args,
+// its stderr also copied to logFile unless that is nil (logFile is closed
+// once the process exited). At cleanup the process is stopped with SIGTERM
+// (SIGKILL after 10 s, which fails the test), then report is called.
+func startProcess(t *testing.T, bin, name string, args []string, logFile *os.File, report func(*process)) *process {
+	t.Helper()
 	p := &process{name: name, cmd: binCommand(context.Background(), bin, args...),
 		stderr: new(syncBuffer), stdout: new(syncBuffer), done: make(chan struct{})}
 	p.cmd.Stderr = p.stderr
+	if logFile != nil {
+		p.cmd.Stderr = io.MultiWriter(p.stderr, logFile)
+	}
 	p.cmd.Stdout = p.stdout
 	if err := p.cmd.Start(); err != nil {
+		if logFile != nil {
+			logFile.Close()
+		}
 		t.Fatalf("start flashsync: %v", err)
 	}
 	go func() {
 		p.err = p.cmd.Wait()
+		if logFile != nil {
+			logFile.Close()
+		}
 		close(p.done)
 	}()
 	t.Cleanup(func() {
@@ -169,12 +194,7 @@ func startBin(t *testing.T, bin, name string, args ...string) *process {
 				t.Errorf("%s: %v", p.name, err)
 			}
 		}
-		if t.Failed() {
-			t.Logf("%s (%s) stderr:\n%s", p.name, strings.Join(args, " "), p.stderr.String())
-			if out := p.stdout.String(); out != "" {
-				t.Logf("%s stdout:\n%s", p.name, out)
-			}
-		}
+		report(p)
 	})
 	return p
 }
@@ -288,6 +308,29 @@ max_attempts = 10
 timeout = "2s"
 
 `, mysqlAddr, serverID, position, db+`\..*`, nsqdTCP, nsqdHTTP, httpAddr)
+}
+
+// itemDatabase creates a database on the shared MariaDB with the demo
+// backend's table item, rows 1 to n (9.99, stock 10), and returns its name
+// and a connection.
+func itemDatabase(t *testing.T, n int) (string, *client.Conn) {
+	t.Helper()
+	db, conn := stacktest.NewDatabase(t), stacktest.MySQL(t)
+	stacktest.Exec(t, conn, "CREATE TABLE "+db+".item (id BIGINT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2), stock INT NOT NULL DEFAULT 0)")
+	for id := 1; id <= n; id++ {
+		stacktest.Exec(t, conn, "INSERT INTO "+db+".item (id, name, price, stock) VALUES (?, ?, ?, ?)", id, fmt.Sprintf("item %d", id), "9.99", 10)
+	}
+	return db, conn
+}
+
+// flashsyncVCL is the path of the shipped VCL, configs/varnish/flashsync.vcl.
+func flashsyncVCL(t *testing.T) string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, "configs", "varnish", "flashsync.vcl")
 }
 
 // writeFile writes data to a new file in t.TempDir() and returns its path.
@@ -435,6 +478,19 @@ func (e *env) waitReady(p *process) {
 }
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}
+
+// httpOK GETs url and expects 200.
+func httpOK(url string) error {
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
 
 func (e *env) get(path string) (int, string, error) {
 	resp, err := httpClient.Get("http://" + e.cfg.HTTPAddr + path)

@@ -29,20 +29,11 @@ import (
 // purged within 2 s; a stock-row change purges the cached activity; and
 // neither touches the reservation counters the buy path decides on.
 func TestSeckillReadsPurgedThroughBinlog(t *testing.T) {
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := stacktest.NewDatabase(t)
-	conn := stacktest.MySQL(t)
-	stacktest.Exec(t, conn, "CREATE TABLE "+db+".item (id BIGINT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2), stock INT NOT NULL DEFAULT 0)")
-	for id := 1; id <= 3; id++ {
-		stacktest.Exec(t, conn, "INSERT INTO "+db+".item (id, name, price, stock) VALUES (?, ?, ?, ?)", id, fmt.Sprintf("item %d", id), "9.99", 10)
-	}
+	db, conn := itemDatabase(t, 3)
 	r1, r2 := stacktest.StartRedis(t), stacktest.StartRedis(t)
 	resv := stacktest.StartRedis(t)
 	backendAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
-	v := stacktest.StartVarnish(t, filepath.Join(root, "configs", "varnish", "flashsync.vcl"), backendAddr)
+	v := stacktest.StartVarnish(t, flashsyncVCL(t), backendAddr)
 	nsqd := stacktest.StartNSQD(t)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
 	apiAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
@@ -91,13 +82,8 @@ token_key = "e2e-seckill-token-key-0123456789"
 			}
 		}
 		for _, u := range []string{"http://" + backendAddr + "/healthz", "http://" + httpAddr + "/healthz", api + "/items/1"} {
-			resp, err := httpClient.Get(u)
-			if err != nil {
+			if err := httpOK(u); err != nil {
 				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("%s: %s", u, resp.Status)
 			}
 		}
 		return nil

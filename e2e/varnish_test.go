@@ -21,21 +21,32 @@ type varnishPage struct {
 	gen string
 }
 
+// varnishGet GETs path through the Varnish at addr: a page of the demo
+// backend, answered 200.
 func varnishGet(t *testing.T, addr, path string) varnishPage {
 	t.Helper()
+	p, err := cacheGet(addr, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// cacheGet is varnishGet returning its error (safe off the test goroutine).
+func cacheGet(addr, path string) (varnishPage, error) {
 	resp, err := httpClient.Get("http://" + addr + path)
 	if err != nil {
-		t.Fatalf("GET %s%s: %v", addr, path, err)
+		return varnishPage{}, err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s%s: %s", addr, path, resp.Status)
+		return varnishPage{}, fmt.Errorf("GET %s%s: %s", addr, path, resp.Status)
 	}
 	gen := resp.Header.Get("X-Generated-At")
 	if gen == "" {
-		t.Fatalf("GET %s%s: no X-Generated-At", addr, path)
+		return varnishPage{}, fmt.Errorf("GET %s%s: no X-Generated-At", addr, path)
 	}
-	return varnishPage{hit: len(strings.Fields(resp.Header.Get("X-Varnish"))) == 2, gen: gen}
+	return varnishPage{hit: len(strings.Fields(resp.Header.Get("X-Varnish"))) == 2, gen: gen}, nil
 }
 
 // TestVarnishPurgedOnUpdateAndTag runs the real binary as canal +
@@ -44,19 +55,10 @@ func varnishGet(t *testing.T, addr, path string) varnishPage {
 // miss on every instance, and a tag purge (from a rule with tags only)
 // removes the item's detail page and the list page, sparing other pages.
 func TestVarnishPurgedOnUpdateAndTag(t *testing.T) {
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := stacktest.NewDatabase(t)
-	conn := stacktest.MySQL(t)
-	stacktest.Exec(t, conn, "CREATE TABLE "+db+".item (id BIGINT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2), stock INT NOT NULL DEFAULT 0)")
+	db, conn := itemDatabase(t, 3)
 	stacktest.Exec(t, conn, "CREATE TABLE "+db+".restock (id BIGINT AUTO_INCREMENT PRIMARY KEY, item_id BIGINT NOT NULL)")
-	for id := 1; id <= 3; id++ {
-		stacktest.Exec(t, conn, "INSERT INTO "+db+".item (id, name, price, stock) VALUES (?, ?, ?, ?)", id, fmt.Sprintf("item %d", id), "9.99", 10)
-	}
 	backendAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
-	vcl := filepath.Join(root, "configs", "varnish", "flashsync.vcl")
+	vcl := flashsyncVCL(t)
 	v1 := stacktest.StartVarnish(t, vcl, backendAddr)
 	v2 := stacktest.StartVarnish(t, vcl, backendAddr)
 	addrs := []string{v1.Addr(), v2.Addr()}
@@ -93,13 +95,8 @@ route_by = "item_id"
 			return err
 		}
 		resp.Body.Close()
-		resp, err = httpClient.Get("http://" + httpAddr + "/healthz")
-		if err != nil {
+		if err := httpOK("http://" + httpAddr + "/healthz"); err != nil {
 			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("flashsync /healthz: %s", resp.Status)
 		}
 		_, err = os.Stat(position)
 		return err

@@ -38,10 +38,10 @@ func updateRows(n int) [][]any {
 	return rows
 }
 
-// BenchmarkRulesUpdate measures rules alone: one op is one updated row (both
-// images rendered, deduplicated and routed).
-func BenchmarkRulesUpdate(b *testing.B) {
-	rules, bound := benchBound(b)
+// benchUpdates is the loop of the rules-only benchmarks: one op is one
+// updated row of a bulk UPDATE, its batch reset every 1000 rows (a
+// transaction).
+func benchUpdates(b *testing.B, rules *invalidate.Rules, bound *invalidate.Bound) {
 	const tx = 1000
 	rows := updateRows(tx)
 	batch := rules.NewBatch()
@@ -55,6 +55,13 @@ func BenchmarkRulesUpdate(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+}
+
+// BenchmarkRulesUpdate measures rules alone: one op is one updated row (both
+// images rendered, deduplicated and routed).
+func BenchmarkRulesUpdate(b *testing.B) {
+	rules, bound := benchBound(b)
+	benchUpdates(b, rules, bound)
 }
 
 // BenchmarkRulesAndPublish measures the canal's hot path after decoding: one
@@ -109,19 +116,7 @@ func BenchmarkRulesUpdateAllTiers(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	const tx = 1000
-	rows := updateRows(tx)
-	batch := rules.NewBatch()
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		j := i % tx
-		bound.ApplyRow(invalidate.Update, rows[2*j], rows[2*j+1], batch)
-		if j == tx-1 {
-			batch.Reset()
-		}
-	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+	benchUpdates(b, rules, bound)
 }
 
 // BenchmarkRulesNoRuleTable is the canal's cost for a row of a table without

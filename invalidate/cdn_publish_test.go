@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashsync/flashsync/internal/stacktest"
@@ -42,24 +41,8 @@ func TestPublishCopiesEveryURLAndTagToTheCDNTopic(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, node := range []string{"edge-1", "edge-2"} {
-		got := make(chan *invalidate.Purge, 8)
-		cons, err := nsq.NewConsumer(invalidate.CDNTopic("flashsync"), invalidate.CDNChannel(node), nsq.NewConfig())
-		if err != nil {
-			t.Fatal(err)
-		}
-		cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-			p, err := invalidate.DecodePurge(m.Body)
-			if err != nil {
-				t.Errorf("decode: %v", err)
-				return nil
-			}
-			got <- p
-			return nil
-		}))
 		// Connecting after the publish: the channel must already have held it.
-		if err := cons.ConnectToNSQD(nsqd.TCPAddr()); err != nil {
-			t.Fatal(err)
-		}
+		got := stacktest.Consume(t, nsqd.TCPAddr(), invalidate.CDNTopic("flashsync"), invalidate.CDNChannel(node), invalidate.DecodePurge)
 		var urls, tags []string
 		for len(urls)+len(tags) < 4 {
 			select {
@@ -77,7 +60,5 @@ func TestPublishCopiesEveryURLAndTagToTheCDNTopic(t *testing.T) {
 		if !slices.Equal(urls, []string{"/a", "/b"}) || !slices.Equal(tags, []string{"t1", "t2"}) {
 			t.Errorf("%s: urls %v tags %v", node, urls, tags)
 		}
-		cons.Stop()
-		<-cons.StopChan
 	}
 }

@@ -5,14 +5,16 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
 // devRules mirrors configs/dev.toml's groups.
 func devRules(t *testing.T, specs ...Rule) *Rules {
 	t.Helper()
 	r, err := NewRulesWithGroups(specs,
-		[]GroupReplicas{{Name: "hot-a", Replicas: []string{"127.0.0.1:16379", "127.0.0.1:16380"}}, {Name: "hot-b", Replicas: []string{"127.0.0.1:16381", "127.0.0.1:16382"}}},
-		[]GroupReplicas{{Name: "varnish-a", Replicas: []string{"127.0.0.1:16081"}}, {Name: "varnish-b", Replicas: []string{"127.0.0.1:16082"}}})
+		[]GroupReplicas{{Name: "hot-a", Replicas: []string{stacktest.DefaultRedisA1, stacktest.DefaultRedisA2}}, {Name: "hot-b", Replicas: []string{stacktest.DefaultRedisB1, stacktest.DefaultRedisB2}}},
+		[]GroupReplicas{{Name: "varnish-a", Replicas: []string{stacktest.DefaultVarnish1}}, {Name: "varnish-b", Replicas: []string{stacktest.DefaultVarnish2}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,10 +68,10 @@ rule[0] (shop.item): fired: columns outside ignore_changes changed: price (ignor
 rule[1] (shop.item): not fired: no listed column changed (changed = [stock])
 
 purges (deduplicated, as one batch publishes them):
-  redis hot-a (replicas 127.0.0.1:16379, 127.0.0.1:16380, topic flashsync.redis.hot-a)
+  redis hot-a (replicas ` + stacktest.DefaultRedisA1 + `, ` + stacktest.DefaultRedisA2 + `, topic flashsync.redis.hot-a)
     key item:1
     key item:page:1
-  http varnish-a (instances 127.0.0.1:16081, topic flashsync.http.varnish-a)
+  http varnish-a (instances ` + stacktest.DefaultVarnish1 + `, topic flashsync.http.varnish-a)
     url /item/1.html
     tag item-1
 `
@@ -248,9 +250,9 @@ func TestExplainJSON(t *testing.T) {
 	if tg.Kind != "url" || tg.Target != "/item/2.html" || tg.Tier != "http" || tg.Group != "varnish-b" || !slices.Equal(tg.Images, []string{"before", "after"}) {
 		t.Errorf("target %+v", tg)
 	}
-	if len(got.Purges) != 2 || got.Purges[0].Topic != "fs.redis.hot-b" || !slices.Equal(got.Purges[0].Replicas, []string{"127.0.0.1:16381", "127.0.0.1:16382"}) ||
+	if len(got.Purges) != 2 || got.Purges[0].Topic != "fs.redis.hot-b" || !slices.Equal(got.Purges[0].Replicas, []string{stacktest.DefaultRedisB1, stacktest.DefaultRedisB2}) ||
 		got.Purges[0].Instances != nil || !slices.Equal(got.Purges[0].Keys, []string{"item:2", "item:page:2"}) ||
-		got.Purges[1].Topic != "fs.http.varnish-b" || !slices.Equal(got.Purges[1].Instances, []string{"127.0.0.1:16082"}) ||
+		got.Purges[1].Topic != "fs.http.varnish-b" || !slices.Equal(got.Purges[1].Instances, []string{stacktest.DefaultVarnish2}) ||
 		!slices.Equal(got.Purges[1].URLs, []string{"/item/2.html"}) || !slices.Equal(got.Purges[1].Tags, []string{"item-2"}) {
 		t.Errorf("purges %s", b)
 	}

@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
 func TestDecodePurge(t *testing.T) {
@@ -80,7 +82,7 @@ func TestPurgeWireFormat(t *testing.T) {
 }
 
 func TestReplicaChannel(t *testing.T) {
-	if got := ReplicaChannel("127.0.0.1:16379"); got != "127.0.0.1_16379" {
+	if got := ReplicaChannel(stacktest.DefaultRedisA1); got != "127.0.0.1_16379" {
 		t.Fatalf("got %q", got)
 	}
 	if got := ReplicaChannel("[::1]:6379"); got != "__1_6379" {

@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashsync/flashsync/internal/stacktest"
@@ -54,8 +52,8 @@ func TestPublishHTTPGroupsToTheirTopics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{nsqd.TCPAddr()}, NSQDHTTP: []string{nsqd.HTTPAddr()}, TopicPrefix: "t",
-		Groups:            []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{"127.0.0.1:16379"}}},
-		HTTPGroups:        []invalidate.GroupReplicas{{Name: "varnish-a", Replicas: []string{"127.0.0.1:16081", "127.0.0.1:16083"}}, {Name: "varnish-b", Replicas: []string{"127.0.0.1:16082"}}},
+		Groups:            []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{stacktest.DefaultRedisA1}}},
+		HTTPGroups:        []invalidate.GroupReplicas{{Name: "varnish-a", Replicas: []string{stacktest.DefaultVarnish1, "127.0.0.1:16083"}}, {Name: "varnish-b", Replicas: []string{stacktest.DefaultVarnish2}}},
 		MaxKeysPerMessage: 2, Registerer: reg,
 	})
 	if err != nil {
@@ -95,38 +93,23 @@ func TestPublishHTTPGroupsToTheirTopics(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var mu sync.Mutex
+	purges := stacktest.Consume(t, nsqd.TCPAddr(), "t.http.varnish-b", invalidate.ReplicaChannel(stacktest.DefaultVarnish2), invalidate.DecodePurge)
 	var msgs []*invalidate.Purge
-	cons, err := nsq.NewConsumer("t.http.varnish-b", "127.0.0.1_16082", nsq.NewConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons.SetLogger(nil, nsq.LogLevelError)
-	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-		p, err := invalidate.DecodePurge(m.Body)
-		if err != nil {
-			t.Errorf("decode %s: %v", m.Body, err)
-			return nil
+	timeout := time.After(5 * time.Second)
+receive:
+	for len(msgs) < 2 {
+		select {
+		case p := <-purges:
+			msgs = append(msgs, p)
+		case <-timeout:
+			break receive
 		}
-		mu.Lock()
+	}
+	select {
+	case p := <-purges: // one too many
 		msgs = append(msgs, p)
-		mu.Unlock()
-		return nil
-	}))
-	if err := cons.ConnectToNSQD(nsqd.TCPAddr()); err != nil {
-		t.Fatal(err)
+	default:
 	}
-	defer cons.Stop()
-	stacktest.Eventually(t, 5*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(msgs) < 2 {
-			return context.DeadlineExceeded
-		}
-		return nil
-	})
-	mu.Lock()
-	defer mu.Unlock()
 	// Three targets, two per message: [urls a, b] then [tag].
 	if len(msgs) != 2 || !slices.Equal(msgs[0].URLs, []string{"/item/2.html", "/item/2/reviews"}) || msgs[0].Tags != nil ||
 		msgs[1].URLs != nil || !slices.Equal(msgs[1].Tags, []string{"item-2"}) || msgs[0].Group != "varnish-b" || msgs[0].Keys != nil || msgs[0].Pos != "test:1" {

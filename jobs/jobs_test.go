@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
 
@@ -76,10 +77,10 @@ func TestJobFailed(t *testing.T) {
 	if j.State != StateFailed || j.Failed != 1 || j.Targets[1].Error != "refused" {
 		t.Fatalf("job %+v", j)
 	}
-	if v := metric(t, reg, "flashsync_jobs_total", StateFailed); v != 1 {
+	if v := stacktest.MetricValue(t, reg, "flashsync_jobs_total", map[string]string{"state": StateFailed}); v != 1 {
 		t.Errorf("jobs_total{failed} = %v", v)
 	}
-	if v := metric(t, reg, "flashsync_jobs_total", StateDone); v != 0 {
+	if v := stacktest.MetricValue(t, reg, "flashsync_jobs_total", map[string]string{"state": StateDone}); v != 0 {
 		t.Errorf("jobs_total{done} = %v", v)
 	}
 }
@@ -89,7 +90,7 @@ func TestUnknownAcksAndEviction(t *testing.T) {
 	s.Ack(ack("nope", targets[0], true))
 	s.Expect("j0", targets[:1])
 	s.Ack(ack("j0", invalidate.JobTarget{Tier: "redis", Group: "hot-a", Target: "other"}, true))
-	if v := metric(t, reg, "flashsync_jobs_unknown_acks_total", ""); v != 2 {
+	if v := stacktest.MetricValue(t, reg, "flashsync_jobs_unknown_acks_total", nil); v != 2 {
 		t.Errorf("unknown acks %v, want 2", v)
 	}
 	for i := 1; i <= 4; i++ {
@@ -101,15 +102,15 @@ func TestUnknownAcksAndEviction(t *testing.T) {
 	if _, ok := s.Get("j1"); ok {
 		t.Error("j1 not evicted")
 	}
-	if s.Len() != 3 || metric(t, reg, "flashsync_jobs_evicted_total", "") != 2 || metric(t, reg, "flashsync_jobs_tracked", "") != 3 {
-		t.Errorf("len %d evicted %v tracked %v", s.Len(), metric(t, reg, "flashsync_jobs_evicted_total", ""), metric(t, reg, "flashsync_jobs_tracked", ""))
+	if s.Len() != 3 || stacktest.MetricValue(t, reg, "flashsync_jobs_evicted_total", nil) != 2 || stacktest.MetricValue(t, reg, "flashsync_jobs_tracked", nil) != 3 {
+		t.Errorf("len %d evicted %v tracked %v", s.Len(), stacktest.MetricValue(t, reg, "flashsync_jobs_evicted_total", nil), stacktest.MetricValue(t, reg, "flashsync_jobs_tracked", nil))
 	}
 	r := s.Recent(2)
 	if len(r) != 2 || r[0].ID != "j4" || r[1].ID != "j3" || r[0].Targets != nil {
 		t.Errorf("recent %+v", r)
 	}
 	s.Ack(ack("j1", targets[0], true)) // evicted
-	if v := metric(t, reg, "flashsync_jobs_unknown_acks_total", ""); v != 3 {
+	if v := stacktest.MetricValue(t, reg, "flashsync_jobs_unknown_acks_total", nil); v != 3 {
 		t.Errorf("unknown acks %v, want 3", v)
 	}
 	s.Expect("empty", nil)
@@ -145,40 +146,11 @@ func testConcurrent(t *testing.T, max int) {
 		}()
 	}
 	wg.Wait()
-	if want := min(max, 1600); s.Len() != want || metric(t, reg, "flashsync_jobs_tracked", "") != float64(want) {
+	if want := min(max, 1600); s.Len() != want || stacktest.MetricValue(t, reg, "flashsync_jobs_tracked", nil) != float64(want) {
 		t.Errorf("len %d, want %d", s.Len(), want)
 	}
-	done := metric(t, reg, "flashsync_jobs_total", StateDone)
-	if evicted := metric(t, reg, "flashsync_jobs_evicted_total", ""); evicted != float64(1600-min(max, 1600)) || done > 1600 || (max >= 1600 && done != 1600) {
+	done := stacktest.MetricValue(t, reg, "flashsync_jobs_total", map[string]string{"state": StateDone})
+	if evicted := stacktest.MetricValue(t, reg, "flashsync_jobs_evicted_total", nil); evicted != float64(1600-min(max, 1600)) || done > 1600 || (max >= 1600 && done != 1600) {
 		t.Errorf("done %v, evicted %v", done, evicted)
 	}
-}
-
-// metric is the value of a counter or gauge, of the series whose state
-// label is state ("": any).
-func metric(t *testing.T, reg *prometheus.Registry, name, state string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if state != "" {
-				match := false
-				for _, l := range m.GetLabel() {
-					match = match || (l.GetName() == "state" && l.GetValue() == state)
-				}
-				if !match {
-					continue
-				}
-			}
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
 }

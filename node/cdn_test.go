@@ -2,7 +2,6 @@ package node_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -34,7 +33,7 @@ func TestNodeRunsTheConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	go machine.Serve(mln)
-	defer machine.Close()
+	t.Cleanup(func() { machine.Close() }) // after the node's (cleanups run last first)
 
 	consoleAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
 	const key = "node-test-console-key-0123"
@@ -54,18 +53,12 @@ machines = ["127.0.0.1:%d"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
+	t.Cleanup(func() { // after Run stopped: cleanups run last first
 		if err := n.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
-	}()
+	})
+	stacktest.Run(t, "node.Run", n.Run)
 
 	body := []byte(`{"job":"j","urls":["/x.html"]}`)
 	var status int

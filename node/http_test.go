@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
 const explainConfig = `
@@ -30,19 +31,19 @@ addr = "127.0.0.1:0"
 
 [[redis_group]]
 name = "hot-a"
-replicas = ["127.0.0.1:16379", "127.0.0.1:16380"]
+replicas = ["` + stacktest.DefaultRedisA1 + `", "` + stacktest.DefaultRedisA2 + `"]
 
 [[redis_group]]
 name = "hot-b"
-replicas = ["127.0.0.1:16381"]
+replicas = ["` + stacktest.DefaultRedisB1 + `"]
 
 [[http_group]]
 name = "varnish-a"
-instances = ["127.0.0.1:16081"]
+instances = ["` + stacktest.DefaultVarnish1 + `"]
 
 [[http_group]]
 name = "varnish-b"
-instances = ["127.0.0.1:16082"]
+instances = ["` + stacktest.DefaultVarnish2 + `"]
 
 [[rule]]
 table = "shop.item"
@@ -121,8 +122,8 @@ func TestRulesExplainAPI(t *testing.T) {
 	for _, want := range []string{
 		`"action":"update"`, `"changed_columns":["price","view_count"]`, `"fired":true`,
 		`"reason":"columns outside ignore_changes changed: price (ignore_changes = [view_count])"`,
-		`{"group":"hot-b","keys":["item:2"],"replicas":["127.0.0.1:16381"],"tier":"redis","topic":"fs.redis.hot-b"}`,
-		`{"group":"varnish-b","instances":["127.0.0.1:16082"],"tags":["item-2"],"tier":"http","topic":"fs.http.varnish-b","urls":["/item/2.html"]}`,
+		`{"group":"hot-b","keys":["item:2"],"replicas":["` + stacktest.DefaultRedisB1 + `"],"tier":"redis","topic":"fs.redis.hot-b"}`,
+		`{"group":"varnish-b","instances":["` + stacktest.DefaultVarnish2 + `"],"tags":["item-2"],"tier":"http","topic":"fs.http.varnish-b","urls":["/item/2.html"]}`,
 	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("answer lacks %s:\n%s", want, b)

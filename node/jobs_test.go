@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
 
@@ -15,17 +16,17 @@ func TestJobsAPI(t *testing.T) {
 	n, srv := testNode(t, RoleCanal)
 
 	targets := []invalidate.JobTarget{
-		{Tier: "redis", Group: "hot-a", Target: "127.0.0.1:16379"},
-		{Tier: "http", Group: "varnish-a", Target: "127.0.0.1:16081"},
+		{Tier: "redis", Group: "hot-a", Target: stacktest.DefaultRedisA1},
+		{Tier: "http", Group: "varnish-a", Target: stacktest.DefaultVarnish1},
 	}
 	n.jobs.Expect("0123456789abcdef", targets)
-	n.jobs.Ack(invalidate.Ack{Job: "0123456789abcdef", Tier: "redis", Group: "hot-a", Target: "127.0.0.1:16379", OK: true, LatencyMS: 2.5, At: time.Now()})
+	n.jobs.Ack(invalidate.Ack{Job: "0123456789abcdef", Tier: "redis", Group: "hot-a", Target: stacktest.DefaultRedisA1, OK: true, LatencyMS: 2.5, At: time.Now()})
 
 	status, out := get(t, srv.URL+"/jobs/0123456789abcdef")
 	if status != http.StatusOK || out["state"] != "pending" || out["pending"] != 1.0 || out["done"] != 1.0 {
 		t.Fatalf("pending job: %d %v", status, out)
 	}
-	n.jobs.Ack(invalidate.Ack{Job: "0123456789abcdef", Tier: "http", Group: "varnish-a", Target: "127.0.0.1:16081", OK: false, Error: "405", At: time.Now()})
+	n.jobs.Ack(invalidate.Ack{Job: "0123456789abcdef", Tier: "http", Group: "varnish-a", Target: stacktest.DefaultVarnish1, OK: false, Error: "405", At: time.Now()})
 	status, out = get(t, srv.URL+"/jobs/0123456789abcdef")
 	b, _ := json.Marshal(out)
 	for _, want := range []string{`"state":"failed"`, `"latency_ms":2.5`, `"error":"405"`, `{"done":0,"failed":1,"group":"varnish-a","pending":0,"tier":"http"}`} {

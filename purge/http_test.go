@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -133,16 +130,8 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := f.purger.Run(ctx); err != nil {
-			t.Errorf("http purger: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	t.Cleanup(func() { f.purger.Close() }) // after Run stopped
+	stacktest.Run(t, "http purger", f.purger.Run)
 	return f
 }
 
@@ -230,26 +219,8 @@ func TestHTTPPurgerHoldsWhileInstanceDownAndDrainsAfterRestart(t *testing.T) {
 }
 
 func TestHTTPPurgerDeadLettersWhatVarnishRefuses(t *testing.T) {
-	// The shipped VCL with an ACL that does not list us: PURGE answers 405.
-	vcl, err := os.ReadFile(flashsyncVCL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(vcl), "\"127.0.0.1\";") {
-		t.Fatal("flashsync.vcl's purgers ACL has no \"127.0.0.1\"; entry")
-	}
-	dir, err := os.MkdirTemp("", "flashsync-vcl-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
-	refusing := filepath.Join(dir, "refusing.vcl")
-	if err := os.WriteFile(refusing, []byte(strings.Replace(string(vcl), "\"127.0.0.1\";", "\"192.0.2.1\";", 1)), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	const maxAttempts = 3
-	f := startHTTPPurge(t, 1, refusing, maxAttempts)
+	f := startHTTPPurge(t, 1, refusingVCL(t), maxAttempts)
 
 	got := stacktest.ConsumeJSON[map[string]any](t, f.nsqd.TCPAddr(), invalidate.DeadLetterTopic("flashsync"))
 
@@ -293,10 +264,8 @@ func TestHTTPPurgerRequests(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error)
-			go func() { done <- p.Run(ctx) }()
-			defer func() { cancel(); <-done }()
+			t.Cleanup(func() { p.Close() }) // after Run stopped
+			stacktest.Run(t, "http purger", p.Run)
 			prod, _ := nsq.NewProducer(nsqd.TCPAddr(), nsq.NewConfig())
 			defer prod.Stop()
 			tags := make([]string, 0, 1000)
@@ -364,7 +333,7 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 		}
 		ok.Add(1)
 	}))
-	defer inst.Close()
+	t.Cleanup(inst.Close) // cleanups run last first: the purger stops before
 	addr := strings.TrimPrefix(inst.URL, "http://")
 	nsqd := stacktest.StartNSQD(t)
 	reg := prometheus.NewRegistry()
@@ -374,10 +343,8 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { p.Close() }) // after Run stopped
+	stacktest.Run(t, "http purger", p.Run)
 	prod, _ := nsq.NewProducer(nsqd.TCPAddr(), nsq.NewConfig())
 	defer prod.Stop()
 	body, _ := (&invalidate.Purge{V: 1, Group: "g", URLs: []string{"/a.html"}}).Marshal()

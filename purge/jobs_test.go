@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +24,9 @@ func refusingVCL(t *testing.T) string {
 	vcl, err := os.ReadFile(flashsyncVCL)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(string(vcl), "\"127.0.0.1\";") {
+		t.Fatal("flashsync.vcl's purgers ACL has no \"127.0.0.1\"; entry")
 	}
 	dir, err := os.MkdirTemp("", "flashsync-vcl-")
 	if err != nil {
@@ -88,20 +90,10 @@ func TestPurgeJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	run := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil {
-				t.Errorf("%s: %v", name, err)
-			}
-		}()
-	}
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	run("redis purger", redisPurger.Run)
-	run("http purger", httpPurger.Run)
+	t.Cleanup(func() { redisPurger.Close() }) // after Run stopped
+	stacktest.Run(t, "redis purger", redisPurger.Run)
+	t.Cleanup(func() { httpPurger.Close() }) // after Run stopped
+	stacktest.Run(t, "http purger", httpPurger.Run)
 
 	// A batch for the Redis group and the good instance.
 	rdb := stacktest.Redis(t, redisGroup.Replicas[0])
@@ -126,7 +118,7 @@ func TestPurgeJobs(t *testing.T) {
 	if !ok || j.State != jobs.StatePending || j.Pending != 3 || len(j.Targets) != 3 {
 		t.Fatalf("job before its acks are read: %+v", j)
 	}
-	run("acks consumer", func(ctx context.Context) error {
+	stacktest.Run(t, "acks consumer", func(ctx context.Context) error {
 		return store.Consume(ctx, jobs.ConsumerOptions{NSQDTCP: tcp})
 	})
 	stacktest.Eventually(t, 10*time.Second, func() error {

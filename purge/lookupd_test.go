@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +25,14 @@ import (
 // find every nsqd through nsqlookupd. A message is only in the channels of
 // the nsqd it was published to, so this works only if every nsqd has every
 // replica's channel (EnsureChannels) and every purger reads every nsqd.
+
+// lookupdAndTwoNSQD starts a private nsqlookupd and two private nsqd that
+// register with it.
+func lookupdAndTwoNSQD(t *testing.T) (*stacktest.NSQLookupd, *stacktest.NSQD, *stacktest.NSQD) {
+	t.Helper()
+	lookupd := stacktest.StartNSQLookupd(t)
+	return lookupd, stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr()), stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
+}
 
 // redisGroups starts groups x replicas private Redis servers.
 func redisGroups(t *testing.T, groups, replicas int) ([]purge.RedisGroup, []invalidate.GroupReplicas, map[string]*redis.Client) {
@@ -73,16 +80,8 @@ func runPurger(t *testing.T, opts purge.RedisPurgerOptions) *prometheus.Registry
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := purger.Run(ctx); err != nil {
-			t.Errorf("purger: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	t.Cleanup(func() { purger.Close() }) // after Run stopped
+	stacktest.Run(t, "purger", purger.Run)
 	return reg
 }
 
@@ -261,9 +260,7 @@ func keyRange(prefix string, from, to int) []string {
 func TestLookupdPurgerFollowsPublisherFailover(t *testing.T) {
 	t.Parallel()
 	const prefix, batches = "flashsync", 20
-	lookupd := stacktest.StartNSQLookupd(t)
-	n1 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
-	n2 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
+	lookupd, n1, n2 := lookupdAndTwoNSQD(t)
 	groups, gr, clients := redisGroups(t, 2, 2)
 	topics := topicsOf(prefix, groups)
 
@@ -352,9 +349,7 @@ func TestLookupdPurgerDiscoversNewNSQD(t *testing.T) {
 func TestLookupdTwoPurgersShareTheLoad(t *testing.T) {
 	t.Parallel()
 	const prefix, batches = "flashsync", 100
-	lookupd := stacktest.StartNSQLookupd(t)
-	n1 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
-	n2 := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
+	lookupd, n1, n2 := lookupdAndTwoNSQD(t)
 	groups, gr, clients := redisGroups(t, 1, 2)
 	topics := topicsOf(prefix, groups)
 
@@ -478,9 +473,7 @@ func TestDeadLettersFailOverAcrossNSQD(t *testing.T) {
 	}{{"nsqd_tcp", true}, {"nsqlookupd only", false}} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			lookupd := stacktest.StartNSQLookupd(t)
-			dead := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
-			n := stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())
+			lookupd, dead, n := lookupdAndTwoNSQD(t)
 			groups, gr, _ := redisGroups(t, 1, 1)
 			if err := newPublisher(t, prefix, gr, nil, addrs(dead), addrs(n)).EnsureChannels(context.Background()); err != nil {
 				t.Fatal(err)

@@ -3,7 +3,6 @@ package purge_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -58,16 +57,8 @@ func startPurge(t *testing.T, groups, replicas int, maxAttempts uint16) *purgeFi
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := purger.Run(ctx); err != nil {
-			t.Errorf("purger: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	t.Cleanup(func() { purger.Close() }) // after Run stopped
+	stacktest.Run(t, "purger", purger.Run)
 	return f
 }
 

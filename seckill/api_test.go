@@ -200,6 +200,16 @@ func (w *world) pay(activity int64, rid string) reply {
 }
 
 // redisStock is the reservable stock in Redis (sk:{A}:stock).
+// loseCounters deletes an activity's reservation counters, as a Redis
+// restarted empty has lost them.
+func (w *world) loseCounters(activity int64) {
+	w.t.Helper()
+	key := func(k string) string { return fmt.Sprintf("sk:{%d}:%s", activity, k) }
+	if err := w.rdb.Del(context.Background(), key("stock"), key("users"), key("req"), key("ver")).Err(); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
 func (w *world) redisStock(activity int64) int {
 	w.t.Helper()
 	n, err := w.rdb.Get(context.Background(), fmt.Sprintf("sk:{%d}:stock", activity)).Int()
@@ -535,8 +545,7 @@ func TestExpiryAndLatePayment(t *testing.T) {
 // none of them takes stock.
 func TestBuyRefusals(t *testing.T) {
 	const a = 31
-	w := newWorld(t, worldOpts{activities: []seckill.Activity{{ID: a, ItemID: 1, Title: "refusals", Price: "1.00",
-		StartAt: time.Now().Add(-time.Minute), EndAt: time.Now().Add(time.Hour), TotalStock: 10, PerUserLimit: 2}}})
+	w := newWorld(t, worldOpts{activities: []seckill.Activity{openActivity(a, "refusals", 10, 2)}})
 	u1 := w.mustBuyURL(a, "u1")
 	u2 := w.mustBuyURL(a, "u2")
 
@@ -612,8 +621,7 @@ func TestBuyRefusals(t *testing.T) {
 // affected; the user gets through again once the bucket refills.
 func TestBuyRateLimited(t *testing.T) {
 	const a = 41
-	w := newWorld(t, worldOpts{rateUser: 2, burstUser: 2, activities: []seckill.Activity{{ID: a, ItemID: 1, Title: "rate", Price: "1.00",
-		StartAt: time.Now().Add(-time.Minute), EndAt: time.Now().Add(time.Hour), TotalStock: 10, PerUserLimit: 5}}})
+	w := newWorld(t, worldOpts{rateUser: 2, burstUser: 2, activities: []seckill.Activity{openActivity(a, "rate", 10, 5)}})
 	u1 := w.mustBuyURL(a, "u1")
 	u2 := w.mustBuyURL(a, "u2")
 
@@ -656,8 +664,7 @@ func TestBuyRateLimited(t *testing.T) {
 // already hold.
 func TestReconcileRepairsDrift(t *testing.T) {
 	const a = 51
-	w := newWorld(t, worldOpts{writer: true, orderTTL: time.Hour, activities: []seckill.Activity{{ID: a, ItemID: 1, Title: "drift", Price: "1.00",
-		StartAt: time.Now().Add(-time.Minute), EndAt: time.Now().Add(time.Hour), TotalStock: 10, PerUserLimit: 2}}})
+	w := newWorld(t, worldOpts{writer: true, orderTTL: time.Hour, activities: []seckill.Activity{openActivity(a, "drift", 10, 2)}})
 	ctx := context.Background()
 	res := seckill.NewReserver(w.rdb)
 	key := func(k string) string { return fmt.Sprintf("sk:{%d}:%s", a, k) }
@@ -705,9 +712,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	}
 
 	// Redis loses the activity (restarted empty).
-	if err := w.rdb.Del(ctx, key("stock"), key("users"), key("req"), key("ver")).Err(); err != nil {
-		t.Fatal(err)
-	}
+	w.loseCounters(a)
 	// u1 holds its quota in MySQL: refused, the counters loaded on the way.
 	u1 := w.mustBuyURL(a, "u1")
 	w.refused(w.mustCall("POST", u1, buyBody("u1-2", 1)), http.StatusForbidden, "over_quota")
@@ -737,8 +742,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 // must be able to buy.
 func TestBuyURLEscapesUser(t *testing.T) {
 	const a = 61
-	w := newWorld(t, worldOpts{activities: []seckill.Activity{{ID: a, ItemID: 1, Title: "users", Price: "1.00",
-		StartAt: time.Now().Add(-time.Minute), EndAt: time.Now().Add(time.Hour), TotalStock: 10, PerUserLimit: 1}}})
+	w := newWorld(t, worldOpts{activities: []seckill.Activity{openActivity(a, "users", 10, 1)}})
 	for i, user := range []string{"plain", "a+b@example.com", "100%", "x#y", "p;q", "sp ace&amp"} {
 		u := w.mustBuyURL(a, url.QueryEscape(user))
 		if got := queryOf(t, u, "user"); got != user {
@@ -758,23 +762,14 @@ func TestBuyURLEscapesUser(t *testing.T) {
 // units from the reloaded counters for good.
 func TestRequestIDReusedAfterReload(t *testing.T) {
 	const a = 71
-	w := newWorld(t, worldOpts{writer: true, orderTTL: time.Hour, activities: []seckill.Activity{{ID: a, ItemID: 1, Title: "reuse", Price: "1.00",
-		StartAt: time.Now().Add(-time.Minute), EndAt: time.Now().Add(time.Hour), TotalStock: 10, PerUserLimit: 2}}})
-	ctx := context.Background()
+	w := newWorld(t, worldOpts{writer: true, orderTTL: time.Hour, activities: []seckill.Activity{openActivity(a, "reuse", 10, 2)}})
 	w.mustBuy(w.mustBuyURL(a, "u1"), "shared", 1)
 	w.waitState(a, "shared", "ordered", "reserved")
-	if err := w.rdb.Del(ctx, fmt.Sprintf("sk:{%d}:stock", a), fmt.Sprintf("sk:{%d}:users", a), fmt.Sprintf("sk:{%d}:req", a), fmt.Sprintf("sk:{%d}:ver", a)).Err(); err != nil {
-		t.Fatal(err)
-	}
+	w.loseCounters(a)
 	r := w.mustCall("POST", w.mustBuyURL(a, "u2"), buyBody("shared", 1))
 	t.Logf("u2 sends u1's request id after the reload: %s", r)
 	if r.status == http.StatusAccepted {
-		stacktest.Eventually(t, 10*time.Second, func() error {
-			if n := w.pendingInRedis(a); n > 0 {
-				return fmt.Errorf("%d reservations not yet written", n)
-			}
-			return nil
-		})
+		w.waitDecided(a, 10*time.Second)
 		o, err := w.orderState(a, "shared")
 		if err != nil {
 			t.Fatal(err)
@@ -796,23 +791,14 @@ func TestRequestIDReusedAfterReload(t *testing.T) {
 // are counted once: the reloaded counters already hold them.
 func TestRequestRetriedAfterReload(t *testing.T) {
 	const a = 72
-	w := newWorld(t, worldOpts{writer: true, orderTTL: time.Hour, activities: []seckill.Activity{{ID: a, ItemID: 1, Title: "retry", Price: "1.00",
-		StartAt: time.Now().Add(-time.Minute), EndAt: time.Now().Add(time.Hour), TotalStock: 10, PerUserLimit: 2}}})
-	ctx := context.Background()
+	w := newWorld(t, worldOpts{writer: true, orderTTL: time.Hour, activities: []seckill.Activity{openActivity(a, "retry", 10, 2)}})
 	u1 := w.mustBuyURL(a, "u1")
 	w.mustBuy(u1, "u1-1", 1)
 	w.waitState(a, "u1-1", "ordered", "reserved")
-	if err := w.rdb.Del(ctx, fmt.Sprintf("sk:{%d}:stock", a), fmt.Sprintf("sk:{%d}:users", a), fmt.Sprintf("sk:{%d}:req", a), fmt.Sprintf("sk:{%d}:ver", a)).Err(); err != nil {
-		t.Fatal(err)
-	}
+	w.loseCounters(a)
 	r := w.mustCall("POST", u1, buyBody("u1-1", 1))
 	t.Logf("u1 retries u1-1 after the reload: %s", r)
-	stacktest.Eventually(t, 10*time.Second, func() error {
-		if n := w.pendingInRedis(a); n > 0 {
-			return fmt.Errorf("%d reservations not yet written", n)
-		}
-		return nil
-	})
+	w.waitDecided(a, 10*time.Second)
 	w.checkStock(a, 9, 1)
 	if s, h := w.redisStock(a), w.redisHeld(a, "u1"); s != 9 || h != 1 {
 		t.Errorf("Redis: stock %d, u1 holds %d; want 9 and 1 (one order of one unit)", s, h)

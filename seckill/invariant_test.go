@@ -107,24 +107,38 @@ func runStorm(t *testing.T, w *world, onAccepted func(n int64)) *stormResult {
 	return &res
 }
 
+// stormWithOutage is runStorm that, once the at-th reservation is
+// accepted, runs outage in the background; it returns when both are over.
+func stormWithOutage(t *testing.T, w *world, at int64, outage func()) *stormResult {
+	t.Helper()
+	var once sync.Once
+	over := make(chan struct{})
+	res := runStorm(t, w, func(n int64) {
+		if n == at {
+			once.Do(func() {
+				go func() {
+					outage()
+					close(over)
+				}()
+			})
+		}
+	})
+	<-over
+	return res
+}
+
 func saleWorld(t *testing.T, writer bool) *world { return saleWorldOn(t, writer, "") }
 
 func saleWorldOn(t *testing.T, writer bool, mysql string) *world {
-	return newWorld(t, worldOpts{writer: writer, grace: time.Hour, orderTTL: time.Hour, mysql: mysql, activities: []seckill.Activity{{
-		ID: saleActivity, ItemID: 1, Title: "storm", Price: "1.00", StartAt: time.Now().Add(-time.Minute),
-		EndAt: time.Now().Add(time.Hour), TotalStock: saleStock, PerUserLimit: saleLimit,
-	}}})
+	return newWorld(t, worldOpts{writer: writer, grace: time.Hour, orderTTL: time.Hour, mysql: mysql, activities: []seckill.Activity{
+		openActivity(saleActivity, "storm", saleStock, saleLimit),
+	}})
 }
 
-// settle waits until no reservation is undecided in Redis.
+// settle waits until no reservation of the sale is undecided in Redis.
 func settle(t *testing.T, w *world) {
 	t.Helper()
-	stacktest.Eventually(t, 60*time.Second, func() error {
-		if n := w.pendingInRedis(saleActivity); n > 0 {
-			return fmt.Errorf("%d reservations not yet written", n)
-		}
-		return nil
-	})
+	w.waitDecided(saleActivity, 60*time.Second)
 }
 
 // checkInvariants: exactly wantSold units sold, no user over the quota, no
@@ -255,21 +269,11 @@ func TestStormWriterKilled(t *testing.T) {
 // what is undecided, Redis agrees with MySQL again.
 func TestStormRedisRestarted(t *testing.T) {
 	w := saleWorld(t, true)
-	var once sync.Once
-	restarted := make(chan struct{})
-	res := runStorm(t, w, func(n int64) {
-		if n == 200 {
-			once.Do(func() {
-				go func() {
-					w.redis.Stop()
-					time.Sleep(300 * time.Millisecond) // the outage buyers see
-					w.redis.Start()
-					close(restarted)
-				}()
-			})
-		}
+	res := stormWithOutage(t, w, 200, func() {
+		w.redis.Stop()
+		time.Sleep(300 * time.Millisecond) // the outage buyers see
+		w.redis.Start()
 	})
-	<-restarted
 	settle(t, w)
 	_, sold := w.stockRow(saleActivity)
 	if sold > saleStock {
@@ -292,21 +296,11 @@ func TestStormRedisRestarted(t *testing.T) {
 func TestStormMariaDBKilled(t *testing.T) {
 	m := stacktest.StartMariaDB(t)
 	w := saleWorldOn(t, true, m.Addr())
-	var once sync.Once
-	restarted := make(chan struct{})
-	res := runStorm(t, w, func(n int64) {
-		if n == 150 {
-			once.Do(func() {
-				go func() {
-					m.Kill()
-					time.Sleep(500 * time.Millisecond) // the outage the writers see
-					m.Start()
-					close(restarted)
-				}()
-			})
-		}
+	res := stormWithOutage(t, w, 150, func() {
+		m.Kill()
+		time.Sleep(500 * time.Millisecond) // the outage the writers see
+		m.Start()
 	})
-	<-restarted
 	if res.accepted.Load() != saleStock {
 		t.Errorf("accepted %d, want %d (Redis decides, MySQL's outage only delays the writes)", res.accepted.Load(), saleStock)
 	}

@@ -97,6 +97,13 @@ type worldOpts struct {
 	mysql string
 }
 
+// openActivity is an activity of item 1 at 1.00, open from a minute ago
+// for an hour.
+func openActivity(id int64, title string, stock, perUser int) seckill.Activity {
+	return seckill.Activity{ID: id, ItemID: 1, Title: title, Price: "1.00",
+		StartAt: time.Now().Add(-time.Minute), EndAt: time.Now().Add(time.Hour), TotalStock: stock, PerUserLimit: perUser}
+}
+
 func newWorld(t *testing.T, o worldOpts) *world {
 	t.Helper()
 	w := &world{t: t, key: []byte("test-token-key-0123456789abcdef"), now: o.now, mysql: o.mysql}
@@ -158,15 +165,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	}
 	w.svc = svc
 	w.base = "http://" + svc.Addr()
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("service: %v", err)
-		}
-	})
+	stacktest.Run(t, "service", svc.Run)
 	w.http = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}}
 	t.Cleanup(w.http.CloseIdleConnections)
 	return w
@@ -214,36 +213,28 @@ type answer struct {
 	Order      *seckill.Order
 }
 
+// do sends body as JSON (nothing when nil) and decodes the answer, JSON or
+// buy.js's script.
 func (w *world) do(method, path string, body any) (answer, error) {
-	var rd io.Reader
+	var b []byte
 	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
+		b, _ = json.Marshal(body)
 	}
-	req, err := http.NewRequest(method, w.base+path, rd)
+	r, err := w.call(method, path, string(b))
 	if err != nil {
 		return answer{}, err
 	}
-	resp, err := w.http.Do(req)
-	if err != nil {
-		return answer{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return answer{}, err
-	}
-	a := answer{Status: resp.StatusCode}
-	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/javascript") {
+	a := answer{Status: r.status}
+	if strings.HasPrefix(r.header.Get("Content-Type"), "application/javascript") {
 		// window.flashsale = {...};
-		js := strings.TrimPrefix(string(b), "window.flashsale = ")
+		js := strings.TrimPrefix(string(r.body), "window.flashsale = ")
 		js = js[:strings.Index(js, ";\n")]
 		err = json.Unmarshal([]byte(js), &a)
 	} else {
-		err = json.Unmarshal(b, &a)
+		err = json.Unmarshal(r.body, &a)
 	}
 	if err != nil {
-		return a, fmt.Errorf("%s %s: %d %q: %w", method, path, resp.StatusCode, b, err)
+		return a, fmt.Errorf("%s %s: %d %q: %w", method, path, r.status, r.body, err)
 	}
 	return a, nil
 }
@@ -278,6 +269,17 @@ func (w *world) pendingInRedis(activity int64) int {
 		}
 	}
 	return n
+}
+
+// waitDecided waits until no reservation of activity is undecided in Redis.
+func (w *world) waitDecided(activity int64, timeout time.Duration) {
+	w.t.Helper()
+	stacktest.Eventually(w.t, timeout, func() error {
+		if n := w.pendingInRedis(activity); n > 0 {
+			return fmt.Errorf("%d reservations not yet written", n)
+		}
+		return nil
+	})
 }
 
 // stockRow reads MySQL's stock row.

@@ -14,10 +14,9 @@ import (
 )
 
 func writerWorld(t *testing.T) *world {
-	return newWorld(t, worldOpts{writer: true, grace: time.Hour, orderTTL: time.Hour, activities: []seckill.Activity{{
-		ID: 3, ItemID: 1, Title: "w", Price: "1.00", StartAt: time.Now().Add(-time.Minute),
-		EndAt: time.Now().Add(time.Hour), TotalStock: 10, PerUserLimit: 2,
-	}}})
+	return newWorld(t, worldOpts{writer: true, grace: time.Hour, orderTTL: time.Hour, activities: []seckill.Activity{
+		openActivity(3, "w", 10, 2),
+	}})
 }
 
 func (w *world) publish(body []byte) {

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
 const devConfig = "../../configs/dev.toml"
@@ -27,8 +29,8 @@ func TestRulesExplainCLI(t *testing.T) {
 	for _, want := range []string{
 		"shop.item update\n",
 		"rule[0] (shop.item): fired: columns outside ignore_changes changed: price (ignore_changes = [view_count, updated_at])",
-		"redis hot-a (replicas 127.0.0.1:16379, 127.0.0.1:16380, topic flashsync.redis.hot-a)",
-		"http varnish (instances 127.0.0.1:16081, 127.0.0.1:16082, topic flashsync.http.varnish)",
+		"redis hot-a (replicas " + stacktest.DefaultRedisA1 + ", " + stacktest.DefaultRedisA2 + ", topic flashsync.redis.hot-a)",
+		"http varnish (instances " + stacktest.DefaultVarnish1 + ", " + stacktest.DefaultVarnish2 + ", topic flashsync.http.varnish)",
 		"    url /item/1.html\n", "    tag item-1\n", "    key item:page:1\n",
 	} {
 		if !strings.Contains(out, want) {

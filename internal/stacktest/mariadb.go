@@ -16,11 +16,10 @@ import (
 // MariaDB is a private mariadbd owned by one test, with binary logging
 // enabled, listening on a free loopback port. User root has no password.
 type MariaDB struct {
-	t    testing.TB
+	daemon
 	dir  string
 	port int
 	args []string
-	p    *process // nil while stopped
 }
 
 // StartMariaDB initializes a data directory in t.TempDir(), starts mariadbd on
@@ -60,7 +59,7 @@ func StartMariaDB(t testing.TB, extraArgs ...string) *MariaDB {
 		t.Fatal(err)
 	}
 	port := FreePort(t)
-	m := &MariaDB{t: t, dir: dir, port: port}
+	m := &MariaDB{daemon: daemon{t: t}, dir: dir, port: port}
 	m.args = append([]string{
 		"--no-defaults",
 		"--datadir=" + data,
@@ -101,14 +100,8 @@ func (m *MariaDB) Conn(t testing.TB) *client.Conn {
 // until root can log in.
 func (m *MariaDB) Start() {
 	m.t.Helper()
-	if m.p != nil {
-		m.t.Fatalf("MariaDB %s: Start while running", m.Addr())
-	}
-	p, err := launch("mariadbd", m.args, filepath.Join(m.dir, "mariadbd.log"), 30*time.Second, m.login)
-	if err != nil {
-		m.t.Fatalf("start MariaDB: %v", err)
-	}
-	m.p = p
+	m.mustBeStopped("MariaDB " + m.Addr())
+	m.start("MariaDB", "mariadbd", m.args, filepath.Join(m.dir, "mariadbd.log"), 30*time.Second, m.login)
 }
 
 func (m *MariaDB) login() error {
@@ -121,18 +114,8 @@ func (m *MariaDB) login() error {
 
 // Stop shuts the server down with SIGTERM, or SIGKILL if it is still running
 // after 30 s. It does nothing if the server is stopped.
-func (m *MariaDB) Stop() {
-	if m.p != nil {
-		m.p.stop(30 * time.Second)
-		m.p = nil
-	}
-}
+func (m *MariaDB) Stop() { m.stop(30 * time.Second) }
 
 // Kill kills the server with SIGKILL, as in a crash. It does nothing if the
 // server is stopped.
-func (m *MariaDB) Kill() {
-	if m.p != nil {
-		m.p.kill()
-		m.p = nil
-	}
-}
+func (m *MariaDB) Kill() { m.kill() }

@@ -13,10 +13,9 @@ import (
 // (daemon off) with its prefix, pid file, temp files and logs in its own
 // directory.
 type Nginx struct {
-	t    testing.TB
+	daemon
 	dir  string
 	addr string
-	p    *process // nil while stopped
 }
 
 // StartNginx starts a private nginx ([Require] semantics when the nginx
@@ -48,7 +47,7 @@ func NewNginx(t testing.TB) *Nginx {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	n := &Nginx{t: t, dir: dir}
+	n := &Nginx{daemon: daemon{t: t}, dir: dir}
 	t.Cleanup(func() {
 		n.Stop()
 		os.RemoveAll(dir)
@@ -72,9 +71,7 @@ func (n *Nginx) WriteFile(name, content string) {
 // nginx, waiting until addr answers HTTP.
 func (n *Nginx) Start(httpConf, addr string) {
 	n.t.Helper()
-	if n.p != nil {
-		n.t.Fatalf("nginx %s: Start while running", n.addr)
-	}
+	n.mustBeStopped("nginx " + n.addr)
 	n.addr = addr
 	conf := fmt.Sprintf(`worker_processes 1;
 events {
@@ -98,21 +95,12 @@ http {
 		"-c", filepath.Join(n.dir, "nginx.conf"),
 		"-g", fmt.Sprintf("daemon off; pid %s; error_log %s;", filepath.Join(n.dir, "nginx.pid"), logPath),
 	}
-	p, err := launch("nginx", args, logPath, 30*time.Second, func() error { return pingHTTP(addr) })
-	if err != nil {
-		n.t.Fatalf("start nginx: %v", err)
-	}
-	n.p = p
+	n.start("nginx", "nginx", args, logPath, 30*time.Second, func() error { return pingHTTP(addr) })
 }
 
 // Stop stops nginx with SIGTERM (its master stops the workers), or SIGKILL
 // if it is still running after 10 s. It does nothing if nginx is stopped.
-func (n *Nginx) Stop() {
-	if n.p != nil {
-		n.p.stop(10 * time.Second)
-		n.p = nil
-	}
-}
+func (n *Nginx) Stop() { n.stop(10 * time.Second) }
 
 // Log returns nginx's error log, for a failing test to show.
 func (n *Nginx) Log() string { return readFrom(filepath.Join(n.dir, "error.log"), 0) }

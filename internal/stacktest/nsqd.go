@@ -14,10 +14,8 @@ import (
 
 // NSQD is an nsqd running in the test process, owned by one test.
 type NSQD struct {
-	t    testing.TB
-	n    *nsqd.NSQD
-	done chan struct{} // closed when Main has returned
-	err  error         // result of Main, valid once done is closed
+	*inProcess
+	n *nsqd.NSQD
 }
 
 // StartNSQD starts an in-process nsqd on free loopback ports with its data in
@@ -55,21 +53,7 @@ func startNSQD(t testing.TB, lookupdTCP []string) *NSQD {
 	if err != nil {
 		t.Fatalf("start nsqd: %v", err)
 	}
-	s := &NSQD{t: t, n: n, done: make(chan struct{})}
-	go func() {
-		s.err = n.Main()
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		s.Stop()
-		if out := logs.String(); t.Failed() && out != "" {
-			t.Logf("nsqd log:\n%s", out)
-		}
-	})
-	if err := poll(10*time.Second, 10*time.Millisecond, func() error { return PingNSQ(s.HTTPAddr()) }); err != nil {
-		t.Fatalf("nsqd not ready: %v", err)
-	}
-	return s
+	return &NSQD{inProcess: runInProcess(t, "nsqd", n.Main, n.Exit, logs, n.RealHTTPAddr().String()), n: n}
 }
 
 // TCPAddr returns the host:port of nsqd's TCP protocol.
@@ -80,13 +64,7 @@ func (s *NSQD) HTTPAddr() string { return s.n.RealHTTPAddr().String() }
 
 // Stop stops nsqd and waits until it has. It may be called more than once
 // and from any goroutine.
-func (s *NSQD) Stop() {
-	s.n.Exit()
-	<-s.done
-	if s.err != nil {
-		s.t.Errorf("nsqd: %v", s.err)
-	}
-}
+func (s *NSQD) Stop() { s.stop() }
 
 // PingNSQ checks that the nsqd or nsqlookupd whose HTTP API is at addr
 // answers /ping.
@@ -103,6 +81,49 @@ func PingNSQ(addr string) error {
 		return fmt.Errorf("/ping: %s %s", resp.Status, body)
 	}
 	return nil
+}
+
+// inProcess is an nsqd or nsqlookupd running in the test process.
+type inProcess struct {
+	t        testing.TB
+	name     string
+	exit     func()
+	exitOnce sync.Once
+	done     chan struct{} // closed when Main has returned
+	err      error         // result of Main, valid once done is closed
+}
+
+// runInProcess runs main, the server's Main, in a goroutine until stop
+// calls exit; the server is stopped at cleanup, which logs what it logged
+// if the test failed. It returns once the server answers /ping on httpAddr.
+func runInProcess(t testing.TB, name string, main func() error, exit func(), logs *logBuffer, httpAddr string) *inProcess {
+	t.Helper()
+	s := &inProcess{t: t, name: name, exit: exit, done: make(chan struct{})}
+	go func() {
+		s.err = main()
+		close(s.done)
+	}()
+	t.Cleanup(func() {
+		s.stop()
+		if out := logs.String(); t.Failed() && out != "" {
+			t.Logf("%s log:\n%s", name, out)
+		}
+	})
+	if err := poll(10*time.Second, 10*time.Millisecond, func() error { return PingNSQ(httpAddr) }); err != nil {
+		t.Fatalf("%s not ready: %v", name, err)
+	}
+	return s
+}
+
+// stop stops the server and waits until it has, failing the test if its
+// Main returned an error. It may be called more than once and from any
+// goroutine.
+func (s *inProcess) stop() {
+	s.exitOnce.Do(s.exit)
+	<-s.done
+	if s.err != nil {
+		s.t.Errorf("%s: %v", s.name, s.err)
+	}
 }
 
 // logBuffer is an nsqd logger that keeps the messages in memory.

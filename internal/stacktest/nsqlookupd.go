@@ -1,20 +1,15 @@
 package stacktest
 
 import (
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/nsqio/nsq/nsqlookupd"
 )
 
 // NSQLookupd is an nsqlookupd running in the test process, owned by one test.
 type NSQLookupd struct {
-	t        testing.TB
-	l        *nsqlookupd.NSQLookupd
-	done     chan struct{} // closed when Main has returned
-	err      error         // result of Main, valid once done is closed
-	stopOnce sync.Once
+	*inProcess
+	l *nsqlookupd.NSQLookupd
 }
 
 // StartNSQLookupd starts an in-process nsqlookupd on free loopback ports and
@@ -34,21 +29,7 @@ func StartNSQLookupd(t testing.TB) *NSQLookupd {
 	if err != nil {
 		t.Fatalf("start nsqlookupd: %v", err)
 	}
-	s := &NSQLookupd{t: t, l: l, done: make(chan struct{})}
-	go func() {
-		s.err = l.Main()
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		s.Stop()
-		if out := logs.String(); t.Failed() && out != "" {
-			t.Logf("nsqlookupd log:\n%s", out)
-		}
-	})
-	if err := poll(10*time.Second, 10*time.Millisecond, func() error { return PingNSQ(s.HTTPAddr()) }); err != nil {
-		t.Fatalf("nsqlookupd not ready: %v", err)
-	}
-	return s
+	return &NSQLookupd{inProcess: runInProcess(t, "nsqlookupd", l.Main, l.Exit, logs, l.RealHTTPAddr().String()), l: l}
 }
 
 // TCPAddr returns the host:port nsqd register at.
@@ -59,10 +40,4 @@ func (s *NSQLookupd) HTTPAddr() string { return s.l.RealHTTPAddr().String() }
 
 // Stop stops nsqlookupd and waits until it has. It may be called more than
 // once and from any goroutine.
-func (s *NSQLookupd) Stop() {
-	s.stopOnce.Do(s.l.Exit)
-	<-s.done
-	if s.err != nil {
-		s.t.Errorf("nsqlookupd: %v", s.err)
-	}
-}
+func (s *NSQLookupd) Stop() { s.stop() }

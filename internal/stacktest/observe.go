@@ -8,21 +8,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// ConsumeJSON reads topic on the nsqd at nsqdTCP (channel "test") and
-// delivers every message decoded as a T; a message that does not decode
-// fails the test. The consumer stops at cleanup.
-func ConsumeJSON[T any](t testing.TB, nsqdTCP, topic string) <-chan T {
+// Consume reads channel of topic on the nsqd at nsqdTCP and delivers every
+// message as decode makes it; a message decode refuses fails the test (and
+// is not delivered). The consumer stops at cleanup.
+func Consume[T any](t testing.TB, nsqdTCP, topic, channel string, decode func([]byte) (T, error)) <-chan T {
 	t.Helper()
 	got := make(chan T, 16)
-	cons, err := nsq.NewConsumer(topic, "test", nsq.NewConfig())
+	cons, err := nsq.NewConsumer(topic, channel, nsq.NewConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
 	cons.SetLogger(nil, nsq.LogLevelError)
 	cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-		var v T
-		if err := json.Unmarshal(m.Body, &v); err != nil {
+		v, err := decode(m.Body)
+		if err != nil {
 			t.Errorf("%s message %s: %v", topic, m.Body, err)
+			return nil
 		}
 		got <- v
 		return nil
@@ -32,6 +33,17 @@ func ConsumeJSON[T any](t testing.TB, nsqdTCP, topic string) <-chan T {
 	}
 	t.Cleanup(cons.Stop)
 	return got
+}
+
+// ConsumeJSON is [Consume] on channel "test" of topic's messages decoded
+// from JSON as a T.
+func ConsumeJSON[T any](t testing.TB, nsqdTCP, topic string) <-chan T {
+	t.Helper()
+	return Consume(t, nsqdTCP, topic, "test", func(b []byte) (T, error) {
+		var v T
+		err := json.Unmarshal(b, &v)
+		return v, err
+	})
 }
 
 // MetricValue sums the samples of a counter or gauge of reg whose labels

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -20,6 +21,51 @@ type process struct {
 }
 
 var errExited = errors.New("process exited")
+
+// daemon is the process of a private server a test owns, nil while the
+// server is stopped.
+type daemon struct {
+	t testing.TB
+	p *process
+}
+
+// mustBeStopped fails the test if the server runs: what is a Start while
+// running.
+func (d *daemon) mustBeStopped(what string) {
+	d.t.Helper()
+	if d.p != nil {
+		d.t.Fatalf("%s: Start while running", what)
+	}
+}
+
+// start launches the server's process (see [launch]) and fails the test if
+// it does not get ready.
+func (d *daemon) start(what, name string, args []string, logPath string, timeout time.Duration, ready func() error) {
+	d.t.Helper()
+	p, err := launch(name, args, logPath, timeout, ready)
+	if err != nil {
+		d.t.Fatalf("start %s: %v", what, err)
+	}
+	d.p = p
+}
+
+// stop stops the process with SIGTERM, killing it after grace. It does
+// nothing if the server is stopped.
+func (d *daemon) stop(grace time.Duration) {
+	if d.p != nil {
+		d.p.stop(grace)
+		d.p = nil
+	}
+}
+
+// kill kills the process with SIGKILL. It does nothing if the server is
+// stopped.
+func (d *daemon) kill() {
+	if d.p != nil {
+		d.p.kill()
+		d.p = nil
+	}
+}
 
 // launch starts name with args, appending its output to logPath, and waits
 // until ready returns nil. A process that exits because its port is still in

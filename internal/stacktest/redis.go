@@ -27,17 +27,16 @@ func Redis(t testing.TB, addr string) *redis.Client {
 // RedisServer is a private redis-server owned by one test, without
 // persistence, listening on a free loopback port.
 type RedisServer struct {
-	t    testing.TB
+	daemon
 	dir  string
 	port int
-	p    *process // nil while stopped
 }
 
 // StartRedis starts a private redis-server and waits until it answers PING.
 // It is stopped at cleanup. Starting takes about 25 ms, stopping about 90 ms.
 func StartRedis(t testing.TB) *RedisServer {
 	t.Helper()
-	r := &RedisServer{t: t, dir: t.TempDir(), port: FreePort(t)}
+	r := &RedisServer{daemon: daemon{t: t}, dir: t.TempDir(), port: FreePort(t)}
 	t.Cleanup(r.Stop)
 	r.Start()
 	return r
@@ -50,9 +49,7 @@ func (r *RedisServer) Addr() string { return net.JoinHostPort("127.0.0.1", strco
 // answers PING.
 func (r *RedisServer) Start() {
 	r.t.Helper()
-	if r.p != nil {
-		r.t.Fatalf("redis %s: Start while running", r.Addr())
-	}
+	r.mustBeStopped("redis " + r.Addr())
 	args := []string{
 		"--port", strconv.Itoa(r.port),
 		"--bind", "127.0.0.1",
@@ -60,22 +57,13 @@ func (r *RedisServer) Start() {
 		"--save", "",
 		"--appendonly", "no",
 	}
-	p, err := launch("redis-server", args, filepath.Join(r.dir, "redis.log"), 10*time.Second,
+	r.start("redis", "redis-server", args, filepath.Join(r.dir, "redis.log"), 10*time.Second,
 		func() error { return pingRedis(r.Addr()) })
-	if err != nil {
-		r.t.Fatalf("start redis: %v", err)
-	}
-	r.p = p
 }
 
 // Stop stops the server with SIGTERM, or SIGKILL if it is still running
 // after 10 s. It does nothing if the server is stopped.
-func (r *RedisServer) Stop() {
-	if r.p != nil {
-		r.p.stop(10 * time.Second)
-		r.p = nil
-	}
-}
+func (r *RedisServer) Stop() { r.stop(10 * time.Second) }
 
 // pingRedis sends PING to the Redis server at addr and expects PONG.
 func pingRedis(addr string) error {

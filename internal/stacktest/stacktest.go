@@ -4,18 +4,18 @@
 // Two kinds of servers are available.
 //
 // The shared stack is started once by `make stack-up` and listens on fixed
-// loopback ports. Tests reach it through [MySQL], [NewDatabase], [Redis] and
-// the address functions below. Its addresses can be overridden with
-// environment variables:
+// loopback ports, named by the Default* constants below. Tests reach it
+// through [MySQL], [NewDatabase], [Redis] and the address functions below.
+// Its addresses can be overridden with environment variables:
 //
-//	FLASHSYNC_TEST_MYSQL            MariaDB host:port, user root, empty password (default 127.0.0.1:13306)
-//	FLASHSYNC_TEST_REDIS_A          comma-separated Redis group A (default 127.0.0.1:16379,127.0.0.1:16380)
-//	FLASHSYNC_TEST_REDIS_B          comma-separated Redis group B (default 127.0.0.1:16381,127.0.0.1:16382)
-//	FLASHSYNC_TEST_NSQD_TCP         nsqd TCP address (default 127.0.0.1:14150)
-//	FLASHSYNC_TEST_NSQD_HTTP        nsqd HTTP address (default 127.0.0.1:14151)
-//	FLASHSYNC_TEST_NSQD2_TCP        second nsqd (nsqd-2) TCP address (default 127.0.0.1:14152)
-//	FLASHSYNC_TEST_NSQD2_HTTP       second nsqd (nsqd-2) HTTP address (default 127.0.0.1:14153)
-//	FLASHSYNC_TEST_NSQLOOKUPD_HTTP  nsqlookupd HTTP address, which both nsqd register with (default 127.0.0.1:14161)
+//	FLASHSYNC_TEST_MYSQL            MariaDB host:port, user root, empty password (default DefaultMySQLAddr)
+//	FLASHSYNC_TEST_REDIS_A          comma-separated Redis group A (default DefaultRedisGroupA)
+//	FLASHSYNC_TEST_REDIS_B          comma-separated Redis group B (default DefaultRedisGroupB)
+//	FLASHSYNC_TEST_NSQD_TCP         nsqd TCP address (default DefaultNSQDTCP)
+//	FLASHSYNC_TEST_NSQD_HTTP        nsqd HTTP address (default DefaultNSQDHTTP)
+//	FLASHSYNC_TEST_NSQD2_TCP        second nsqd (nsqd-2) TCP address (default DefaultNSQD2TCP)
+//	FLASHSYNC_TEST_NSQD2_HTTP       second nsqd (nsqd-2) HTTP address (default DefaultNSQD2HTTP)
+//	FLASHSYNC_TEST_NSQLOOKUPD_HTTP  nsqlookupd HTTP address, which both nsqd register with (default DefaultNSQLookupdHTTP)
 //
 // When a shared server cannot be reached the test is skipped with a hint to
 // run `make stack-up`, unless CI=true, in which case it fails (see [Require]).
@@ -25,6 +25,10 @@
 // [StartNSQLookupd] and [StartVarnish]. They listen on free loopback ports, keep their data
 // in t.TempDir() and are stopped at cleanup. Their methods must be called
 // from the test goroutine, except NSQD.Stop and NSQLookupd.Stop.
+//
+// Tests also share [Run], which runs a component (a Run or Serve method)
+// until cleanup, [Eventually], [Consume] and [ConsumeJSON] for the messages
+// of an NSQ topic, and [MetricValue] for a metric of a registry.
 package stacktest
 
 import (
@@ -35,17 +39,39 @@ import (
 	"time"
 )
 
-// Default addresses of the shared stack started by `make stack-up`.
+// The addresses of the shared stack that `make stack-up` starts
+// (scripts/stack.sh) and configs/dev.toml names; TestDefaultsAreTheStack
+// checks the two agree with these, the one place tests name them. Tests that
+// use the servers reach them through the functions below, which honor the
+// FLASHSYNC_TEST_* overrides; tests that only need the stack's addresses as
+// values (a configuration to parse, the output expected of one) use these.
 const (
-	DefaultMySQLAddr   = "127.0.0.1:13306"
-	DefaultRedisGroupA = "127.0.0.1:16379,127.0.0.1:16380"
-	DefaultRedisGroupB = "127.0.0.1:16381,127.0.0.1:16382"
-	DefaultNSQDTCP     = "127.0.0.1:14150"
-	DefaultNSQDHTTP    = "127.0.0.1:14151"
-	DefaultNSQD2TCP    = "127.0.0.1:14152"
-	DefaultNSQD2HTTP   = "127.0.0.1:14153"
-	// DefaultNSQLookupdHTTP is the nsqlookupd both shared nsqd register with.
+	DefaultMySQLAddr = "127.0.0.1:13306"
+
+	// The Redis cache groups hot-a and hot-b, two replicas each.
+	DefaultRedisA1     = "127.0.0.1:16379"
+	DefaultRedisA2     = "127.0.0.1:16380"
+	DefaultRedisB1     = "127.0.0.1:16381"
+	DefaultRedisB2     = "127.0.0.1:16382"
+	DefaultRedisGroupA = DefaultRedisA1 + "," + DefaultRedisA2
+	DefaultRedisGroupB = DefaultRedisB1 + "," + DefaultRedisB2
+	// DefaultSeckillRedis holds the flash sale's reservation counters; no
+	// cache group lists it.
+	DefaultSeckillRedis = "127.0.0.1:16383"
+
+	DefaultNSQDTCP   = "127.0.0.1:14150"
+	DefaultNSQDHTTP  = "127.0.0.1:14151"
+	DefaultNSQD2TCP  = "127.0.0.1:14152"
+	DefaultNSQD2HTTP = "127.0.0.1:14153"
+	// The nsqlookupd both shared nsqd register with.
+	DefaultNSQLookupdTCP  = "127.0.0.1:14160"
 	DefaultNSQLookupdHTTP = "127.0.0.1:14161"
+
+	// The HTTP group varnish: two Varnish instances in front of the demo
+	// backend (`flashsync demo-backend`).
+	DefaultVarnish1    = "127.0.0.1:16081"
+	DefaultVarnish2    = "127.0.0.1:16082"
+	DefaultDemoBackend = "127.0.0.1:16090"
 )
 
 // MySQLAddr returns the address of the shared MariaDB (user root, empty

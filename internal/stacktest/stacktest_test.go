@@ -7,6 +7,9 @@ import (
 	"io"
 	"log"
 	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -202,5 +205,48 @@ func TestRedisStartRetriesBusyPort(t *testing.T) {
 	r.Start()
 	if err := pingRedis(r.Addr()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// cleanupRecorder records the errors and cleanups of a test.
+type cleanupRecorder struct {
+	testing.TB
+	mu       sync.Mutex
+	errors   []string
+	cleanups []func()
+}
+
+func (r *cleanupRecorder) Helper()          {}
+func (r *cleanupRecorder) Cleanup(f func()) { r.cleanups = append(r.cleanups, f) }
+func (r *cleanupRecorder) Errorf(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errors = append(r.errors, fmt.Sprintf(format, args...))
+}
+
+func TestRun(t *testing.T) {
+	var r cleanupRecorder
+	var returned atomic.Bool
+	Run(&r, "loop", func(ctx context.Context) error {
+		<-ctx.Done()
+		returned.Store(true)
+		return nil
+	})
+	if len(r.cleanups) != 1 {
+		t.Fatalf("%d cleanups registered, want 1", len(r.cleanups))
+	}
+	r.cleanups[0]()
+	if !returned.Load() || len(r.errors) != 0 {
+		t.Errorf("after cleanup: returned %v, errors %q; want true and none", returned.Load(), r.errors)
+	}
+
+	// An error fails the test; stop waits for it and may be called again,
+	// as cleanup does.
+	r = cleanupRecorder{}
+	stop := Run(&r, "failing", func(ctx context.Context) error { return errors.New("boom") })
+	stop()
+	r.cleanups[0]()
+	if want := []string{"failing: boom"}; !slices.Equal(r.errors, want) {
+		t.Errorf("errors %q, want %q", r.errors, want)
 	}
 }

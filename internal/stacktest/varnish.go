@@ -19,12 +19,11 @@ const XkeyVmod = "/usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_xkey.so"
 // Varnish is a private varnishd owned by one test, with a malloc storage,
 // listening on a free loopback port, its admin port disabled.
 type Varnish struct {
-	t       testing.TB
+	daemon
 	dir     string
 	vcl     string
 	backend string
 	port    int
-	p       *process // nil while stopped
 }
 
 // StartVarnish starts a private varnishd ([Require] semantics when varnishd
@@ -58,7 +57,7 @@ func StartVarnish(t testing.TB, vclPath, backendAddr string) *Varnish {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	v := &Varnish{t: t, dir: dir, vcl: vclPath, backend: backendAddr, port: FreePort(t)}
+	v := &Varnish{daemon: daemon{t: t}, dir: dir, vcl: vclPath, backend: backendAddr, port: FreePort(t)}
 	t.Cleanup(func() {
 		v.Stop()
 		os.RemoveAll(dir)
@@ -78,9 +77,7 @@ func (v *Varnish) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.I
 // cache), waiting until it answers.
 func (v *Varnish) Start() {
 	v.t.Helper()
-	if v.p != nil {
-		v.t.Fatalf("varnish %s: Start while running", v.Addr())
-	}
+	v.mustBeStopped("varnish " + v.Addr())
 	args := []string{
 		"-F",
 		// Every varnish process runs as the test's user: the default jail
@@ -100,22 +97,13 @@ func (v *Varnish) Start() {
 		// started after Varnish) must not fail the next fetches for 250 ms.
 		"-p", "backend_remote_error_holddown=0",
 	}
-	p, err := launch("varnishd", args, filepath.Join(v.dir, "varnishd.log"), 30*time.Second,
+	v.start("varnish", "varnishd", args, filepath.Join(v.dir, "varnishd.log"), 30*time.Second,
 		func() error { return pingHTTP(v.Addr()) })
-	if err != nil {
-		v.t.Fatalf("start varnish: %v", err)
-	}
-	v.p = p
 }
 
 // Stop stops the instance with SIGTERM, or SIGKILL if it is still running
 // after 10 s. It does nothing if the instance is stopped.
-func (v *Varnish) Stop() {
-	if v.p != nil {
-		v.p.stop(10 * time.Second)
-		v.p = nil
-	}
-}
+func (v *Varnish) Stop() { v.stop(10 * time.Second) }
 
 // pingHTTP expects any HTTP answer from addr (Varnish answers 503 without a
 // backend).
