@@ -75,15 +75,18 @@ func TestCommandFlags(t *testing.T) {
 }
 
 // seed-cache writes the keys of up to -limit rows of each ruled table to
-// every replica of the groups.
+// every replica of the groups, but none of a table of the flash sale's
+// database, whose keys the seckill API fills with JSON.
 func TestSeedCache(t *testing.T) {
-	db := stacktest.NewDatabase(t)
+	db, sk := stacktest.NewDatabase(t), stacktest.NewDatabase(t)
 	conn := stacktest.MySQL(t)
 	stacktest.Exec(t, conn, "CREATE TABLE "+db+".item (id BIGINT PRIMARY KEY, name VARCHAR(100))")
+	stacktest.Exec(t, conn, "CREATE TABLE "+sk+".activity (id BIGINT PRIMARY KEY)")
 	for id := 1; id <= 3; id++ {
 		stacktest.Exec(t, conn, "INSERT INTO "+db+".item (id, name) VALUES (?, ?)", id, fmt.Sprint("item ", id))
+		stacktest.Exec(t, conn, "INSERT INTO "+sk+".activity (id) VALUES (?)", id)
 	}
-	r1, r2 := stacktest.StartRedis(t), stacktest.StartRedis(t)
+	r1, r2, counters := stacktest.StartRedis(t), stacktest.StartRedis(t), stacktest.StartRedis(t)
 	path := filepath.Join(t.TempDir(), "seed.toml")
 	cfg := fmt.Sprintf(`
 [mysql]
@@ -106,7 +109,18 @@ replicas = [%q, %q]
 table = %q
 keys = ["item:{id}", "item:page:{id}"]
 route_by = "id"
-`, stacktest.MySQLAddr(), 20000+rand.IntN(40000), r1.Addr(), r2.Addr(), db+".item")
+
+[[rule]]
+table = %q
+keys = ["activity:{id}"]
+route_by = "id"
+
+[seckill]
+addr = "127.0.0.1:0"
+database = %q
+redis = %q
+token_key = "a demo token key of 32 bytes...."
+`, stacktest.MySQLAddr(), 20000+rand.IntN(40000), r1.Addr(), r2.Addr(), db+".item", sk+".activity", sk, counters.Addr())
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

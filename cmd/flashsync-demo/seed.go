@@ -16,7 +16,9 @@ import (
 
 // seedCache fills every replica with the keys the rules derive from up to
 // limit rows of each ruled table, so a demo can watch them being purged. The
-// values are placeholders: flashsync never writes cache values itself.
+// values are placeholders: flashsync never writes cache values itself. The
+// flash sale's tables are left out: the seckill API fills their keys with
+// JSON it decodes, and would read a placeholder as a broken value.
 func seedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Logger) error {
 	rules, err := cfg.BuildRules()
 	if err != nil {
@@ -31,6 +33,10 @@ func seedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Lo
 	batch := rules.NewBatch()
 	for _, table := range rules.Tables() {
 		db, name, _ := strings.Cut(table, ".")
+		if cfg.SeckillConfigured() && db == cfg.Seckill.Database {
+			log.Info("not seeding the keys of a flash-sale table: the seckill API fills them", "table", table)
+			continue
+		}
 		res, err := conn.Execute(fmt.Sprintf("SELECT * FROM `%s`.`%s` LIMIT %d", db, name, limit))
 		if err != nil {
 			return fmt.Errorf("read %s: %w", table, err)
