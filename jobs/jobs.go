@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -335,6 +336,14 @@ func (s *Store) Consume(ctx context.Context, opts ConsumerOptions) error {
 		return nil
 	}))
 	if len(opts.LookupdHTTP) > 0 {
+		// As the purgers do: have the topic on every nsqd first, so that
+		// go-nsq's first nsqlookupd query finds it and the first job's
+		// acks are not a poll interval late. Only the topic: the channel
+		// is ephemeral and would outlive a consumer that never came.
+		client := &http.Client{Timeout: 2 * time.Second}
+		if perr := nsqio.PrepareLookupdTopics(ctx, client, opts.LookupdHTTP, map[string][]string{topic: nil}, 2*time.Second); perr != nil && ctx.Err() == nil {
+			log.Debug("acks topic not on every nsqd yet; the consumer finds the rest at a later poll", "err", perr)
+		}
 		err = c.ConnectToNSQLookupds(opts.LookupdHTTP)
 	} else {
 		err = c.ConnectToNSQDs(opts.NSQDTCP)
