@@ -34,18 +34,19 @@ var flagArgs = map[string]string{
 
 // commandFlags lists each command's flags.
 var commandFlags = map[string][]string{
-	"all":             {"-config", "-log-level", "-reset-to-current", "-flush-all"},
-	"canal":           {"-config", "-log-level", "-reset-to-current", "-flush-all"},
-	"purger":          {"-config", "-log-level"},
-	"http-purger":     {"-config", "-log-level"},
-	"dispatcher":      {"-config", "-log-level"},
-	"console":         {"-config", "-log-level"},
-	"seckill":         {"-config", "-log-level"},
-	"seckill-migrate": {"-config"},
-	"check":           {"-config"},
-	"rules explain":   {"-config", "-table", "-row", "-action", "-json"},
-	"help":            nil,
-	"version":         nil,
+	"all":              {"-config", "-log-level", "-reset-to-current", "-flush-all"},
+	"canal":            {"-config", "-log-level", "-reset-to-current", "-flush-all"},
+	"purger":           {"-config", "-log-level"},
+	"http-purger":      {"-config", "-log-level"},
+	"dispatcher":       {"-config", "-log-level"},
+	"console":          {"-config", "-log-level"},
+	"seckill":          {"-config", "-log-level"},
+	"seckill-migrate":  {"-config"},
+	"check":            {"-config"},
+	"config reference": nil,
+	"rules explain":    {"-config", "-table", "-row", "-action", "-json"},
+	"help":             nil,
+	"version":          nil,
 }
 
 func TestEveryCommandIsInTheTable(t *testing.T) {
@@ -83,6 +84,21 @@ func TestCommandFlags(t *testing.T) {
 				t.Errorf("%q: rc %d, want 1 for the missing config; stderr:\n%s", args, rc, stderr)
 			}
 		}
+	}
+}
+
+// config reference prints docs/configuration.md: the file is its output.
+func TestConfigReference(t *testing.T) {
+	rc, stdout, stderr := runCLI(t, "config", "reference")
+	if rc != 0 || stderr != "" {
+		t.Fatalf("rc %d, stderr:\n%s", rc, stderr)
+	}
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stdout != string(doc) {
+		t.Error("flashsync config reference differs from docs/configuration.md")
 	}
 }
 
