@@ -80,7 +80,7 @@ func startCascade(t *testing.T, nodes []cdn.Node, maxAttempts uint16) *cascade {
 	var err error
 	c.publisher, err = invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{c.nsqd.TCPAddr()}, NSQDHTTP: []string{c.nsqd.HTTPAddr()},
-		HTTPGroups: []invalidate.GroupReplicas{{Name: "web", Replicas: []string{"127.0.0.1:1"}}},
+		HTTPGroups: []invalidate.Group{{Name: "web", Addrs: []string{"127.0.0.1:1"}}},
 		CDNNodes:   names, Registerer: c.reg,
 	})
 	if err != nil {

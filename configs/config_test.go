@@ -101,7 +101,7 @@ changed = ["qty"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g := rules.HTTPGroups(); len(g) != 1 || g[0].Replicas[0] != stacktest.DefaultVarnish1 {
+	if g := rules.HTTPGroups(); len(g) != 1 || g[0].Addrs[0] != stacktest.DefaultVarnish1 {
 		t.Errorf("rules' http groups = %+v", g)
 	}
 }

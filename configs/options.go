@@ -42,12 +42,12 @@ func (c *Config) RuleSpecs() []invalidate.Rule {
 
 // Groups lists the Redis groups with their replicas and the HTTP groups
 // with their instances, each in routing order.
-func (c *Config) Groups() (redis, http []invalidate.GroupReplicas) {
+func (c *Config) Groups() (redis, http []invalidate.Group) {
 	for _, g := range c.RedisGroups {
-		redis = append(redis, invalidate.GroupReplicas{Name: g.Name, Replicas: g.Replicas})
+		redis = append(redis, invalidate.Group{Name: g.Name, Addrs: g.Replicas})
 	}
 	for _, g := range c.HTTPGroups {
-		http = append(http, invalidate.GroupReplicas{Name: g.Name, Replicas: g.Instances})
+		http = append(http, invalidate.Group{Name: g.Name, Addrs: g.Instances})
 	}
 	return redis, http
 }

@@ -9,10 +9,6 @@ import (
 	"time"
 )
 
-// TierCDN is the tier of a JobTarget and an Ack of a CDN node; the others
-// are Tier.String(): "redis", "http".
-const TierCDN = "cdn"
-
 // AckTopic receives the purgers' and the dispatcher's acks.
 func AckTopic(prefix string) string { return prefix + ".acks" }
 
@@ -24,7 +20,7 @@ func AckChannel(id string) string { return "jobs-" + id + "#ephemeral" }
 // JobTarget is one cache target expected to acknowledge a job: a Redis
 // replica, an HTTP cache instance or a CDN node.
 type JobTarget struct {
-	Tier   string `json:"tier"`
+	Tier   Tier   `json:"tier"`
 	Group  string `json:"group"`
 	Target string `json:"target"`
 }
@@ -33,7 +29,7 @@ type JobTarget struct {
 // of a job. Acks are progress reports, not delivery: one may be lost.
 type Ack struct {
 	Job    string `json:"job"`
-	Tier   string `json:"tier"`
+	Tier   Tier   `json:"tier"`
 	Group  string `json:"group"`
 	Target string `json:"target"`
 	OK     bool   `json:"ok"`

@@ -71,7 +71,7 @@ func BenchmarkRulesAndPublish(b *testing.B) {
 	nsqd := stacktest.StartNSQD(b)
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{nsqd.TCPAddr()}, NSQDHTTP: []string{nsqd.HTTPAddr()},
-		Groups:     []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{"r1", "r2"}}, {Name: "hot-b", Replicas: []string{"r3", "r4"}}},
+		Groups:     []invalidate.Group{{Name: "hot-a", Addrs: []string{"r1", "r2"}}, {Name: "hot-b", Addrs: []string{"r3", "r4"}}},
 		Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
@@ -108,7 +108,7 @@ func BenchmarkRulesUpdateAllTiers(b *testing.B) {
 	rules, err := invalidate.NewRulesWithGroups([]invalidate.Rule{{Table: "shop.item", RouteBy: "id",
 		Keys: []string{"item:{id}", "item:page:{id}"}, URLs: []string{"/item/{id}.html"}, Tags: []string{"item-{id}"},
 		IgnoreChanges: []string{"view_count", "updated_at"}}},
-		[]invalidate.GroupReplicas{{Name: "hot-a"}, {Name: "hot-b"}}, []invalidate.GroupReplicas{{Name: "varnish-a"}, {Name: "varnish-b"}})
+		[]invalidate.Group{{Name: "hot-a"}, {Name: "hot-b"}}, []invalidate.Group{{Name: "varnish-a"}, {Name: "varnish-b"}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -18,9 +18,9 @@ func TestPublishCopiesEveryURLAndTagToTheCDNTopic(t *testing.T) {
 	nsqd := stacktest.StartNSQD(t)
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{nsqd.TCPAddr()}, NSQDHTTP: []string{nsqd.HTTPAddr()},
-		HTTPGroups: []invalidate.GroupReplicas{
-			{Name: "h0", Replicas: []string{"127.0.0.1:1"}},
-			{Name: "h1", Replicas: []string{"127.0.0.1:2"}},
+		HTTPGroups: []invalidate.Group{
+			{Name: "h0", Addrs: []string{"127.0.0.1:1"}},
+			{Name: "h1", Addrs: []string{"127.0.0.1:2"}},
 		},
 		CDNNodes: []string{"edge-1", "edge-2"}, MaxKeysPerMessage: 3, Registerer: prometheus.NewRegistry(),
 	})

@@ -57,7 +57,7 @@ type ExplainedTarget struct {
 	Target   string   `json:"target"`
 	Template string   `json:"template"`
 	Images   []string `json:"images"` // before and/or after
-	Tier     string   `json:"tier"`   // redis or http
+	Tier     Tier     `json:"tier"`   // redis or http
 	Group    string   `json:"group"`
 }
 
@@ -71,7 +71,7 @@ type SkippedTarget struct {
 
 // GroupPurge is what one batch publishes to one group.
 type GroupPurge struct {
-	Tier      string   `json:"tier"`
+	Tier      Tier     `json:"tier"`
 	Group     string   `json:"group"`
 	Topic     string   `json:"topic,omitempty"`
 	Replicas  []string `json:"replicas,omitempty"`  // Redis
@@ -167,14 +167,14 @@ func (r *Rules) Explain(table string, action Action, columns []string, before, a
 	b.ApplyRow(action, before, after, batch)
 	for g := 0; g < batch.NumGroups(); g++ {
 		if keys := batch.Keys(g); len(keys) > 0 {
-			e.Purges = append(e.Purges, GroupPurge{Tier: TierRedis.String(), Group: r.redis[g].Name,
-				Replicas: r.redis[g].Replicas, Keys: keys})
+			e.Purges = append(e.Purges, GroupPurge{Tier: TierRedis, Group: r.redis[g].Name,
+				Replicas: r.redis[g].Addrs, Keys: keys})
 		}
 	}
 	for g := 0; g < batch.NumHTTPGroups(); g++ {
 		if urls, tags := batch.URLs(g), batch.Tags(g); len(urls)+len(tags) > 0 {
-			e.Purges = append(e.Purges, GroupPurge{Tier: TierHTTP.String(), Group: r.http[g].Name,
-				Instances: r.http[g].Replicas, URLs: urls, Tags: tags})
+			e.Purges = append(e.Purges, GroupPurge{Tier: TierHTTP, Group: r.http[g].Name,
+				Instances: r.http[g].Addrs, URLs: urls, Tags: tags})
 		}
 	}
 	return e, nil
@@ -184,7 +184,7 @@ func (r *Rules) Explain(table string, action Action, columns []string, before, a
 func (e *Explanation) SetTopics(prefix string) {
 	for i := range e.Purges {
 		p := &e.Purges[i]
-		if p.Tier == TierRedis.String() {
+		if p.Tier == TierRedis {
 			p.Topic = RedisTopic(prefix, p.Group)
 		} else {
 			p.Topic = HTTPTopic(prefix, p.Group)
@@ -193,7 +193,7 @@ func (e *Explanation) SetTopics(prefix string) {
 }
 
 func (r *Rules) explainImage(b *Bound, ru *boundRule, img string, image []any, columns []string, re *RuleExplanation) {
-	groups := [2][]GroupReplicas{TierRedis: r.redis, TierHTTP: r.http}
+	groups := [2][]Group{r.redis, r.http} // by Tier.index
 	route := b.routeGroups(ru, image)
 	rt := ExplainedRoute{Image: img, Column: columns[ru.route]}
 	if v, ok := appendValue(nil, image[ru.route]); ok {
@@ -203,18 +203,18 @@ func (r *Rules) explainImage(b *Bound, ru *boundRule, img string, image []any, c
 	var tiers [2]bool
 	for kind, ts := range ru.templates {
 		if len(ts) > 0 {
-			tiers[Kind(kind).Tier()] = true
+			tiers[Kind(kind).tierIndex()] = true
 		}
 	}
 	names := func(tier Tier) []string {
-		if !tiers[tier] {
+		if !tiers[tier.index()] {
 			return nil
 		}
-		if g := route[tier]; g >= 0 {
-			return []string{groups[tier][g].Name}
+		if g := route[tier.index()]; g >= 0 {
+			return []string{groups[tier.index()][g].Name}
 		}
 		var all []string
-		for _, g := range groups[tier] {
+		for _, g := range groups[tier.index()] {
 			all = append(all, g.Name)
 		}
 		return all
@@ -231,7 +231,7 @@ func (r *Rules) explainImage(b *Bound, ru *boundRule, img string, image []any, c
 				continue
 			}
 			for _, group := range names(k.Tier()) {
-				t := ExplainedTarget{Kind: k.String(), Target: string(buf), Template: src, Tier: k.Tier().String(), Group: group}
+				t := ExplainedTarget{Kind: k.String(), Target: string(buf), Template: src, Tier: k.Tier(), Group: group}
 				if i := slices.IndexFunc(re.Targets, func(o ExplainedTarget) bool {
 					return o.Kind == t.Kind && o.Target == t.Target && o.Group == t.Group && o.Template == t.Template
 				}); i >= 0 {
@@ -348,7 +348,7 @@ func (e *Explanation) WriteText(w io.Writer) error {
 	}
 	for _, p := range e.Purges {
 		members := "replicas " + strings.Join(p.Replicas, ", ")
-		if p.Tier == TierHTTP.String() {
+		if p.Tier == TierHTTP {
 			members = "instances " + strings.Join(p.Instances, ", ")
 		}
 		topic := ""

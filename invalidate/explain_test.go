@@ -13,8 +13,8 @@ import (
 func devRules(t *testing.T, specs ...Rule) *Rules {
 	t.Helper()
 	r, err := NewRulesWithGroups(specs,
-		[]GroupReplicas{{Name: "hot-a", Replicas: []string{stacktest.DefaultRedisA1, stacktest.DefaultRedisA2}}, {Name: "hot-b", Replicas: []string{stacktest.DefaultRedisB1, stacktest.DefaultRedisB2}}},
-		[]GroupReplicas{{Name: "varnish-a", Replicas: []string{stacktest.DefaultVarnish1}}, {Name: "varnish-b", Replicas: []string{stacktest.DefaultVarnish2}}})
+		[]Group{{Name: "hot-a", Addrs: []string{stacktest.DefaultRedisA1, stacktest.DefaultRedisA2}}, {Name: "hot-b", Addrs: []string{stacktest.DefaultRedisB1, stacktest.DefaultRedisB2}}},
+		[]Group{{Name: "varnish-a", Addrs: []string{stacktest.DefaultVarnish1}}, {Name: "varnish-b", Addrs: []string{stacktest.DefaultVarnish2}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func checkPurgesMatchRules(t *testing.T, e *Explanation) {
 	var fromRules, fromPurges []string
 	for _, re := range e.Rules {
 		for _, tg := range re.Targets {
-			s := tg.Tier + "/" + tg.Group + " " + tg.Kind + " " + tg.Target
+			s := string(tg.Tier) + "/" + tg.Group + " " + tg.Kind + " " + tg.Target
 			if !slices.Contains(fromRules, s) {
 				fromRules = append(fromRules, s)
 			}
@@ -150,7 +150,7 @@ func checkPurgesMatchRules(t *testing.T, e *Explanation) {
 	for _, p := range e.Purges {
 		for _, k := range [][2]any{{"key", p.Keys}, {"url", p.URLs}, {"tag", p.Tags}} {
 			for _, v := range k[1].([]string) {
-				fromPurges = append(fromPurges, p.Tier+"/"+p.Group+" "+k[0].(string)+" "+v)
+				fromPurges = append(fromPurges, string(p.Tier)+"/"+p.Group+" "+k[0].(string)+" "+v)
 			}
 		}
 	}

@@ -28,10 +28,10 @@ type PublisherOptions struct {
 	TopicPrefix string
 	// Groups are the Redis groups in routing order, with the replica
 	// addresses whose channels must exist before anything is published.
-	Groups []GroupReplicas
+	Groups []Group
 	// HTTPGroups are the HTTP cache groups in routing order, with their
 	// instance addresses (in Replicas), published to <prefix>.http.<group>.
-	HTTPGroups []GroupReplicas
+	HTTPGroups []Group
 	// CDNNodes names the [[cdn_node]]s. Set, every batch's URLs and tags
 	// (of all HTTP groups) are also published to <prefix>.cdn, which has
 	// one channel per node (CDNChannel).
@@ -53,11 +53,12 @@ type PublisherOptions struct {
 	OnPublished func(job string, targets []JobTarget)
 }
 
-// GroupReplicas names a group and its replicas: a Redis group's replicas or
-// an HTTP group's instances.
-type GroupReplicas struct {
-	Name     string
-	Replicas []string
+// Group is a cache group of either tier: its name and the addresses of its
+// caches (a Redis group's replicas, an HTTP group's instances), each of which
+// gets every purge of the group on its own channel.
+type Group struct {
+	Name  string
+	Addrs []string
 }
 
 // Meta describes where a batch comes from.
@@ -171,8 +172,8 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 			}
 		}
 		for i, g := range slices.Concat(p.opts.Groups, p.opts.HTTPGroups, p.cdnGroup()) {
-			channels := make([]string, len(g.Replicas))
-			for j, r := range g.Replicas {
+			channels := make([]string, len(g.Addrs))
+			for j, r := range g.Addrs {
 				channels[j] = ReplicaChannel(r) // unchanged for CDN channels
 			}
 			if err := nsqio.CreateChannels(ctx, client, addr, p.topics[i], channels...); err != nil {
@@ -284,8 +285,8 @@ func (p *Publisher) jobTargets(b *Batch) []JobTarget {
 	var ts []JobTarget
 	for g := 0; g < b.NumGroups(); g++ {
 		if len(b.Keys(g)) > 0 {
-			for _, r := range p.opts.Groups[g].Replicas {
-				ts = append(ts, JobTarget{Tier: TierRedis.String(), Group: p.opts.Groups[g].Name, Target: r})
+			for _, r := range p.opts.Groups[g].Addrs {
+				ts = append(ts, JobTarget{Tier: TierRedis, Group: p.opts.Groups[g].Name, Target: r})
 			}
 		}
 	}
@@ -293,8 +294,8 @@ func (p *Publisher) jobTargets(b *Batch) []JobTarget {
 	for g := 0; g < b.NumHTTPGroups(); g++ {
 		if len(b.URLs(g))+len(b.Tags(g)) > 0 {
 			web = true
-			for _, r := range p.opts.HTTPGroups[g].Replicas {
-				ts = append(ts, JobTarget{Tier: TierHTTP.String(), Group: p.opts.HTTPGroups[g].Name, Target: r})
+			for _, r := range p.opts.HTTPGroups[g].Addrs {
+				ts = append(ts, JobTarget{Tier: TierHTTP, Group: p.opts.HTTPGroups[g].Name, Target: r})
 			}
 		}
 	}
@@ -316,15 +317,15 @@ func CDNChannel(node string) string { return "node-" + node }
 const CDNGroup = "cdn"
 
 // cdnGroup is the CDN topic's channels, as a group for EnsureChannels.
-func (p *Publisher) cdnGroup() []GroupReplicas {
+func (p *Publisher) cdnGroup() []Group {
 	if len(p.opts.CDNNodes) == 0 {
 		return nil
 	}
-	g := GroupReplicas{Name: CDNGroup}
+	g := Group{Name: CDNGroup}
 	for _, n := range p.opts.CDNNodes {
-		g.Replicas = append(g.Replicas, CDNChannel(n))
+		g.Addrs = append(g.Addrs, CDNChannel(n))
 	}
-	return []GroupReplicas{g}
+	return []Group{g}
 }
 
 // encodeCDN splits every HTTP group's URLs and tags of b, once each, into

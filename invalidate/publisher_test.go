@@ -52,8 +52,8 @@ func TestPublishHTTPGroupsToTheirTopics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{nsqd.TCPAddr()}, NSQDHTTP: []string{nsqd.HTTPAddr()}, TopicPrefix: "t",
-		Groups:            []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{stacktest.DefaultRedisA1}}},
-		HTTPGroups:        []invalidate.GroupReplicas{{Name: "varnish-a", Replicas: []string{stacktest.DefaultVarnish1, "127.0.0.1:16083"}}, {Name: "varnish-b", Replicas: []string{stacktest.DefaultVarnish2}}},
+		Groups:            []invalidate.Group{{Name: "hot-a", Addrs: []string{stacktest.DefaultRedisA1}}},
+		HTTPGroups:        []invalidate.Group{{Name: "varnish-a", Addrs: []string{stacktest.DefaultVarnish1, "127.0.0.1:16083"}}, {Name: "varnish-b", Addrs: []string{stacktest.DefaultVarnish2}}},
 		MaxKeysPerMessage: 2, Registerer: reg,
 	})
 	if err != nil {
@@ -79,7 +79,7 @@ func TestPublishHTTPGroupsToTheirTopics(t *testing.T) {
 
 	rules, err := invalidate.NewRulesWithGroups([]invalidate.Rule{{Table: "shop.item", RouteBy: "id",
 		Keys: []string{"item:{id}"}, URLs: []string{"/item/{id}.html", "/item/{id}/reviews"}, Tags: []string{"item-{id}"}}},
-		[]invalidate.GroupReplicas{{Name: "hot-a"}}, []invalidate.GroupReplicas{{Name: "varnish-a"}, {Name: "varnish-b"}})
+		[]invalidate.Group{{Name: "hot-a"}}, []invalidate.Group{{Name: "varnish-a"}, {Name: "varnish-b"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ receive:
 func TestPublisherRefusesABatchWithMoreGroups(t *testing.T) {
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{"127.0.0.1:1"}, NSQDHTTP: []string{"127.0.0.1:2"},
-		Groups: []invalidate.GroupReplicas{{Name: "hot-a", Replicas: []string{"r"}}}, Registerer: prometheus.NewRegistry(),
+		Groups: []invalidate.Group{{Name: "hot-a", Addrs: []string{"r"}}}, Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		t.Fatal(err)

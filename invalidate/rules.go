@@ -91,26 +91,46 @@ func (k Kind) Tier() Tier {
 	return TierHTTP
 }
 
-// Tier is a layer of caches: the Redis groups or the HTTP groups.
-type Tier uint8
+// Tier is a layer of caches, as job targets and acks name it on the wire.
+type Tier string
 
 const (
-	TierRedis Tier = iota
-	TierHTTP
+	// TierRedis is the Redis groups' replicas, purged by key.
+	TierRedis Tier = "redis"
+	// TierHTTP is the HTTP groups' instances (Varnish), purged by URL and tag.
+	TierHTTP Tier = "http"
+	// TierCDN is the CDN nodes' consoles, sent every URL and tag.
+	TierCDN Tier = "cdn"
 )
 
-func (t Tier) String() string {
+// The arrays kept per tier a rule routes in (group counts, routed groups)
+// are indexed by these, not by Tier: no string compare on the hot path.
+const (
+	redisTier = iota
+	httpTier
+)
+
+// index is t's position in the arrays kept per tier.
+func (t Tier) index() int {
 	if t == TierRedis {
-		return "redis"
+		return redisTier
 	}
-	return "http"
+	return httpTier
+}
+
+// tierIndex is the index of the tier k is purged in.
+func (k Kind) tierIndex() int {
+	if k == KindKey {
+		return redisTier
+	}
+	return httpTier
 }
 
 // Rules turns row changes into cache targets routed to groups: keys to the
 // Redis groups, URLs and tags to the HTTP groups.
 type Rules struct {
-	redis   []GroupReplicas
-	http    []GroupReplicas
+	redis   []Group
+	http    []Group
 	byTable map[string][]*rule
 }
 
@@ -140,7 +160,7 @@ type Rule struct {
 // NewRules parses rules that route only to Redis groups, named in routing
 // order. A rule with urls or tags is an error; use NewRulesWithGroups.
 func NewRules(specs []Rule, redisGroups []string) (*Rules, error) {
-	groups := make([]GroupReplicas, len(redisGroups))
+	groups := make([]Group, len(redisGroups))
 	for i, g := range redisGroups {
 		groups[i].Name = g
 	}
@@ -150,7 +170,7 @@ func NewRules(specs []Rule, redisGroups []string) (*Rules, error) {
 // NewRulesWithGroups parses every template once, at start; an error names
 // the rule and the template (and, for syntax, the offset). Keys route to the
 // redis groups, URLs and tags to the http groups, both in routing order.
-func NewRulesWithGroups(specs []Rule, redis, http []GroupReplicas) (*Rules, error) {
+func NewRulesWithGroups(specs []Rule, redis, http []Group) (*Rules, error) {
 	r := &Rules{redis: redis, http: http, byTable: map[string][]*rule{}}
 	for i, s := range specs {
 		ru := &rule{name: fmt.Sprintf("rule[%d] (%s)", i, s.Table), table: s.Table, routeBy: s.RouteBy,
@@ -213,11 +233,11 @@ func (r *Rules) Groups() []string {
 }
 
 // RedisGroups returns the Redis groups in routing order.
-func (r *Rules) RedisGroups() []GroupReplicas { return r.redis }
+func (r *Rules) RedisGroups() []Group { return r.redis }
 
 // HTTPGroups returns the HTTP groups (Replicas holds their instances) in
 // routing order.
-func (r *Rules) HTTPGroups() []GroupReplicas { return r.http }
+func (r *Rules) HTTPGroups() []Group { return r.http }
 
 // Tables lists the tables that have rules.
 func (r *Rules) Tables() []string {
@@ -270,7 +290,7 @@ func (r *Rules) Bind(table string, columns []string) (*Bound, error) {
 		}
 		return 0, fmt.Errorf("%s: %s: column %q is not in %s (columns: %s)", ru.name, what, col, table, strings.Join(columns, ", "))
 	}
-	b := &Bound{table: table, groups: [2]int{TierRedis: len(r.redis), TierHTTP: len(r.http)}}
+	b := &Bound{table: table, groups: [2]int{redisTier: len(r.redis), httpTier: len(r.http)}}
 	for _, ru := range rules {
 		route, err := index(ru, "route_by", ru.routeBy)
 		if err != nil {
@@ -397,8 +417,8 @@ func (b *Bound) routeGroups(ru *boundRule, image []any) [2]int {
 	}
 	var ok bool
 	if b.buf, ok = appendValue(b.buf[:0], image[ru.route]); ok {
-		g[TierRedis] = route.GroupFor(b.buf, b.groups[TierRedis])
-		g[TierHTTP] = route.GroupFor(b.buf, b.groups[TierHTTP])
+		g[redisTier] = route.GroupFor(b.buf, b.groups[redisTier])
+		g[httpTier] = route.GroupFor(b.buf, b.groups[httpTier])
 	}
 	return g
 }
@@ -409,7 +429,7 @@ func (b *Bound) render(ru *boundRule, image []any, out *Batch) {
 	}
 	route := b.routeGroups(ru, image)
 	for kind, ts := range ru.templates {
-		tier := Kind(kind).Tier()
+		tier := Kind(kind).tierIndex()
 		for _, parts := range ts {
 			var ok bool
 			if b.buf, ok = renderParts(b.buf[:0], parts, image); !ok {

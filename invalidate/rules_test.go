@@ -180,7 +180,7 @@ func FuzzParseTemplate(f *testing.F) {
 		// It renders the same as a key, a URL and a tag.
 		cols := tpl.Columns()
 		ru := &rule{templates: [numKinds][]*Template{{tpl}, {tpl}, {tpl}}, routeBy: "r", actions: allActions}
-		r := &Rules{redis: []GroupReplicas{{Name: "g"}}, http: []GroupReplicas{{Name: "h"}}, byTable: map[string][]*rule{"d.t": {ru}}}
+		r := &Rules{redis: []Group{{Name: "g"}}, http: []Group{{Name: "h"}}, byTable: map[string][]*rule{"d.t": {ru}}}
 		b, err := r.Bind("d.t", append(slices.Clone(cols), "r"))
 		if err != nil {
 			t.Fatalf("bind %q: %v", src, err)
@@ -216,8 +216,8 @@ func FuzzParseTemplate(f *testing.F) {
 func tierRules(t testing.TB, specs ...Rule) *Rules {
 	t.Helper()
 	r, err := NewRulesWithGroups(specs,
-		[]GroupReplicas{{Name: "hot-a", Replicas: []string{"r1", "r2"}}, {Name: "hot-b", Replicas: []string{"r3"}}},
-		[]GroupReplicas{{Name: "v0", Replicas: []string{"i0"}}, {Name: "v1", Replicas: []string{"i1"}}, {Name: "v2", Replicas: []string{"i2"}}})
+		[]Group{{Name: "hot-a", Addrs: []string{"r1", "r2"}}, {Name: "hot-b", Addrs: []string{"r3"}}},
+		[]Group{{Name: "v0", Addrs: []string{"i0"}}, {Name: "v1", Addrs: []string{"i1"}}, {Name: "v2", Addrs: []string{"i2"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,12 +384,12 @@ func TestNewRulesTargetAndConditionErrors(t *testing.T) {
 		edit(&r)
 		return r
 	}
-	redis := []GroupReplicas{{Name: "hot-a"}}
-	http := []GroupReplicas{{Name: "v"}}
+	redis := []Group{{Name: "hot-a"}}
+	http := []Group{{Name: "v"}}
 	tests := []struct {
 		name        string
 		rule        Rule
-		redis, http []GroupReplicas
+		redis, http []Group
 		want        []string
 	}{
 		{"bad url template", with(func(r *Rule) { r.URLs = []string{"/ok/{id}", "/item/{id.html"} }), redis, http,

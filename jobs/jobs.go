@@ -40,11 +40,11 @@ type Options struct {
 
 // Target is one target's progress in a job.
 type Target struct {
-	Tier   string `json:"tier"`
-	Group  string `json:"group"`
-	Target string `json:"target"`
-	State  string `json:"state"`
-	Error  string `json:"error,omitempty"`
+	Tier   invalidate.Tier `json:"tier"`
+	Group  string          `json:"group"`
+	Target string          `json:"target"`
+	State  string          `json:"state"`
+	Error  string          `json:"error,omitempty"`
 	// LatencyMS is the ack's latency (commit seen → target purged).
 	LatencyMS float64    `json:"latency_ms,omitempty"`
 	AckedAt   *time.Time `json:"acked_at,omitempty"`
@@ -52,11 +52,11 @@ type Target struct {
 
 // Group is one group's progress in a job.
 type Group struct {
-	Tier    string `json:"tier"`
-	Group   string `json:"group"`
-	Pending int    `json:"pending"`
-	Done    int    `json:"done"`
-	Failed  int    `json:"failed"`
+	Tier    invalidate.Tier `json:"tier"`
+	Group   string          `json:"group"`
+	Pending int             `json:"pending"`
+	Done    int             `json:"done"`
+	Failed  int             `json:"failed"`
 }
 
 // Job is a job's progress.
@@ -260,7 +260,7 @@ func (j *job) snapshot(targets bool) Job {
 	}
 	groups := map[[2]string]*Group{}
 	for _, t := range j.Targets {
-		k := [2]string{t.Tier, t.Group}
+		k := [2]string{string(t.Tier), t.Group}
 		g := groups[k]
 		if g == nil {
 			g = &Group{Tier: t.Tier, Group: t.Group}

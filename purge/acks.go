@@ -23,7 +23,7 @@ type AckSenderOptions struct {
 	LookupdHTTP []string
 	TopicPrefix string
 	// Tier labels the dropped-acks metric.
-	Tier string
+	Tier invalidate.Tier
 	// MaxInFlight bounds the acks being published; more are dropped
 	// (default 256).
 	MaxInFlight int
@@ -85,7 +85,7 @@ func NewAckSender(opts AckSenderOptions) (*AckSender, error) {
 	}
 	return &AckSender{
 		opts: opts, sem: make(chan struct{}, opts.MaxInFlight),
-		dropped: vec.WithLabelValues(opts.Tier), producers: nsqio.NewProducerPool(opts.Timeout, opts.Logger),
+		dropped: vec.WithLabelValues(string(opts.Tier)), producers: nsqio.NewProducerPool(opts.Timeout, opts.Logger),
 	}, nil
 }
 

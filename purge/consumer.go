@@ -72,7 +72,7 @@ type ConsumerKind struct {
 	// Noun names one target in messages: "redis replica", "http instance".
 	Noun string
 	// Tier names the purger in job acks: "redis", "http", "cdn".
-	Tier string
+	Tier invalidate.Tier
 }
 
 type consumerMetrics struct {

@@ -99,7 +99,7 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := NewConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_http_", Label: "instance", Noun: "http instance", Tier: invalidate.TierHTTP.String()}, opts.Registerer)
+	c, err := NewConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_http_", Label: "instance", Noun: "http instance", Tier: invalidate.TierHTTP}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}

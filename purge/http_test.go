@@ -110,7 +110,7 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 	f.instance = purge.HTTPGroup{Name: "g0", Instances: f.addrs}
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: []string{f.nsqd.TCPAddr()}, NSQDHTTP: []string{f.nsqd.HTTPAddr()},
-		HTTPGroups: []invalidate.GroupReplicas{{Name: "g0", Replicas: f.addrs}}, Registerer: prometheus.NewRegistry(),
+		HTTPGroups: []invalidate.Group{{Name: "g0", Addrs: f.addrs}}, Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -65,9 +65,9 @@ func TestPurgeJobs(t *testing.T) {
 	}
 	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
 		NSQDTCP: tcp, NSQDHTTP: []string{nsqd.HTTPAddr()},
-		Groups: []invalidate.GroupReplicas{{Name: "hot", Replicas: redisGroup.Replicas}},
-		HTTPGroups: []invalidate.GroupReplicas{
-			{Name: "web", Replicas: httpGroups[0].Instances}, {Name: "bad", Replicas: httpGroups[1].Instances},
+		Groups: []invalidate.Group{{Name: "hot", Addrs: redisGroup.Replicas}},
+		HTTPGroups: []invalidate.Group{
+			{Name: "web", Addrs: httpGroups[0].Instances}, {Name: "bad", Addrs: httpGroups[1].Instances},
 		},
 		OnPublished: store.Expect, Registerer: reg,
 	})
@@ -130,7 +130,7 @@ func TestPurgeJobs(t *testing.T) {
 	j, _ = store.Get(id)
 	want := map[string]string{redisGroup.Replicas[0]: "redis/hot", redisGroup.Replicas[1]: "redis/hot", good.Addr(): "http/web"}
 	for _, tg := range j.Targets {
-		if want[tg.Target] != tg.Tier+"/"+tg.Group || tg.State != jobs.StateDone || tg.LatencyMS <= 0 || tg.AckedAt == nil {
+		if want[tg.Target] != string(tg.Tier)+"/"+tg.Group || tg.State != jobs.StateDone || tg.LatencyMS <= 0 || tg.AckedAt == nil {
 			t.Errorf("target %+v", tg)
 		}
 		delete(want, tg.Target)

@@ -35,10 +35,10 @@ func lookupdAndTwoNSQD(t *testing.T) (*stacktest.NSQLookupd, *stacktest.NSQD, *s
 }
 
 // redisGroups starts groups x replicas private Redis servers.
-func redisGroups(t *testing.T, groups, replicas int) ([]purge.RedisGroup, []invalidate.GroupReplicas, map[string]*redis.Client) {
+func redisGroups(t *testing.T, groups, replicas int) ([]purge.RedisGroup, []invalidate.Group, map[string]*redis.Client) {
 	t.Helper()
 	var cg []purge.RedisGroup
-	var gr []invalidate.GroupReplicas
+	var gr []invalidate.Group
 	clients := map[string]*redis.Client{}
 	for g := 0; g < groups; g++ {
 		grp := purge.RedisGroup{Name: fmt.Sprintf("g%d", g)}
@@ -48,13 +48,13 @@ func redisGroups(t *testing.T, groups, replicas int) ([]purge.RedisGroup, []inva
 			clients[srv.Addr()] = stacktest.Redis(t, srv.Addr())
 		}
 		cg = append(cg, grp)
-		gr = append(gr, invalidate.GroupReplicas{Name: grp.Name, Replicas: grp.Replicas})
+		gr = append(gr, invalidate.Group{Name: grp.Name, Addrs: grp.Replicas})
 	}
 	return cg, gr, clients
 }
 
 // newPublisher returns a publisher over the given nsqd, closed at cleanup.
-func newPublisher(t *testing.T, prefix string, gr []invalidate.GroupReplicas, reg prometheus.Registerer, nsqds ...[2]string) *invalidate.Publisher {
+func newPublisher(t *testing.T, prefix string, gr []invalidate.Group, reg prometheus.Registerer, nsqds ...[2]string) *invalidate.Publisher {
 	t.Helper()
 	opts := invalidate.PublisherOptions{TopicPrefix: prefix, Groups: gr, Registerer: reg, Timeout: 2 * time.Second}
 	for _, n := range nsqds {

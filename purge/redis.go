@@ -65,7 +65,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	c, err := NewConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_", Label: "replica", Noun: "redis replica", Tier: invalidate.TierRedis.String()}, opts.Registerer)
+	c, err := NewConsumers(opts.ConsumerOptions, ConsumerKind{MetricPrefix: "flashsync_purger_", Label: "replica", Noun: "redis replica", Tier: invalidate.TierRedis}, opts.Registerer)
 	if err != nil {
 		return nil, err
 	}

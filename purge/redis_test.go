@@ -28,7 +28,7 @@ type purgeFixture struct {
 func startPurge(t *testing.T, groups, replicas int, maxAttempts uint16) *purgeFixture {
 	t.Helper()
 	f := &purgeFixture{nsqd: stacktest.StartNSQD(t), clients: map[string]*redis.Client{}, reg: prometheus.NewRegistry()}
-	var gr []invalidate.GroupReplicas
+	var gr []invalidate.Group
 	for g := 0; g < groups; g++ {
 		grp := purge.RedisGroup{Name: fmt.Sprintf("g%d", g)}
 		for r := 0; r < replicas; r++ {
@@ -37,7 +37,7 @@ func startPurge(t *testing.T, groups, replicas int, maxAttempts uint16) *purgeFi
 			f.clients[srv.Addr()] = stacktest.Redis(t, srv.Addr())
 		}
 		f.groups = append(f.groups, grp)
-		gr = append(gr, invalidate.GroupReplicas{Name: grp.Name, Replicas: grp.Replicas})
+		gr = append(gr, invalidate.Group{Name: grp.Name, Addrs: grp.Replicas})
 	}
 	var err error
 	f.publisher, err = invalidate.NewPublisher(invalidate.PublisherOptions{
