@@ -14,7 +14,7 @@ import (
 
 	"github.com/flashsync/flashsync/cmd/internal/cli"
 	"github.com/flashsync/flashsync/configs"
-	"github.com/flashsync/flashsync/node"
+	"github.com/flashsync/flashsync/daemon"
 )
 
 func main() {
@@ -27,12 +27,12 @@ var program = &cli.Program{
 	Doc:  "flashsync keeps caches consistent with MySQL by tailing its binlog.",
 	Commands: []*cli.Command{
 		roleCommand("all", "run every role the config has settings for", nil),
-		roleCommand(node.RoleCanal, "tail the binlog and publish invalidations", []string{node.RoleCanal}),
-		roleCommand(node.RoleRedisPurger, "apply invalidations to every Redis replica", []string{node.RoleRedisPurger}),
-		roleCommand(node.RoleHTTPPurger, "apply URL and xkey tag purges to every [[http_group]] instance (Varnish)", []string{node.RoleHTTPPurger}),
-		roleCommand(node.RoleDispatcher, "forward URL and tag purges to every [[cdn_node]]'s console", []string{node.RoleDispatcher}),
-		roleCommand(node.RoleConsole, "on a CDN node: purge its cache machines on signed requests", []string{node.RoleConsole}),
-		roleCommand(node.RoleSeckill, "the flash-sale service: buy API, order writers, expirer, reconciler", []string{node.RoleSeckill}),
+		roleCommand(daemon.RoleCanal, "tail the binlog and publish invalidations", []string{daemon.RoleCanal}),
+		roleCommand(daemon.RoleRedisPurger, "apply invalidations to every Redis replica", []string{daemon.RoleRedisPurger}),
+		roleCommand(daemon.RoleHTTPPurger, "apply URL and xkey tag purges to every [[http_group]] instance (Varnish)", []string{daemon.RoleHTTPPurger}),
+		roleCommand(daemon.RoleDispatcher, "forward URL and tag purges to every [[cdn_node]]'s console", []string{daemon.RoleDispatcher}),
+		roleCommand(daemon.RoleConsole, "on a CDN node: purge its cache machines on signed requests", []string{daemon.RoleConsole}),
+		roleCommand(daemon.RoleSeckill, "the flash-sale service: buy API, order writers, expirer, reconciler", []string{daemon.RoleSeckill}),
 		seckillMigrateCommand,
 		checkCommand,
 		configReferenceCommand,
@@ -48,7 +48,7 @@ func roleCommand(name, summary string, roles []string) *cli.Command {
 		Flags: func(fs *flag.FlagSet) cli.Action {
 			cf := cli.AddConfigFlags(fs)
 			var reset, flush *bool
-			if roles == nil || roles[0] == node.RoleCanal {
+			if roles == nil || roles[0] == daemon.RoleCanal {
 				reset = fs.Bool("reset-to-current", false, "start the canal at the server's current binlog position (after error 1236); needs -flush-all")
 				flush = fs.Bool("flush-all", false, "with -reset-to-current: flush every configured cache group first")
 			}
@@ -57,11 +57,11 @@ func roleCommand(name, summary string, roles []string) *cli.Command {
 				if err != nil {
 					return err
 				}
-				opts := node.Options{Config: cfg, Roles: roles, Logger: log}
+				opts := daemon.Options{Config: cfg, Roles: roles, Logger: log}
 				if reset != nil {
 					opts.ResetToCurrent, opts.FlushAll = *reset, *flush
 				}
-				n, err := node.New(opts)
+				n, err := daemon.New(opts)
 				if err != nil {
 					return err
 				}
@@ -84,7 +84,7 @@ var seckillMigrateCommand = &cli.Command{
 			if !cfg.SeckillConfigured() {
 				return errors.New("config has no [seckill]")
 			}
-			if err := node.MigrateSeckill(ctx, cfg); err != nil {
+			if err := daemon.MigrateSeckill(ctx, cfg); err != nil {
 				return err
 			}
 			fmt.Fprintf(env.Stderr, "seckill: database %s migrated\n", cfg.Seckill.Database)

@@ -1,4 +1,4 @@
-package node
+package daemon
 
 import (
 	"context"
@@ -32,7 +32,7 @@ func mysqlDSN(m configs.MySQL, database string) string {
 
 // buildSeckill builds the seckill role. sql.Open and the Redis clients
 // connect lazily: nothing is dialled before Run.
-func (n *Node) buildSeckill() error {
+func (n *Daemon) buildSeckill() error {
 	cfg := n.cfg
 	if !cfg.SeckillConfigured() {
 		return errors.New("seckill role: config has no [seckill]")
@@ -106,7 +106,7 @@ func MigrateSeckill(ctx context.Context, cfg *configs.Config) error {
 // runSeckill migrates, then runs the service. A user without the right to
 // create may still run on tables made by someone who has: then the failed
 // migration is only a warning.
-func (n *Node) runSeckill(ctx context.Context) error {
+func (n *Daemon) runSeckill(ctx context.Context) error {
 	if err := MigrateSeckill(ctx, n.cfg); err != nil {
 		var one int
 		if perr := n.seckillDB.QueryRowContext(ctx, "SELECT 1 FROM activity_stock JOIN activity ON activity.id = activity_stock.activity_id LIMIT 1").Scan(&one); perr != nil && !errors.Is(perr, sql.ErrNoRows) {

@@ -1,4 +1,4 @@
-package node
+package daemon
 
 import (
 	"encoding/json"
@@ -46,9 +46,9 @@ func TestJobsAPI(t *testing.T) {
 	if status, _ := get(t, srv.URL+"/jobs?limit=x"); status != http.StatusBadRequest {
 		t.Errorf("bad limit: %d", status)
 	}
-	// A node without the canal role has no jobs.
+	// A daemon without the canal role has no jobs.
 	status, out = get(t, explainServer(t).URL+"/jobs/0123456789abcdef")
 	if status != http.StatusNotFound || !strings.Contains(out["error"].(string), "canal role") {
-		t.Errorf("purger node: %d %v", status, out)
+		t.Errorf("purger daemon: %d %v", status, out)
 	}
 }

@@ -1,4 +1,4 @@
-package node
+package daemon
 
 import (
 	"errors"
@@ -13,7 +13,7 @@ import (
 	"github.com/flashsync/flashsync/invalidate"
 )
 
-func (n *Node) mux() *http.ServeMux {
+func (n *Daemon) mux() *http.ServeMux {
 	mux := http.NewServeMux()
 	// Profiles for operators; the listener is loopback unless configured.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -30,11 +30,11 @@ func (n *Node) mux() *http.ServeMux {
 	return mux
 }
 
-// errNoJobs answers the job endpoints of a node without the canal role.
-var errNoJobs = httpapi.Wrap(http.StatusNotFound, errors.New("no purge jobs here: this node does not run the canal role"))
+// errNoJobs answers the job endpoints of a daemon without the canal role.
+var errNoJobs = httpapi.Wrap(http.StatusNotFound, errors.New("no purge jobs here: this flashsync process does not run the canal role"))
 
 // getJob answers GET /jobs/{id}: the job's state, per group and per target.
-func (n *Node) getJob(w http.ResponseWriter, r *http.Request) error {
+func (n *Daemon) getJob(w http.ResponseWriter, r *http.Request) error {
 	if n.jobs == nil {
 		return errNoJobs
 	}
@@ -51,7 +51,7 @@ const maxJobsLimit = 1000
 
 // listJobs answers GET /jobs?limit=N (default 50): the recent jobs, newest
 // first, without their targets.
-func (n *Node) listJobs(w http.ResponseWriter, r *http.Request) error {
+func (n *Daemon) listJobs(w http.ResponseWriter, r *http.Request) error {
 	if n.jobs == nil {
 		return errNoJobs
 	}
@@ -73,7 +73,7 @@ const maxExplainBody = 1 << 20
 // {"table": "db.table", "before": {...}, "after": {...}} with an optional
 // "action"; the answer is the invalidate.Explanation as JSON. Nothing is
 // published. Bad input is a 400 naming the problem.
-func (n *Node) explainRules(w http.ResponseWriter, r *http.Request) error {
+func (n *Daemon) explainRules(w http.ResponseWriter, r *http.Request) error {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxExplainBody))
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "read body: %w", err)
@@ -98,7 +98,7 @@ type health struct {
 
 // healthz answers 200 while every role is healthy and 503 otherwise, with
 // each role's state.
-func (n *Node) healthz(w http.ResponseWriter, r *http.Request) error {
+func (n *Daemon) healthz(w http.ResponseWriter, r *http.Request) error {
 	h := health{Status: "ok", Roles: map[string]string{}}
 	if n.canal != nil {
 		h.Roles[RoleCanal] = n.canal.State()

@@ -1,4 +1,4 @@
-package node_test
+package daemon_test
 
 import (
 	"bytes"
@@ -13,8 +13,8 @@ import (
 
 	"github.com/flashsync/flashsync/cdn"
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/daemon"
 	"github.com/flashsync/flashsync/internal/stacktest"
-	"github.com/flashsync/flashsync/node"
 )
 
 // A file with only [console] runs the console role (and no nsqd), which
@@ -33,7 +33,7 @@ func TestNodeRunsTheConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	go machine.Serve(mln)
-	t.Cleanup(func() { machine.Close() }) // after the node's (cleanups run last first)
+	t.Cleanup(func() { machine.Close() }) // after the daemon's (cleanups run last first)
 
 	consoleAddr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
 	const key = "node-test-console-key-0123"
@@ -49,7 +49,7 @@ machines = ["127.0.0.1:%d"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := node.New(node.Options{Config: cfg})
+	n, err := daemon.New(daemon.Options{Config: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ machines = ["127.0.0.1:%d"]
 			t.Errorf("close: %v", err)
 		}
 	})
-	stacktest.Run(t, "node.Run", n.Run)
+	stacktest.Run(t, "daemon.Run", n.Run)
 
 	body := []byte(`{"job":"j","urls":["/x.html"]}`)
 	var status int

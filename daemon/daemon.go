@@ -1,21 +1,21 @@
-// Package node runs the flashsync roles a configuration asks for in one
+// Package daemon runs the flashsync roles a configuration asks for in one
 // process, with the HTTP endpoint for metrics and health.
 //
 // Ownership: whoever builds a component closes it, once. New builds every
-// component of the node's roles (and, when it fails, closes those it had
+// component of the daemon's roles (and, when it fails, closes those it had
 // built); Close releases them all, in the reverse order, and does nothing
 // the second time. Run only runs: it stops what it started before it
-// returns and closes nothing New built, so a node is used as
+// returns and closes nothing New built, so a daemon is used as
 //
-//	n, err := node.New(opts)
+//	d, err := daemon.New(opts)
 //	if err != nil { ... }
-//	err = errors.Join(n.Run(ctx), n.Close())
+//	err = errors.Join(d.Run(ctx), d.Close())
 //
 // The components of the roles (purge.RedisPurger, purge.HTTPPurger,
 // cdn.Dispatcher, canal.Canal, invalidate.Publisher, ...) are used the same
-// way by the node: their New builds, their Run runs, their Close, called
-// once by the node after Run returned, releases.
-package node
+// way by the daemon: their New builds, their Run runs, their Close, called
+// once by the daemon after Run returned, releases.
+package daemon
 
 import (
 	"context"
@@ -49,7 +49,7 @@ const (
 	// RoleHTTPPurger purges the URLs and xkey tags of every [[http_group]]
 	// on each of its instances (Varnish).
 	RoleHTTPPurger = "http-purger"
-	// RoleConsole runs on a CDN node: it purges the node's cache machines
+	// RoleConsole runs on a CDN node: it purges the daemon's cache machines
 	// on signed requests from the dispatcher.
 	RoleConsole = "console"
 	// RoleDispatcher forwards the CDN topic to every [[cdn_node]]'s console.
@@ -59,7 +59,7 @@ const (
 // Roles lists every role in start order.
 var Roles = []string{RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, RoleConsole, RoleSeckill}
 
-// Options configure a Node.
+// Options configure a Daemon.
 type Options struct {
 	Config *configs.Config
 	// Roles to run; empty means every role the config has settings for.
@@ -73,8 +73,8 @@ type Options struct {
 	FlushAll       bool
 }
 
-// Node is one flashsync process.
-type Node struct {
+// Daemon is one flashsync process.
+type Daemon struct {
 	cfg      *configs.Config
 	opts     Options
 	log      *slog.Logger
@@ -112,7 +112,7 @@ type component struct {
 }
 
 // own records what New just built, for Close.
-func (n *Node) own(name string, close func() error) {
+func (n *Daemon) own(name string, close func() error) {
 	n.owned = append(n.owned, component{name: name, close: close})
 }
 
@@ -140,10 +140,10 @@ func (l *onceListener) Close() error { return l.close() }
 
 // New builds every requested role: templates are parsed, options checked,
 // listeners bound. Nothing talks to MySQL, Redis or NSQ before Run.
-func New(opts Options) (*Node, error) {
+func New(opts Options) (*Daemon, error) {
 	cfg := opts.Config
 	if cfg == nil {
-		return nil, errors.New("node: no config")
+		return nil, errors.New("daemon: no config")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -151,7 +151,7 @@ func New(opts Options) (*Node, error) {
 	if opts.ResetToCurrent && !opts.FlushAll {
 		return nil, errors.New("--reset-to-current skips every change between the saved and the current position, so caches may keep stale values: add --flush-all")
 	}
-	n := &Node{cfg: cfg, opts: opts, log: opts.Logger, registry: newMetricsRegistry()}
+	n := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, registry: newMetricsRegistry()}
 	n.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	n.roles = opts.Roles
@@ -190,9 +190,9 @@ func New(opts Options) (*Node, error) {
 	return n, nil
 }
 
-func (n *Node) has(role string) bool { return slices.Contains(n.roles, role) }
+func (n *Daemon) has(role string) bool { return slices.Contains(n.roles, role) }
 
-func (n *Node) build() error {
+func (n *Daemon) build() error {
 	cfg := n.cfg
 	rules, err := cfg.BuildRules()
 	if err != nil {
@@ -300,14 +300,14 @@ func (n *Node) build() error {
 }
 
 // HTTPAddr is the bound address of /metrics and /healthz.
-func (n *Node) HTTPAddr() string { return n.listener.Addr().String() }
+func (n *Daemon) HTTPAddr() string { return n.listener.Addr().String() }
 
 // Run runs every role until ctx ends, a clean exit (nil), or one of them
 // fails, whose error Run returns after the role's name. Either way it then
 // stops the roles one after another, each once the one before it returned,
 // in the order they are added below. Run closes nothing: Close does, after
 // Run returned.
-func (n *Node) Run(ctx context.Context) error {
+func (n *Daemon) Run(ctx context.Context) error {
 	g := newRoleGroup(ctx, n.log)
 	g.stopWhenDone(ctx)
 
@@ -318,7 +318,7 @@ func (n *Node) Run(ctx context.Context) error {
 		g.add(RoleCanal, n.runCanal)
 	}
 	// 2. The purgers finish the messages in hand, and so does the
-	//    dispatcher (whose console may be this node's: it stops later).
+	//    dispatcher (whose console may be this daemon's: it stops later).
 	if n.purger != nil {
 		g.add(RoleRedisPurger, n.purger.Run)
 	}
@@ -352,7 +352,7 @@ func (n *Node) Run(ctx context.Context) error {
 }
 
 // runCanal checks the server, creates the channels, then runs the canal.
-func (n *Node) runCanal(ctx context.Context) error {
+func (n *Daemon) runCanal(ctx context.Context) error {
 	// Check the server before waiting on nsqd: a wrong binlog format
 	// should fail the start at once, whatever nsqd is doing.
 	if err := canal.Preflight(ctx, n.cfg.MySQL.Source()); err != nil {
@@ -364,19 +364,19 @@ func (n *Node) runCanal(ctx context.Context) error {
 	return n.canal.Run(ctx)
 }
 
-func (n *Node) serveConsole(ctx context.Context) error {
+func (n *Daemon) serveConsole(ctx context.Context) error {
 	n.log.Info("serving cdn console", "addr", n.consoleListener.Addr().String(), "tls", n.cfg.Console.TLSCert != "")
 	return n.console.Serve(ctx, n.consoleListener, n.cfg.Console.TLSCert, n.cfg.Console.TLSKey)
 }
 
-func (n *Node) runNSQD(ctx context.Context) error {
+func (n *Daemon) runNSQD(ctx context.Context) error {
 	n.log.Info("embedded nsqd running", "tcp", n.nsqd.TCPAddr(), "http", n.nsqd.HTTPAddr())
 	return n.nsqd.Run(ctx)
 }
 
 // serveHTTP serves /metrics, /healthz and the API until ctx ends, then
 // lets the requests in hand finish (for up to 2 s).
-func (n *Node) serveHTTP(ctx context.Context) error {
+func (n *Daemon) serveHTTP(ctx context.Context) error {
 	srv := &http.Server{Handler: n.mux(), ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(n.listener) }()
@@ -397,9 +397,9 @@ func (n *Node) serveHTTP(ctx context.Context) error {
 }
 
 // ensureChannels waits for nsqd and creates every replica's channel before
-// the first publish. Every canal node of an HA group, standbys included,
+// the first publish. Every canal process of an HA group, standbys included,
 // waits here for the same nsqd: jitter keeps them from polling it in step.
-func (n *Node) ensureChannels(ctx context.Context) error {
+func (n *Daemon) ensureChannels(ctx context.Context) error {
 	return retry.Until(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second, Jitter: 0.5},
 		func() error { return n.publisher.EnsureChannels(ctx) },
 		func(_ int, err error, next time.Duration) {
@@ -409,9 +409,9 @@ func (n *Node) ensureChannels(ctx context.Context) error {
 
 // consumeAcks feeds the acks topic to the job store until ctx ends. Acks
 // are progress reports: a consumer that cannot connect is retried, never
-// fails the node: it returns nil once ctx ended. Jittered, as every canal
-// node runs one.
-func (n *Node) consumeAcks(ctx context.Context) error {
+// fails the daemon: it returns nil once ctx ended. Jittered, as every canal
+// process runs one.
+func (n *Daemon) consumeAcks(ctx context.Context) error {
 	retry.Until(ctx, retry.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5},
 		func() error {
 			err := n.jobs.Consume(ctx, jobs.ConsumerOptions{
@@ -432,7 +432,7 @@ func (n *Node) consumeAcks(ctx context.Context) error {
 // Close releases what New built, each component once, in the reverse order
 // of building; call it after Run returned, or instead of Run. It is safe to
 // call more than once: the second call only returns the first's result.
-func (n *Node) Close() error {
+func (n *Daemon) Close() error {
 	n.closeOnce.Do(func() {
 		var errs []error
 		for _, c := range slices.Backward(n.owned) {
@@ -446,7 +446,7 @@ func (n *Node) Close() error {
 }
 
 // consumerOptions are a purger role's NSQ and failure settings.
-func (n *Node) consumerOptions(role string, timeout time.Duration) purge.ConsumerOptions {
+func (n *Daemon) consumerOptions(role string, timeout time.Duration) purge.ConsumerOptions {
 	cfg := n.cfg
 	return purge.ConsumerOptions{
 		NSQDTCP: n.nsqdTCP, LookupdHTTP: cfg.NSQ.LookupdHTTP, TopicPrefix: cfg.NSQ.TopicPrefix,
@@ -465,7 +465,7 @@ func cdnNodeNames(cfg *configs.Config) []string {
 }
 
 // buildCDN builds the dispatcher and console roles.
-func (n *Node) buildCDN() error {
+func (n *Daemon) buildCDN() error {
 	cfg := n.cfg
 	if n.has(RoleDispatcher) {
 		if len(cfg.CDNNodes) == 0 {

@@ -1,4 +1,4 @@
-package node
+package daemon
 
 import (
 	"context"
@@ -84,7 +84,7 @@ func (r *roleGroup) run() error {
 	defer r.mu.Unlock()
 	for _, f := range r.failed {
 		if f != err {
-			r.log.Error("role failed while the node was stopping", "err", f)
+			r.log.Error("role failed while the daemon was stopping", "err", f)
 		}
 	}
 	return err

@@ -1,4 +1,4 @@
-package node
+package daemon
 
 import (
 	"testing"
@@ -23,7 +23,7 @@ func TestMetricsRegistryRemembersCollectors(t *testing.T) {
 	if got := r.registered(); len(got) != 1 || got[0] != prometheus.Collector(b) {
 		t.Fatalf("registered %v after unregistering a, want b", got)
 	}
-	// Gather sees what is registered: the registry is the node's /metrics.
+	// Gather sees what is registered: the registry is the daemon's /metrics.
 	if mfs, err := r.Gather(); err != nil || len(mfs) != 1 || mfs[0].GetName() != "b" {
 		t.Fatalf("gather: %v %v", mfs, err)
 	}

@@ -1,4 +1,4 @@
-package node
+package daemon
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 )
 
 // everyRole adds the dispatcher, console and seckill sections to
-// explainConfig (canal, purger, http-purger): a node of every role, with
+// explainConfig (canal, purger, http-purger): a daemon of every role, with
 // addresses where nothing listens. New dials nothing.
 const everyRole = explainConfig + `
 [[cdn_node]]
@@ -43,7 +43,7 @@ token_key = "node-test-token-key-0123456789abcdef"
 `
 
 // closeCounts wraps the Close of every component n owns with a counter.
-func closeCounts(t *testing.T, n *Node) map[string]*int {
+func closeCounts(t *testing.T, n *Daemon) map[string]*int {
 	t.Helper()
 	counts := map[string]*int{}
 	for i := range n.owned {
@@ -68,7 +68,7 @@ func checkClosedOnce(t *testing.T, counts map[string]*int) {
 	}
 }
 
-func newEveryRole(t *testing.T) *Node {
+func newEveryRole(t *testing.T) *Daemon {
 	t.Helper()
 	cfg, err := configs.Parse([]byte(everyRole))
 	if err != nil {

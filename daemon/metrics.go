@@ -1,4 +1,4 @@
-package node
+package daemon
 
 import (
 	"slices"
@@ -7,14 +7,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// docs/metrics.md lists every metric a node registers; TestMetricsDoc fails
+// docs/metrics.md lists every metric a daemon registers; TestMetricsDoc fails
 // while it is out of date.
 //go:generate go test -run TestMetricsDoc -update
 
-// metricsRegistry is the node's Prometheus registry (every component
+// metricsRegistry is the daemon's Prometheus registry (every component
 // registers on it, /metrics gathers it) that remembers the collectors
 // registered on it: Gather omits a vector until it has a child, so this is
-// how the metrics a node can expose are known (docs/metrics.md).
+// how the metrics a daemon can expose are known (docs/metrics.md).
 type metricsRegistry struct {
 	*prometheus.Registry
 

@@ -1,4 +1,4 @@
-package node
+package daemon
 
 import (
 	"encoding/json"
@@ -54,9 +54,9 @@ route_by = "id"
 ignore_changes = ["view_count"]
 `
 
-// testNode builds a node of explainConfig running only role (nothing is
+// testNode builds a daemon of explainConfig running only role (nothing is
 // contacted before Run) and serves its mux.
-func testNode(t *testing.T, role string) (*Node, *httptest.Server) {
+func testNode(t *testing.T, role string) (*Daemon, *httptest.Server) {
 	t.Helper()
 	cfg, err := configs.Parse([]byte(explainConfig))
 	if err != nil {
@@ -72,7 +72,7 @@ func testNode(t *testing.T, role string) (*Node, *httptest.Server) {
 	return n, srv
 }
 
-// explainServer serves the mux of a node that runs only the purger role:
+// explainServer serves the mux of a daemon that runs only the purger role:
 // the rules are there all the same.
 func explainServer(t *testing.T) *httptest.Server {
 	t.Helper()
