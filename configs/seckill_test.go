@@ -48,6 +48,13 @@ func TestParseSeckillOnly(t *testing.T) {
 	}
 }
 
+func TestParseSeckillReconcileGrace(t *testing.T) {
+	cfg, err := configs.Parse([]byte(seckillConfig + `reconcile_grace = "30s"` + "\n"))
+	if err != nil || cfg.Seckill.ReconcileGrace != 30*time.Second {
+		t.Fatalf("reconcile_grace = \"30s\" (three message timeouts): %v", err)
+	}
+}
+
 func TestParseSeckillErrorsNameTheKey(t *testing.T) {
 	for _, tt := range []struct {
 		name, config, wantKey string
@@ -67,6 +74,10 @@ func TestParseSeckillErrorsNameTheKey(t *testing.T) {
 		{"negative rate", seckillConfig + `rate_user = -1.0` + "\n", "seckill.rate_user:"},
 		{"negative burst", seckillConfig + `burst_ip = -1` + "\n", "seckill.burst_ip:"},
 		{"unknown key", seckillConfig + `stock = 5` + "\n", `unknown key "seckill.stock"`},
+		// Shorter than three NSQ message timeouts: a reservation whose
+		// writer was SIGKILLed is redelivered only after its message timed
+		// out, and would be given back while its order is on its way.
+		{"reconcile grace under the redelivery time", seckillConfig + `reconcile_grace = "3s"` + "\n", "seckill.reconcile_grace: reconcile grace 3s is shorter than 3 NSQ message timeouts (30s)"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := configs.Parse([]byte(tt.config))
