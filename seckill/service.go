@@ -269,7 +269,6 @@ func (s *Service) Handler() http.Handler { return s.mux() }
 
 // Run runs the parts until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	defer s.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

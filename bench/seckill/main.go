@@ -511,6 +511,7 @@ func runFlashsync(ctx context.Context, f flags, db *sql.DB, rs *redisServer, top
 	}
 	svcCtx, stopSvc := context.WithCancel(ctx)
 	svcDone := make(chan error, 1)
+	defer svc.Close() // after Run returned (deferred calls run last first)
 	go func() { svcDone <- svc.Run(svcCtx) }()
 	stopped := false
 	stopService := func() error {
