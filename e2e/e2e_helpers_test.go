@@ -35,7 +35,7 @@ var flashsyncBin, demoBin string
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
 func runMain(m *testing.M) int {
-	root, err := moduleRoot()
+	root, err := stacktest.ModuleRoot()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
@@ -56,26 +56,6 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
-}
-
-// moduleRoot walks up from the package directory (the working directory of
-// a test) to the flashsync module's go.mod.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.HasPrefix(data, []byte("module github.com/flashsync/flashsync\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("module root of github.com/flashsync/flashsync not found above the package directory")
-		}
-		dir = parent
-	}
 }
 
 // syncBuffer is an io.Writer safe for the goroutine exec copies output on.
@@ -326,7 +306,7 @@ func itemDatabase(t *testing.T, n int) (string, *client.Conn) {
 // flashsyncVCL is the path of the shipped VCL, configs/varnish/flashsync.vcl.
 func flashsyncVCL(t *testing.T) string {
 	t.Helper()
-	root, err := moduleRoot()
+	root, err := stacktest.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,8 +2,6 @@ package invalidate_test
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -13,36 +11,6 @@ import (
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
-
-// nsqdChannels returns topic -> channel names from nsqd's /stats.
-func nsqdChannels(t *testing.T, httpAddr string) map[string][]string {
-	t.Helper()
-	resp, err := http.Get("http://" + httpAddr + "/stats?format=json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var stats struct {
-		Topics []struct {
-			Name     string `json:"topic_name"`
-			Channels []struct {
-				Name string `json:"channel_name"`
-			} `json:"channels"`
-		} `json:"topics"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string][]string{}
-	for _, tp := range stats.Topics {
-		out[tp.Name] = []string{}
-		for _, c := range tp.Channels {
-			out[tp.Name] = append(out[tp.Name], c.Name)
-		}
-		slices.Sort(out[tp.Name])
-	}
-	return out
-}
 
 // HTTP groups get a topic each with one pre-created channel per instance,
 // and URL and tag purges are published there (split like keys), while keys
@@ -64,7 +32,7 @@ func TestPublishHTTPGroupsToTheirTopics(t *testing.T) {
 	if err := pub.EnsureChannels(ctx); err != nil {
 		t.Fatal(err)
 	}
-	got := nsqdChannels(t, nsqd.HTTPAddr())
+	got := stacktest.NSQDChannels(t, nsqd.HTTPAddr())
 	want := map[string][]string{
 		"t.dead":           {},
 		"t.redis.hot-a":    {"127.0.0.1_16379"},

@@ -2,7 +2,6 @@ package nsqio_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,39 +15,6 @@ import (
 )
 
 var client = &http.Client{Timeout: 2 * time.Second}
-
-// channelsOn returns the channels of topic on the nsqd whose HTTP API is at
-// addr, nil if it has no such topic.
-func channelsOn(t *testing.T, addr, topic string) []string {
-	t.Helper()
-	resp, err := client.Get("http://" + addr + "/stats?format=json&topic=" + topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var stats struct {
-		Topics []struct {
-			Name     string `json:"topic_name"`
-			Channels []struct {
-				Name string `json:"channel_name"`
-			} `json:"channels"`
-		} `json:"topics"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
-		t.Fatal(err)
-	}
-	for _, tp := range stats.Topics {
-		if tp.Name == topic {
-			chans := []string{}
-			for _, c := range tp.Channels {
-				chans = append(chans, c.Name)
-			}
-			slices.Sort(chans)
-			return chans
-		}
-	}
-	return nil
-}
 
 // lookupTCP returns the TCP addresses nsqlookupd lists for topic.
 func lookupTCP(t *testing.T, lookupdHTTP, topic string) []string {
@@ -93,7 +59,7 @@ func TestPrepareLookupdTopics(t *testing.T) {
 			t.Errorf("nsqlookupd lists %v for %s, want %v", got, topic, want)
 		}
 		for _, n := range nsqds {
-			if got := channelsOn(t, n.HTTPAddr(), topic); !slices.Equal(got, chans) {
+			if got := stacktest.NSQDChannels(t, n.HTTPAddr())[topic]; !slices.Equal(got, chans) {
 				t.Errorf("nsqd %s: %s has channels %v, want %v", n.HTTPAddr(), topic, got, chans)
 			}
 		}
@@ -166,7 +132,7 @@ func TestPrepareLookupdTopicsReportsWhatIsMissing(t *testing.T) {
 		if got := lookupTCP(t, lookupd.HTTPAddr(), "fs.redis.a"); !slices.Equal(got, []string{live.TCPAddr()}) {
 			t.Errorf("nsqlookupd lists %v, want [%s]", got, live.TCPAddr())
 		}
-		if got := channelsOn(t, live.HTTPAddr(), "fs.redis.a"); !slices.Equal(got, []string{"r1"}) {
+		if got := stacktest.NSQDChannels(t, live.HTTPAddr())["fs.redis.a"]; !slices.Equal(got, []string{"r1"}) {
 			t.Errorf("live nsqd has channels %v, want [r1]", got)
 		}
 	})

@@ -46,7 +46,7 @@ func TestStackScriptVarnishInClone(t *testing.T) {
 		Require(t, tool+" (used by scripts/stack.sh and this test)", err)
 	}
 
-	repo, err := cloneTestRepoRoot()
+	repo, err := ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,26 +176,6 @@ func cloneGet(c *http.Client, addr, path string) (clonePage, error) {
 	v := resp.Header.Get("X-Varnish")
 	return clonePage{varnish: v, ids: len(strings.Fields(v)), cache: resp.Header.Get("X-Cache"),
 		generated: resp.Header.Get("X-Generated-At")}, nil
-}
-
-// cloneTestRepoRoot walks up from the package directory (a test's working
-// directory) to the flashsync module's go.mod.
-func cloneTestRepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.HasPrefix(data, []byte("module github.com/flashsync/flashsync\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("module root of github.com/flashsync/flashsync not found above the package directory")
-		}
-		dir = parent
-	}
 }
 
 // copyCheckout copies the files of the work tree at src that git tracks or

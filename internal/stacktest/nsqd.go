@@ -2,9 +2,11 @@ package stacktest
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -144,4 +146,36 @@ func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
+}
+
+// NSQDChannels lists the channels of every topic on the nsqd whose HTTP API
+// is at httpAddr, each sorted; a topic without channels has an empty list.
+func NSQDChannels(t testing.TB, httpAddr string) map[string][]string {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + httpAddr + "/stats?format=json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var stats struct {
+		Topics []struct {
+			Name     string `json:"topic_name"`
+			Channels []struct {
+				Name string `json:"channel_name"`
+			} `json:"channels"`
+		} `json:"topics"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, tp := range stats.Topics {
+		out[tp.Name] = []string{}
+		for _, ch := range tp.Channels {
+			out[tp.Name] = append(out[tp.Name], ch.Name)
+		}
+		slices.Sort(out[tp.Name])
+	}
+	return out
 }

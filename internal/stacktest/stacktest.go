@@ -32,8 +32,11 @@
 package stacktest
 
 import (
+	"bytes"
+	"errors"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -163,5 +166,25 @@ func poll(timeout, interval time.Duration, cond func() error) error {
 			return err
 		}
 		time.Sleep(interval)
+	}
+}
+
+// ModuleRoot walks up from the working directory (a test's: its package
+// directory) to the flashsync module's go.mod.
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(data, []byte("module github.com/flashsync/flashsync\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("module root of github.com/flashsync/flashsync not found above the package directory")
+		}
+		dir = parent
 	}
 }
