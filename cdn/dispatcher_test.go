@@ -96,8 +96,7 @@ func startCascade(t *testing.T, nodes []cdn.Node, maxAttempts uint16) *cascade {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.dispatch.Close() }) // after Run stopped
-	stacktest.Run(t, "dispatcher", c.dispatch.Run)
+	stacktest.RunAndClose(t, "dispatcher", c.dispatch)
 	return c
 }
 

@@ -53,12 +53,7 @@ machines = ["127.0.0.1:%d"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { // after Run stopped: cleanups run last first
-		if err := n.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	stacktest.Run(t, "daemon.Run", n.Run)
+	stacktest.RunAndClose(t, "daemon", n)
 
 	body := []byte(`{"job":"j","urls":["/x.html"]}`)
 	var status int

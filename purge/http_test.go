@@ -130,8 +130,7 @@ func startHTTPPurge(t *testing.T, n int, vcl string, maxAttempts uint16) *httpPu
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.purger.Close() }) // after Run stopped
-	stacktest.Run(t, "http purger", f.purger.Run)
+	stacktest.RunAndClose(t, "http purger", f.purger)
 	return f
 }
 
@@ -264,8 +263,7 @@ func TestHTTPPurgerRequests(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { p.Close() }) // after Run stopped
-			stacktest.Run(t, "http purger", p.Run)
+			stacktest.RunAndClose(t, "http purger", p)
 			prod, _ := nsq.NewProducer(nsqd.TCPAddr(), nsq.NewConfig())
 			defer prod.Stop()
 			tags := make([]string, 0, 1000)
@@ -343,8 +341,7 @@ func TestHTTPPurgerHoldsOn5xx(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.Close() }) // after Run stopped
-	stacktest.Run(t, "http purger", p.Run)
+	stacktest.RunAndClose(t, "http purger", p)
 	prod, _ := nsq.NewProducer(nsqd.TCPAddr(), nsq.NewConfig())
 	defer prod.Stop()
 	body, _ := (&invalidate.Purge{V: 1, Group: "g", URLs: []string{"/a.html"}}).Marshal()

@@ -90,10 +90,8 @@ func TestPurgeJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { redisPurger.Close() }) // after Run stopped
-	stacktest.Run(t, "redis purger", redisPurger.Run)
-	t.Cleanup(func() { httpPurger.Close() }) // after Run stopped
-	stacktest.Run(t, "http purger", httpPurger.Run)
+	stacktest.RunAndClose(t, "redis purger", redisPurger)
+	stacktest.RunAndClose(t, "http purger", httpPurger)
 
 	// A batch for the Redis group and the good instance.
 	rdb := stacktest.Redis(t, redisGroup.Replicas[0])

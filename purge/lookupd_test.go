@@ -80,8 +80,7 @@ func runPurger(t *testing.T, opts purge.RedisPurgerOptions) *prometheus.Registry
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { purger.Close() }) // after Run stopped
-	stacktest.Run(t, "purger", purger.Run)
+	stacktest.RunAndClose(t, "purger", purger)
 	return reg
 }
 

@@ -57,8 +57,7 @@ func startPurge(t *testing.T, groups, replicas int, maxAttempts uint16) *purgeFi
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { purger.Close() }) // after Run stopped
-	stacktest.Run(t, "purger", purger.Run)
+	stacktest.RunAndClose(t, "purger", purger)
 	return f
 }
 

@@ -399,14 +399,20 @@ func stateName(st string) string {
 	return "unknown"
 }
 
+// orderRequest reads the request id of an order's path and its ?activity=.
+func orderRequest(r *http.Request) (rid string, activity int64, err error) {
+	rid = r.PathValue("rid")
+	if !validRequestID(rid) {
+		return "", 0, refuse(http.StatusBadRequest, "bad_request", "request id %q: want 1 to 64 of [A-Za-z0-9._:-]", rid)
+	}
+	activity, err = queryActivity(r)
+	return rid, activity, err
+}
+
 // getOrder answers a request's state: reserved (queued or being written),
 // ordered (with the order), rejected, given_back or expired.
 func (s *Service) getOrder(w http.ResponseWriter, r *http.Request) error {
-	rid := r.PathValue("rid")
-	if !validRequestID(rid) {
-		return refuse(http.StatusBadRequest, "bad_request", "request id %q: want 1 to 64 of [A-Za-z0-9._:-]", rid)
-	}
-	a, err := queryActivity(r)
+	rid, a, err := orderRequest(r)
 	if err != nil {
 		return err
 	}
@@ -441,11 +447,7 @@ func (s *Service) getOrder(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Service) pay(w http.ResponseWriter, r *http.Request) error {
-	rid := r.PathValue("rid")
-	if !validRequestID(rid) {
-		return refuse(http.StatusBadRequest, "bad_request", "request id %q: want 1 to 64 of [A-Za-z0-9._:-]", rid)
-	}
-	a, err := queryActivity(r)
+	rid, a, err := orderRequest(r)
 	if err != nil {
 		return err
 	}

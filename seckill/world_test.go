@@ -165,8 +165,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	}
 	w.svc = svc
 	w.base = "http://" + svc.Addr()
-	t.Cleanup(func() { svc.Close() }) // after Run stopped: whoever builds closes
-	stacktest.Run(t, "service", svc.Run)
+	stacktest.RunAndClose(t, "service", svc)
 	w.http = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}}
 	t.Cleanup(w.http.CloseIdleConnections)
 	return w

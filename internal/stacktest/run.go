@@ -31,3 +31,21 @@ func Run(t testing.TB, what string, run func(ctx context.Context) error) (stop f
 	t.Cleanup(stop)
 	return stop
 }
+
+// Component is what New builds and its builder closes once Run returned.
+type Component interface {
+	Run(ctx context.Context) error
+	Close() error
+}
+
+// RunAndClose is Run for a component the test built: at cleanup it is
+// stopped, then closed (an error from Close fails the test too).
+func RunAndClose(t testing.TB, what string, c Component) (stop func()) {
+	t.Helper()
+	t.Cleanup(func() { // registered first, so it runs after Run's stop
+		if err := c.Close(); err != nil {
+			t.Errorf("%s: close: %v", what, err)
+		}
+	})
+	return Run(t, what, c.Run)
+}
