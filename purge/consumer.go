@@ -90,7 +90,7 @@ func newConsumerMetrics(reg prometheus.Registerer, k ConsumerKind) (consumerMetr
 		}, []string{"group", k.Label, "result"}),
 		dead: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: k.MetricPrefix + "dead_letters_total",
-			Help: "Messages moved to the dead-letter topic after too many attempts.",
+			Help: "Purge messages moved to the dead-letter topic after too many failed attempts, per " + k.Noun + ".",
 		}, []string{"group", k.Label}),
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: k.MetricPrefix + k.Label + "_up",
@@ -98,7 +98,7 @@ func newConsumerMetrics(reg prometheus.Registerer, k ConsumerKind) (consumerMetr
 		}, []string{"group", k.Label}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    k.MetricPrefix + "commit_to_purge_seconds",
-			Help:    "From the canal reading a commit to its targets purged on a " + k.Noun + ".",
+			Help:    "From the canal reading a commit to its targets purged, per " + k.Noun + ".",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"group", k.Label}),
 	}
