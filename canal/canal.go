@@ -5,6 +5,7 @@
 package canal
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -133,9 +134,7 @@ func New(opts Options) (*Canal, error) {
 	case opts.Publisher == nil:
 		return nil, errors.New("canal: no publisher")
 	}
-	if opts.MySQL.Flavor == "" {
-		opts.MySQL.Flavor = DefaultFlavor
-	}
+	opts.MySQL.Flavor = cmp.Or(opts.MySQL.Flavor, DefaultFlavor)
 	if opts.Checkpoint == nil {
 		opts.Checkpoint = NewPositionFile(opts.PositionFile)
 	}
@@ -151,9 +150,7 @@ func New(opts Options) (*Canal, error) {
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 5 * time.Second
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}

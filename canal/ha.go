@@ -1,6 +1,7 @@
 package canal
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -145,12 +146,8 @@ type LeaseOptions struct {
 // NewLease checks the options; the first use connects and creates the
 // coordination tables if missing.
 func NewLease(opts LeaseOptions) (*Lease, *MySQLCheckpoint, error) {
-	if opts.Database == "" {
-		opts.Database = DefaultHADatabase
-	}
-	if opts.Name == "" {
-		opts.Name = DefaultHAName
-	}
+	opts.Database = cmp.Or(opts.Database, DefaultHADatabase)
+	opts.Name = cmp.Or(opts.Name, DefaultHAName)
 	if opts.TTL == 0 {
 		opts.TTL = DefaultLeaseTTL
 	}

@@ -1,6 +1,7 @@
 package cdn
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -92,9 +93,7 @@ func NewConsole(opts ConsoleOptions) (*Console, error) {
 	if opts.MaxNonces <= 0 {
 		opts.MaxNonces = 1 << 20
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}

@@ -1,6 +1,7 @@
 package invalidate
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -99,9 +100,7 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	if len(opts.Groups)+len(opts.HTTPGroups)+len(opts.CDNNodes) == 0 {
 		return nil, errors.New("publisher: no groups")
 	}
-	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = DefaultTopicPrefix
-	}
+	opts.TopicPrefix = cmp.Or(opts.TopicPrefix, DefaultTopicPrefix)
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultPublishTimeout
 	}
@@ -114,9 +113,7 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 	if opts.RetryMax <= 0 {
 		opts.RetryMax = 2 * time.Second
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}

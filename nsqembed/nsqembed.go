@@ -3,6 +3,7 @@
 package nsqembed
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -39,18 +40,10 @@ type Server struct {
 
 // New creates the data directory and binds the listeners.
 func New(opts Options) (*Server, error) {
-	if opts.TCPAddress == "" {
-		opts.TCPAddress = DefaultTCPAddress
-	}
-	if opts.HTTPAddress == "" {
-		opts.HTTPAddress = DefaultHTTPAddress
-	}
-	if opts.DataPath == "" {
-		opts.DataPath = DefaultDataPath
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.TCPAddress = cmp.Or(opts.TCPAddress, DefaultTCPAddress)
+	opts.HTTPAddress = cmp.Or(opts.HTTPAddress, DefaultHTTPAddress)
+	opts.DataPath = cmp.Or(opts.DataPath, DefaultDataPath)
+	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if err := os.MkdirAll(opts.DataPath, 0o755); err != nil {
 		return nil, fmt.Errorf("embedded nsqd: %w", err)
 	}

@@ -1,6 +1,7 @@
 package purge
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,18 +54,14 @@ type AckSender struct {
 // NewAckSender registers the metric (shared by every sender of a registry);
 // nothing connects before the first ack.
 func NewAckSender(opts AckSenderOptions) (*AckSender, error) {
-	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = invalidate.DefaultTopicPrefix
-	}
+	opts.TopicPrefix = cmp.Or(opts.TopicPrefix, invalidate.DefaultTopicPrefix)
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = 256
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 2 * time.Second
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}

@@ -1,6 +1,7 @@
 package purge
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -169,9 +170,7 @@ func (o *ConsumerOptions) Prepare(role string) error {
 	if o.LookupdPollInterval <= 0 {
 		o.LookupdPollInterval = 5 * time.Second
 	}
-	if o.TopicPrefix == "" {
-		o.TopicPrefix = invalidate.DefaultTopicPrefix
-	}
+	o.TopicPrefix = cmp.Or(o.TopicPrefix, invalidate.DefaultTopicPrefix)
 	if o.MaxAttempts == 0 {
 		o.MaxAttempts = DefaultMaxAttempts
 	}
@@ -181,9 +180,7 @@ func (o *ConsumerOptions) Prepare(role string) error {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o.Logger = cmp.Or(o.Logger, slog.Default())
 	return nil
 }
 
@@ -212,9 +209,7 @@ func NewConsumers(opts ConsumerOptions, kind ConsumerKind, reg prometheus.Regist
 
 // Add registers a target; its consumer starts with Run. Call it before Run.
 func (p *Consumers) Add(t Target) {
-	if t.Channel == "" {
-		t.Channel = invalidate.ReplicaChannel(t.Name)
-	}
+	t.Channel = cmp.Or(t.Channel, invalidate.ReplicaChannel(t.Name))
 	t.Concurrency = max(t.Concurrency, 1)
 	p.targets = append(p.targets, &targetConsumer{
 		Target: t, p: p,

@@ -7,6 +7,7 @@
 package seckill
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -144,12 +145,8 @@ func New(opts Options) (*Service, error) {
 	if !(opts.API || opts.Writer || opts.Expirer || opts.Reconciler) {
 		return nil, errors.New("seckill: no part to run (api, writer, expirer, reconciler)")
 	}
-	if opts.Topic == "" {
-		opts.Topic = DefaultTopic
-	}
-	if opts.ItemTable == "" {
-		opts.ItemTable = DefaultItemTable
-	}
+	opts.Topic = cmp.Or(opts.Topic, DefaultTopic)
+	opts.ItemTable = cmp.Or(opts.ItemTable, DefaultItemTable)
 	if opts.ExpireInterval <= 0 {
 		opts.ExpireInterval = DefaultExpireInterval
 	}
@@ -168,9 +165,7 @@ func New(opts Options) (*Service, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}

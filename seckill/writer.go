@@ -1,6 +1,7 @@
 package seckill
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -102,12 +103,8 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 	if len(opts.NSQDTCP) == 0 && len(opts.LookupdHTTP) == 0 {
 		return nil, errors.New("seckill writer: no nsqd or nsqlookupd address")
 	}
-	if opts.Topic == "" {
-		opts.Topic = DefaultTopic
-	}
-	if opts.DeadTopic == "" {
-		opts.DeadTopic = opts.Topic + ".dead"
-	}
+	opts.Topic = cmp.Or(opts.Topic, DefaultTopic)
+	opts.DeadTopic = cmp.Or(opts.DeadTopic, opts.Topic+".dead")
 	if opts.Writers <= 0 {
 		opts.Writers = DefaultWriters
 	}
@@ -120,9 +117,7 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 	if opts.MsgTimeout <= 0 {
 		opts.MsgTimeout = DefaultMsgTimeout
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
