@@ -41,6 +41,8 @@ run: seed build
 	@echo '  BUY_URL=$$(curl -s "http://127.0.0.1:18090/activities/1/buy.js?user=alice" | sed -n "s/.*\"buy_url\":\"\([^\"]*\)\".*/\1/p")   # empty until the opening'
 	@echo '  curl -s -XPOST "http://127.0.0.1:18090$$BUY_URL" -d "{\"request_id\":\"alice-1\"}"   # 202 reserved'
 	@echo '  curl -s "http://127.0.0.1:18090/orders/alice-1?activity=1"   # ordered'
+	@echo "  # purge by hand (docs/admin.md): what a purge of item 1 would reach, published nothing:"
+	@echo '  curl -s -H "Authorization: Bearer dev-operator-token" -XPOST http://127.0.0.1:18100/api/v1/purges -d '"'"'{"reason":"demo","dry_run":true,"rows":[{"table":"shop.item","key":{"id":1}}]}'"'"
 	@echo
 	exec bin/flashsync all -config configs/dev.toml
 

@@ -5,6 +5,8 @@ package configs
 import (
 	"bytes"
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/flashsync/flashsync/admin"
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/cdn"
 	"github.com/flashsync/flashsync/invalidate"
@@ -41,7 +44,43 @@ type Config struct {
 	CDNNodes   []CDNNode  `toml:"cdn_node"`
 	// Seckill is the flash-sale service (package seckill).
 	Seckill Seckill `toml:"seckill"`
+	// Admin is the manual-purge API (package admin, docs/admin.md).
+	Admin Admin `toml:"admin"`
+
+	// adminSection: the file has an [admin] section.
+	adminSection bool
 }
+
+// Admin configures the admin role: the API an on-call engineer purges keys,
+// URLs, tags and rows with by hand, through the binlog's NSQ path, audited
+// in MySQL ([mysql] is the server). docs/admin.md.
+type Admin struct {
+	// Addr is the admin API's listen address.
+	Addr string `toml:"addr"`
+	// AuditDatabase holds the table admin_audit (created on first use) on
+	// the [mysql] server; by default the canal's ha_database default.
+	AuditDatabase string `toml:"audit_database"`
+	// MaxBodyBytes bounds a request body; a larger one is refused with 413.
+	MaxBodyBytes int64 `toml:"max_body_bytes"`
+	// Users are the API's users, each with a role and the SHA-256 of its
+	// bearer token.
+	Users []AdminUser `toml:"user"`
+}
+
+// AdminUser is one user of the admin API. The token itself is never
+// stored: `flashsync admin hash-token` prints the hash of one.
+type AdminUser struct {
+	// Name names the user in the audit and in the jobs they start.
+	Name string `toml:"name"`
+	// Role is "viewer" (jobs, audit, dry runs), "operator" (also purges
+	// keys, URLs, tags and rows) or "admin".
+	Role string `toml:"role"`
+	// TokenSHA256 is the hex SHA-256 of the user's bearer token.
+	TokenSHA256 string `toml:"token_sha256"`
+}
+
+// AdminConfigured tells whether the file has an [admin] to run.
+func (c *Config) AdminConfigured() bool { return c.adminSection || len(c.Admin.Users) > 0 }
 
 // Seckill configures the flash-sale roles: the buy API, the order writers,
 // the expirer and the reconciler.
@@ -370,6 +409,7 @@ func Default() Config {
 			ExpireInterval: seckill.DefaultExpireInterval, ReconcileInterval: seckill.DefaultReconcileInterval,
 			ReconcileGrace: seckill.DefaultReconcileGrace,
 		},
+		Admin: Admin{Addr: admin.DefaultAddr, AuditDatabase: canal.DefaultHADatabase, MaxBodyBytes: admin.DefaultMaxBodyBytes},
 	}
 }
 
@@ -524,6 +564,7 @@ func (c *Config) Validate() error {
 	}
 	c.validateCDN(bad, checkAddr)
 	c.validateSeckill(bad, checkAddr)
+	c.validateAdmin(bad, checkAddr)
 	for i, r := range c.Rules {
 		key := fmt.Sprintf("rule[%d]", i)
 		if !tableRe.MatchString(r.Table) {
@@ -691,10 +732,52 @@ func (c *Config) validateSeckill(bad func(key, format string, args ...any), chec
 	}
 }
 
+// validateAdmin checks [admin] and its [[admin.user]]s.
+func (c *Config) validateAdmin(bad func(key, format string, args ...any), checkAddr func(key, addr string)) {
+	if !c.AdminConfigured() {
+		return
+	}
+	a := c.Admin
+	checkAddr("admin.addr", a.Addr)
+	checkAddr("mysql.addr", c.MySQL.Addr)
+	if !identRe.MatchString(a.AuditDatabase) {
+		bad("admin.audit_database", "%q must be 1-64 of [A-Za-z0-9_]", a.AuditDatabase)
+	}
+	if a.MaxBodyBytes < 1024 {
+		bad("admin.max_body_bytes", "must be at least 1024")
+	}
+	if len(c.RedisGroups)+len(c.HTTPGroups) == 0 {
+		bad("admin", "needs a [[redis_group]] or an [[http_group]] to purge in")
+	}
+	if len(a.Users) == 0 {
+		bad("admin.user", "missing; add an [[admin.user]] with name, role and token_sha256")
+	}
+	names := map[string]bool{}
+	for i, u := range a.Users {
+		key := fmt.Sprintf("admin.user[%d]", i)
+		if !adminUserRe.MatchString(u.Name) {
+			bad(key+".name", "%q must be 1-64 of [a-zA-Z0-9_.@-]", u.Name)
+		}
+		if names[u.Name] {
+			bad(key+".name", "%q is used twice", u.Name)
+		}
+		names[u.Name] = true
+		if !slices.Contains(admin.Roles, u.Role) {
+			bad(key+".role", "unknown role %q (%s)", u.Role, strings.Join(admin.Roles, ", "))
+		}
+		if h, err := hex.DecodeString(u.TokenSHA256); err != nil || len(h) != sha256.Size {
+			bad(key+".token_sha256", "must be 64 hex digits, the SHA-256 of the token (flashsync admin hash-token prints it)")
+		}
+	}
+}
+
+var adminUserRe = regexp.MustCompile(`^[a-zA-Z0-9_.@-]{1,64}$`)
+
 // canalConfigured tells whether the file asks for a canal. [mysql] alone
-// does; next to [seckill] (the flash-sale database's server) it does not.
+// does; next to [seckill] (the flash-sale database's server) or [admin]
+// (the audit's) it does not.
 func (c *Config) canalConfigured() bool {
-	return len(c.Rules) > 0 || c.Canal.PositionFile != "" || (c.MySQL.Addr != "" && !c.SeckillConfigured())
+	return len(c.Rules) > 0 || c.Canal.PositionFile != "" || (c.MySQL.Addr != "" && !c.SeckillConfigured() && !c.AdminConfigured())
 }
 
 // Load reads, strictly decodes, defaults and validates a TOML file. Errors
@@ -729,6 +812,7 @@ func Parse(data []byte) (*Config, error) {
 		}
 		return nil, errors.Join(errs...)
 	}
+	cfg.adminSection = md.IsDefined("admin")
 	cfg.derive()
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"github.com/flashsync/flashsync/admin"
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/purge"
@@ -74,4 +75,18 @@ func (c *Config) PurgerHTTPGroups() []purge.HTTPGroup {
 		groups[i] = purge.HTTPGroup(g)
 	}
 	return groups
+}
+
+// AdminOptions are the admin API settings of [admin]; the caller adds the
+// database, the rules, the publisher, the job store and the observers.
+func (c *Config) AdminOptions() admin.Options {
+	a := c.Admin
+	users := make([]admin.User, len(a.Users))
+	for i, u := range a.Users {
+		users[i] = admin.User(u)
+	}
+	return admin.Options{
+		Addr: a.Addr, Users: users, AuditDatabase: a.AuditDatabase, MaxBodyBytes: a.MaxBodyBytes,
+		TopicPrefix: c.NSQ.TopicPrefix,
+	}
 }

@@ -36,38 +36,56 @@ func WriteReference(w io.Writer) error {
 	top := reflect.TypeOf(Config{})
 	for i := range top.NumField() {
 		f := top.Field(i)
-		name := tomlName(f)
-		st, header := f.Type, "["+name+"]"
-		if st.Kind() == reflect.Slice {
-			st, header = st.Elem(), "[["+name+"]]"
-		}
-		fmt.Fprintf(&b, "\n## `%s`\n\n", header)
-		if d := docs.types[st.Name()]; d != "" {
-			b.WriteString(d + "\n\n")
-		}
-		if d := docs.fields["Config."+f.Name]; d != "" {
-			b.WriteString(d + "\n\n")
+		if !f.IsExported() {
+			continue
 		}
 		var sectionDefault reflect.Value
 		if f.Type.Kind() == reflect.Struct {
 			sectionDefault = def.Field(i)
 		}
-		b.WriteString("| key | type | default | meaning |\n|---|---|---|---|\n")
-		for j := range st.NumField() {
-			kf := st.Field(j)
-			key := tomlName(kf)
-			dflt := "—"
-			if sectionDefault.IsValid() {
-				dflt = formatDefault(sectionDefault.Field(j))
-			}
-			if d, ok := derivedDefaults[name+"."+key]; ok {
-				dflt = d
-			}
-			fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", key, tomlType(kf.Type), cell(dflt), cell(docs.fields[st.Name()+"."+kf.Name]))
-		}
+		writeSection(&b, docs, tomlName(f), f, sectionDefault)
 	}
 	_, err = io.WriteString(w, b.String())
 	return err
+}
+
+// writeSection writes the section of field f, named name, and after it the
+// arrays of tables nested in it ([[admin.user]]); sectionDefault is the
+// section's default, invalid for an array of tables.
+func writeSection(b *strings.Builder, docs *schemaDoc, name string, f reflect.StructField, sectionDefault reflect.Value) {
+	st, header := f.Type, "["+name+"]"
+	if st.Kind() == reflect.Slice {
+		st, header = st.Elem(), "[["+name+"]]"
+	}
+	fmt.Fprintf(b, "\n## `%s`\n\n", header)
+	if d := docs.types[st.Name()]; d != "" {
+		b.WriteString(d + "\n\n")
+	}
+	if d := docs.fields["Config."+f.Name]; d != "" {
+		b.WriteString(d + "\n\n")
+	}
+	var nested []reflect.StructField
+	b.WriteString("| key | type | default | meaning |\n|---|---|---|---|\n")
+	for j := range st.NumField() {
+		kf := st.Field(j)
+		key := tomlName(kf)
+		if kf.Type.Kind() == reflect.Slice && kf.Type.Elem().Kind() == reflect.Struct {
+			nested = append(nested, kf)
+			fmt.Fprintf(b, "| `%s` | array of tables | — | %s (`[[%s.%s]]`, below) |\n", key, cell(docs.fields[st.Name()+"."+kf.Name]), name, key)
+			continue
+		}
+		dflt := "—"
+		if sectionDefault.IsValid() {
+			dflt = formatDefault(sectionDefault.Field(j))
+		}
+		if d, ok := derivedDefaults[name+"."+key]; ok {
+			dflt = d
+		}
+		fmt.Fprintf(b, "| `%s` | %s | %s | %s |\n", key, tomlType(kf.Type), cell(dflt), cell(docs.fields[st.Name()+"."+kf.Name]))
+	}
+	for _, kf := range nested {
+		writeSection(b, docs, name+"."+tomlName(kf), kf, reflect.Value{})
+	}
 }
 
 type schemaDoc struct {

@@ -31,6 +31,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/flashsync/flashsync/admin"
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/cdn"
 	"github.com/flashsync/flashsync/configs"
@@ -57,7 +58,7 @@ const (
 )
 
 // Roles lists every role in start order.
-var Roles = []string{RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, RoleConsole, RoleSeckill}
+var Roles = []string{RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, RoleConsole, RoleSeckill, RoleAdmin}
 
 // Options configure a Daemon.
 type Options struct {
@@ -84,9 +85,9 @@ type Daemon struct {
 	nsqd       *nsqembed.Server
 	nsqdTCP    []string
 	nsqdHTTP   []string
-	rules      *invalidate.Rules // every role has them, for /rules/explain
-	publisher  *invalidate.Publisher
-	jobs       *jobs.Store // with the canal role: the purge jobs it published
+	rules      *invalidate.Rules     // every role has them, for /rules/explain
+	publisher  *invalidate.Publisher // the canal's and the admin API's
+	jobs       *jobs.Store           // with the canal or admin role: the purge jobs published
 	canal      *canal.Canal
 	purger     *purge.RedisPurger
 	httpPurger *purge.HTTPPurger
@@ -98,6 +99,8 @@ type Daemon struct {
 
 	seckill   *seckill.Service
 	seckillDB *sql.DB
+
+	admin *admin.Server
 
 	// owned is what New built, in build order; Close closes it backwards.
 	owned     []component
@@ -174,6 +177,9 @@ func New(opts Options) (*Daemon, error) {
 		if cfg.SeckillConfigured() {
 			n.roles = append(n.roles, RoleSeckill)
 		}
+		if cfg.AdminConfigured() {
+			n.roles = append(n.roles, RoleAdmin)
+		}
 		if len(n.roles) == 0 {
 			return nil, errors.New("config has neither [[rule]] nor [[redis_group]] (nor [[cdn_node]] or [console]): no role to run")
 		}
@@ -213,12 +219,13 @@ func (n *Daemon) build() error {
 		n.own("embedded nsqd", n.nsqd.Close)
 		n.nsqdTCP, n.nsqdHTTP = []string{n.nsqd.TCPAddr()}, []string{n.nsqd.HTTPAddr()}
 	}
-	if n.has(RoleCanal) {
-		if len(cfg.Rules) == 0 {
-			return errors.New("canal role: config has no [[rule]]")
-		}
+	if n.has(RoleCanal) && len(cfg.Rules) == 0 {
+		return errors.New("canal role: config has no [[rule]]")
+	}
+	if n.has(RoleCanal) || n.has(RoleAdmin) {
 		// Keys go to the Redis groups' topics, URLs and tags to the HTTP
 		// groups' topics, each with a channel per replica or instance.
+		// The canal and the admin API publish through this one publisher.
 		redisGroups, httpGroups := cfg.Groups()
 		// Every batch is a job its targets acknowledge on the acks topic.
 		n.jobs, err = jobs.New(jobs.Options{Registerer: n.registry})
@@ -235,6 +242,8 @@ func (n *Daemon) build() error {
 			return err
 		}
 		n.own("publisher", closeNoErr(n.publisher.Close))
+	}
+	if n.has(RoleCanal) {
 		var lease *canal.Lease
 		var checkpoint canal.Checkpoint
 		if cfg.Canal.HA {
@@ -290,6 +299,11 @@ func (n *Daemon) build() error {
 			return err
 		}
 	}
+	if n.has(RoleAdmin) {
+		if err := n.buildAdmin(); err != nil {
+			return err
+		}
+	}
 	ln, err := listenOnce(cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("http.addr: %w", err)
@@ -317,6 +331,10 @@ func (n *Daemon) Run(ctx context.Context) error {
 	if n.canal != nil {
 		g.add(RoleCanal, n.runCanal)
 	}
+	//    The admin API answers the purges in hand (each once nsqd acked).
+	if n.admin != nil {
+		g.add(RoleAdmin, n.runAdmin)
+	}
 	// 2. The purgers finish the messages in hand, and so does the
 	//    dispatcher (whose console may be this daemon's: it stops later).
 	if n.purger != nil {
@@ -330,7 +348,7 @@ func (n *Daemon) Run(ctx context.Context) error {
 	}
 	// 3. The job-ack consumer, once the purgers sent their last acks.
 	if n.jobs != nil {
-		g.add(RoleCanal+" acks", n.consumeAcks)
+		g.add("job acks", n.consumeAcks)
 	}
 	// 4. The flash-sale service answers the requests in hand and its
 	//    writers store the orders read.
@@ -416,7 +434,7 @@ func (n *Daemon) consumeAcks(ctx context.Context) error {
 		func() error {
 			err := n.jobs.Consume(ctx, jobs.ConsumerOptions{
 				NSQDTCP: n.nsqdTCP, LookupdHTTP: n.cfg.NSQ.LookupdHTTP, TopicPrefix: n.cfg.NSQ.TopicPrefix,
-				Logger: n.log.With("role", RoleCanal, "topic", invalidate.AckTopic(n.cfg.NSQ.TopicPrefix)),
+				Logger: n.log.With("component", "job acks", "topic", invalidate.AckTopic(n.cfg.NSQ.TopicPrefix)),
 			})
 			if ctx.Err() != nil {
 				return nil // stopped, not failed

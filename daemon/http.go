@@ -31,7 +31,7 @@ func (n *Daemon) mux() *http.ServeMux {
 }
 
 // errNoJobs answers the job endpoints of a daemon without the canal role.
-var errNoJobs = httpapi.Wrap(http.StatusNotFound, errors.New("no purge jobs here: this flashsync process does not run the canal role"))
+var errNoJobs = httpapi.Wrap(http.StatusNotFound, errors.New("no purge jobs here: this flashsync process does not run the canal role (nor the admin role)"))
 
 // getJob answers GET /jobs/{id}: the job's state, per group and per target.
 func (n *Daemon) getJob(w http.ResponseWriter, r *http.Request) error {
@@ -127,6 +127,9 @@ func (n *Daemon) healthz(w http.ResponseWriter, r *http.Request) error {
 	}
 	if n.console != nil {
 		h.Roles[RoleConsole] = "ok"
+	}
+	if n.admin != nil {
+		h.Roles[RoleAdmin] = "ok"
 	}
 	if n.seckill != nil {
 		h.Roles[RoleSeckill] = "ok"

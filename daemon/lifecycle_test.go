@@ -20,7 +20,20 @@ import (
 	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
-// everyRole adds the dispatcher, console and seckill sections to
+// adminSection runs the admin role on a free port; the audit database is
+// %s (fmt) where a daemon runs.
+const adminSection = `
+[admin]
+addr = "127.0.0.1:0"
+audit_database = "%s"
+
+[[admin.user]]
+name = "op"
+role = "operator"
+token_sha256 = "277e6a75a6980887d1bc5c738e59a2504e3e2696d8f9fbf675b7fc49dabd2cf8"
+`
+
+// everyRole adds the dispatcher, console, seckill and admin sections to
 // explainConfig (canal, purger, http-purger): a daemon of every role, with
 // addresses where nothing listens. New dials nothing.
 const everyRole = explainConfig + `
@@ -40,7 +53,8 @@ database = "seckill"
 item_table = "shop.item"
 redis = "127.0.0.1:5"
 token_key = "node-test-token-key-0123456789abcdef"
-`
+` + "\n[admin]\naddr = \"127.0.0.1:0\"\n\n[[admin.user]]\nname = \"op\"\nrole = \"operator\"\n" +
+	"token_sha256 = \"277e6a75a6980887d1bc5c738e59a2504e3e2696d8f9fbf675b7fc49dabd2cf8\"\n"
 
 // closeCounts wraps the Close of every component n owns with a counter.
 func closeCounts(t *testing.T, n *Daemon) map[string]*int {
@@ -95,7 +109,7 @@ func TestCloseClosesEveryComponentOnce(t *testing.T) {
 		"publisher", RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, "console listener",
 		"seckill database", "seckill redis",
 		"seckill cache client 127.0.0.1:16379", "seckill cache client 127.0.0.1:16380", "seckill cache client 127.0.0.1:16381",
-		RoleSeckill, "http listener",
+		RoleSeckill, "admin database", RoleAdmin, "http listener",
 	}
 	if !slices.Equal(names, want) {
 		t.Errorf("components %q,\nwant %q", names, want)
@@ -195,9 +209,9 @@ database = %q
 item_table = %q
 redis = %q
 token_key = "node-test-token-key-0123456789abcdef"
-`, stacktest.MySQLAddr(), 20000+rand.IntN(40000), position, db+`\..*`, filepath.Join(dir, "nsqd"),
+`+adminSection, stacktest.MySQLAddr(), 20000+rand.IntN(40000), position, db+`\..*`, filepath.Join(dir, "nsqd"),
 		cache.Addr(), stacktest.FreePort(t), db+".item", consoleAddr, key, consoleAddr, key, stacktest.FreePort(t),
-		db, db+".item", reservations.Addr()))
+		db, db+".item", reservations.Addr(), db))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,7 @@ func everyRoleConfig(t *testing.T) *configs.Config {
 	cfg.HTTP.Addr = "127.0.0.1:0"
 	cfg.Seckill.Addr = "127.0.0.1:0"
 	cfg.Console.Addr = "127.0.0.1:0"
+	cfg.Admin.Addr = "127.0.0.1:0"
 	cfg.Canal.PositionFile = filepath.Join(t.TempDir(), "position")
 	return cfg
 }

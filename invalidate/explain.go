@@ -76,6 +76,7 @@ type GroupPurge struct {
 	Topic     string   `json:"topic,omitempty"`
 	Replicas  []string `json:"replicas,omitempty"`  // Redis
 	Instances []string `json:"instances,omitempty"` // HTTP
+	Nodes     []string `json:"nodes,omitempty"`     // CDN
 	Keys      []string `json:"keys,omitempty"`
 	URLs      []string `json:"urls,omitempty"`
 	Tags      []string `json:"tags,omitempty"`
@@ -165,18 +166,59 @@ func (r *Rules) Explain(table string, action Action, columns []string, before, a
 	}
 	batch := r.NewBatch()
 	b.ApplyRow(action, before, after, batch)
-	for g := 0; g < batch.NumGroups(); g++ {
-		if keys := batch.Keys(g); len(keys) > 0 {
-			e.Purges = append(e.Purges, GroupPurge{Tier: TierRedis, Group: r.redis[g].Name,
+	e.Purges = r.Purges(batch)
+	return e, nil
+}
+
+// Purges lists what b publishes to each group, Redis groups first, each
+// with its replicas or instances; a batch of these rules' groups.
+func (r *Rules) Purges(b *Batch) []GroupPurge {
+	ps := []GroupPurge{}
+	for g := 0; g < b.NumGroups() && g < len(r.redis); g++ {
+		if keys := b.Keys(g); len(keys) > 0 {
+			ps = append(ps, GroupPurge{Tier: TierRedis, Group: r.redis[g].Name,
 				Replicas: r.redis[g].Addrs, Keys: keys})
 		}
 	}
-	for g := 0; g < batch.NumHTTPGroups(); g++ {
-		if urls, tags := batch.URLs(g), batch.Tags(g); len(urls)+len(tags) > 0 {
-			e.Purges = append(e.Purges, GroupPurge{Tier: TierHTTP, Group: r.http[g].Name,
+	for g := 0; g < b.NumHTTPGroups() && g < len(r.http); g++ {
+		if urls, tags := b.URLs(g), b.Tags(g); len(urls)+len(tags) > 0 {
+			ps = append(ps, GroupPurge{Tier: TierHTTP, Group: r.http[g].Name,
 				Instances: r.http[g].Addrs, URLs: urls, Tags: tags})
 		}
 	}
+	return ps
+}
+
+// ExplainRow explains a purge of one row asked for by hand (the admin API):
+// every rule of table renders its targets from image, whatever its
+// conditions (actions, changed, ignore_changes), which select row changes,
+// not purges someone asks for. A NULL (or unknown) value skips the targets
+// that name it, and a NULL route value sends the rule's targets to every
+// group of the tier, as ApplyRow does. The row's targets are added to out.
+// A table without rules, or a column a rule needs that columns lack, is an
+// error.
+func (r *Rules) ExplainRow(table string, columns []string, image []any, out *Batch) (*Explanation, error) {
+	if len(image) != len(columns) {
+		return nil, fmt.Errorf("the row has %d values for %d columns", len(image), len(columns))
+	}
+	b, err := r.Bind(table, columns)
+	if err != nil {
+		return nil, err
+	}
+	if b == nil {
+		return nil, fmt.Errorf("no [[rule]] for %s (tables with rules: %s)", table, strings.Join(r.Tables(), ", "))
+	}
+	e := &Explanation{Table: table, Action: "purge", Columns: columns, Rules: []RuleExplanation{}}
+	batch := r.NewBatch()
+	for i := range b.rules {
+		ru := &b.rules[i]
+		re := RuleExplanation{Rule: ru.src.name, Fired: true, Reason: "purged by hand: every rule of the table renders the row, whatever its conditions"}
+		r.explainImage(b, ru, "row", image, columns, &re)
+		b.render(ru, image, batch)
+		b.render(ru, image, out)
+		e.Rules = append(e.Rules, re)
+	}
+	e.Purges = r.Purges(batch)
 	return e, nil
 }
 

@@ -356,3 +356,45 @@ func TestParseExplainRequest(t *testing.T) {
 		}
 	}
 }
+
+func TestExplainRow(t *testing.T) {
+	// A rule firing only on price changes and one only on deletes: a purge
+	// by hand renders both.
+	r := devRules(t, devItemRule,
+		Rule{Table: "shop.item", RouteBy: "id", Keys: []string{"stock:{id}"}, Changed: []string{"stock"}},
+		Rule{Table: "shop.item", RouteBy: "name", Keys: []string{"byname:{name}"}, Actions: []string{"delete"}})
+	out := r.NewBatch()
+	e, err := r.ExplainRow("shop.item", []string{"id", "name", "stock", "view_count"}, []any{int64(1), "pen", int64(3), int64(7)}, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Action != "purge" || len(e.Rules) != 3 {
+		t.Fatalf("explanation %+v", e)
+	}
+	for _, re := range e.Rules {
+		if !re.Fired || len(re.Targets) == 0 {
+			t.Errorf("%s: fired %v, targets %v", re.Rule, re.Fired, re.Targets)
+		}
+	}
+	// The batch and the explanation's purges agree, as for a row change.
+	checkPurgesMatchRules(t, e)
+	if !slices.Equal(r.Purges(out)[0].Keys, e.Purges[0].Keys) || out.Len() != 6 {
+		t.Errorf("batch %v (%d targets), explanation %v", r.Purges(out), out.Len(), e.Purges)
+	}
+	// A row known by its key columns only: templates over other columns
+	// are skipped, a NULL route value reaches every group.
+	out = r.NewBatch()
+	e, err = r.ExplainRow("shop.item", []string{"id", "name", "stock", "view_count"}, []any{int64(1), nil, nil, nil}, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(e.Rules[2].Skipped) != 1 || len(e.Rules[2].Routes[0].Redis) != 2 {
+		t.Errorf("rule over a NULL column: %+v", e.Rules[2])
+	}
+	if _, err := r.ExplainRow("shop.log", []string{"id"}, []any{int64(1)}, out); err == nil || !strings.Contains(err.Error(), "no [[rule]] for shop.log") {
+		t.Errorf("table without rules: %v", err)
+	}
+	if _, err := r.ExplainRow("shop.item", []string{"id"}, []any{int64(1)}, out); err == nil || !strings.Contains(err.Error(), "is not in shop.item") {
+		t.Errorf("missing column: %v", err)
+	}
+}

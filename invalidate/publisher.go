@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flashsync/flashsync/internal/nsqio"
@@ -68,6 +69,10 @@ type Meta struct {
 	GTID       string
 	CommitUnix int64
 	Seen       time.Time
+	// Job, set, is the batch's job ID (as NewJobID makes them), for a
+	// caller that must name the job before it is published (the admin API
+	// audits it first); empty, Publish makes one.
+	Job string
 }
 
 // Publisher sends batches to NSQ and returns only once nsqd acknowledged
@@ -78,7 +83,9 @@ type Publisher struct {
 	// next.
 	producers *nsqio.ProducerPool
 	topics    []string // Redis groups' topics, then HTTP groups', then the CDN topic
-	next      int      // index of the producer to try first
+	// next is the index of the producer to try first; atomic, as the
+	// canal and the admin API publish through one Publisher.
+	next atomic.Int64
 
 	published   *prometheus.CounterVec
 	keys        *prometheus.CounterVec
@@ -184,7 +191,8 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 // Publish sends every group's targets of b — keys to the Redis groups'
 // topics, URLs and tags to the HTTP groups' topics — and returns when nsqd
 // acknowledged all of them. It retries failed groups with backoff, moving to
-// the next nsqd, until ctx ends; only then does it return an error.
+// the next nsqd, until ctx ends; only then does it return an error. It is
+// safe for concurrent use.
 func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	if b.Len() == 0 {
 		return nil
@@ -194,7 +202,10 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 			b.NumGroups(), b.NumHTTPGroups(), len(p.opts.Groups), len(p.opts.HTTPGroups))
 	}
 	start := time.Now()
-	job := NewJobID()
+	job := meta.Job
+	if job == "" {
+		job = NewJobID()
+	}
 	nRedis := len(p.opts.Groups)
 	bodies := make([][][]byte, len(p.topics))
 	encode := func(i int, msg Purge) error {
@@ -244,12 +255,13 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 		p.opts.OnPublished(job, p.jobTargets(b))
 	}
 	// Exact delays (no jitter): RetryMin and RetryMax are the configured
-	// bounds, and one canal publishes at a time.
+	// bounds, and one canal publishes at a time (the admin API's manual
+	// purges are rare).
 	err := retry.Until(ctx, retry.Backoff{Min: p.opts.RetryMin, Max: p.opts.RetryMax}, func() error {
 		err := p.publishOnce(bodies)
 		if err != nil {
 			p.published.WithLabelValues("error").Inc()
-			p.next = (p.next + 1) % len(p.opts.NSQDTCP) // the next attempt starts at the next nsqd
+			p.next.Add(1) // the next attempt starts at the next nsqd
 		}
 		return err
 	}, func(attempt int, err error, next time.Duration) {
@@ -366,7 +378,7 @@ func (p *Publisher) encodeCDN(b *Batch, encode func(Purge) error) error {
 // MultiPublishAsync per topic), all groups in flight at once, and clears each group that nsqd acknowledged so a retry sends only
 // what failed.
 func (p *Publisher) publishOnce(bodies [][][]byte) error {
-	addr := p.opts.NSQDTCP[p.next]
+	addr := p.opts.NSQDTCP[int(uint64(p.next.Load())%uint64(len(p.opts.NSQDTCP)))]
 	prod, err := p.producers.Get(addr)
 	if err != nil {
 		return fmt.Errorf("nsqd %s: %w", addr, err)

@@ -64,6 +64,10 @@ type Job struct {
 	ID      string    `json:"id"`
 	State   string    `json:"state"`
 	Created time.Time `json:"created"`
+	// StartedBy and Reason name who asked for a job by hand (the admin
+	// API) and why; a job of the binlog path has neither.
+	StartedBy string `json:"started_by,omitempty"`
+	Reason    string `json:"reason,omitempty"`
 	// Finished is when the last target acknowledged.
 	Finished *time.Time `json:"finished,omitempty"`
 	// LatencyMS is from the publication to the last ack, once finished.
@@ -168,6 +172,20 @@ func (s *Store) Expect(id string, targets []invalidate.JobTarget) {
 	if j.Pending == 0 {
 		s.finish(j, now)
 	}
+}
+
+// Describe records who started a job by hand and why; false if the job is
+// not tracked (Expect was not called, or it was evicted).
+func (s *Store) Describe(id, startedBy, reason string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.byID[id]
+	if !ok {
+		return false
+	}
+	j := e.Value.(*job)
+	j.StartedBy, j.Reason = startedBy, reason
+	return true
 }
 
 // Ack records one target's ack. Acks of unknown jobs or targets are counted

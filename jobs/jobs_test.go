@@ -154,3 +154,25 @@ func testConcurrent(t *testing.T, max int) {
 		t.Errorf("done %v, evicted %v", done, evicted)
 	}
 }
+
+func TestDescribe(t *testing.T) {
+	s, _ := newStore(t, 0)
+	if s.Describe("nope", "alice", "x") {
+		t.Error("Describe of an unknown job reported true")
+	}
+	s.Expect("j1", targets)
+	if !s.Describe("j1", "alice", "stale price") {
+		t.Fatal("Describe of a tracked job reported false")
+	}
+	j, _ := s.Get("j1")
+	if j.StartedBy != "alice" || j.Reason != "stale price" {
+		t.Errorf("job %+v: want started_by alice, reason stale price", j)
+	}
+	if r := s.Recent(1); r[0].StartedBy != "alice" {
+		t.Errorf("recent job %+v lacks started_by", r[0])
+	}
+	s.Expect("j2", targets)
+	if j, _ := s.Get("j2"); j.StartedBy != "" || j.Reason != "" {
+		t.Errorf("a job of the binlog path has an origin: %+v", j)
+	}
+}

@@ -6,12 +6,16 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 
+	"github.com/flashsync/flashsync/admin"
 	"github.com/flashsync/flashsync/cmd/internal/cli"
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/daemon"
@@ -33,6 +37,8 @@ var program = &cli.Program{
 		roleCommand(daemon.RoleDispatcher, "forward URL and tag purges to every [[cdn_node]]'s console", []string{daemon.RoleDispatcher}),
 		roleCommand(daemon.RoleConsole, "on a CDN node: purge its cache machines on signed requests", []string{daemon.RoleConsole}),
 		roleCommand(daemon.RoleSeckill, "the flash-sale service: buy API, order writers, expirer, reconciler", []string{daemon.RoleSeckill}),
+		roleCommand(daemon.RoleAdmin, "the admin API: purge keys, URLs, tags and rows by hand, audited ([admin])", []string{daemon.RoleAdmin}),
+		adminHashTokenCommand,
 		seckillMigrateCommand,
 		checkCommand,
 		configReferenceCommand,
@@ -89,6 +95,31 @@ var seckillMigrateCommand = &cli.Command{
 			}
 			fmt.Fprintf(env.Stderr, "seckill: database %s migrated\n", cfg.Seckill.Database)
 			return nil
+		}
+	},
+}
+
+var adminHashTokenCommand = &cli.Command{
+	Name:    "admin hash-token",
+	Summary: "print the token_sha256 of an [[admin.user]]'s token (read from stdin, or -token)",
+	Doc: "Reads a token from -token or, without it, the first line of stdin, and prints its hex\n" +
+		"SHA-256: the token_sha256 of an [[admin.user]]. The config holds only the hash.",
+	Flags: func(fs *flag.FlagSet) cli.Action {
+		token := fs.String("token", "", "the `token` (visible in the process list and shell history: prefer stdin)")
+		return func(_ context.Context, env cli.Env, _ []string) error {
+			t := *token
+			if t == "" {
+				line, err := bufio.NewReader(env.Stdin).ReadString('\n')
+				if err != nil && !errors.Is(err, io.EOF) {
+					return fmt.Errorf("read token: %w", err)
+				}
+				t = strings.TrimRight(line, "\r\n")
+			}
+			if strings.TrimSpace(t) == "" {
+				return cli.Usagef("no token: give -token or write it to stdin")
+			}
+			_, err := fmt.Fprintln(env.Stdout, admin.HashToken(strings.TrimSpace(t)))
+			return err
 		}
 	},
 }

@@ -27,6 +27,7 @@ var flagArgs = map[string]string{
 	"-row":              `-row={"after":{"id":1}}`,
 	"-action":           "-action=insert",
 	"-json":             "-json",
+	"-token":            "-token=dev-viewer-token",
 	// The demo's, which flashsync has no more.
 	"-addr":  "-addr=127.0.0.1:1",
 	"-limit": "-limit=5",
@@ -42,6 +43,8 @@ var commandFlags = map[string][]string{
 	"console":          {"-config", "-log-level"},
 	"seckill":          {"-config", "-log-level"},
 	"seckill-migrate":  {"-config"},
+	"admin":            {"-config", "-log-level"},
+	"admin hash-token": {"-token"},
 	"check":            {"-config"},
 	"config reference": nil,
 	"rules explain":    {"-config", "-table", "-row", "-action", "-json"},
@@ -73,7 +76,14 @@ func TestCommandFlags(t *testing.T) {
 			if name == "rules explain" && flagName != "-row" {
 				args = append(args, flagArgs["-row"]) // required
 			}
-			rc, _, stderr := runCLI(t, args...)
+			rc, stdout, stderr := runCLI(t, args...)
+			if name == "admin hash-token" && flagName == "-token" {
+				// The one command of a flag of its own that reads no config.
+				if rc != 0 || stdout != "ce2bc80df24ceeb9021f86ebb9b2ad727af4f9fabb308232bd168b16f1de2526\n" {
+					t.Errorf("%q: rc %d, stdout %q, stderr %q", args, rc, stdout, stderr)
+				}
+				continue
+			}
 			if !slices.Contains(own, flagName) {
 				if rc != 2 || !strings.Contains(stderr, "flag provided but not defined: "+flagName) || !strings.Contains(stderr, "usage: flashsync "+name) {
 					t.Errorf("%q: rc %d, want 2 with the refused flag and the usage; stderr:\n%s", args, rc, stderr)
@@ -161,5 +171,20 @@ func TestCheck(t *testing.T) {
 	rc, _, errOut := runCLI(t, "check", "-config", devConfig)
 	if rc != 0 || errOut != devConfig+": ok\n" {
 		t.Errorf("check: rc %d %q", rc, errOut)
+	}
+}
+
+// admin hash-token reads the token from stdin without -token; the hash is
+// configs/dev.toml's of the demo operator.
+func TestAdminHashTokenStdin(t *testing.T) {
+	program.Stdin = strings.NewReader("dev-operator-token\n")
+	defer func() { program.Stdin = nil }()
+	rc, stdout, stderr := runCLI(t, "admin", "hash-token")
+	if rc != 0 || stdout != "277e6a75a6980887d1bc5c738e59a2504e3e2696d8f9fbf675b7fc49dabd2cf8\n" {
+		t.Errorf("rc %d, stdout %q, stderr %q", rc, stdout, stderr)
+	}
+	program.Stdin = strings.NewReader("")
+	if rc, _, stderr := runCLI(t, "admin", "hash-token"); rc != 2 || !strings.Contains(stderr, "no token") {
+		t.Errorf("empty stdin: rc %d, stderr %q", rc, stderr)
 	}
 }

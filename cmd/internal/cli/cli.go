@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
@@ -46,8 +47,9 @@ type Command struct {
 // Action runs a command with its arguments (those after the flags).
 type Action func(ctx context.Context, env Env, args []string) error
 
-// Env is what an action writes to.
+// Env is what an action reads and writes.
 type Env struct {
+	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 }
 
@@ -58,6 +60,8 @@ type Program struct {
 	// Doc is the first paragraph of the usage.
 	Doc      string
 	Commands []*Command
+	// Stdin is the actions' Env.Stdin (default os.Stdin).
+	Stdin io.Reader
 }
 
 // UsageError is a wrong command line found by an action: it exits 2, with
@@ -159,7 +163,11 @@ func (p *Program) Run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err = act(ctx, Env{Stdout: stdout, Stderr: stderr}, fs.Args())
+	stdin := p.Stdin
+	if stdin == nil {
+		stdin = os.Stdin
+	}
+	err = act(ctx, Env{Stdin: stdin, Stdout: stdout, Stderr: stderr}, fs.Args())
 	var ue *UsageError
 	var ce *ConfigError
 	switch {

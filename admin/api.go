@@ -1,0 +1,143 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/flashsync/flashsync/internal/httpapi"
+	"github.com/flashsync/flashsync/invalidate"
+)
+
+// Actions, as the metric and the audit name them.
+const (
+	actionPurge  = "purge"
+	actionDryRun = "dry_run"
+	actionJob    = "job"
+	actionAudit  = "audit"
+)
+
+// purge answers POST /api/v1/purges: 200 with the preview for a dry run,
+// 202 with the job and the preview once nsqd acknowledged the batch. The
+// audit row is written first: a request that cannot be audited is refused
+// with 503 and nothing is published.
+func (s *Server) purge(w http.ResponseWriter, r *http.Request) error {
+	u, err := s.authenticate(w, r)
+	if err != nil {
+		return s.count(actionPurge, err) // no user to audit
+	}
+	ctx := r.Context()
+	e := &Entry{Time: time.Now(), User: u.name, Role: u.role, Client: r.RemoteAddr, Action: actionPurge}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return s.refuse(ctx, e, httpapi.Errorf(http.StatusRequestEntityTooLarge, "body: larger than %d bytes (admin.max_body_bytes)", s.opts.MaxBodyBytes))
+		}
+		return s.refuse(ctx, e, httpapi.Errorf(http.StatusBadRequest, "read body: %w", err))
+	}
+	e.Request = string(body)
+	q, err := DecodePurgeRequest(body)
+	if err != nil {
+		return s.refuse(ctx, e, httpapi.Wrap(http.StatusBadRequest, err))
+	}
+	e.DryRun = q.DryRun
+	if q.DryRun {
+		e.Action = actionDryRun
+	} else if u.rank < rankOf(RoleOperator) {
+		return s.refuse(ctx, e, forbid(u, "a purge (not a dry run)", RoleOperator))
+	}
+	p, batch, err := s.plan(ctx, q)
+	if err != nil {
+		return s.refuse(ctx, e, err)
+	}
+	status := http.StatusOK
+	if !q.DryRun {
+		status, p.Job = http.StatusAccepted, invalidate.NewJobID()
+	}
+	e.Outcome, e.Status, e.Job = OutcomeAccepted, status, p.Job
+	e.Keys, e.URLs, e.Tags, e.Targets = p.Counts.Keys, p.Counts.URLs, p.Counts.Tags, p.Counts.Targets
+	if err := s.audit.write(ctx, e); err != nil {
+		return s.count(e.Action, httpapi.Errorf(http.StatusServiceUnavailable, "%w; nothing was purged", err))
+	}
+	if !q.DryRun {
+		pubCtx, cancel := context.WithTimeout(ctx, s.opts.PublishWait)
+		err := s.opts.Publisher.Publish(pubCtx, batch, invalidate.Meta{Pos: "admin:" + u.name, Seen: time.Now(), Job: p.Job})
+		cancel()
+		// OnPublished tracked the job before the batch was sent.
+		s.opts.Jobs.Describe(p.Job, u.name, q.Reason)
+		if err != nil {
+			err = httpapi.Errorf(http.StatusServiceUnavailable, "job %s: %w", p.Job, err)
+			f := *e
+			f.Time, f.Outcome, f.Status, f.Error = time.Now(), OutcomeFailed, http.StatusServiceUnavailable, err.Error()
+			if aerr := s.audit.write(context.WithoutCancel(ctx), &f); aerr != nil {
+				s.opts.Logger.Error("admin: audit a failed purge", "job", p.Job, "err", aerr)
+			}
+			return s.count(e.Action, err)
+		}
+	}
+	s.count(e.Action, nil)
+	return httpapi.WriteJSON(w, status, p)
+}
+
+// refuse audits a refused request of a known user, then returns err. An
+// audit that cannot be written is logged: the request is refused anyway.
+func (s *Server) refuse(ctx context.Context, e *Entry, err error) error {
+	a := httpapi.Answer(err)
+	e.Outcome, e.Status, e.Error = result(err), a.Status, a.Message
+	if aerr := s.audit.write(ctx, e); aerr != nil {
+		s.opts.Logger.Error("admin: audit a refused request", "user", e.User, "status", a.Status, "err", aerr)
+	}
+	return s.count(e.Action, err)
+}
+
+func rankOf(role string) int {
+	for i, r := range Roles {
+		if r == role {
+			return i
+		}
+	}
+	return -1
+}
+
+// getJob answers GET /api/v1/jobs/{id} (viewer and up).
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.authenticate(w, r); err != nil {
+		return s.count(actionJob, err)
+	}
+	id := r.PathValue("id")
+	j, ok := s.opts.Jobs.Get(id)
+	if !ok {
+		return s.count(actionJob, httpapi.Errorf(http.StatusNotFound, "job %q unknown (never published here, or evicted)", id))
+	}
+	s.count(actionJob, nil)
+	return httpapi.WriteJSON(w, http.StatusOK, j)
+}
+
+// maxAuditLimit bounds GET /api/v1/audit?limit=.
+const maxAuditLimit = 1000
+
+// listAudit answers GET /api/v1/audit?limit=N (default 50; viewer and up):
+// the newest audit rows, newest first.
+func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.authenticate(w, r); err != nil {
+		return s.count(actionAudit, err)
+	}
+	limit := 50
+	if v := r.URL.Query().Get("limit"); v != "" {
+		l, err := strconv.Atoi(v)
+		if err != nil || l < 1 || l > maxAuditLimit {
+			return s.count(actionAudit, httpapi.Errorf(http.StatusBadRequest, "limit %q: want 1 to %d", v, maxAuditLimit))
+		}
+		limit = l
+	}
+	entries, err := s.audit.recent(r.Context(), limit)
+	if err != nil {
+		return s.count(actionAudit, httpapi.Wrap(http.StatusServiceUnavailable, err))
+	}
+	s.count(actionAudit, nil)
+	return httpapi.WriteJSON(w, http.StatusOK, map[string]any{"entries": entries})
+}

@@ -1,0 +1,69 @@
+package configs_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/flashsync/flashsync/admin"
+	"github.com/flashsync/flashsync/canal"
+	"github.com/flashsync/flashsync/configs"
+)
+
+const adminBase = valid + `
+[admin]
+`
+
+func TestAdminDefaultsAndOptions(t *testing.T) {
+	cfg, err := configs.Parse([]byte(adminBase + `
+[[admin.user]]
+name = "alice"
+role = "operator"
+token_sha256 = "` + admin.HashToken("t0ken") + `"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.AdminConfigured() {
+		t.Fatal("[admin] not configured")
+	}
+	o := cfg.AdminOptions()
+	if o.Addr != admin.DefaultAddr || o.AuditDatabase != canal.DefaultHADatabase || o.MaxBodyBytes != admin.DefaultMaxBodyBytes {
+		t.Errorf("defaults: %+v", o)
+	}
+	if len(o.Users) != 1 || o.Users[0] != (admin.User{Name: "alice", Role: "operator", TokenSHA256: admin.HashToken("t0ken")}) {
+		t.Errorf("users: %+v", o.Users)
+	}
+	plain, err := configs.Parse([]byte(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.AdminConfigured() {
+		t.Error("a file without [admin] runs the admin role")
+	}
+}
+
+func TestAdminValidation(t *testing.T) {
+	hash := admin.HashToken("x")
+	user := func(name, role, h string) string {
+		return "\n[[admin.user]]\nname = \"" + name + "\"\nrole = \"" + role + "\"\ntoken_sha256 = \"" + h + "\"\n"
+	}
+	for _, tt := range []struct{ name, file, want string }{
+		{"no user", adminBase, "admin.user: missing"},
+		{"unknown role", adminBase + user("a", "root", hash), `admin.user[0].role: unknown role "root" (viewer, operator, admin)`},
+		{"duplicate name", adminBase + user("a", "viewer", hash) + user("a", "admin", hash), `admin.user[1].name: "a" is used twice`},
+		{"bad hex", adminBase + user("a", "viewer", "xyz"), "admin.user[0].token_sha256: must be 64 hex digits"},
+		{"short hash", adminBase + user("a", "viewer", hash[:62]), "admin.user[0].token_sha256: must be 64 hex digits"},
+		{"bad name", adminBase + user("a b", "viewer", hash), `admin.user[0].name: "a b"`},
+		{"bad database", valid + "[admin]\naudit_database = \"a-b\"\n" + user("a", "viewer", hash), "admin.audit_database"},
+		{"small body", valid + "[admin]\nmax_body_bytes = 10\n" + user("a", "viewer", hash), "admin.max_body_bytes: must be at least 1024"},
+		{"bad addr", valid + "[admin]\naddr = \"nope\"\n" + user("a", "viewer", hash), "admin.addr"},
+		{"unknown key", adminBase + "token = \"plain\"\n" + user("a", "viewer", hash), `unknown key "admin.token"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := configs.Parse([]byte(tt.file))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
