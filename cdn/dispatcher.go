@@ -42,8 +42,8 @@ type DispatcherOptions struct {
 }
 
 // Dispatcher forwards the CDN topic's purges to every node's console, each
-// node on its own NSQ channel with its own consumer (invalidate's
-// PurgeConsumers, shared with the Redis and HTTP purgers): a slow or dead
+// node on its own NSQ channel with its own consumer (the
+// purge.Consumers, shared with the Redis and HTTP purgers): a slow or dead
 // node never delays the others, and its backlog waits in its channel.
 type Dispatcher struct {
 	opts    DispatcherOptions

@@ -287,7 +287,7 @@ func TestBadConfigFailsWithOneLine(t *testing.T) {
 	tests := []struct {
 		name       string
 		config     string
-		configErr  bool // reported by config loading, not by node.New
+		configErr  bool // reported by config loading, not by daemon.New
 		wantSubstr []string
 	}{
 		{"unknown key", unknownKey, true, []string{`mysql.adress`, fmt.Sprintf("line %d:", lineOf(unknownKey, "adress ="))}},

@@ -71,7 +71,7 @@ const (
 	DefaultNSQLookupdHTTP = "127.0.0.1:14161"
 
 	// The HTTP group varnish: two Varnish instances in front of the demo
-	// backend (`flashsync demo-backend`).
+	// backend (`flashsync-demo backend`).
 	DefaultVarnish1    = "127.0.0.1:16081"
 	DefaultVarnish2    = "127.0.0.1:16082"
 	DefaultDemoBackend = "127.0.0.1:16090"
