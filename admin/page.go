@@ -42,7 +42,7 @@ func pageHeaders(h http.Handler) http.Handler {
 		w.Header().Set("Content-Security-Policy", pageCSP)
 		w.Header().Set("X-Frame-Options", "DENY")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
-		w.Header().Set("Referrer-Policy", "no-referrer")
+		w.Header().Set("Referrer-Policy", "same-origin") // no-referrer would make the form's Origin "null"
 		w.Header().Set("Cache-Control", "no-store")
 		h.ServeHTTP(w, r)
 	})
@@ -52,6 +52,9 @@ func pageHeaders(h http.Handler) http.Handler {
 // checked as a bearer token is, and a known one gets a session cookie and
 // a redirection to the page; an unknown one is sent back to the form.
 func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
+	if err := sameOrigin(r); err != nil {
+		return err
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	if err := r.ParseForm(); err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "login form: %w", err)
@@ -83,6 +86,33 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) error {
 	s.sessions.delete(c.Value)
 	http.SetCookie(w, sessionCookie(r, "", -1))
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+var errCrossSite = &httpapi.Error{Status: http.StatusForbidden, Code: "csrf", Message: "cross-site request refused"}
+
+// sameOrigin refuses a login posted from another site (login CSRF: it
+// would log the browser in as someone else), by the Sec-Fetch-Site header
+// browsers send with a form's POST, or, from an older browser, Origin.
+func sameOrigin(r *http.Request) error {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "none":
+		return nil
+	case "":
+	default: // same-site, cross-site
+		return errCrossSite
+	}
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return nil // not a browser's cross-site POST: those carry an Origin
+	}
+	scheme := "http://"
+	if r.TLS != nil {
+		scheme = "https://"
+	}
+	if o != scheme+r.Host {
+		return errCrossSite
+	}
 	return nil
 }
 

@@ -208,6 +208,23 @@ func TestPageSessions(t *testing.T) {
 				t.Errorf("login %q: %d to %q, cookie %v", tok, resp.StatusCode, resp.Header.Get("Location"), c)
 			}
 		}
+		// A login posted from another site (login CSRF).
+		for _, h := range [][2]string{{"Origin", "http://evil.example"}, {"Origin", "null"}, {"Sec-Fetch-Site", "cross-site"}, {"Sec-Fetch-Site", "same-site"}} {
+			req, err := http.NewRequest("POST", f.url+"/login", strings.NewReader("token="+operatorToken))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set(h[0], h[1])
+			resp, err := noRedirect.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
+				t.Errorf("login with %s: %s: %d, cookies %v; want 403 and none", h[0], h[1], resp.StatusCode, resp.Cookies())
+			}
+		}
 		resp, _ := f.session(t, "GET", "/api/v1/audit", &http.Cookie{Name: admin.SessionCookie, Value: "forged"}, "", "", "")
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("forged session: %d, want 401", resp.StatusCode)
