@@ -120,6 +120,10 @@ func TestPageInBrowser(t *testing.T) {
 		if user != "operator" || role != "operator" {
 			t.Errorf("page shows user %q role %q", user, role)
 		}
+		// Groups are for keys only.
+		if err := chromedp.Do(ctx, chromedp.WaitNotVisible(chromedp.ID("groups-row"))); err != nil {
+			t.Fatalf("groups shown for rows: %v", err)
+		}
 		screenshot(t, ctx, shots, "1-operator-logged-in")
 
 		if err := chromedp.Do(ctx,
@@ -207,6 +211,15 @@ func TestPageInBrowser(t *testing.T) {
 		}
 		if role != "viewer" || purgeButtons != 0 {
 			t.Errorf("viewer page: role %q, %d purge buttons", role, purgeButtons)
+		}
+		// A viewer may still preview.
+		if err := chromedp.Do(ctx,
+			chromedp.SendKeys(chromedp.ID("targets"), f.db+".item id=2"),
+			chromedp.SendKeys(chromedp.ID("reason"), "look"),
+			chromedp.Click(chromedp.ID("preview")),
+			chromedp.WaitVisible(chromedp.CSS("#preview-table tr[data-tier=redis]")),
+		); err != nil {
+			t.Fatalf("viewer preview: %v", err)
 		}
 		screenshot(t, ctx, shots, "4-viewer")
 	})
