@@ -43,6 +43,7 @@ run: seed build
 	@echo '  curl -s "http://127.0.0.1:18090/orders/alice-1?activity=1"   # ordered'
 	@echo "  # purge by hand (docs/admin.md): what a purge of item 1 would reach, published nothing:"
 	@echo '  curl -s -H "Authorization: Bearer dev-operator-token" -XPOST http://127.0.0.1:18100/api/v1/purges -d '"'"'{"reason":"demo","dry_run":true,"rows":[{"table":"shop.item","key":{"id":1}}]}'"'"
+	@echo "  # or in a browser: http://127.0.0.1:18100/ (log in with dev-operator-token; dev-viewer-token may only preview)"
 	@echo
 	exec bin/flashsync all -config configs/dev.toml
 

@@ -128,6 +128,7 @@ type Server struct {
 	closeLn  func() error
 	audit    *audit
 	requests *prometheus.CounterVec
+	sessions *sessions // of the page (page.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -168,7 +169,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	s := &Server{opts: opts, audit: &audit{db: opts.DB, database: opts.AuditDatabase}}
+	s := &Server{opts: opts, audit: &audit{db: opts.DB, database: opts.AuditDatabase}, sessions: newSessions(DefaultSessionLifetime)}
 	for i, u := range opts.Users {
 		h, err := hex.DecodeString(u.TokenSHA256)
 		switch {
@@ -210,6 +211,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /api/v1/purges", httpapi.Handler(s.opts.Logger, s.purge))
 	mux.Handle("GET /api/v1/jobs/{id}", httpapi.Handler(s.opts.Logger, s.getJob))
 	mux.Handle("GET /api/v1/audit", httpapi.Handler(s.opts.Logger, s.listAudit))
+	s.mountPage(mux)
 	return mux
 }
 
@@ -259,6 +261,11 @@ var (
 // authenticate finds the user of the request's bearer token. Every user's
 // hash is compared, in constant time, whichever matches.
 func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (*user, error) {
+	if r.Header.Get("Authorization") == "" {
+		if u, ok, err := s.cookieUser(r); ok { // the page's session (session.go)
+			return u, err
+		}
+	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || strings.TrimSpace(tok) == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="flashsync admin"`)

@@ -105,6 +105,7 @@ REQUIRES=(
   "varnishd varnish"
   "/usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_xkey.so varnish-modules"
   "nginx nginx-light"
+  "chromium chromium"
 )
 
 DEFAULT_START_TIMEOUT=30 # seconds to wait for a service to answer
