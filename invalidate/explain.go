@@ -80,6 +80,9 @@ type GroupPurge struct {
 	Keys      []string `json:"keys,omitempty"`
 	URLs      []string `json:"urls,omitempty"`
 	Tags      []string `json:"tags,omitempty"`
+	// Patterns and Flush are the admin-only Redis kinds.
+	Patterns []string `json:"patterns,omitempty"`
+	Flush    bool     `json:"flush,omitempty"`
 }
 
 // Explain evaluates the rules of table for one row change the way the canal
@@ -175,9 +178,9 @@ func (r *Rules) Explain(table string, action Action, columns []string, before, a
 func (r *Rules) Purges(b *Batch) []GroupPurge {
 	ps := []GroupPurge{}
 	for g := 0; g < b.NumGroups() && g < len(r.redis); g++ {
-		if keys := b.Keys(g); len(keys) > 0 {
+		if b.HasRedis(g) {
 			ps = append(ps, GroupPurge{Tier: TierRedis, Group: r.redis[g].Name,
-				Replicas: r.redis[g].Addrs, Keys: keys})
+				Replicas: r.redis[g].Addrs, Keys: b.Keys(g), Patterns: b.Patterns(g), Flush: b.Flush(g)})
 		}
 	}
 	for g := 0; g < b.NumHTTPGroups() && g < len(r.http); g++ {

@@ -210,7 +210,11 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	bodies := make([][][]byte, len(p.topics))
 	encode := func(i int, msg Purge) error {
 		msg.Job = job
-		msg.V, msg.Pos, msg.GTID, msg.CommitUnix, msg.SeenUnixNano = PurgeVersion, meta.Pos, meta.GTID, meta.CommitUnix, meta.Seen.UnixNano()
+		msg.V = PurgeVersionBasic
+		if msg.Flush || len(msg.Patterns) > 0 {
+			msg.V = PurgeVersion
+		}
+		msg.Pos, msg.GTID, msg.CommitUnix, msg.SeenUnixNano = meta.Pos, meta.GTID, meta.CommitUnix, meta.Seen.UnixNano()
 		body, err := msg.Marshal()
 		if err != nil {
 			return fmt.Errorf("encode purge: %w", err)
@@ -226,6 +230,19 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 				return err
 			}
 			keys = keys[n:]
+		}
+		pats := b.Patterns(g)
+		for len(pats) > 0 {
+			n := min(len(pats), p.opts.MaxKeysPerMessage)
+			if err := encode(g, Purge{Group: p.opts.Groups[g].Name, Patterns: pats[:n]}); err != nil {
+				return err
+			}
+			pats = pats[n:]
+		}
+		if b.Flush(g) {
+			if err := encode(g, Purge{Group: p.opts.Groups[g].Name, Flush: true}); err != nil {
+				return err
+			}
 		}
 	}
 	for g := 0; g < b.NumHTTPGroups(); g++ {
@@ -293,7 +310,7 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 func (p *Publisher) jobTargets(b *Batch) []JobTarget {
 	var ts []JobTarget
 	for g := 0; g < b.NumGroups(); g++ {
-		if len(b.Keys(g)) > 0 {
+		if b.HasRedis(g) {
 			for _, r := range p.opts.Groups[g].Addrs {
 				ts = append(ts, JobTarget{Tier: TierRedis, Group: p.opts.Groups[g].Name, Target: r})
 			}
