@@ -363,6 +363,10 @@ var _ nsq.Handler = (*targetConsumer)(nil)
 // backoff, until MaxAttempts sends it to the dead-letter topic.
 func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
 	msg, err := invalidate.DecodePurge(m.Body)
+	if err == nil && r.p.kind.Tier != invalidate.TierRedis && (msg.Flush || len(msg.Patterns) > 0) {
+		// Never drop a kind this purger cannot apply: retry, then dead-letter.
+		err = fmt.Errorf("a %s purger cannot apply flush or patterns", r.p.kind.Noun)
+	}
 	if err == nil {
 		err = r.purgeWaiting(m, msg)
 	}
@@ -419,7 +423,7 @@ func (r *targetConsumer) purgeWaiting(m *nsq.Message, msg *invalidate.Purge) err
 	lastTouch := time.Now()
 	var result error
 	err := retry.Until(r.ctx, retry.Backoff{Min: 20 * time.Millisecond, Max: time.Second}, func() error {
-		result = r.Apply(r.ctx, msg)
+		result = r.Apply(withTouch(r.ctx, m.Touch), msg)
 		if result == nil || !r.Unreachable(result) {
 			return nil // applied, or failed in a way that counts an attempt
 		}
@@ -437,6 +441,26 @@ func (r *targetConsumer) purgeWaiting(m *nsq.Message, msg *invalidate.Purge) err
 	r.setDown(false, nil)
 	return result
 }
+
+type touchKey struct{}
+
+// withTouch gives Apply the message's Touch: a purge that runs longer than
+// nsqd's message timeout (a pattern purge) calls Touch (see touchEvery) so
+// the message is not redelivered mid-way.
+func withTouch(ctx context.Context, touch func()) context.Context {
+	return context.WithValue(ctx, touchKey{}, touch)
+}
+
+// touch touches the message being applied under ctx, if any.
+func touch(ctx context.Context) {
+	if f, ok := ctx.Value(touchKey{}).(func()); ok {
+		f()
+	}
+}
+
+// touchEvery is how often a long purge touches its message: well within
+// nsqd's default 60 s message timeout.
+const touchEvery = 10 * time.Second
 
 func (r *targetConsumer) setDown(down bool, err error) {
 	r.mu.Lock()
