@@ -29,6 +29,11 @@ func TestDecodePurgeRequest(t *testing.T) {
 		{`{"reason":"r","rows":[{"table":"a.b","key":{"id":null}}]}`, "rows[0].key.id: null is not a key value"},
 		{`{"reason":"r","rows":[{"table":"a.b","key":{"a b":1}}]}`, `rows[0].key: "a b" is not a column name`},
 		{`[]`, "body:"},
+		{`{"reason":"r","patterns":[""]}`, "patterns[0]: length 0"},
+		{`{"reason":"r","patterns":["item:[ab"]}`, `patterns[0]: "item:[ab": "[" at byte 5 is never closed`},
+		{`{"reason":"r","patterns":["item:\\"]}`, `ends with an escaping`},
+		{`{"reason":"r","keys":["a"],"confirm":["x"]}`, "confirm: confirms flush_groups and patterns; there are none"},
+		{`{"reason":"r","flush_groups":[""]}`, "flush_groups[0]: length 0"},
 	} {
 		if _, err := DecodePurgeRequest([]byte(tt.body)); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err %v, want %q", tt.body, err, tt.want)
@@ -52,7 +57,7 @@ func FuzzDecodePurgeRequest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if q.Reason == "" || len(q.Keys)+len(q.URLs)+len(q.Tags)+len(q.Rows) == 0 {
+		if q.Reason == "" || len(q.Keys)+len(q.URLs)+len(q.Tags)+len(q.Rows)+len(q.Patterns)+len(q.FlushGroups) == 0 {
 			t.Fatalf("accepted %q as %+v", body, q)
 		}
 		again, err := json.Marshal(q)
