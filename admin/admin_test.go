@@ -415,7 +415,8 @@ func TestPurgeKeysAndRows(t *testing.T) {
 			msg  string
 		}{
 			{`{"reason":`, 400, "body: unexpected EOF"},
-			{`{"reason":"r","keys":["k"],"bans":["^/item/"]}`, 400, "bans: not supported yet"},
+			{`{"reason":"r","keys":["k"],"resync":true}`, 400, "resync: not supported yet"},
+			{`{"reason":"r","keys":["k"],"bans":["^/item/"]}`, 403, "needs the admin role"},
 			{`{"reason":"r","keys":["k"],"patterns":["item:*"]}`, 403, "needs the admin role"},
 			{`{"reason":"r","keys":["k"],"foo":1}`, 400, `unknown field "foo"`},
 			{`{"reason":"  ","keys":["k"]}`, 400, "reason: missing"},

@@ -52,7 +52,7 @@ func (s *Server) purge(w http.ResponseWriter, r *http.Request) error {
 	} else if u.rank < rankOf(RoleOperator) {
 		return s.refuse(ctx, e, forbid(u, "a purge (not a dry run)", RoleOperator))
 	} else if q.adminKinds() && u.rank < rankOf(RoleAdmin) {
-		return s.refuse(ctx, e, forbid(u, "a purge of patterns or flush_groups (not a dry run)", RoleAdmin))
+		return s.refuse(ctx, e, forbid(u, "a purge of patterns, bans or flush_groups (not a dry run)", RoleAdmin))
 	}
 	p, batch, err := s.plan(ctx, q)
 	if err != nil {

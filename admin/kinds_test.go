@@ -333,3 +333,84 @@ func TestAdminRateLimit(t *testing.T) {
 	// there is one in the demo users only, so the operator's key purges
 	// above stand for the rest.
 }
+
+func TestBans(t *testing.T) {
+	f := newFixture(t, "")
+	v := f.varnish.Addr()
+	pages := []string{"/item/1.html", "/item/1xhtml", "/item/2.html", "/item/12.html"}
+	for _, p := range pages {
+		varnishHit(t, v, p) // cache it
+		if !varnishHit(t, v, p) {
+			t.Fatalf("%s not cached", p)
+		}
+	}
+
+	t.Run("refused", func(t *testing.T) {
+		before := f.published(t)
+		for _, tt := range []struct {
+			token, body string
+			want        int
+			msg         string
+		}{
+			{operatorToken, `{"reason":"r","bans":["^/item/"]}`, 403, "needs the admin role"},
+			{adminToken, `{"reason":"r","bans":["^/item/("]}`, 400, "missing closing )"},
+			{adminToken, `{"reason":"r","bans":["^/item/ x"]}`, 400, "no whitespace"},
+			{adminToken, `{"reason":"r","bans":["^/item/\""]}`, 400, "no whitespace"},
+			{adminToken, `{"reason":"r","bans":[""]}`, 400, "bans[0]: length 0"},
+		} {
+			status, out := f.call(t, "POST", "/api/v1/purges", tt.token, tt.body)
+			if msg, _ := out["error"].(string); status != tt.want || !strings.Contains(msg, tt.msg) {
+				t.Errorf("%s: %d %v, want %d with %q", tt.body, status, out, tt.want, tt.msg)
+			}
+		}
+		if after := f.published(t); after != before {
+			t.Errorf("%d messages published by refused bans", after-before)
+		}
+		for _, p := range pages {
+			if !varnishHit(t, v, p) {
+				t.Errorf("%s no longer cached after refused bans", p)
+			}
+		}
+	})
+
+	t.Run("dry run", func(t *testing.T) {
+		status, out := f.call(t, "POST", "/api/v1/purges", viewerToken, `{"reason":"look","dry_run":true,"bans":["^/item/1\\.html$"]}`)
+		if status != http.StatusOK {
+			t.Fatalf("dry run: %d %v", status, out)
+		}
+		gp := out["purges"].([]any)[0].(map[string]any)
+		if gp["tier"] != "http" || fmt.Sprint(gp["bans"]) != `[^/item/1\.html$]` || fmt.Sprint(gp["instances"]) != "["+v+"]" {
+			t.Errorf("preview %v", gp)
+		}
+	})
+
+	t.Run("matching pages miss, others stay cached", func(t *testing.T) {
+		status, out := f.call(t, "POST", "/api/v1/purges", adminToken, `{"reason":"bad page","bans":["^/item/1\\.html$"]}`)
+		if status != http.StatusAccepted {
+			t.Fatalf("ban: %d %v", status, out)
+		}
+		if job := f.waitJob(t, out["job"].(string)); job["done"] != 1.0 {
+			t.Errorf("job %v", job)
+		}
+		if varnishHit(t, v, "/item/1.html") {
+			t.Error("/item/1.html still a hit after its ban")
+		}
+		// "\." is a literal dot: /item/1xhtml does not match.
+		for _, p := range []string{"/item/1xhtml", "/item/2.html", "/item/12.html"} {
+			if !varnishHit(t, v, p) {
+				t.Errorf("%s missed: the ban does not match it", p)
+			}
+		}
+	})
+
+	t.Run("audit", func(t *testing.T) {
+		rows := f.auditRows(t, func(e map[string]any) bool { return strings.Contains(e["request"].(string), "bans") })
+		byStatus := map[float64]int{}
+		for _, e := range rows {
+			byStatus[e["status"].(float64)]++
+		}
+		if byStatus[202] != 1 || byStatus[403] != 1 || byStatus[400] != 4 || byStatus[200] != 1 {
+			t.Errorf("audit rows by status %v", byStatus)
+		}
+	})
+}

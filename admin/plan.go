@@ -41,6 +41,8 @@ type Counts struct {
 	// groups flushed.
 	Patterns int `json:"patterns"`
 	Flushes  int `json:"flushes"`
+	// Bans counts the bans per HTTP group.
+	Bans int `json:"bans"`
 	// Targets is the replicas, instances and CDN nodes that must each
 	// acknowledge the job.
 	Targets int `json:"targets"`
@@ -104,6 +106,19 @@ func (s *Server) plan(ctx context.Context, q *PurgeRequest) (*Preview, *invalida
 	if need := q.unconfirmed(); len(need) > 0 && q.DryRun {
 		p.Notes = append(p.Notes, fmt.Sprintf("a run (not a dry run) must confirm %s: add \"confirm\": [%s]", strings.Join(need, ", "), quoteList(need)))
 	}
+	if len(q.Bans) > 0 {
+		if len(web) == 0 {
+			return nil, nil, httpapi.Errorf(http.StatusBadRequest, "bans: no [[http_group]] to ban in")
+		}
+		for g := range web {
+			for _, ban := range q.Bans {
+				b.AddBan(g, ban)
+			}
+		}
+		if len(s.opts.CDNNodes) > 0 {
+			p.Notes = append(p.Notes, "bans reach the [[http_group]]s' instances, not the CDN nodes")
+		}
+	}
 	if len(q.URLs)+len(q.Tags) > 0 {
 		if len(web) == 0 {
 			return nil, nil, httpapi.Errorf(http.StatusBadRequest, "urls, tags: no [[http_group]] to purge them in")
@@ -148,6 +163,7 @@ func (s *Server) plan(ctx context.Context, q *PurgeRequest) (*Preview, *invalida
 		gp.Topic = invalidate.HTTPTopic(s.opts.TopicPrefix, gp.Group)
 		p.Counts.URLs += len(gp.URLs)
 		p.Counts.Tags += len(gp.Tags)
+		p.Counts.Bans += len(gp.Bans)
 		p.Counts.Targets += len(gp.Instances)
 		urls = appendNew(urls, gp.URLs)
 		tags = appendNew(tags, gp.Tags)
@@ -161,7 +177,7 @@ func (s *Server) plan(ctx context.Context, q *PurgeRequest) (*Preview, *invalida
 }
 
 // adminKinds tells whether q asks for an admin-only kind.
-func (q *PurgeRequest) adminKinds() bool { return len(q.Patterns)+len(q.FlushGroups) > 0 }
+func (q *PurgeRequest) adminKinds() bool { return len(q.Patterns)+len(q.Bans)+len(q.FlushGroups) > 0 }
 
 // unconfirmed lists what q must confirm and does not: every flushed group
 // and every pattern without a literal prefix.

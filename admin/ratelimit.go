@@ -15,7 +15,7 @@ import (
 // DefaultAdminActionsPerMinute is the default of Options.AdminActionsPerMinute.
 const DefaultAdminActionsPerMinute = 6
 
-// limiters pace each user's admin-only purges (patterns, flush_groups):
+// limiters pace each user's admin-only purges (patterns, bans, flush_groups):
 // perMinute a minute, in bursts of as many. The zero value is ready.
 type limiters struct {
 	mu    sync.Mutex
@@ -52,6 +52,6 @@ func (s *Server) rateLimit(u *user) error {
 	}
 	secs := int(math.Ceil(wait.Seconds()))
 	return &httpapi.Error{Status: http.StatusTooManyRequests, Code: "rate_limited", RetryAfter: secs,
-		Message: "admin-only purges (patterns, flush_groups): " + u.name + " may run " +
+		Message: "admin-only purges (patterns, bans, flush_groups): " + u.name + " may run " +
 			strconv.Itoa(s.opts.AdminActionsPerMinute) + " a minute (admin.admin_actions_per_minute); retry in " + strconv.Itoa(secs) + " s"}
 }

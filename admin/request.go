@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // PurgeRequest is the body of POST /api/v1/purges.
@@ -26,6 +27,11 @@ type PurgeRequest struct {
 	// keys that match (SCAN MATCH + UNLINK). One without a literal prefix
 	// ("*", "?x", "[ab]*") must be named in Confirm too.
 	Patterns []string `json:"patterns,omitempty"`
+	// Bans (admin only) are regexes on the request URL (path and query,
+	// as Varnish's req.url): every HTTP instance bans the objects whose URL
+	// matches. No whitespace or '"' (the VCL's ban expression takes the
+	// regex as one word).
+	Bans []string `json:"bans,omitempty"`
 	// FlushGroups (admin only) are Redis groups every replica of which
 	// empties its database (FLUSHDB ASYNC); each must be named in Confirm.
 	FlushGroups []string `json:"flush_groups,omitempty"`
@@ -58,7 +64,7 @@ const (
 )
 
 // notYet are the request kinds of issue 10 this slice does not build.
-var notYet = []string{"bans", "replay", "resync", "re_sync"}
+var notYet = []string{"replay", "resync", "re_sync"}
 
 var (
 	tableRe  = regexp.MustCompile(`^[A-Za-z0-9_$]{1,64}\.[A-Za-z0-9_$]{1,64}$`)
@@ -83,7 +89,7 @@ func DecodePurgeRequest(body []byte) (*PurgeRequest, error) {
 	if err := dec.Decode(&raw); err != nil {
 		for _, k := range notYet {
 			if strings.Contains(err.Error(), `unknown field "`+k+`"`) {
-				return nil, fmt.Errorf("%s: not supported yet (keys, urls, tags, rows, patterns and flush_groups are)", k)
+				return nil, fmt.Errorf("%s: not supported yet (keys, urls, tags, rows, patterns, bans and flush_groups are)", k)
 			}
 		}
 		return nil, fmt.Errorf("body: %w", err)
@@ -99,10 +105,10 @@ func DecodePurgeRequest(body []byte) (*PurgeRequest, error) {
 		return nil, errors.New("reason: missing; say why you purge (the audit keeps it)")
 	case len(q.Reason) > maxReasonLen:
 		return nil, fmt.Errorf("reason: longer than %d bytes", maxReasonLen)
-	case len(q.Keys)+len(q.URLs)+len(q.Tags)+len(raw.Rows)+len(q.Patterns)+len(q.FlushGroups) == 0:
-		return nil, errors.New("nothing to purge: give keys, urls, tags, rows, patterns or flush_groups")
-	case len(q.Keys)+len(q.URLs)+len(q.Tags)+len(q.Patterns) > maxTargets:
-		return nil, fmt.Errorf("more than %d keys, urls, tags and patterns", maxTargets)
+	case len(q.Keys)+len(q.URLs)+len(q.Tags)+len(raw.Rows)+len(q.Patterns)+len(q.Bans)+len(q.FlushGroups) == 0:
+		return nil, errors.New("nothing to purge: give keys, urls, tags, rows, patterns, bans or flush_groups")
+	case len(q.Keys)+len(q.URLs)+len(q.Tags)+len(q.Patterns)+len(q.Bans) > maxTargets:
+		return nil, fmt.Errorf("more than %d keys, urls, tags, patterns and bans", maxTargets)
 	case len(raw.Rows) > maxRows:
 		return nil, fmt.Errorf("rows: more than %d", maxRows)
 	case len(q.Groups) > 0 && len(q.Keys)+len(q.Patterns) == 0:
@@ -115,7 +121,7 @@ func DecodePurgeRequest(body []byte) (*PurgeRequest, error) {
 		targets []string
 		max     int
 	}{{"keys", q.Keys, maxKeyLen}, {"urls", q.URLs, maxURLLen}, {"tags", q.Tags, maxTagLen}, {"groups", q.Groups, 64},
-		{"patterns", q.Patterns, maxKeyLen}, {"flush_groups", q.FlushGroups, 64}, {"confirm", q.Confirm, maxKeyLen}} {
+		{"patterns", q.Patterns, maxKeyLen}, {"bans", q.Bans, maxURLLen}, {"flush_groups", q.FlushGroups, 64}, {"confirm", q.Confirm, maxKeyLen}} {
 		for i, t := range f.targets {
 			if t == "" || len(t) > f.max {
 				return nil, fmt.Errorf("%s[%d]: length %d (1 to %d)", f.name, i, len(t), f.max)
@@ -125,6 +131,11 @@ func DecodePurgeRequest(body []byte) (*PurgeRequest, error) {
 	for i, pat := range q.Patterns {
 		if err := checkGlob(pat); err != nil {
 			return nil, fmt.Errorf("patterns[%d]: %q: %w", i, pat, err)
+		}
+	}
+	for i, b := range q.Bans {
+		if err := checkBan(b); err != nil {
+			return nil, fmt.Errorf("bans[%d]: %q: %w", i, b, err)
 		}
 	}
 	for i, r := range raw.Rows {
@@ -176,6 +187,19 @@ func checkGlob(p string) error {
 			}
 			i = j
 		}
+	}
+	return nil
+}
+
+// checkBan checks a ban's URL regex: it compiles (RE2 syntax, which
+// Varnish's PCRE2 reads the same for what RE2 accepts) and holds no
+// whitespace or '"', which would split or end the VCL's ban expression.
+func checkBan(b string) error {
+	if i := strings.IndexFunc(b, func(r rune) bool { return r == '"' || unicode.IsSpace(r) || unicode.IsControl(r) }); i >= 0 {
+		return fmt.Errorf("byte %d: no whitespace, control characters or '\"' in a ban (use \\s or \\x22)", i)
+	}
+	if _, err := regexp.Compile(b); err != nil {
+		return err
 	}
 	return nil
 }

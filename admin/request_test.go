@@ -20,7 +20,9 @@ func TestDecodePurgeRequest(t *testing.T) {
 	}
 	for _, tt := range []struct{ body, want string }{
 		{`{"reason":"r","keys":["a"]} {}`, "data after the JSON object"},
-		{`{"reason":"r","bans":["a"]}`, "bans: not supported yet"},
+		{`{"reason":"r","replay":["a"]}`, "replay: not supported yet"},
+		{`{"reason":"r","bans":["a("]}`, `bans[0]: "a(": error parsing regexp`},
+		{`{"reason":"r","bans":["a b"]}`, `bans[0]: "a b": byte 1: no whitespace`},
 		{`{"reason":"r","groups":["a"]}`, "nothing to purge"},
 		{`{"reason":"r","urls":["/x"],"groups":["a"]}`, "groups: name the Redis groups of keys"},
 		{`{"reason":"r","keys":[""]}`, "keys[0]: length 0"},
@@ -57,7 +59,7 @@ func FuzzDecodePurgeRequest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if q.Reason == "" || len(q.Keys)+len(q.URLs)+len(q.Tags)+len(q.Rows)+len(q.Patterns)+len(q.FlushGroups) == 0 {
+		if q.Reason == "" || len(q.Keys)+len(q.URLs)+len(q.Tags)+len(q.Rows)+len(q.Patterns)+len(q.Bans)+len(q.FlushGroups) == 0 {
 			t.Fatalf("accepted %q as %+v", body, q)
 		}
 		again, err := json.Marshal(q)

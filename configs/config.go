@@ -63,7 +63,7 @@ type Admin struct {
 	// MaxBodyBytes bounds a request body; a larger one is refused with 413.
 	MaxBodyBytes int64 `toml:"max_body_bytes"`
 	// AdminActionsPerMinute bounds each user's admin-only purges (patterns,
-	// flush_groups) that run, not dry runs: this many a minute, in bursts of
+	// bans, flush_groups) that run, not dry runs: this many a minute, in bursts of
 	// as many; one more is refused with 429 and Retry-After.
 	AdminActionsPerMinute int `toml:"admin_actions_per_minute"`
 	// Users are the API's users, each with a role and the SHA-256 of its

@@ -80,9 +80,10 @@ type GroupPurge struct {
 	Keys      []string `json:"keys,omitempty"`
 	URLs      []string `json:"urls,omitempty"`
 	Tags      []string `json:"tags,omitempty"`
-	// Patterns and Flush are the admin-only Redis kinds.
+	// Patterns and Flush are the admin-only Redis kinds, Bans the HTTP one.
 	Patterns []string `json:"patterns,omitempty"`
 	Flush    bool     `json:"flush,omitempty"`
+	Bans     []string `json:"bans,omitempty"`
 }
 
 // Explain evaluates the rules of table for one row change the way the canal
@@ -184,9 +185,9 @@ func (r *Rules) Purges(b *Batch) []GroupPurge {
 		}
 	}
 	for g := 0; g < b.NumHTTPGroups() && g < len(r.http); g++ {
-		if urls, tags := b.URLs(g), b.Tags(g); len(urls)+len(tags) > 0 {
+		if urls, tags, bans := b.URLs(g), b.Tags(g), b.Bans(g); len(urls)+len(tags)+len(bans) > 0 {
 			ps = append(ps, GroupPurge{Tier: TierHTTP, Group: r.http[g].Name,
-				Instances: r.http[g].Addrs, URLs: urls, Tags: tags})
+				Instances: r.http[g].Addrs, URLs: urls, Tags: tags, Bans: bans})
 		}
 	}
 	return ps

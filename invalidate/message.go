@@ -34,6 +34,10 @@ type Purge struct {
 	// Patterns (version 2, Redis topics) are Redis globs: every matching
 	// key is unlinked (SCAN MATCH + UNLINK, rate-limited per replica).
 	Patterns []string `json:"patterns,omitempty"`
+	// Bans (version 2, HTTP topics) are regexes on the request URL (path
+	// and query): every instance bans the objects whose URL matches
+	// (Varnish: BAN with X-Ban-Url, configs/varnish/flashsync.vcl).
+	Bans []string `json:"bans,omitempty"`
 	// Pos and GTID name the commit (or, for a large transaction flushed in
 	// parts, the commit to come) the keys derive from.
 	Pos  string `json:"pos,omitempty"`
@@ -70,18 +74,20 @@ func DecodePurge(body []byte) (*Purge, error) {
 	switch {
 	case p.V != PurgeVersion && p.V != PurgeVersionBasic:
 		return nil, fmt.Errorf("decode purge: version %d, want %d or %d", p.V, PurgeVersionBasic, PurgeVersion)
-	case p.V == PurgeVersionBasic && (p.Flush || len(p.Patterns) > 0):
-		return nil, fmt.Errorf("decode purge: version %d carries no flush or patterns", p.V)
-	case len(p.Keys)+len(p.URLs)+len(p.Tags)+len(p.Patterns) == 0 && !p.Flush:
-		return nil, errors.New("decode purge: no keys, urls, tags, patterns or flush")
-	case (p.Flush || len(p.Patterns) > 0) && len(p.URLs)+len(p.Tags) > 0:
-		return nil, errors.New("decode purge: flush and patterns are Redis purges; the message has urls or tags")
+	case p.V == PurgeVersionBasic && (p.Flush || len(p.Patterns)+len(p.Bans) > 0):
+		return nil, fmt.Errorf("decode purge: version %d carries no flush, patterns or bans", p.V)
+	case len(p.Keys)+len(p.URLs)+len(p.Tags)+len(p.Patterns)+len(p.Bans) == 0 && !p.Flush:
+		return nil, errors.New("decode purge: no keys, urls, tags, patterns, bans or flush")
+	case (p.Flush || len(p.Patterns) > 0) && len(p.URLs)+len(p.Tags)+len(p.Bans) > 0:
+		return nil, errors.New("decode purge: flush and patterns are Redis purges; the message has urls, tags or bans")
+	case len(p.Bans) > 0 && len(p.Keys) > 0:
+		return nil, errors.New("decode purge: bans are HTTP purges; the message has keys")
 	}
 	for _, f := range []struct {
 		name    string
 		targets *[]string
 		max     int
-	}{{"keys", &p.Keys, maxKeyLen}, {"urls", &p.URLs, maxURLLen}, {"tags", &p.Tags, maxTagLen}, {"patterns", &p.Patterns, maxKeyLen}} {
+	}{{"keys", &p.Keys, maxKeyLen}, {"urls", &p.URLs, maxURLLen}, {"tags", &p.Tags, maxTagLen}, {"patterns", &p.Patterns, maxKeyLen}, {"bans", &p.Bans, maxURLLen}} {
 		for i, t := range *f.targets {
 			if t == "" || len(t) > f.max {
 				return nil, fmt.Errorf("decode purge: %s[%d] has length %d (1 to %d)", f.name, i, len(t), f.max)

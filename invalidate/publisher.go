@@ -211,7 +211,7 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	encode := func(i int, msg Purge) error {
 		msg.Job = job
 		msg.V = PurgeVersionBasic
-		if msg.Flush || len(msg.Patterns) > 0 {
+		if msg.Flush || len(msg.Patterns)+len(msg.Bans) > 0 {
 			msg.V = PurgeVersion
 		}
 		msg.Pos, msg.GTID, msg.CommitUnix, msg.SeenUnixNano = meta.Pos, meta.GTID, meta.CommitUnix, meta.Seen.UnixNano()
@@ -261,6 +261,13 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 				return err
 			}
 			urls, tags = urls[nu:], tags[nt:]
+		}
+		for bans := b.Bans(g); len(bans) > 0; {
+			n := min(len(bans), p.opts.MaxKeysPerMessage)
+			if err := encode(nRedis+g, Purge{Group: p.opts.HTTPGroups[g].Name, Bans: bans[:n]}); err != nil {
+				return err
+			}
+			bans = bans[n:]
 		}
 	}
 	if len(p.opts.CDNNodes) > 0 {
@@ -319,7 +326,9 @@ func (p *Publisher) jobTargets(b *Batch) []JobTarget {
 	web := false
 	for g := 0; g < b.NumHTTPGroups(); g++ {
 		if len(b.URLs(g))+len(b.Tags(g)) > 0 {
-			web = true
+			web = true // the CDN gets URLs and tags, not bans
+		}
+		if len(b.URLs(g))+len(b.Tags(g))+len(b.Bans(g)) > 0 {
 			for _, r := range p.opts.HTTPGroups[g].Addrs {
 				ts = append(ts, JobTarget{Tier: TierHTTP, Group: p.opts.HTTPGroups[g].Name, Target: r})
 			}

@@ -560,7 +560,7 @@ type targetSet struct {
 	seen map[string]struct{}
 }
 
-type httpTarget struct{ urls, tags targetSet }
+type httpTarget struct{ urls, tags, bans targetSet }
 
 func newBatch(redis, http int) *Batch {
 	return &Batch{redis: make([]targetSet, redis), http: make([]httpTarget, http)}
@@ -592,6 +592,9 @@ func (b *Batch) set(kind Kind, group int) *targetSet {
 	if kind == KindURL {
 		return &b.http[group].urls
 	}
+	if kind == kindBan {
+		return &b.http[group].bans
+	}
 	return &b.http[group].tags
 }
 
@@ -620,6 +623,20 @@ func (b *Batch) AddTag(group int, tag string) { b.add(KindTag, group, []byte(tag
 
 // kindPattern is a batch's Redis glob patterns (not a rule's kind).
 const kindPattern Kind = 255
+
+// kindBan is a batch's URL regexes to ban (not a rule's kind).
+const kindBan Kind = 254
+
+// AddBan adds a ban (a regex on the request URL) to an HTTP group, once.
+func (b *Batch) AddBan(group int, ban string) { b.add(kindBan, group, []byte(ban)) }
+
+// Bans returns an HTTP group's bans in the order they were first added.
+func (b *Batch) Bans(group int) []string {
+	if group >= len(b.http) {
+		return nil
+	}
+	return b.http[group].bans.list
+}
 
 // AddPattern adds a Redis glob pattern to a Redis group, once: every
 // replica unlinks the keys that match it.
@@ -707,6 +724,7 @@ func (b *Batch) Reset() {
 	for i := range b.http {
 		reset(&b.http[i].urls)
 		reset(&b.http[i].tags)
+		reset(&b.http[i].bans)
 	}
 	b.n, b.bytes = 0, 0
 }

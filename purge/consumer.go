@@ -363,9 +363,9 @@ var _ nsq.Handler = (*targetConsumer)(nil)
 // backoff, until MaxAttempts sends it to the dead-letter topic.
 func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
 	msg, err := invalidate.DecodePurge(m.Body)
-	if err == nil && r.p.kind.Tier != invalidate.TierRedis && (msg.Flush || len(msg.Patterns) > 0) {
+	if err == nil {
 		// Never drop a kind this purger cannot apply: retry, then dead-letter.
-		err = fmt.Errorf("a %s purger cannot apply flush or patterns", r.p.kind.Noun)
+		err = r.p.kind.canApply(msg)
 	}
 	if err == nil {
 		err = r.purgeWaiting(m, msg)
@@ -440,6 +440,18 @@ func (r *targetConsumer) purgeWaiting(m *nsq.Message, msg *invalidate.Purge) err
 	}
 	r.setDown(false, nil)
 	return result
+}
+
+// canApply refuses the admin-only kinds a purger of kind does not apply:
+// flush and patterns are the Redis purger's, bans the HTTP purger's.
+func (k ConsumerKind) canApply(msg *invalidate.Purge) error {
+	if k.Tier != invalidate.TierRedis && (msg.Flush || len(msg.Patterns) > 0) {
+		return fmt.Errorf("a %s purger cannot apply flush or patterns", k.Noun)
+	}
+	if k.Tier != invalidate.TierHTTP && len(msg.Bans) > 0 {
+		return fmt.Errorf("a %s purger cannot apply bans", k.Noun)
+	}
+	return nil
 }
 
 type touchKey struct{}
