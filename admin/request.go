@@ -99,6 +99,12 @@ func DecodePurgeRequest(body []byte) (*PurgeRequest, error) {
 	}
 	q := raw.PurgeRequest
 	q.Rows = nil
+	// "urls": [] and no urls are the same request.
+	for _, l := range []*[]string{&q.Keys, &q.Groups, &q.Patterns, &q.Bans, &q.FlushGroups, &q.Confirm, &q.URLs, &q.Tags} {
+		if len(*l) == 0 {
+			*l = nil
+		}
+	}
 	q.Reason = strings.TrimSpace(q.Reason)
 	switch {
 	case q.Reason == "":
