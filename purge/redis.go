@@ -189,11 +189,14 @@ func (p *RedisPurger) apply(ctx context.Context, group string, r *redisReplica, 
 
 // purgePattern unlinks every key that matches pattern: SCAN MATCH COUNT
 // and UNLINK of each page, at most PatternKeysPerSecond keys a second. It
-// touches the NSQ message every touchEvery so nsqd does not redeliver it
-// while it runs. Keys written during the scan may or may not be seen, as
+// touches the NSQ message as it goes (each UNLINK waits at most 100 ms for
+// the limiter) so nsqd does not redeliver it while it runs. Keys written during the scan may or may not be seen, as
 // SCAN guarantees only the keys present throughout.
 func (p *RedisPurger) purgePattern(ctx context.Context, group string, r *redisReplica, pattern string) error {
 	count := int64(scanCount(p.opts.PatternKeysPerSecond))
+	// One UNLINK takes at most a tenth of a second's keys: the waits
+	// between them, and so between touches, stay short.
+	chunk := max(1, min(int(count), p.opts.PatternKeysPerSecond/10))
 	lastTouch := time.Now()
 	var cursor uint64
 	for {
@@ -203,10 +206,9 @@ func (p *RedisPurger) purgePattern(ctx context.Context, group string, r *redisRe
 		if err != nil {
 			return fmt.Errorf("redis %s SCAN MATCH %q: %w", r.addr, pattern, err)
 		}
-		// A page may hold more keys than COUNT: unlink in chunks the
-		// limiter's burst allows.
+		// A page may hold more keys than COUNT: unlink it in chunks.
 		for len(keys) > 0 {
-			n := min(len(keys), int(count))
+			n := min(len(keys), chunk)
 			if err := r.limit.WaitN(ctx, n); err != nil {
 				return fmt.Errorf("redis %s pattern %q: %w", r.addr, pattern, err)
 			}
@@ -218,10 +220,7 @@ func (p *RedisPurger) purgePattern(ctx context.Context, group string, r *redisRe
 			}
 			p.unlinked.WithLabelValues(group, r.addr).Add(float64(n))
 			keys = keys[n:]
-			if time.Since(lastTouch) > touchEvery {
-				touch(ctx)
-				lastTouch = time.Now()
-			}
+			lastTouch = touchDue(ctx, lastTouch)
 		}
 		if next == 0 {
 			return nil
