@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/admin"
 	"github.com/flashsync/flashsync/internal/stacktest"
 )
 
@@ -295,7 +296,8 @@ func TestPatterns(t *testing.T) {
 }
 
 func TestAdminRateLimit(t *testing.T) {
-	f := newFixtureWith(t, fixtureOptions{admin: "admin_actions_per_minute = 2"})
+	const otherToken = "second-admin-token"
+	f := newFixtureWith(t, fixtureOptions{admin: fmt.Sprintf("admin_actions_per_minute = 2\n\n[[admin.user]]\nname = \"admin2\"\nrole = \"admin\"\ntoken_sha256 = %q\n", admin.HashToken(otherToken))})
 	body := `{"reason":"r","patterns":["nothing:*"],"groups":["gb"]}`
 	for i := 0; i < 2; i++ {
 		if status, out := f.call(t, "POST", "/api/v1/purges", adminToken, body); status != http.StatusAccepted {
@@ -329,9 +331,10 @@ func TestAdminRateLimit(t *testing.T) {
 	if len(rows) != 1 || rows[0]["outcome"] != "refused" || rows[0]["user"] != "admin" || !strings.Contains(rows[0]["request"].(string), "third") {
 		t.Errorf("audit rows of the 429: %v", rows)
 	}
-	// Each user has their own budget: another admin user is not limited —
-	// there is one in the demo users only, so the operator's key purges
-	// above stand for the rest.
+	// Each user has their own budget.
+	if status, out := f.call(t, "POST", "/api/v1/purges", otherToken, body); status != http.StatusAccepted {
+		t.Errorf("another admin user, limited by the first's budget: %d %v", status, out)
+	}
 }
 
 func TestBans(t *testing.T) {
