@@ -102,6 +102,9 @@ type Options struct {
 	MaxBodyBytes int64
 	// PublishWait bounds one publish (default DefaultPublishWait).
 	PublishWait time.Duration
+	// AdminActionsPerMinute bounds each user's admin-only purges that run
+	// (default DefaultAdminActionsPerMinute), in bursts of as many.
+	AdminActionsPerMinute int
 	// Rules route rows, keys, URLs and tags to groups, as the canal's.
 	Rules     *invalidate.Rules
 	Publisher Publisher
@@ -129,6 +132,7 @@ type Server struct {
 	audit    *audit
 	requests *prometheus.CounterVec
 	sessions *sessions // of the page (page.go)
+	limits   limiters
 
 	closeOnce sync.Once
 	closeErr  error
@@ -159,6 +163,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.PublishWait <= 0 {
 		opts.PublishWait = DefaultPublishWait
+	}
+	if opts.AdminActionsPerMinute <= 0 {
+		opts.AdminActionsPerMinute = DefaultAdminActionsPerMinute
 	}
 	if opts.TopicPrefix == "" {
 		opts.TopicPrefix = invalidate.DefaultTopicPrefix

@@ -70,6 +70,20 @@ func pageBackend(t *testing.T) *httptest.Server {
 // newFixture starts it all; auditDB "" is the test database.
 func newFixture(t *testing.T, auditDB string) *fixture {
 	t.Helper()
+	return newFixtureWith(t, fixtureOptions{auditDB: auditDB})
+}
+
+// fixtureOptions vary a fixture: the audit database, lines added to
+// [purger] and [admin], and ga's second replica persistent (its data
+// survives a restart).
+type fixtureOptions struct {
+	auditDB, purger, admin string
+	persistentGA1          bool
+}
+
+func newFixtureWith(t *testing.T, o fixtureOptions) *fixture {
+	t.Helper()
+	auditDB := o.auditDB
 	f := &fixture{db: stacktest.NewDatabase(t)}
 	conn := stacktest.MySQL(t)
 	stacktest.Exec(t, conn, "CREATE TABLE "+f.db+".item (id BIGINT PRIMARY KEY, name VARCHAR(100), price DECIMAL(10,2), view_count INT NOT NULL DEFAULT 0)")
@@ -81,7 +95,12 @@ func newFixture(t *testing.T, auditDB string) *fixture {
 	f.auditDB = auditDB
 	f.keyPre = f.db + ":"
 	f.nsqd = stacktest.StartNSQD(t)
-	f.ga = []*stacktest.RedisServer{stacktest.StartRedis(t), stacktest.StartRedis(t)}
+	f.ga = []*stacktest.RedisServer{stacktest.StartRedis(t), nil}
+	if o.persistentGA1 {
+		f.ga[1] = stacktest.StartRedisPersistent(t)
+	} else {
+		f.ga[1] = stacktest.StartRedis(t)
+	}
 	f.gb = stacktest.StartRedis(t)
 	f.varnish = stacktest.StartVarnish(t, flashsyncVCL, strings.TrimPrefix(pageBackend(t).URL, "http://"))
 	dev, err := os.ReadFile("../configs/dev.toml")
@@ -110,6 +129,7 @@ addr = "127.0.0.1:0"
 
 [purger]
 timeout = "1s"
+%s
 
 [[redis_group]]
 name = "ga"
@@ -140,10 +160,11 @@ route_by = "id"
 addr = "127.0.0.1:0"
 audit_database = %q
 max_body_bytes = 2048
+%s
 
-[[admin.user]]%s`, stacktest.MySQLAddr(), f.nsqd.TCPAddr(), f.nsqd.HTTPAddr(),
+[[admin.user]]%s`, stacktest.MySQLAddr(), f.nsqd.TCPAddr(), f.nsqd.HTTPAddr(), o.purger,
 		f.ga[0].Addr(), f.ga[1].Addr(), f.gb.Addr(), f.varnish.Addr(),
-		f.db, f.keyPre, f.keyPre, f.db, auditDB, users))
+		f.db, f.keyPre, f.keyPre, f.db, auditDB, o.admin, users))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +415,9 @@ func TestPurgeKeysAndRows(t *testing.T) {
 			msg  string
 		}{
 			{`{"reason":`, 400, "body: unexpected EOF"},
-			{`{"reason":"r","keys":["k"],"patterns":["item:*"]}`, 400, "patterns: not supported yet"},
+			{`{"reason":"r","keys":["k"],"resync":true}`, 400, "resync: not supported yet"},
+			{`{"reason":"r","keys":["k"],"bans":["^/item/"]}`, 403, "needs the admin role"},
+			{`{"reason":"r","keys":["k"],"patterns":["item:*"]}`, 403, "needs the admin role"},
 			{`{"reason":"r","keys":["k"],"foo":1}`, 400, `unknown field "foo"`},
 			{`{"reason":"  ","keys":["k"]}`, 400, "reason: missing"},
 			{`{"keys":["k"]}`, 400, "reason: missing"},

@@ -3,9 +3,11 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flashsync/flashsync/internal/httpapi"
@@ -49,10 +51,23 @@ func (s *Server) purge(w http.ResponseWriter, r *http.Request) error {
 		e.Action = actionDryRun
 	} else if u.rank < rankOf(RoleOperator) {
 		return s.refuse(ctx, e, forbid(u, "a purge (not a dry run)", RoleOperator))
+	} else if q.adminKinds() && u.rank < rankOf(RoleAdmin) {
+		return s.refuse(ctx, e, forbid(u, "a purge of patterns, bans or flush_groups (not a dry run)", RoleAdmin))
 	}
 	p, batch, err := s.plan(ctx, q)
 	if err != nil {
 		return s.refuse(ctx, e, err)
+	}
+	if !q.DryRun {
+		if need := q.unconfirmed(); len(need) > 0 {
+			return s.refuse(ctx, e, &httpapi.Error{Status: http.StatusConflict, Code: "unconfirmed",
+				Message: fmt.Sprintf("confirm: name %s again to run it: \"confirm\": [%s]; nothing was purged", strings.Join(need, ", "), quoteList(need))})
+		}
+		if q.adminKinds() {
+			if err := s.rateLimit(u); err != nil {
+				return s.refuse(ctx, e, err)
+			}
+		}
 	}
 	status := http.StatusOK
 	if !q.DryRun {

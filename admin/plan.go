@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/flashsync/flashsync/internal/httpapi"
@@ -36,6 +37,12 @@ type Counts struct {
 	Keys int `json:"keys"`
 	URLs int `json:"urls"`
 	Tags int `json:"tags"`
+	// Patterns counts the patterns per Redis group, Flushes the Redis
+	// groups flushed.
+	Patterns int `json:"patterns"`
+	Flushes  int `json:"flushes"`
+	// Bans counts the bans per HTTP group.
+	Bans int `json:"bans"`
 	// Targets is the replicas, instances and CDN nodes that must each
 	// acknowledge the job.
 	Targets int `json:"targets"`
@@ -48,15 +55,22 @@ func (s *Server) plan(ctx context.Context, q *PurgeRequest) (*Preview, *invalida
 	redis, web := rules.RedisGroups(), rules.HTTPGroups()
 	p := &Preview{DryRun: q.DryRun, Reason: q.Reason}
 	b := rules.NewBatch()
-	if len(q.Keys) > 0 {
-		if len(redis) == 0 {
-			return nil, nil, httpapi.Errorf(http.StatusBadRequest, "keys: no [[redis_group]] to purge them in")
+	if len(q.Keys)+len(q.Patterns)+len(q.FlushGroups) > 0 && len(redis) == 0 {
+		return nil, nil, httpapi.Errorf(http.StatusBadRequest, "keys, patterns, flush_groups: no [[redis_group]] to purge them in")
+	}
+	redisGroup := func(key string, i int, name string) (int, error) {
+		g := slices.IndexFunc(redis, func(g invalidate.Group) bool { return g.Name == name })
+		if g < 0 {
+			return 0, httpapi.Errorf(http.StatusBadRequest, "%s[%d]: unknown Redis group %q (%s)", key, i, name, strings.Join(rules.Groups(), ", "))
 		}
+		return g, nil
+	}
+	if len(q.Keys)+len(q.Patterns) > 0 {
 		var groups []int
 		for i, name := range q.Groups {
-			g := slices.IndexFunc(redis, func(g invalidate.Group) bool { return g.Name == name })
-			if g < 0 {
-				return nil, nil, httpapi.Errorf(http.StatusBadRequest, "groups[%d]: unknown Redis group %q (%s)", i, name, strings.Join(rules.Groups(), ", "))
+			g, err := redisGroup("groups", i, name)
+			if err != nil {
+				return nil, nil, err
 			}
 			groups = append(groups, g)
 		}
@@ -64,12 +78,45 @@ func (s *Server) plan(ctx context.Context, q *PurgeRequest) (*Preview, *invalida
 			for g := range redis {
 				groups = append(groups, g)
 			}
-			p.Notes = append(p.Notes, fmt.Sprintf("keys without groups are purged in every Redis group: %s", strings.Join(rules.Groups(), ", ")))
+			what := "keys"
+			switch {
+			case len(q.Keys) > 0 && len(q.Patterns) > 0:
+				what = "keys and patterns"
+			case len(q.Patterns) > 0:
+				what = "patterns"
+			}
+			p.Notes = append(p.Notes, fmt.Sprintf("%s without groups are purged in every Redis group: %s", what, strings.Join(rules.Groups(), ", ")))
 		}
 		for _, g := range groups {
 			for _, k := range q.Keys {
 				b.Add(g, k)
 			}
+			for _, pat := range q.Patterns {
+				b.AddPattern(g, pat)
+			}
+		}
+	}
+	for i, name := range q.FlushGroups {
+		g, err := redisGroup("flush_groups", i, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		b.AddFlush(g)
+	}
+	if need := q.unconfirmed(); len(need) > 0 && q.DryRun {
+		p.Notes = append(p.Notes, fmt.Sprintf("a run (not a dry run) must confirm %s: add \"confirm\": [%s]", strings.Join(need, ", "), quoteList(need)))
+	}
+	if len(q.Bans) > 0 {
+		if len(web) == 0 {
+			return nil, nil, httpapi.Errorf(http.StatusBadRequest, "bans: no [[http_group]] to ban in")
+		}
+		for g := range web {
+			for _, ban := range q.Bans {
+				b.AddBan(g, ban)
+			}
+		}
+		if len(s.opts.CDNNodes) > 0 {
+			p.Notes = append(p.Notes, "bans reach the [[http_group]]s' instances, not the CDN nodes")
 		}
 	}
 	if len(q.URLs)+len(q.Tags) > 0 {
@@ -106,12 +153,17 @@ func (s *Server) plan(ctx context.Context, q *PurgeRequest) (*Preview, *invalida
 		if gp.Tier == invalidate.TierRedis {
 			gp.Topic = invalidate.RedisTopic(s.opts.TopicPrefix, gp.Group)
 			p.Counts.Keys += len(gp.Keys)
+			p.Counts.Patterns += len(gp.Patterns)
+			if gp.Flush {
+				p.Counts.Flushes++
+			}
 			p.Counts.Targets += len(gp.Replicas)
 			continue
 		}
 		gp.Topic = invalidate.HTTPTopic(s.opts.TopicPrefix, gp.Group)
 		p.Counts.URLs += len(gp.URLs)
 		p.Counts.Tags += len(gp.Tags)
+		p.Counts.Bans += len(gp.Bans)
 		p.Counts.Targets += len(gp.Instances)
 		urls = appendNew(urls, gp.URLs)
 		tags = appendNew(tags, gp.Tags)
@@ -122,6 +174,38 @@ func (s *Server) plan(ctx context.Context, q *PurgeRequest) (*Preview, *invalida
 		p.Counts.Targets += len(s.opts.CDNNodes)
 	}
 	return p, b, nil
+}
+
+// adminKinds tells whether q asks for an admin-only kind.
+func (q *PurgeRequest) adminKinds() bool { return len(q.Patterns)+len(q.Bans)+len(q.FlushGroups) > 0 }
+
+// unconfirmed lists what q must confirm and does not: every flushed group
+// and every pattern without a literal prefix.
+func (q *PurgeRequest) unconfirmed() []string {
+	var need []string
+	for _, g := range q.FlushGroups {
+		need = append(need, g)
+	}
+	for _, pat := range q.Patterns {
+		if literalPrefix(pat) == "" {
+			need = append(need, pat)
+		}
+	}
+	var missing []string
+	for _, n := range need {
+		if !slices.Contains(q.Confirm, n) && !slices.Contains(missing, n) {
+			missing = append(missing, n)
+		}
+	}
+	return missing
+}
+
+func quoteList(vs []string) string {
+	qs := make([]string, len(vs))
+	for i, v := range vs {
+		qs[i] = strconv.Quote(v)
+	}
+	return strings.Join(qs, ", ")
 }
 
 func appendNew(dst, src []string) []string {

@@ -20,7 +20,9 @@ func TestDecodePurgeRequest(t *testing.T) {
 	}
 	for _, tt := range []struct{ body, want string }{
 		{`{"reason":"r","keys":["a"]} {}`, "data after the JSON object"},
-		{`{"reason":"r","bans":["a"]}`, "bans: not supported yet"},
+		{`{"reason":"r","replay":["a"]}`, "replay: not supported yet"},
+		{`{"reason":"r","bans":["a("]}`, `bans[0]: "a(": error parsing regexp`},
+		{`{"reason":"r","bans":["a b"]}`, `bans[0]: "a b": byte 1: no whitespace`},
 		{`{"reason":"r","groups":["a"]}`, "nothing to purge"},
 		{`{"reason":"r","urls":["/x"],"groups":["a"]}`, "groups: name the Redis groups of keys"},
 		{`{"reason":"r","keys":[""]}`, "keys[0]: length 0"},
@@ -29,6 +31,11 @@ func TestDecodePurgeRequest(t *testing.T) {
 		{`{"reason":"r","rows":[{"table":"a.b","key":{"id":null}}]}`, "rows[0].key.id: null is not a key value"},
 		{`{"reason":"r","rows":[{"table":"a.b","key":{"a b":1}}]}`, `rows[0].key: "a b" is not a column name`},
 		{`[]`, "body:"},
+		{`{"reason":"r","patterns":[""]}`, "patterns[0]: length 0"},
+		{`{"reason":"r","patterns":["item:[ab"]}`, `patterns[0]: "item:[ab": "[" at byte 5 is never closed`},
+		{`{"reason":"r","patterns":["item:\\"]}`, `ends with an escaping`},
+		{`{"reason":"r","keys":["a"],"confirm":["x"]}`, "confirm: confirms flush_groups and patterns; there are none"},
+		{`{"reason":"r","flush_groups":[""]}`, "flush_groups[0]: length 0"},
 	} {
 		if _, err := DecodePurgeRequest([]byte(tt.body)); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err %v, want %q", tt.body, err, tt.want)
@@ -52,7 +59,7 @@ func FuzzDecodePurgeRequest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if q.Reason == "" || len(q.Keys)+len(q.URLs)+len(q.Tags)+len(q.Rows) == 0 {
+		if q.Reason == "" || len(q.Keys)+len(q.URLs)+len(q.Tags)+len(q.Rows)+len(q.Patterns)+len(q.Bans)+len(q.FlushGroups) == 0 {
 			t.Fatalf("accepted %q as %+v", body, q)
 		}
 		again, err := json.Marshal(q)

@@ -62,6 +62,10 @@ type Admin struct {
 	AuditDatabase string `toml:"audit_database"`
 	// MaxBodyBytes bounds a request body; a larger one is refused with 413.
 	MaxBodyBytes int64 `toml:"max_body_bytes"`
+	// AdminActionsPerMinute bounds each user's admin-only purges (patterns,
+	// bans, flush_groups) that run, not dry runs: this many a minute, in bursts of
+	// as many; one more is refused with 429 and Retry-After.
+	AdminActionsPerMinute int `toml:"admin_actions_per_minute"`
 	// Users are the API's users, each with a role and the SHA-256 of its
 	// bearer token.
 	Users []AdminUser `toml:"user"`
@@ -313,6 +317,9 @@ type Purger struct {
 	Timeout time.Duration `toml:"timeout"`
 	// PipelineKeys is the most keys sent in one Redis pipeline.
 	PipelineKeys int `toml:"pipeline_keys"`
+	// PatternKeysPerSecond bounds the keys an admin pattern purge unlinks
+	// per second on each Redis replica (SCAN MATCH + UNLINK).
+	PatternKeysPerSecond int `toml:"pattern_keys_per_second"`
 	// HTTPHost is the Host header of the HTTP purger's URL purges whose
 	// URL is a path ("/item/1.html"); empty means the instance's address.
 	// An absolute URL's host always wins.
@@ -397,6 +404,7 @@ func Default() Config {
 		Purger: Purger{
 			MaxAttempts: purge.DefaultMaxAttempts, MaxInFlight: purge.DefaultMaxInFlight,
 			Timeout: purge.DefaultTimeout, PipelineKeys: purge.DefaultPipelineKeys,
+			PatternKeysPerSecond: purge.DefaultPatternKeysPerSecond,
 		},
 		Console: Console{
 			MaxBodyBytes: cdn.DefaultMaxBodyBytes, MaxSkew: cdn.DefaultMaxSkew,
@@ -409,7 +417,8 @@ func Default() Config {
 			ExpireInterval: seckill.DefaultExpireInterval, ReconcileInterval: seckill.DefaultReconcileInterval,
 			ReconcileGrace: seckill.DefaultReconcileGrace,
 		},
-		Admin: Admin{Addr: admin.DefaultAddr, AuditDatabase: canal.DefaultHADatabase, MaxBodyBytes: admin.DefaultMaxBodyBytes},
+		Admin: Admin{Addr: admin.DefaultAddr, AuditDatabase: canal.DefaultHADatabase, MaxBodyBytes: admin.DefaultMaxBodyBytes,
+			AdminActionsPerMinute: admin.DefaultAdminActionsPerMinute},
 	}
 }
 
@@ -531,6 +540,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Purger.PipelineKeys < 1 {
 		bad("purger.pipeline_keys", "must be at least 1")
+	}
+	if c.Purger.PatternKeysPerSecond < 1 {
+		bad("purger.pattern_keys_per_second", "must be at least 1")
 	}
 	// checkGroup validates one [[redis_group]] or [[http_group]]: a unique
 	// name and a non-empty list of distinct addresses.
@@ -745,6 +757,9 @@ func (c *Config) validateAdmin(bad func(key, format string, args ...any), checkA
 	}
 	if a.MaxBodyBytes < 1024 {
 		bad("admin.max_body_bytes", "must be at least 1024")
+	}
+	if a.AdminActionsPerMinute < 1 {
+		bad("admin.admin_actions_per_minute", "must be at least 1")
 	}
 	if len(c.RedisGroups)+len(c.HTTPGroups) == 0 {
 		bad("admin", "needs a [[redis_group]] or an [[http_group]] to purge in")

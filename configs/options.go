@@ -87,6 +87,6 @@ func (c *Config) AdminOptions() admin.Options {
 	}
 	return admin.Options{
 		Addr: a.Addr, Users: users, AuditDatabase: a.AuditDatabase, MaxBodyBytes: a.MaxBodyBytes,
-		TopicPrefix: c.NSQ.TopicPrefix,
+		AdminActionsPerMinute: a.AdminActionsPerMinute, TopicPrefix: c.NSQ.TopicPrefix,
 	}
 }

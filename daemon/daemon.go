@@ -271,7 +271,8 @@ func (n *Daemon) build() error {
 		}
 		n.purger, err = purge.NewRedisPurger(purge.RedisPurgerOptions{
 			ConsumerOptions: n.consumerOptions(RoleRedisPurger, cfg.Purger.Timeout),
-			Groups:          cfg.PurgerRedisGroups(), PipelineKeys: cfg.Purger.PipelineKeys, Registerer: n.registry,
+			Groups:          cfg.PurgerRedisGroups(), PipelineKeys: cfg.Purger.PipelineKeys,
+			PatternKeysPerSecond: cfg.Purger.PatternKeysPerSecond, Registerer: n.registry,
 		})
 		if err != nil {
 			return err

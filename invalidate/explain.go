@@ -80,6 +80,10 @@ type GroupPurge struct {
 	Keys      []string `json:"keys,omitempty"`
 	URLs      []string `json:"urls,omitempty"`
 	Tags      []string `json:"tags,omitempty"`
+	// Patterns and Flush are the admin-only Redis kinds, Bans the HTTP one.
+	Patterns []string `json:"patterns,omitempty"`
+	Flush    bool     `json:"flush,omitempty"`
+	Bans     []string `json:"bans,omitempty"`
 }
 
 // Explain evaluates the rules of table for one row change the way the canal
@@ -175,15 +179,15 @@ func (r *Rules) Explain(table string, action Action, columns []string, before, a
 func (r *Rules) Purges(b *Batch) []GroupPurge {
 	ps := []GroupPurge{}
 	for g := 0; g < b.NumGroups() && g < len(r.redis); g++ {
-		if keys := b.Keys(g); len(keys) > 0 {
+		if b.HasRedis(g) {
 			ps = append(ps, GroupPurge{Tier: TierRedis, Group: r.redis[g].Name,
-				Replicas: r.redis[g].Addrs, Keys: keys})
+				Replicas: r.redis[g].Addrs, Keys: b.Keys(g), Patterns: b.Patterns(g), Flush: b.Flush(g)})
 		}
 	}
 	for g := 0; g < b.NumHTTPGroups() && g < len(r.http); g++ {
-		if urls, tags := b.URLs(g), b.Tags(g); len(urls)+len(tags) > 0 {
+		if urls, tags, bans := b.URLs(g), b.Tags(g), b.Bans(g); len(urls)+len(tags)+len(bans) > 0 {
 			ps = append(ps, GroupPurge{Tier: TierHTTP, Group: r.http[g].Name,
-				Instances: r.http[g].Addrs, URLs: urls, Tags: tags})
+				Instances: r.http[g].Addrs, URLs: urls, Tags: tags, Bans: bans})
 		}
 	}
 	return ps

@@ -7,8 +7,16 @@ import (
 	"strings"
 )
 
-// PurgeVersion is the version of the Purge wire format.
-const PurgeVersion = 1
+// PurgeVersion is the version of the Purge wire format. Version 1 carries
+// keys, URLs and tags; version 2 adds the admin-only kinds (Flush,
+// Patterns). A message is written with the lowest version that holds it,
+// so a purger that knows only version 1 refuses (retries, then
+// dead-letters) a message it cannot apply instead of dropping its fields.
+const PurgeVersion = 2
+
+// PurgeVersionBasic is the version of a message with keys, URLs and tags
+// only: what every publisher wrote before version 2, still written for them.
+const PurgeVersionBasic = 1
 
 // Purge is one NSQ message: targets to purge from every replica (or
 // instance) of a group, with where in the binlog they came from. A message on
@@ -20,6 +28,16 @@ type Purge struct {
 	// URLs are HTTP URLs or paths to purge; Tags are surrogate keys (xkey).
 	URLs []string `json:"urls,omitempty"`
 	Tags []string `json:"tags,omitempty"`
+	// Flush (version 2, Redis topics) empties the replica's database
+	// (FLUSHDB ASYNC on the group's configured db).
+	Flush bool `json:"flush,omitempty"`
+	// Patterns (version 2, Redis topics) are Redis globs: every matching
+	// key is unlinked (SCAN MATCH + UNLINK, rate-limited per replica).
+	Patterns []string `json:"patterns,omitempty"`
+	// Bans (version 2, HTTP topics) are regexes on the request URL (path
+	// and query): every instance bans the objects whose URL matches
+	// (Varnish: BAN with X-Ban-Url, configs/varnish/flashsync.vcl).
+	Bans []string `json:"bans,omitempty"`
 	// Pos and GTID name the commit (or, for a large transaction flushed in
 	// parts, the commit to come) the keys derive from.
 	Pos  string `json:"pos,omitempty"`
@@ -53,17 +71,23 @@ func DecodePurge(body []byte) (*Purge, error) {
 	if err := json.Unmarshal(body, &p); err != nil {
 		return nil, fmt.Errorf("decode purge: %w", err)
 	}
-	if p.V != PurgeVersion {
-		return nil, fmt.Errorf("decode purge: version %d, want %d", p.V, PurgeVersion)
-	}
-	if len(p.Keys)+len(p.URLs)+len(p.Tags) == 0 {
-		return nil, errors.New("decode purge: no keys, urls or tags")
+	switch {
+	case p.V != PurgeVersion && p.V != PurgeVersionBasic:
+		return nil, fmt.Errorf("decode purge: version %d, want %d or %d", p.V, PurgeVersionBasic, PurgeVersion)
+	case p.V == PurgeVersionBasic && (p.Flush || len(p.Patterns)+len(p.Bans) > 0):
+		return nil, fmt.Errorf("decode purge: version %d carries no flush, patterns or bans", p.V)
+	case len(p.Keys)+len(p.URLs)+len(p.Tags)+len(p.Patterns)+len(p.Bans) == 0 && !p.Flush:
+		return nil, errors.New("decode purge: no keys, urls, tags, patterns, bans or flush")
+	case (p.Flush || len(p.Patterns) > 0) && len(p.URLs)+len(p.Tags)+len(p.Bans) > 0:
+		return nil, errors.New("decode purge: flush and patterns are Redis purges; the message has urls, tags or bans")
+	case len(p.Bans) > 0 && len(p.Keys) > 0:
+		return nil, errors.New("decode purge: bans are HTTP purges; the message has keys")
 	}
 	for _, f := range []struct {
 		name    string
 		targets *[]string
 		max     int
-	}{{"keys", &p.Keys, maxKeyLen}, {"urls", &p.URLs, maxURLLen}, {"tags", &p.Tags, maxTagLen}} {
+	}{{"keys", &p.Keys, maxKeyLen}, {"urls", &p.URLs, maxURLLen}, {"tags", &p.Tags, maxTagLen}, {"patterns", &p.Patterns, maxKeyLen}, {"bans", &p.Bans, maxURLLen}} {
 		for i, t := range *f.targets {
 			if t == "" || len(t) > f.max {
 				return nil, fmt.Errorf("decode purge: %s[%d] has length %d (1 to %d)", f.name, i, len(t), f.max)

@@ -210,7 +210,11 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	bodies := make([][][]byte, len(p.topics))
 	encode := func(i int, msg Purge) error {
 		msg.Job = job
-		msg.V, msg.Pos, msg.GTID, msg.CommitUnix, msg.SeenUnixNano = PurgeVersion, meta.Pos, meta.GTID, meta.CommitUnix, meta.Seen.UnixNano()
+		msg.V = PurgeVersionBasic
+		if msg.Flush || len(msg.Patterns)+len(msg.Bans) > 0 {
+			msg.V = PurgeVersion
+		}
+		msg.Pos, msg.GTID, msg.CommitUnix, msg.SeenUnixNano = meta.Pos, meta.GTID, meta.CommitUnix, meta.Seen.UnixNano()
 		body, err := msg.Marshal()
 		if err != nil {
 			return fmt.Errorf("encode purge: %w", err)
@@ -226,6 +230,19 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 				return err
 			}
 			keys = keys[n:]
+		}
+		pats := b.Patterns(g)
+		for len(pats) > 0 {
+			n := min(len(pats), p.opts.MaxKeysPerMessage)
+			if err := encode(g, Purge{Group: p.opts.Groups[g].Name, Patterns: pats[:n]}); err != nil {
+				return err
+			}
+			pats = pats[n:]
+		}
+		if b.Flush(g) {
+			if err := encode(g, Purge{Group: p.opts.Groups[g].Name, Flush: true}); err != nil {
+				return err
+			}
 		}
 	}
 	for g := 0; g < b.NumHTTPGroups(); g++ {
@@ -244,6 +261,13 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 				return err
 			}
 			urls, tags = urls[nu:], tags[nt:]
+		}
+		for bans := b.Bans(g); len(bans) > 0; {
+			n := min(len(bans), p.opts.MaxKeysPerMessage)
+			if err := encode(nRedis+g, Purge{Group: p.opts.HTTPGroups[g].Name, Bans: bans[:n]}); err != nil {
+				return err
+			}
+			bans = bans[n:]
 		}
 	}
 	if len(p.opts.CDNNodes) > 0 {
@@ -293,7 +317,7 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 func (p *Publisher) jobTargets(b *Batch) []JobTarget {
 	var ts []JobTarget
 	for g := 0; g < b.NumGroups(); g++ {
-		if len(b.Keys(g)) > 0 {
+		if b.HasRedis(g) {
 			for _, r := range p.opts.Groups[g].Addrs {
 				ts = append(ts, JobTarget{Tier: TierRedis, Group: p.opts.Groups[g].Name, Target: r})
 			}
@@ -302,7 +326,9 @@ func (p *Publisher) jobTargets(b *Batch) []JobTarget {
 	web := false
 	for g := 0; g < b.NumHTTPGroups(); g++ {
 		if len(b.URLs(g))+len(b.Tags(g)) > 0 {
-			web = true
+			web = true // the CDN gets URLs and tags, not bans
+		}
+		if len(b.URLs(g))+len(b.Tags(g))+len(b.Bans(g)) > 0 {
 			for _, r := range p.opts.HTTPGroups[g].Addrs {
 				ts = append(ts, JobTarget{Tier: TierHTTP, Group: p.opts.HTTPGroups[g].Name, Target: r})
 			}

@@ -546,10 +546,13 @@ func valuesEqual(a, b any) bool {
 // Batch collects the distinct targets of one flush: keys per Redis group,
 // URLs and tags per HTTP group, each deduplicated.
 type Batch struct {
-	redis []targetSet  // keys
-	http  []httpTarget // urls and tags
-	n     int
-	bytes int
+	redis []targetSet // keys
+	// admin-only kinds per Redis group: patterns, flush
+	patterns []targetSet
+	flush    []bool
+	http     []httpTarget // urls and tags
+	n        int
+	bytes    int
 }
 
 type targetSet struct {
@@ -557,7 +560,7 @@ type targetSet struct {
 	seen map[string]struct{}
 }
 
-type httpTarget struct{ urls, tags targetSet }
+type httpTarget struct{ urls, tags, bans targetSet }
 
 func newBatch(redis, http int) *Batch {
 	return &Batch{redis: make([]targetSet, redis), http: make([]httpTarget, http)}
@@ -568,6 +571,15 @@ func newBatch(redis, http int) *Batch {
 func NewBatch(n int) *Batch { return newBatch(n, 0) }
 
 func (b *Batch) set(kind Kind, group int) *targetSet {
+	if kind == kindPattern {
+		for len(b.patterns) <= group {
+			b.patterns = append(b.patterns, targetSet{})
+		}
+		for len(b.redis) <= group {
+			b.redis = append(b.redis, targetSet{})
+		}
+		return &b.patterns[group]
+	}
 	if kind == KindKey {
 		for len(b.redis) <= group {
 			b.redis = append(b.redis, targetSet{})
@@ -579,6 +591,9 @@ func (b *Batch) set(kind Kind, group int) *targetSet {
 	}
 	if kind == KindURL {
 		return &b.http[group].urls
+	}
+	if kind == kindBan {
+		return &b.http[group].bans
 	}
 	return &b.http[group].tags
 }
@@ -605,6 +620,57 @@ func (b *Batch) AddURL(group int, url string) { b.add(KindURL, group, []byte(url
 
 // AddTag adds a tag to an HTTP group, once.
 func (b *Batch) AddTag(group int, tag string) { b.add(KindTag, group, []byte(tag)) }
+
+// kindPattern is a batch's Redis glob patterns (not a rule's kind).
+const kindPattern Kind = 255
+
+// kindBan is a batch's URL regexes to ban (not a rule's kind).
+const kindBan Kind = 254
+
+// AddBan adds a ban (a regex on the request URL) to an HTTP group, once.
+func (b *Batch) AddBan(group int, ban string) { b.add(kindBan, group, []byte(ban)) }
+
+// Bans returns an HTTP group's bans in the order they were first added.
+func (b *Batch) Bans(group int) []string {
+	if group >= len(b.http) {
+		return nil
+	}
+	return b.http[group].bans.list
+}
+
+// AddPattern adds a Redis glob pattern to a Redis group, once: every
+// replica unlinks the keys that match it.
+func (b *Batch) AddPattern(group int, pattern string) { b.add(kindPattern, group, []byte(pattern)) }
+
+// AddFlush asks every replica of a Redis group to empty its database.
+func (b *Batch) AddFlush(group int) {
+	for len(b.flush) <= group {
+		b.flush = append(b.flush, false)
+	}
+	for len(b.redis) <= group {
+		b.redis = append(b.redis, targetSet{})
+	}
+	if !b.flush[group] {
+		b.flush[group] = true
+		b.n++
+	}
+}
+
+// Patterns returns a Redis group's patterns in the order they were first added.
+func (b *Batch) Patterns(group int) []string {
+	if group >= len(b.patterns) {
+		return nil
+	}
+	return b.patterns[group].list
+}
+
+// Flush tells whether a Redis group is to be flushed.
+func (b *Batch) Flush(group int) bool { return group < len(b.flush) && b.flush[group] }
+
+// HasRedis tells whether a Redis group receives anything: keys, patterns or a flush.
+func (b *Batch) HasRedis(group int) bool {
+	return len(b.Keys(group))+len(b.Patterns(group)) > 0 || b.Flush(group)
+}
 
 // Len is the number of distinct targets (per group and kind).
 func (b *Batch) Len() int { return b.n }
@@ -651,9 +717,14 @@ func (b *Batch) Reset() {
 	for i := range b.redis {
 		reset(&b.redis[i])
 	}
+	for i := range b.patterns {
+		reset(&b.patterns[i])
+	}
+	clear(b.flush)
 	for i := range b.http {
 		reset(&b.http[i].urls)
 		reset(&b.http[i].tags)
+		reset(&b.http[i].bans)
 	}
 	b.n, b.bytes = 0, 0
 }

@@ -60,7 +60,20 @@ type ConsumerOptions struct {
 	MaxInFlight int
 	// Timeout bounds one request to a target (default 2 s).
 	Timeout time.Duration
-	Logger  *slog.Logger
+	// MsgTimeout is the time nsqd gives a message in flight before it
+	// redelivers it (0: nsqd's --msg-timeout, 60 s by default). A message
+	// held longer (a target down, a long pattern purge) is touched every
+	// third of it, at most every 10 s.
+	MsgTimeout time.Duration
+	Logger     *slog.Logger
+}
+
+// nsqdMsgTimeout is nsqd's default --msg-timeout.
+const nsqdMsgTimeout = 60 * time.Second
+
+// touchInterval is how often a message held in hand is touched.
+func (o *ConsumerOptions) touchInterval() time.Duration {
+	return min(10*time.Second, cmp.Or(o.MsgTimeout, nsqdMsgTimeout)/3)
 }
 
 // ConsumerKind names a purger's targets in metrics, logs, dead letters and
@@ -254,6 +267,9 @@ func (p *Consumers) Run(ctx context.Context, name string) error {
 		cfg.OutputBufferSize = -1
 		cfg.OutputBufferTimeout = -1
 		cfg.LookupdPollInterval = p.opts.LookupdPollInterval
+		if p.opts.MsgTimeout > 0 {
+			cfg.MsgTimeout = p.opts.MsgTimeout
+		}
 		// go-nsq's first nsqlookupd query runs inside Connect with a 1 m
 		// timeout: an nsqlookupd that hangs would hold every target's
 		// start that long.
@@ -364,6 +380,10 @@ var _ nsq.Handler = (*targetConsumer)(nil)
 func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
 	msg, err := invalidate.DecodePurge(m.Body)
 	if err == nil {
+		// Never drop a kind this purger cannot apply: retry, then dead-letter.
+		err = r.p.kind.canApply(msg)
+	}
+	if err == nil {
 		err = r.purgeWaiting(m, msg)
 	}
 	if err == nil {
@@ -417,15 +437,16 @@ func (r *targetConsumer) ack(m *nsq.Message, msg *invalidate.Purge, cause error)
 // purgeWaiting applies msg, waiting for the target while it is unreachable.
 func (r *targetConsumer) purgeWaiting(m *nsq.Message, msg *invalidate.Purge) error {
 	lastTouch := time.Now()
+	every := r.p.opts.touchInterval()
 	var result error
 	err := retry.Until(r.ctx, retry.Backoff{Min: 20 * time.Millisecond, Max: time.Second}, func() error {
-		result = r.Apply(r.ctx, msg)
+		result = r.Apply(withTouch(r.ctx, m.Touch, every), msg)
 		if result == nil || !r.Unreachable(result) {
 			return nil // applied, or failed in a way that counts an attempt
 		}
 		r.p.metrics.messages.WithLabelValues(r.Group, r.Name, "unreachable").Inc()
 		r.setDown(true, result)
-		if time.Since(lastTouch) > 10*time.Second {
+		if time.Since(lastTouch) > every {
 			m.Touch() // keep nsqd from timing the held message out
 			lastTouch = time.Now()
 		}
@@ -436,6 +457,43 @@ func (r *targetConsumer) purgeWaiting(m *nsq.Message, msg *invalidate.Purge) err
 	}
 	r.setDown(false, nil)
 	return result
+}
+
+// canApply refuses the admin-only kinds a purger of kind does not apply:
+// flush and patterns are the Redis purger's, bans the HTTP purger's.
+func (k ConsumerKind) canApply(msg *invalidate.Purge) error {
+	if k.Tier != invalidate.TierRedis && (msg.Flush || len(msg.Patterns) > 0) {
+		return fmt.Errorf("a %s purger cannot apply flush or patterns", k.Noun)
+	}
+	if k.Tier != invalidate.TierHTTP && len(msg.Bans) > 0 {
+		return fmt.Errorf("a %s purger cannot apply bans", k.Noun)
+	}
+	return nil
+}
+
+type touchKey struct{}
+
+type toucher struct {
+	touch func()
+	every time.Duration
+}
+
+// withTouch gives Apply the message's Touch: a purge that may run longer
+// than nsqd's message timeout (a pattern purge) calls touchDue as it goes,
+// so the message is not redelivered mid-way.
+func withTouch(ctx context.Context, touch func(), every time.Duration) context.Context {
+	return context.WithValue(ctx, touchKey{}, toucher{touch, every})
+}
+
+// touchDue touches the message being applied under ctx if last is a touch
+// interval ago, and returns when it was last touched.
+func touchDue(ctx context.Context, last time.Time) time.Time {
+	t, ok := ctx.Value(touchKey{}).(toucher)
+	if !ok || time.Since(last) < t.every {
+		return last
+	}
+	t.touch()
+	return time.Now()
 }
 
 func (r *targetConsumer) setDown(down bool, err error) {

@@ -114,7 +114,7 @@ func NewHTTPPurger(opts HTTPPurgerOptions) (*HTTPPurger, error) {
 	}, []string{"group", "instance"})
 	p.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_purger_http_requests_total",
-		Help: "PURGE requests per HTTP cache instance, by kind (url, xkey) and status code (0: no answer).",
+		Help: "PURGE requests per HTTP cache instance, by kind (url, xkey, ban) and status code (0: no answer).",
 	}, []string{"group", "instance", "kind", "code"})
 	for _, col := range []prometheus.Collector{p.urls, p.tags, p.reqs} {
 		if err := opts.Registerer.Register(col); err != nil {
@@ -207,6 +207,11 @@ func (p *HTTPPurger) purge(ctx context.Context, client *http.Client, group, addr
 		reqs = append(reqs, request{kind: "xkey", path: "/", host: host, header: header, value: strings.Join(tags[:n], " ")})
 		tags = tags[n:]
 	}
+	// A ban is a regex on the request URL: BAN / with X-Ban-Url (what
+	// configs/varnish/flashsync.vcl turns into ban("req.url ~ ...")).
+	for _, b := range msg.Bans {
+		reqs = append(reqs, request{kind: "ban", path: "/", host: host, header: "X-Ban-Url", value: b})
+	}
 	if len(reqs) == 1 {
 		r := reqs[0]
 		return p.send(ctx, client, group, addr, r.kind, r.path, r.host, r.header, r.value)
@@ -250,11 +255,15 @@ func firstUnreachableOr(errs []error) error {
 func (p *HTTPPurger) send(ctx context.Context, client *http.Client, group, addr, kind, path, host, header, value string) error {
 	ctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "PURGE", "http://"+addr+path, nil)
+	method := "PURGE"
+	if kind == "ban" {
+		method = "BAN"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, nil)
 	if err != nil {
 		// %v: a URL that cannot be sent is a bad message, never an
 		// unreachable instance (url.Error is a net.Error).
-		return fmt.Errorf("http %s PURGE %q: %v", addr, path, err)
+		return fmt.Errorf("http %s %s %q: %v", addr, method, path, err)
 	}
 	req.Host = host
 	if header != "" {
@@ -263,12 +272,12 @@ func (p *HTTPPurger) send(ctx context.Context, client *http.Client, group, addr,
 	resp, err := client.Do(req)
 	if err != nil {
 		p.reqs.WithLabelValues(group, addr, kind, "0").Inc()
-		return fmt.Errorf("http %s PURGE %s: %w", addr, path, err)
+		return fmt.Errorf("http %s %s %s: %w", addr, method, path, err)
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
 	p.reqs.WithLabelValues(group, addr, kind, fmt.Sprint(resp.StatusCode)).Inc()
-	if resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusNotFound {
+	if resp.StatusCode/100 == 2 || (resp.StatusCode == http.StatusNotFound && kind != "ban") {
 		return nil
 	}
 	what := path

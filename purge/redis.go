@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
 
 	"github.com/flashsync/flashsync/invalidate"
 )
@@ -29,8 +31,17 @@ type RedisPurgerOptions struct {
 	ConsumerOptions
 	Groups       []RedisGroup
 	PipelineKeys int
-	Registerer   prometheus.Registerer
+	// PatternKeysPerSecond bounds the keys a pattern purge unlinks per
+	// second on each replica (default DefaultPatternKeysPerSecond).
+	PatternKeysPerSecond int
+	Registerer           prometheus.Registerer
 }
+
+// DefaultPatternKeysPerSecond is the default of PatternKeysPerSecond.
+const DefaultPatternKeysPerSecond = 10000
+
+// maxScanCount bounds SCAN's COUNT hint (and so one UNLINK) of a pattern purge.
+const maxScanCount = 1000
 
 // RedisPurger deletes purged keys from every replica of every group. Each
 // replica has its own NSQ consumer on its own channel (see Consumers
@@ -40,6 +51,7 @@ type RedisPurger struct {
 	c        *Consumers
 	replicas []*redisReplica
 	keys     *prometheus.CounterVec
+	unlinked *prometheus.CounterVec
 
 	mu      sync.Mutex
 	stopped bool
@@ -49,6 +61,8 @@ type RedisPurger struct {
 type redisReplica struct {
 	addr   string
 	client *redis.Client
+	// limit paces this replica's pattern purges (PatternKeysPerSecond).
+	limit *rate.Limiter
 }
 
 // NewRedisPurger checks the options; nothing connects before Run.
@@ -62,6 +76,9 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if opts.PipelineKeys <= 0 {
 		opts.PipelineKeys = DefaultPipelineKeys
 	}
+	if opts.PatternKeysPerSecond <= 0 {
+		opts.PatternKeysPerSecond = DefaultPatternKeysPerSecond
+	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
@@ -74,13 +91,20 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		Name: "flashsync_purger_keys_deleted_total",
 		Help: "Keys sent to DEL per replica (deleted or already absent).",
 	}, []string{"group", "replica"})
-	if err := opts.Registerer.Register(p.keys); err != nil {
-		return nil, fmt.Errorf("register metrics: %w", err)
+	p.unlinked = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_purger_pattern_keys_unlinked_total",
+		Help: "Keys a pattern purge unlinked per replica (matched by SCAN and sent to UNLINK).",
+	}, []string{"group", "replica"})
+	for _, m := range []prometheus.Collector{p.keys, p.unlinked} {
+		if err := opts.Registerer.Register(m); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
 	}
 	for _, g := range opts.Groups {
 		for _, addr := range g.Replicas {
 			r := &redisReplica{
-				addr: addr,
+				addr:  addr,
+				limit: rate.NewLimiter(rate.Limit(opts.PatternKeysPerSecond), scanCount(opts.PatternKeysPerSecond)),
 				client: redis.NewClient(&redis.Options{
 					Addr:         addr,
 					Password:     g.Password,
@@ -96,7 +120,9 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 			group := g.Name
 			c.Add(Target{
 				Group: group, Name: addr, Topic: invalidate.RedisTopic(opts.TopicPrefix, g.Name),
-				Apply:       func(ctx context.Context, msg *invalidate.Purge) error { return p.purge(ctx, r, msg.Keys) },
+				Apply: func(ctx context.Context, msg *invalidate.Purge) error {
+					return p.apply(ctx, group, r, msg)
+				},
 				Unreachable: unreachable,
 				OK: func(msg *invalidate.Purge) {
 					p.keys.WithLabelValues(group, addr).Add(float64(len(msg.Keys)))
@@ -132,6 +158,76 @@ func (p *RedisPurger) Close() error {
 
 // Health reports replicas that are currently unreachable.
 func (p *RedisPurger) Health() error { return p.c.Health() }
+
+// scanCount is a pattern purge's SCAN COUNT, and the burst of its limiter.
+func scanCount(keysPerSecond int) int { return max(1, min(maxScanCount, keysPerSecond)) }
+
+// apply applies one message: its keys, then its patterns, then its flush.
+// Each is idempotent, so a redelivered message (after a crash mid-way) is
+// applied again harmlessly.
+func (p *RedisPurger) apply(ctx context.Context, group string, r *redisReplica, msg *invalidate.Purge) error {
+	if len(msg.Keys) > 0 {
+		if err := p.purge(ctx, r, msg.Keys); err != nil {
+			return err
+		}
+	}
+	for _, pat := range msg.Patterns {
+		if err := p.purgePattern(ctx, group, r, pat); err != nil {
+			return err
+		}
+	}
+	if msg.Flush {
+		fctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+		defer cancel()
+		if err := r.client.FlushDBAsync(fctx).Err(); err != nil {
+			return fmt.Errorf("redis %s FLUSHDB ASYNC: %w", r.addr, err)
+		}
+		p.opts.Logger.Info("redis replica flushed (admin)", "group", group, "replica", r.addr, "job", msg.Job)
+	}
+	return nil
+}
+
+// purgePattern unlinks every key that matches pattern: SCAN MATCH COUNT
+// and UNLINK of each page, at most PatternKeysPerSecond keys a second. It
+// touches the NSQ message as it goes (each UNLINK waits at most 100 ms for
+// the limiter) so nsqd does not redeliver it while it runs. Keys written during the scan may or may not be seen, as
+// SCAN guarantees only the keys present throughout.
+func (p *RedisPurger) purgePattern(ctx context.Context, group string, r *redisReplica, pattern string) error {
+	count := int64(scanCount(p.opts.PatternKeysPerSecond))
+	// One UNLINK takes at most a tenth of a second's keys: the waits
+	// between them, and so between touches, stay short.
+	chunk := max(1, min(int(count), p.opts.PatternKeysPerSecond/10))
+	lastTouch := time.Now()
+	var cursor uint64
+	for {
+		cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+		keys, next, err := r.client.Scan(cctx, cursor, pattern, count).Result()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("redis %s SCAN MATCH %q: %w", r.addr, pattern, err)
+		}
+		// A page may hold more keys than COUNT: unlink it in chunks.
+		for len(keys) > 0 {
+			n := min(len(keys), chunk)
+			if err := r.limit.WaitN(ctx, n); err != nil {
+				return fmt.Errorf("redis %s pattern %q: %w", r.addr, pattern, err)
+			}
+			cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+			err := r.client.Unlink(cctx, keys[:n]...).Err()
+			cancel()
+			if err != nil {
+				return fmt.Errorf("redis %s UNLINK: %w", r.addr, err)
+			}
+			p.unlinked.WithLabelValues(group, r.addr).Add(float64(n))
+			keys = keys[n:]
+			lastTouch = touchDue(ctx, lastTouch)
+		}
+		if next == 0 {
+			return nil
+		}
+		cursor = next
+	}
+}
 
 // purge sends DEL in pipelines of at most PipelineKeys keys.
 func (p *RedisPurger) purge(ctx context.Context, r *redisReplica, keys []string) error {

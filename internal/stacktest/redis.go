@@ -30,6 +30,8 @@ type RedisServer struct {
 	daemon
 	dir  string
 	port int
+	// aof keeps the dataset across Stop and Start (StartRedisPersistent).
+	aof bool
 }
 
 // StartRedis starts a private redis-server and waits until it answers PING.
@@ -37,6 +39,16 @@ type RedisServer struct {
 func StartRedis(t testing.TB) *RedisServer {
 	t.Helper()
 	r := &RedisServer{daemon: daemon{t: t}, dir: t.TempDir(), port: FreePort(t)}
+	t.Cleanup(r.Stop)
+	r.Start()
+	return r
+}
+
+// StartRedisPersistent is StartRedis with an append-only file fsynced on
+// every write: what the server holds survives Stop and Start.
+func StartRedisPersistent(t testing.TB) *RedisServer {
+	t.Helper()
+	r := &RedisServer{daemon: daemon{t: t}, dir: t.TempDir(), port: FreePort(t), aof: true}
 	t.Cleanup(r.Stop)
 	r.Start()
 	return r
@@ -56,6 +68,9 @@ func (r *RedisServer) Start() {
 		"--dir", r.dir,
 		"--save", "",
 		"--appendonly", "no",
+	}
+	if r.aof {
+		args = append(args[:len(args)-1], "yes", "--appendfsync", "always")
 	}
 	r.start("redis", "redis-server", args, filepath.Join(r.dir, "redis.log"), 10*time.Second,
 		func() error { return pingRedis(r.Addr()) })
