@@ -49,8 +49,8 @@ const (
 // that was sold (seen: 166 reservations given back after one of two
 // seckill processes was SIGKILLed with a 3 s grace).
 func CheckReconcileGrace(grace, msgTimeout time.Duration) error {
-	if min := 3 * msgTimeout; grace < min {
-		return fmt.Errorf("reconcile grace %v is shorter than 3 NSQ message timeouts (%v): a reservation whose writer died is redelivered only after its message times out, and would be given back while its order is still coming", grace, min)
+	if floor := 3 * msgTimeout; grace < floor {
+		return fmt.Errorf("reconcile grace %v is shorter than 3 NSQ message timeouts (%v): a reservation whose writer died is redelivered only after its message times out, and would be given back while its order is still coming", grace, floor)
 	}
 	return nil
 }
