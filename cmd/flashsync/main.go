@@ -39,6 +39,7 @@ var program = &cli.Program{
 		roleCommand(daemon.RoleSeckill, "the flash-sale service: buy API, order writers, expirer, reconciler", []string{daemon.RoleSeckill}),
 		roleCommand(daemon.RoleAdmin, "the admin API: purge keys, URLs, tags and rows by hand, audited ([admin])", []string{daemon.RoleAdmin}),
 		adminHashTokenCommand,
+		purgeCommand,
 		seckillMigrateCommand,
 		checkCommand,
 		configReferenceCommand,

@@ -28,9 +28,44 @@ var flagArgs = map[string]string{
 	"-action":           "-action=insert",
 	"-json":             "-json",
 	"-token":            "-token=dev-viewer-token",
+	// purge's (-config, -token, -json and -row too).
+	"-admin":       "-admin=http://127.0.0.1:1",
+	"-reason":      "-reason=test",
+	"-dry-run":     "-dry-run",
+	"-wait":        "-wait",
+	"-timeout":     "-timeout=5s",
+	"-key":         "-key=k",
+	"-group":       "-group=ga",
+	"-url":         "-url=/u",
+	"-tag":         "-tag=t",
+	"-pattern":     "-pattern=p:*",
+	"-ban":         "-ban=^/u",
+	"-flush-group": "-flush-group=ga",
+	"-confirm":     "-confirm=ga",
 	// The demo's, which flashsync has no more.
 	"-addr":  "-addr=127.0.0.1:1",
 	"-limit": "-limit=5",
+}
+
+// commandFlagArgs are the uses of a flag that differ by command.
+var commandFlagArgs = map[string]map[string]string{
+	"purge": {"-row": "-row=shop.item id=1"},
+}
+
+// purgeRequired completes a purge command line that has flag: a token, a
+// reason and a key unless flag is one of them, a group to flush for
+// -confirm.
+func purgeRequired(flag string) []string {
+	var args []string
+	for _, f := range []string{"-token", "-reason", "-key"} {
+		if f != flag {
+			args = append(args, flagArgs[f])
+		}
+	}
+	if flag == "-confirm" {
+		args = append(args, flagArgs["-flush-group"])
+	}
+	return args
 }
 
 // commandFlags lists each command's flags.
@@ -45,6 +80,8 @@ var commandFlags = map[string][]string{
 	"seckill-migrate":  {"-config"},
 	"admin":            {"-config", "-log-level"},
 	"admin hash-token": {"-token"},
+	"purge": {"-admin", "-config", "-token", "-reason", "-dry-run", "-wait", "-json", "-timeout",
+		"-key", "-group", "-url", "-tag", "-row", "-pattern", "-ban", "-flush-group", "-confirm"},
 	"check":            {"-config"},
 	"config reference": nil,
 	"rules explain":    {"-config", "-table", "-row", "-action", "-json"},
@@ -69,6 +106,9 @@ func TestEveryCommandIsInTheTable(t *testing.T) {
 func TestCommandFlags(t *testing.T) {
 	for name, own := range commandFlags {
 		for flagName, arg := range flagArgs {
+			if a, ok := commandFlagArgs[name][flagName]; ok {
+				arg = a
+			}
 			args := append(strings.Fields(name), arg)
 			if flagName != "-config" && slices.Contains(own, "-config") {
 				args = append(args, flagArgs["-config"])
@@ -76,11 +116,21 @@ func TestCommandFlags(t *testing.T) {
 			if name == "rules explain" && flagName != "-row" {
 				args = append(args, flagArgs["-row"]) // required
 			}
+			if name == "purge" {
+				args = append(args, purgeRequired(flagName)...)
+			}
 			rc, stdout, stderr := runCLI(t, args...)
 			if name == "admin hash-token" && flagName == "-token" {
 				// The one command of a flag of its own that reads no config.
 				if rc != 0 || stdout != "ce2bc80df24ceeb9021f86ebb9b2ad727af4f9fabb308232bd168b16f1de2526\n" {
 					t.Errorf("%q: rc %d, stdout %q, stderr %q", args, rc, stdout, stderr)
+				}
+				continue
+			}
+			if name == "purge" && flagName == "-admin" {
+				// -admin wins over -config: the API is not there.
+				if rc != 1 || !strings.Contains(stderr, "127.0.0.1:1") || strings.Contains(stderr, "usage:") {
+					t.Errorf("%q: rc %d, want 1 for the unreachable API; stderr:\n%s", args, rc, stderr)
 				}
 				continue
 			}
