@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -17,7 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/admin/admintest"
 	"github.com/flashsync/flashsync/daemon"
 	"github.com/flashsync/flashsync/internal/stacktest"
 )
@@ -103,34 +101,7 @@ func newFixtureWith(t *testing.T, o fixtureOptions) *fixture {
 	}
 	f.gb = stacktest.StartRedis(t)
 	f.varnish = stacktest.StartVarnish(t, flashsyncVCL, strings.TrimPrefix(pageBackend(t).URL, "http://"))
-	dev, err := os.ReadFile("../configs/dev.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The demo users, from configs/dev.toml.
-	_, users, ok := strings.Cut(string(dev), "\n[[admin.user]]")
-	if !ok {
-		t.Fatal("configs/dev.toml has no [[admin.user]]")
-	}
-	cfg, err := configs.Parse(fmt.Appendf(nil, `
-[mysql]
-addr = %q
-server_id = 4242 # [[rule]] asks for a canal, which this daemon does not run
-
-[canal]
-position_file = "unused"
-
-[nsq]
-nsqd_tcp = [%q]
-nsqd_http = [%q]
-
-[http]
-addr = "127.0.0.1:0"
-
-[purger]
-timeout = "1s"
-%s
-
+	config := admintest.Prelude(f.nsqd.TCPAddr(), f.nsqd.HTTPAddr(), o.purger) + fmt.Sprintf(`
 [[redis_group]]
 name = "ga"
 replicas = [%q, %q]
@@ -161,30 +132,10 @@ addr = "127.0.0.1:0"
 audit_database = %q
 max_body_bytes = 2048
 %s
-
-[[admin.user]]%s`, stacktest.MySQLAddr(), f.nsqd.TCPAddr(), f.nsqd.HTTPAddr(), o.purger,
-		f.ga[0].Addr(), f.ga[1].Addr(), f.gb.Addr(), f.varnish.Addr(),
-		f.db, f.keyPre, f.keyPre, f.db, auditDB, o.admin, users))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.daemon, err = daemon.New(daemon.Options{Config: cfg,
-		Roles:  []string{daemon.RoleRedisPurger, daemon.RoleHTTPPurger, daemon.RoleAdmin},
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		t.Fatal(err)
-	}
+`, f.ga[0].Addr(), f.ga[1].Addr(), f.gb.Addr(), f.varnish.Addr(),
+		f.db, f.keyPre, f.keyPre, f.db, auditDB, o.admin) + admintest.DemoUsers(t)
+	f.daemon, _, f.stop = admintest.Start(t, config, daemon.RoleRedisPurger, daemon.RoleHTTPPurger, daemon.RoleAdmin)
 	f.url = "http://" + f.daemon.AdminAddr()
-	f.stop = stacktest.RunAndClose(t, "daemon", f.daemon)
-	// Served once the channels exist.
-	stacktest.Eventually(t, 20*time.Second, func() error {
-		resp, err := http.Get(f.url + "/api/v1/audit")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
 	return f
 }
 

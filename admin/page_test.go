@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/flashsync/flashsync/admin"
-	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/admin/admintest"
 	"github.com/flashsync/flashsync/daemon"
 	"github.com/flashsync/flashsync/internal/stacktest"
 )
@@ -39,32 +37,7 @@ func newPageFixture(t *testing.T) *pageFixture {
 	backend := strings.TrimPrefix(pageBackend(t).URL, "http://")
 	f.varnish = stacktest.StartVarnish(t, flashsyncVCL, backend)
 	v2 := stacktest.StartVarnish(t, flashsyncVCL, backend)
-	dev, err := os.ReadFile("../configs/dev.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, users, ok := strings.Cut(string(dev), "\n[[admin.user]]")
-	if !ok {
-		t.Fatal("configs/dev.toml has no [[admin.user]]")
-	}
-	cfg, err := configs.Parse(fmt.Appendf(nil, `
-[mysql]
-addr = %q
-server_id = 4243
-
-[canal]
-position_file = "unused"
-
-[nsq]
-nsqd_tcp = [%q]
-nsqd_http = [%q]
-
-[http]
-addr = "127.0.0.1:0"
-
-[purger]
-timeout = "1s"
-
+	config := admintest.Prelude(f.nsqd.TCPAddr(), f.nsqd.HTTPAddr(), "") + fmt.Sprintf(`
 [[redis_group]]
 name = "ga"
 replicas = [%q, %q]
@@ -83,29 +56,10 @@ route_by = "id"
 [admin]
 addr = "127.0.0.1:0"
 audit_database = %q
-
-[[admin.user]]%s`, stacktest.MySQLAddr(), f.nsqd.TCPAddr(), f.nsqd.HTTPAddr(),
-		f.ga[0].Addr(), f.ga[1].Addr(), f.varnish.Addr(), v2.Addr(),
-		f.db, f.keyPre, f.keyPre, f.db, users))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.daemon, err = daemon.New(daemon.Options{Config: cfg,
-		Roles:  []string{daemon.RoleRedisPurger, daemon.RoleHTTPPurger, daemon.RoleAdmin},
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		t.Fatal(err)
-	}
+`, f.ga[0].Addr(), f.ga[1].Addr(), f.varnish.Addr(), v2.Addr(),
+		f.db, f.keyPre, f.keyPre, f.db) + admintest.DemoUsers(t)
+	f.daemon, _, f.stop = admintest.Start(t, config, daemon.RoleRedisPurger, daemon.RoleHTTPPurger, daemon.RoleAdmin)
 	f.url = "http://" + f.daemon.AdminAddr()
-	f.stop = stacktest.RunAndClose(t, "daemon", f.daemon)
-	stacktest.Eventually(t, 20*time.Second, func() error {
-		resp, err := http.Get(f.url + "/api/v1/audit")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
 	return &pageFixture{fixture: f, varnish2: v2}
 }
 

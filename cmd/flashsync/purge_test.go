@@ -5,15 +5,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"log/slog"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/admin/admintest"
 	"github.com/flashsync/flashsync/daemon"
 	"github.com/flashsync/flashsync/internal/stacktest"
 )
@@ -98,34 +93,8 @@ func startPurgeAPI(t *testing.T) *purgeAPI {
 	p := &purgeAPI{keyPre: db + ":"}
 	nsqd := stacktest.StartNSQD(t)
 	p.ga = [2]*stacktest.RedisServer{stacktest.StartRedis(t), stacktest.StartRedis(t)}
-	dev, err := os.ReadFile(devConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The demo users, from configs/dev.toml.
-	_, users, ok := strings.Cut(string(dev), "\n[[admin.user]]")
-	if !ok {
-		t.Fatal("configs/dev.toml has no [[admin.user]]")
-	}
 	addr := fmt.Sprintf("127.0.0.1:%d", stacktest.FreePort(t))
-	text := fmt.Sprintf(`
-[mysql]
-addr = %q
-server_id = 4243 # [[rule]] asks for a canal, which this daemon does not run
-
-[canal]
-position_file = "unused"
-
-[nsq]
-nsqd_tcp = [%q]
-nsqd_http = [%q]
-
-[http]
-addr = "127.0.0.1:0"
-
-[purger]
-timeout = "1s"
-
+	config := admintest.Prelude(nsqd.TCPAddr(), nsqd.HTTPAddr(), "") + fmt.Sprintf(`
 [[redis_group]]
 name = "ga"
 replicas = [%q, %q]
@@ -138,32 +107,9 @@ route_by = "id"
 [admin]
 addr = %q
 audit_database = %q
-
-[[admin.user]]%s`, stacktest.MySQLAddr(), nsqd.TCPAddr(), nsqd.HTTPAddr(), p.ga[0].Addr(), p.ga[1].Addr(), db, p.keyPre, addr, db, users)
-	p.config = filepath.Join(t.TempDir(), "flashsync.toml")
-	if err := os.WriteFile(p.config, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := configs.Load(p.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := daemon.New(daemon.Options{Config: cfg, Roles: []string{daemon.RoleRedisPurger, daemon.RoleAdmin},
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.url = "http://" + d.AdminAddr()
-	stacktest.RunAndClose(t, "daemon", d)
-	// Served once the channels exist.
-	stacktest.Eventually(t, 20*time.Second, func() error {
-		resp, err := http.Get(p.url + "/api/v1/audit")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
+`, p.ga[0].Addr(), p.ga[1].Addr(), db, p.keyPre, addr, db) + admintest.DemoUsers(t)
+	d, path, _ := admintest.Start(t, config, daemon.RoleRedisPurger, daemon.RoleAdmin)
+	p.url, p.config = "http://"+d.AdminAddr(), path
 	return p
 }
 
