@@ -77,6 +77,29 @@ func (f *fixture) metric(t *testing.T, series string) float64 {
 	return -1
 }
 
+// refusal is a purge request and the status and error text it must get.
+type refusal struct {
+	token, body string
+	want        int
+	msg         string
+}
+
+// expectRefused sends each request and checks its refusal, then that none
+// of them published anything.
+func (f *fixture) expectRefused(t *testing.T, cases []refusal) {
+	t.Helper()
+	before := f.published(t)
+	for _, tt := range cases {
+		status, out := f.call(t, "POST", "/api/v1/purges", tt.token, tt.body)
+		if msg, _ := out["error"].(string); status != tt.want || !strings.Contains(msg, tt.msg) {
+			t.Errorf("%s: %d %v, want %d with %q", tt.body, status, out, tt.want, tt.msg)
+		}
+	}
+	if after := f.published(t); after != before {
+		t.Errorf("%d messages published by refused requests", after-before)
+	}
+}
+
 func TestFlushGroups(t *testing.T) {
 	f := newFixtureWith(t, fixtureOptions{persistentGA1: true})
 	ga := []*redis.Client{stacktest.Redis(t, f.ga[0].Addr()), stacktest.Redis(t, f.ga[1].Addr())}
@@ -87,25 +110,12 @@ func TestFlushGroups(t *testing.T) {
 	flush := `{"reason":"poisoned cache","flush_groups":["ga"]%s}`
 
 	t.Run("refused before anything is published", func(t *testing.T) {
-		before := f.published(t)
-		for _, tt := range []struct {
-			token, body string
-			want        int
-			msg         string
-		}{
+		f.expectRefused(t, []refusal{
 			{operatorToken, fmt.Sprintf(flush, `,"confirm":["ga"]`), 403, "needs the admin role"},
 			{adminToken, fmt.Sprintf(flush, ""), 409, `confirm: name ga again to run it: "confirm": ["ga"]`},
 			{adminToken, fmt.Sprintf(flush, `,"confirm":["gb"]`), 409, "confirm: name ga again"},
 			{adminToken, `{"reason":"r","flush_groups":["nope"],"confirm":["nope"]}`, 400, `flush_groups[0]: unknown Redis group "nope"`},
-		} {
-			status, out := f.call(t, "POST", "/api/v1/purges", tt.token, tt.body)
-			if msg, _ := out["error"].(string); status != tt.want || !strings.Contains(msg, tt.msg) {
-				t.Errorf("%s: %d %v, want %d with %q", tt.body, status, out, tt.want, tt.msg)
-			}
-		}
-		if after := f.published(t); after != before {
-			t.Errorf("%d messages published by refused flushes", after-before)
-		}
+		})
 		for i, c := range append(ga, gb) {
 			if n := dbSize(t, c); n != 100 {
 				t.Errorf("redis %d holds %d keys after refused flushes, want 100", i, n)
@@ -216,26 +226,13 @@ func TestPatterns(t *testing.T) {
 	}
 
 	t.Run("refused", func(t *testing.T) {
-		before := f.published(t)
-		for _, tt := range []struct {
-			token, body string
-			want        int
-			msg         string
-		}{
+		f.expectRefused(t, []refusal{
 			{operatorToken, `{"reason":"r","patterns":["item:page:*"]}`, 403, "needs the admin role"},
 			{adminToken, `{"reason":"r","patterns":["item:[page"]}`, 400, "is never closed"},
 			{adminToken, `{"reason":"r","patterns":[""]}`, 400, "patterns[0]: length 0"},
 			{adminToken, `{"reason":"r","patterns":["*page*"],"groups":["gb"]}`, 409, `confirm: name *page* again`},
 			{adminToken, `{"reason":"r","patterns":["item:*"],"groups":["nope"]}`, 400, `groups[0]: unknown Redis group "nope"`},
-		} {
-			status, out := f.call(t, "POST", "/api/v1/purges", tt.token, tt.body)
-			if msg, _ := out["error"].(string); status != tt.want || !strings.Contains(msg, tt.msg) {
-				t.Errorf("%s: %d %v, want %d with %q", tt.body, status, out, tt.want, tt.msg)
-			}
-		}
-		if after := f.published(t); after != before {
-			t.Errorf("%d messages published by refused requests", after-before)
-		}
+		})
 	})
 
 	t.Run("bounded and complete", func(t *testing.T) {
@@ -349,26 +346,13 @@ func TestBans(t *testing.T) {
 	}
 
 	t.Run("refused", func(t *testing.T) {
-		before := f.published(t)
-		for _, tt := range []struct {
-			token, body string
-			want        int
-			msg         string
-		}{
+		f.expectRefused(t, []refusal{
 			{operatorToken, `{"reason":"r","bans":["^/item/"]}`, 403, "needs the admin role"},
 			{adminToken, `{"reason":"r","bans":["^/item/("]}`, 400, "missing closing )"},
 			{adminToken, `{"reason":"r","bans":["^/item/ x"]}`, 400, "no whitespace"},
 			{adminToken, `{"reason":"r","bans":["^/item/\""]}`, 400, "no whitespace"},
 			{adminToken, `{"reason":"r","bans":[""]}`, 400, "bans[0]: length 0"},
-		} {
-			status, out := f.call(t, "POST", "/api/v1/purges", tt.token, tt.body)
-			if msg, _ := out["error"].(string); status != tt.want || !strings.Contains(msg, tt.msg) {
-				t.Errorf("%s: %d %v, want %d with %q", tt.body, status, out, tt.want, tt.msg)
-			}
-		}
-		if after := f.published(t); after != before {
-			t.Errorf("%d messages published by refused bans", after-before)
-		}
+		})
 		for _, p := range pages {
 			if !varnishHit(t, v, p) {
 				t.Errorf("%s no longer cached after refused bans", p)
