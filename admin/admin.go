@@ -12,6 +12,7 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -155,9 +156,7 @@ func New(opts Options) (*Server, error) {
 	case len(opts.Users) == 0:
 		return nil, errors.New("admin: no user")
 	}
-	if opts.Addr == "" {
-		opts.Addr = DefaultAddr
-	}
+	opts.Addr = cmp.Or(opts.Addr, DefaultAddr)
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
 	}
@@ -167,12 +166,8 @@ func New(opts Options) (*Server, error) {
 	if opts.AdminActionsPerMinute <= 0 {
 		opts.AdminActionsPerMinute = DefaultAdminActionsPerMinute
 	}
-	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = invalidate.DefaultTopicPrefix
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts.TopicPrefix = cmp.Or(opts.TopicPrefix, invalidate.DefaultTopicPrefix)
+	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}

@@ -114,12 +114,15 @@ var adminHashTokenCommand = &cli.Command{
 				if err != nil && !errors.Is(err, io.EOF) {
 					return fmt.Errorf("read token: %w", err)
 				}
-				t = strings.TrimRight(line, "\r\n")
+				t = line
 			}
-			if strings.TrimSpace(t) == "" {
+			// Surrounding white space (the newline of stdin) is not part
+			// of the token.
+			t = strings.TrimSpace(t)
+			if t == "" {
 				return cli.Usagef("no token: give -token or write it to stdin")
 			}
-			_, err := fmt.Fprintln(env.Stdout, admin.HashToken(strings.TrimSpace(t)))
+			_, err := fmt.Fprintln(env.Stdout, admin.HashToken(t))
 			return err
 		}
 	},
