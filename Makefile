@@ -30,11 +30,11 @@ run: seed build
 	@echo "  # item 1 hashes to group hot-a (replicas 16379, 16380); both hold its two keys:"
 	@echo '  for p in 16379 16380; do redis-cli -p $$p exists item:1 item:page:1; done'
 	@echo '  mariadb -h127.0.0.1 -P13306 -uroot -e "UPDATE shop.item SET price=price+1 WHERE id=1"'
-	@echo '  for p in 16379 16380; do redis-cli -p $$p exists item:1 item:page:1; done   # 0 and 0'
+	@echo '  sleep 0.1; for p in 16379 16380; do redis-cli -p $$p exists item:1 item:page:1; done   # 0 and 0 (purged milliseconds after the commit)'
 	@echo "  # Varnish (group varnish: 16081 and 16082 hold the same pages; X-Varnish with two ids = hit):"
 	@echo '  for i in 1 2; do curl -s -o /dev/null -D - http://127.0.0.1:16081/item/1.html | grep -iE "^(x-varnish|x-generated-at|x-cache)"; done   # miss, then hit'
 	@echo '  mariadb -h127.0.0.1 -P13306 -uroot -e "UPDATE shop.item SET price=price+1 WHERE id=1"'
-	@echo '  curl -s -o /dev/null -D - http://127.0.0.1:16081/item/1.html | grep -iE "^(x-varnish|x-generated-at|x-cache)"   # miss: purged (also on 16082, and /list.html by tag item-1)'
+	@echo '  sleep 0.1; curl -s -o /dev/null -D - http://127.0.0.1:16081/item/1.html | grep -iE "^(x-varnish|x-generated-at|x-cache)"   # miss: purged (also on 16082, and /list.html by tag item-1)'
 	@echo "  # metrics and health: curl -s http://127.0.0.1:18080/metrics | grep ^flashsync_ ; curl -s http://127.0.0.1:18080/healthz"
 	@echo "  # the flash sale (seeded to open one minute from now; 100 units, 1 per user):"
 	@echo '  curl -s http://127.0.0.1:18090/activities/1   # status and opens_in_s'
