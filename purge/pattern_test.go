@@ -72,13 +72,25 @@ func TestPatternPurgeOutlivesMsgTimeout(t *testing.T) {
 	ok := func() float64 {
 		return stacktest.MetricValue(t, reg, "flashsync_purger_messages_total", map[string]string{"group": "g", "replica": srv.Addr(), "result": "ok"})
 	}
+	scanned := func() float64 {
+		return stacktest.MetricValue(t, reg, "flashsync_purger_pattern_scan_ratio", map[string]string{"group": "g", "replica": srv.Addr()})
+	}
+	var midway []float64 // the progress gauge's values seen while the purge ran
 	stacktest.Eventually(t, 30*time.Second, func() error {
+		if r := scanned(); r > 0 && r < 1 && (len(midway) == 0 || midway[len(midway)-1] != r) {
+			midway = append(midway, r)
+		}
 		if n := ok(); n < 1 {
 			return errors.New("pattern purge not applied yet")
 		}
 		return nil
 	})
 	elapsed := time.Since(start)
+	if len(midway) < 2 || scanned() != 1 {
+		t.Errorf("flashsync_purger_pattern_scan_ratio: saw %v while the purge ran and %v after it; want several values between 0 and 1, then 1", midway, scanned())
+	} else {
+		t.Logf("scan progress: %d distinct values between 0 and 1 while the purge ran, from %.3f to %.3f", len(midway), midway[0], midway[len(midway)-1])
+	}
 	// The limiter's first burst is min(1000, rate) keys; the rest at the rate.
 	if bound := time.Duration(float64(matching-1000) / keysPerSecond * float64(time.Second)); elapsed < bound || bound < 5*time.Second+2*msgTimeout {
 		t.Fatalf("purge took %v, want at least %v (and that past nsqd's first timeout scan)", elapsed, bound)

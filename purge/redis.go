@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strings"
 	"sync"
 	"time"
@@ -52,6 +53,7 @@ type RedisPurger struct {
 	replicas []*redisReplica
 	keys     *prometheus.CounterVec
 	unlinked *prometheus.CounterVec
+	scanned  *prometheus.GaugeVec
 
 	mu      sync.Mutex
 	stopped bool
@@ -95,7 +97,11 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		Name: "flashsync_purger_pattern_keys_unlinked_total",
 		Help: "Keys a pattern purge unlinked per replica (matched by SCAN and sent to UNLINK).",
 	}, []string{"group", "replica"})
-	for _, m := range []prometheus.Collector{p.keys, p.unlinked} {
+	p.scanned = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "flashsync_purger_pattern_scan_ratio",
+		Help: "Progress of the running (or last) pattern purge per replica: the fraction of the keyspace its SCAN has covered, 0 to 1.",
+	}, []string{"group", "replica"})
+	for _, m := range []prometheus.Collector{p.keys, p.unlinked, p.scanned} {
 		if err := opts.Registerer.Register(m); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -198,6 +204,8 @@ func (p *RedisPurger) purgePattern(ctx context.Context, group string, r *redisRe
 	// between them, and so between touches, stay short.
 	chunk := max(1, min(int(count), p.opts.PatternKeysPerSecond/10))
 	lastTouch := time.Now()
+	progress := p.scanned.WithLabelValues(group, r.addr)
+	progress.Set(0)
 	var cursor uint64
 	for {
 		cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
@@ -223,10 +231,21 @@ func (p *RedisPurger) purgePattern(ctx context.Context, group string, r *redisRe
 			lastTouch = touchDue(ctx, lastTouch)
 		}
 		if next == 0 {
+			progress.Set(1)
 			return nil
 		}
 		cursor = next
+		progress.Set(scanRatio(cursor))
 	}
+}
+
+// scanRatio estimates how much of the keyspace a SCAN has covered from its
+// next cursor. Redis walks its hash table's buckets in reverse-binary order
+// (it increments the cursor's reversed bits), so the cursor with its bits
+// reversed, over 2^64, is the fraction of buckets visited: exact for a
+// table that does not resize during the scan.
+func scanRatio(cursor uint64) float64 {
+	return float64(bits.Reverse64(cursor)) / (1 << 64)
 }
 
 // purge sends DEL in pipelines of at most PipelineKeys keys.
