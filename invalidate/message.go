@@ -4,19 +4,24 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
-// PurgeVersion is the version of the Purge wire format. Version 1 carries
-// keys, URLs and tags; version 2 adds the admin-only kinds (Flush,
-// Patterns). A message is written with the lowest version that holds it,
-// so a purger that knows only version 1 refuses (retries, then
-// dead-letters) a message it cannot apply instead of dropping its fields.
-const PurgeVersion = 2
-
-// PurgeVersionBasic is the version of a message with keys, URLs and tags
-// only: what every publisher wrote before version 2, still written for them.
-const PurgeVersionBasic = 1
+// Versions of the Purge wire format. A message is written with the lowest
+// version that holds it, so a purger that knows only an older version
+// refuses (retries, then dead-letters) a message it cannot apply instead of
+// dropping its fields.
+const (
+	// PurgeVersionBasic carries keys, URLs and tags: what every publisher
+	// wrote before version 2, still written for them.
+	PurgeVersionBasic = 1
+	// PurgeVersion adds the admin-only kinds (Flush, Patterns, Bans).
+	PurgeVersion = 2
+	// PurgeVersionHeartbeat is a message with no targets that carries only
+	// its coverage (Heartbeat): how far the binlog has been read.
+	PurgeVersionHeartbeat = 3
+)
 
 // Purge is one NSQ message: targets to purge from every replica (or
 // instance) of a group, with where in the binlog they came from. A message on
@@ -48,9 +53,33 @@ type Purge struct {
 	// commit→purge latency from it (same clock on one machine).
 	SeenUnixNano int64 `json:"seen_unix_nano,omitempty"`
 	// Job names the Publish call the message is part of: every target
-	// acknowledges it on AckTopic. Empty (older publishers): no ack.
+	// acknowledges it on AckTopic. Empty (older publishers, heartbeats): no
+	// ack.
 	Job string `json:"job,omitempty"`
+
+	// Coverage, on the canal's messages to Redis groups: this message is
+	// part Part of Parts that together carry every target of the group
+	// derived from the binlog after offset From up to offset To (binlog
+	// offsets, BinlogOffset). A replica whose applied messages cover an
+	// unbroken range of offsets up to To has applied every change of its
+	// group up to To, whatever order NSQ delivered them in and however
+	// often: that is its watermark (package purge). Messages of the admin
+	// API carry no coverage.
+	From  uint64 `json:"from,omitempty"`
+	To    uint64 `json:"to,omitempty"`
+	Part  int    `json:"part,omitempty"`
+	Parts int    `json:"parts,omitempty"`
+	// CaughtUpUnixNano (canal clock) is a time before which every commit
+	// the server had written is at or before To: the watermark's age.
+	CaughtUpUnixNano int64 `json:"caught_up_unix_nano,omitempty"`
+	// Heartbeat (version 3) has no targets: the canal sends one to every
+	// Redis group each heartbeat interval so watermarks move while no row
+	// of the group changes.
+	Heartbeat bool `json:"heartbeat,omitempty"`
 }
+
+// Covers tells whether p carries coverage.
+func (p *Purge) Covers() bool { return p.Parts > 0 }
 
 // Marshal encodes p.
 func (p *Purge) Marshal() ([]byte, error) { return json.Marshal(p) }
@@ -72,8 +101,17 @@ func DecodePurge(body []byte) (*Purge, error) {
 		return nil, fmt.Errorf("decode purge: %w", err)
 	}
 	switch {
-	case p.V != PurgeVersion && p.V != PurgeVersionBasic:
-		return nil, fmt.Errorf("decode purge: version %d, want %d or %d", p.V, PurgeVersionBasic, PurgeVersion)
+	case p.V < PurgeVersionBasic || p.V > PurgeVersionHeartbeat:
+		return nil, fmt.Errorf("decode purge: version %d, want %d to %d", p.V, PurgeVersionBasic, PurgeVersionHeartbeat)
+	case p.Parts < 0 || (p.Parts > 0 && (p.Part < 1 || p.Part > p.Parts || p.From > p.To)) || (p.Parts == 0 && (p.Part != 0 || p.From != 0 || p.To != 0)):
+		return nil, fmt.Errorf("decode purge: coverage part %d of %d, from %d to %d: want 1 <= part <= parts, from <= to", p.Part, p.Parts, p.From, p.To)
+	case p.Heartbeat != (p.V == PurgeVersionHeartbeat):
+		return nil, fmt.Errorf("decode purge: version %d with heartbeat %v: heartbeats, only they, are version %d", p.V, p.Heartbeat, PurgeVersionHeartbeat)
+	case p.Heartbeat:
+		if len(p.Keys)+len(p.URLs)+len(p.Tags)+len(p.Patterns)+len(p.Bans) > 0 || p.Flush || p.Parts != 1 {
+			return nil, errors.New("decode purge: a heartbeat carries no targets and is one part")
+		}
+		return &p, nil
 	case p.V == PurgeVersionBasic && (p.Flush || len(p.Patterns)+len(p.Bans) > 0):
 		return nil, fmt.Errorf("decode purge: version %d carries no flush, patterns or bans", p.V)
 	case len(p.Keys)+len(p.URLs)+len(p.Tags)+len(p.Patterns)+len(p.Bans) == 0 && !p.Flush:
@@ -117,4 +155,20 @@ func DeadLetterTopic(prefix string) string { return prefix + ".dead" }
 // its channel without delaying the others.
 func ReplicaChannel(addr string) string {
 	return strings.NewReplacer(":", "_", "[", "", "]", "", "/", "_").Replace(addr)
+}
+
+// BinlogOffset orders binlog positions as one number: the file's sequence
+// number (the digits after the last '.' of its name, as MySQL and MariaDB
+// name them) above the position in the file. ok is false for a name
+// without such a number.
+func BinlogOffset(file string, pos uint32) (offset uint64, ok bool) {
+	i := strings.LastIndexByte(file, '.')
+	if i < 0 || i == len(file)-1 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(file[i+1:], 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return n<<32 | uint64(pos), true
 }

@@ -35,7 +35,18 @@ func TestDecodePurge(t *testing.T) {
 		{"bans in v1", `{"v":1,"group":"varnish","urls":["/a"],"bans":["^/item/"]}`, false},
 		{"bans with keys", `{"v":2,"group":"varnish","keys":["k"],"bans":["^/item/"]}`, false},
 		{"empty ban", `{"v":2,"group":"varnish","bans":[""]}`, false},
-		{"version 3", `{"v":3,"group":"hot-a","keys":["k"]}`, false},
+		{"version 3 with keys", `{"v":3,"group":"hot-a","keys":["k"]}`, false},
+		{"version 4", `{"v":4,"group":"hot-a","keys":["k"]}`, false},
+		{"heartbeat", `{"v":3,"group":"hot-a","heartbeat":true,"from":10,"to":20,"part":1,"parts":1}`, true},
+		{"heartbeat at the same offset", `{"v":3,"group":"hot-a","heartbeat":true,"from":20,"to":20,"part":1,"parts":1}`, true},
+		{"heartbeat in v1", `{"v":1,"group":"hot-a","heartbeat":true,"from":10,"to":20,"part":1,"parts":1}`, false},
+		{"heartbeat of two parts", `{"v":3,"group":"hot-a","heartbeat":true,"from":10,"to":20,"part":1,"parts":2}`, false},
+		{"heartbeat with a flush", `{"v":3,"group":"hot-a","heartbeat":true,"flush":true,"from":10,"to":20,"part":1,"parts":1}`, false},
+		{"covered keys", `{"v":1,"group":"hot-a","keys":["k"],"from":10,"to":20,"part":2,"parts":3}`, true},
+		{"part beyond parts", `{"v":1,"group":"hot-a","keys":["k"],"from":10,"to":20,"part":4,"parts":3}`, false},
+		{"part 0", `{"v":1,"group":"hot-a","keys":["k"],"from":10,"to":20,"part":0,"parts":3}`, false},
+		{"from after to", `{"v":1,"group":"hot-a","keys":["k"],"from":30,"to":20,"part":1,"parts":1}`, false},
+		{"range without parts", `{"v":1,"group":"hot-a","keys":["k"],"from":10,"to":20}`, false},
 		{"wrong version", `{"v":0,"group":"hot-a","keys":["a"]}`, false},
 		{"not json", `item:1`, false},
 		{"empty", ``, false},
@@ -56,6 +67,8 @@ func FuzzDecodePurge(f *testing.F) {
 	f.Add([]byte(`{"v":1,"group":"varnish-a","urls":["/item/1.html"],"tags":["item-1"],"pos":"mysql-bin.000001:4"}`))
 	f.Add([]byte(`{"v":1,"keys":[],"tags":["t"]}`))
 	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"v":3,"group":"hot-a","heartbeat":true,"from":10,"to":20,"part":1,"parts":1,"caught_up_unix_nano":5}`))
+	f.Add([]byte(`{"v":1,"group":"hot-a","keys":["k"],"from":10,"to":20,"part":2,"parts":3}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		p, err := DecodePurge(body)
 		if err != nil {

@@ -73,6 +73,46 @@ type Meta struct {
 	// caller that must name the job before it is published (the admin API
 	// audits it first); empty, Publish makes one.
 	Job string
+
+	// Stream, set (the canal), puts coverage on the batch's Redis messages:
+	// each group's messages cover the binlog from the group's last message
+	// of the stream up to To, and a batch without targets is a heartbeat to
+	// every Redis group. CaughtUp is a time before which every commit the
+	// server had written is at or before To (zero: unknown).
+	Stream   *Stream
+	To       uint64
+	CaughtUp time.Time
+}
+
+// Stream is one canal session's coverage: per Redis group, the binlog
+// offset its last message reached. Publish with Meta.Stream moves it once
+// nsqd acknowledged the batch; the canal publishes one batch at a time.
+type Stream struct {
+	mu   sync.Mutex
+	last []uint64
+}
+
+// NewStream starts a stream of groups Redis groups at a binlog offset (the
+// canal's checkpoint: every change before it was published before).
+func NewStream(groups int, start uint64) *Stream {
+	s := &Stream{last: make([]uint64, groups)}
+	for i := range s.last {
+		s.last[i] = start
+	}
+	return s
+}
+
+// From is the offset group g's next message starts after.
+func (s *Stream) From(g int) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last[g]
+}
+
+func (s *Stream) advance(g int, to uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last[g] = max(s.last[g], to)
 }
 
 // Publisher sends batches to NSQ and returns only once nsqd acknowledged
@@ -194,8 +234,15 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 // the next nsqd, until ctx ends; only then does it return an error. It is
 // safe for concurrent use.
 func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
-	if b.Len() == 0 {
+	heartbeat := b.Len() == 0 && meta.Stream != nil
+	if b.Len() == 0 && !heartbeat {
 		return nil
+	}
+	if meta.Stream != nil && len(meta.Stream.last) != len(p.opts.Groups) {
+		return fmt.Errorf("publish: stream of %d redis groups, the publisher has %d", len(meta.Stream.last), len(p.opts.Groups))
+	}
+	if heartbeat {
+		return p.publishHeartbeat(ctx, meta)
 	}
 	if b.NumGroups() > len(p.opts.Groups) || b.NumHTTPGroups() > len(p.opts.HTTPGroups) {
 		return fmt.Errorf("publish: batch has %d redis and %d http groups, the publisher %d and %d",
@@ -223,24 +270,40 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 		return nil
 	}
 	for g := 0; g < b.NumGroups(); g++ {
-		keys := b.Keys(g)
+		keys, pats := b.Keys(g), b.Patterns(g)
+		// With a stream, every message of the group is one part of its
+		// coverage: the group's range is covered once all parts are applied.
+		var cov Purge
+		if meta.Stream != nil {
+			m := p.opts.MaxKeysPerMessage
+			cov = Purge{From: meta.Stream.From(g), To: meta.To, Parts: (len(keys)+m-1)/m + (len(pats)+m-1)/m, CaughtUpUnixNano: unixNano(meta.CaughtUp)}
+			if b.Flush(g) {
+				cov.Parts++
+			}
+		}
+		encodeRedis := func(msg Purge) error {
+			if cov.Parts > 0 {
+				cov.Part++
+				msg.From, msg.To, msg.Part, msg.Parts, msg.CaughtUpUnixNano = cov.From, cov.To, cov.Part, cov.Parts, cov.CaughtUpUnixNano
+			}
+			return encode(g, msg)
+		}
 		for len(keys) > 0 {
 			n := min(len(keys), p.opts.MaxKeysPerMessage)
-			if err := encode(g, Purge{Group: p.opts.Groups[g].Name, Keys: keys[:n]}); err != nil {
+			if err := encodeRedis(Purge{Group: p.opts.Groups[g].Name, Keys: keys[:n]}); err != nil {
 				return err
 			}
 			keys = keys[n:]
 		}
-		pats := b.Patterns(g)
 		for len(pats) > 0 {
 			n := min(len(pats), p.opts.MaxKeysPerMessage)
-			if err := encode(g, Purge{Group: p.opts.Groups[g].Name, Patterns: pats[:n]}); err != nil {
+			if err := encodeRedis(Purge{Group: p.opts.Groups[g].Name, Patterns: pats[:n]}); err != nil {
 				return err
 			}
 			pats = pats[n:]
 		}
 		if b.Flush(g) {
-			if err := encode(g, Purge{Group: p.opts.Groups[g].Name, Flush: true}); err != nil {
+			if err := encodeRedis(Purge{Group: p.opts.Groups[g].Name, Flush: true}); err != nil {
 				return err
 			}
 		}
@@ -278,23 +341,17 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	if p.opts.OnPublished != nil {
 		p.opts.OnPublished(job, p.jobTargets(b))
 	}
-	// Exact delays (no jitter): RetryMin and RetryMax are the configured
-	// bounds, and one canal publishes at a time (the admin API's manual
-	// purges are rare).
-	err := retry.Until(ctx, retry.Backoff{Min: p.opts.RetryMin, Max: p.opts.RetryMax}, func() error {
-		err := p.publishOnce(bodies)
-		if err != nil {
-			p.published.WithLabelValues("error").Inc()
-			p.next.Add(1) // the next attempt starts at the next nsqd
-		}
+	if err := p.send(ctx, bodies, "purge batch", meta.Pos); err != nil {
 		return err
-	}, func(attempt int, err error, next time.Duration) {
-		p.opts.Logger.Warn("publish purge batch; retrying", "attempt", attempt, "backoff", next, "err", err)
-	})
-	if err != nil {
-		return fmt.Errorf("publish purge batch at %s: %w (last error: %v)", meta.Pos, ctx.Err(), err)
 	}
 	p.published.WithLabelValues("ok").Inc()
+	if meta.Stream != nil {
+		for g := 0; g < b.NumGroups(); g++ {
+			if b.HasRedis(g) {
+				meta.Stream.advance(g, meta.To)
+			}
+		}
+	}
 	for g := 0; g < b.NumGroups(); g++ {
 		if n := len(b.Keys(g)); n > 0 {
 			p.keys.WithLabelValues(p.opts.Groups[g].Name).Add(float64(n))
@@ -311,6 +368,57 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	}
 	p.latency.Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// publishHeartbeat sends one coverage-only message to every Redis group:
+// nothing of any group between its last message and meta.To had targets.
+// It has no job (nothing to acknowledge) and is retried like a batch.
+func (p *Publisher) publishHeartbeat(ctx context.Context, meta Meta) error {
+	bodies := make([][][]byte, len(p.topics))
+	for g, grp := range p.opts.Groups {
+		body, err := (&Purge{V: PurgeVersionHeartbeat, Group: grp.Name, Heartbeat: true, From: meta.Stream.From(g), To: meta.To,
+			Part: 1, Parts: 1, CaughtUpUnixNano: unixNano(meta.CaughtUp), Pos: meta.Pos, SeenUnixNano: unixNano(meta.Seen)}).Marshal()
+		if err != nil {
+			return fmt.Errorf("encode heartbeat: %w", err)
+		}
+		bodies[g] = [][]byte{body}
+	}
+	if err := p.send(ctx, bodies, "heartbeat", meta.Pos); err != nil {
+		return err
+	}
+	for g := range p.opts.Groups {
+		meta.Stream.advance(g, meta.To)
+	}
+	return nil
+}
+
+// send publishes bodies until nsqd acknowledged all of them, retrying with
+// backoff across the nsqd daemons until ctx ends. Exact delays (no
+// jitter): RetryMin and RetryMax are the configured bounds, and one canal
+// publishes at a time (the admin API's manual purges are rare).
+func (p *Publisher) send(ctx context.Context, bodies [][][]byte, what, pos string) error {
+	err := retry.Until(ctx, retry.Backoff{Min: p.opts.RetryMin, Max: p.opts.RetryMax}, func() error {
+		err := p.publishOnce(bodies)
+		if err != nil {
+			p.published.WithLabelValues("error").Inc()
+			p.next.Add(1) // the next attempt starts at the next nsqd
+		}
+		return err
+	}, func(attempt int, err error, next time.Duration) {
+		p.opts.Logger.Warn("publish "+what+"; retrying", "attempt", attempt, "backoff", next, "err", err)
+	})
+	if err != nil {
+		return fmt.Errorf("publish %s at %s: %w (last error: %v)", what, pos, ctx.Err(), err)
+	}
+	return nil
+}
+
+// unixNano is t in Unix nanoseconds, 0 for the zero time.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // jobTargets lists the targets expected to acknowledge b's job.

@@ -112,3 +112,113 @@ func TestPublisherRefusesABatchWithMoreGroups(t *testing.T) {
 		t.Fatal("published URLs for an HTTP group the publisher does not have")
 	}
 }
+
+// With a stream, a batch's Redis messages are the parts of one range of the
+// binlog per group, from the group's last message; a heartbeat covers every
+// group up to its offset, with no targets and no job.
+func TestPublishStreamCoverage(t *testing.T) {
+	nsqd := stacktest.StartNSQD(t)
+	pub, err := invalidate.NewPublisher(invalidate.PublisherOptions{
+		NSQDTCP: []string{nsqd.TCPAddr()}, NSQDHTTP: []string{nsqd.HTTPAddr()}, TopicPrefix: "t",
+		Groups:            []invalidate.Group{{Name: "ga", Addrs: []string{"a1"}}, {Name: "gb", Addrs: []string{"b1"}}},
+		MaxKeysPerMessage: 2, Registerer: prometheus.NewRegistry(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	ctx := context.Background()
+	if err := pub.EnsureChannels(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ga := stacktest.Consume(t, nsqd.TCPAddr(), "t.redis.ga", invalidate.ReplicaChannel("a1"), invalidate.DecodePurge)
+	gb := stacktest.Consume(t, nsqd.TCPAddr(), "t.redis.gb", invalidate.ReplicaChannel("b1"), invalidate.DecodePurge)
+	receive := func(ch <-chan *invalidate.Purge, n int) []*invalidate.Purge {
+		t.Helper()
+		var got []*invalidate.Purge
+		timeout := time.After(5 * time.Second)
+		for len(got) < n {
+			select {
+			case p := <-ch:
+				got = append(got, p)
+			case <-timeout:
+				t.Fatalf("received %d messages, want %d", len(got), n)
+			}
+		}
+		slices.SortFunc(got, func(a, b *invalidate.Purge) int { return a.Part - b.Part })
+		return got
+	}
+	stream := invalidate.NewStream(2, 100)
+	caught := time.Unix(1700000000, 5)
+	b := invalidate.NewBatch(2)
+	for _, k := range []string{"k1", "k2", "k3"} {
+		b.Add(0, k)
+	}
+	if err := pub.Publish(ctx, b, invalidate.Meta{Pos: "f.1:200", Seen: time.Now(), Stream: stream, To: 200, CaughtUp: caught}); err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range receive(ga, 2) {
+		if m.From != 100 || m.To != 200 || m.Part != i+1 || m.Parts != 2 || m.CaughtUpUnixNano != caught.UnixNano() || m.Heartbeat || m.Job == "" {
+			t.Errorf("ga message %d: %+v; want part %d of 2 from 100 to 200 with a job", i, *m, i+1)
+		}
+	}
+	if stream.From(0) != 200 || stream.From(1) != 100 {
+		t.Errorf("stream at %d, %d; want 200 (ga published) and 100 (gb had no targets)", stream.From(0), stream.From(1))
+	}
+	if err := pub.Publish(ctx, invalidate.NewBatch(2), invalidate.Meta{Pos: "f.1:250", Seen: time.Now(), Stream: stream, To: 250}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]struct {
+		ch   <-chan *invalidate.Purge
+		from uint64
+	}{"ga": {ga, 200}, "gb": {gb, 100}} {
+		m := receive(want.ch, 1)[0]
+		if !m.Heartbeat || m.V != invalidate.PurgeVersionHeartbeat || m.From != want.from || m.To != 250 || m.Parts != 1 || m.Job != "" || len(m.Keys) > 0 {
+			t.Errorf("%s heartbeat %+v; want v3 from %d to 250, no job, no keys", name, *m, want.from)
+		}
+	}
+	if stream.From(0) != 250 || stream.From(1) != 250 {
+		t.Errorf("stream at %d, %d after the heartbeat; want 250", stream.From(0), stream.From(1))
+	}
+	// Without a stream an empty batch publishes nothing, and messages carry
+	// no coverage.
+	if err := pub.Publish(ctx, invalidate.NewBatch(2), invalidate.Meta{Pos: "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	b = invalidate.NewBatch(2)
+	b.Add(1, "k")
+	if err := pub.Publish(ctx, b, invalidate.Meta{Pos: "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	if m := receive(gb, 1)[0]; m.Covers() || m.Heartbeat || !slices.Equal(m.Keys, []string{"k"}) {
+		t.Errorf("admin message %+v; want keys without coverage", *m)
+	}
+}
+
+func TestBinlogOffset(t *testing.T) {
+	for _, tt := range []struct {
+		file string
+		pos  uint32
+		want uint64
+		ok   bool
+	}{
+		{"mariadb-bin.000001", 4, 1<<32 | 4, true},
+		{"mysql-bin.123456", 0xffffffff, 123456<<32 | 0xffffffff, true},
+		{"a.b.000002", 7, 2<<32 | 7, true},
+		{"nodot", 4, 0, false},
+		{"bin.", 4, 0, false},
+		{"bin.x1", 4, 0, false},
+		{"bin.99999999999", 4, 0, false},
+	} {
+		got, ok := invalidate.BinlogOffset(tt.file, tt.pos)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("BinlogOffset(%q, %d) = %d, %v; want %d, %v", tt.file, tt.pos, got, ok, tt.want, tt.ok)
+		}
+	}
+	// Offsets order positions across files.
+	a, _ := invalidate.BinlogOffset("bin.000001", 0xfffffff0)
+	b, _ := invalidate.BinlogOffset("bin.000002", 4)
+	if a >= b {
+		t.Errorf("offset of the end of file 1 (%d) is not before the start of file 2 (%d)", a, b)
+	}
+}
