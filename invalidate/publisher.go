@@ -76,12 +76,15 @@ type Meta struct {
 
 	// Stream, set (the canal), puts coverage on the batch's Redis messages:
 	// each group's messages cover the binlog from the group's last message
-	// of the stream up to To, and a batch without targets is a heartbeat to
-	// every Redis group. CaughtUp is a time before which every commit the
-	// server had written is at or before To (zero: unknown).
-	Stream   *Stream
-	To       uint64
-	CaughtUp time.Time
+	// of the stream up to To. With Heartbeat, every Redis group the batch
+	// has no targets for gets a heartbeat covering the same range (a batch
+	// without targets is then a heartbeat to every group). CaughtUp is a
+	// time before which every commit the server had written is at or
+	// before To (zero: unknown).
+	Stream    *Stream
+	To        uint64
+	CaughtUp  time.Time
+	Heartbeat bool
 }
 
 // Stream is one canal session's coverage: per Redis group, the binlog
@@ -234,14 +237,14 @@ func (p *Publisher) EnsureChannels(ctx context.Context) error {
 // the next nsqd, until ctx ends; only then does it return an error. It is
 // safe for concurrent use.
 func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
-	heartbeat := b.Len() == 0 && meta.Stream != nil
+	heartbeat := meta.Heartbeat && meta.Stream != nil
 	if b.Len() == 0 && !heartbeat {
 		return nil
 	}
 	if meta.Stream != nil && len(meta.Stream.last) != len(p.opts.Groups) {
 		return fmt.Errorf("publish: stream of %d redis groups, the publisher has %d", len(meta.Stream.last), len(p.opts.Groups))
 	}
-	if heartbeat {
+	if b.Len() == 0 {
 		return p.publishHeartbeat(ctx, meta)
 	}
 	if b.NumGroups() > len(p.opts.Groups) || b.NumHTTPGroups() > len(p.opts.HTTPGroups) {
@@ -308,6 +311,13 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 			}
 		}
 	}
+	if heartbeat {
+		for g := range p.opts.Groups {
+			if g >= b.NumGroups() || !b.HasRedis(g) {
+				bodies[g] = append(bodies[g], p.heartbeatBody(g, meta))
+			}
+		}
+	}
 	for g := 0; g < b.NumHTTPGroups(); g++ {
 		urls, tags := b.URLs(g), b.Tags(g)
 		for len(urls)+len(tags) > 0 {
@@ -346,8 +356,8 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	}
 	p.published.WithLabelValues("ok").Inc()
 	if meta.Stream != nil {
-		for g := 0; g < b.NumGroups(); g++ {
-			if b.HasRedis(g) {
+		for g := range p.opts.Groups {
+			if heartbeat || (g < b.NumGroups() && b.HasRedis(g)) {
 				meta.Stream.advance(g, meta.To)
 			}
 		}
@@ -375,13 +385,8 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 // It has no job (nothing to acknowledge) and is retried like a batch.
 func (p *Publisher) publishHeartbeat(ctx context.Context, meta Meta) error {
 	bodies := make([][][]byte, len(p.topics))
-	for g, grp := range p.opts.Groups {
-		body, err := (&Purge{V: PurgeVersionHeartbeat, Group: grp.Name, Heartbeat: true, From: meta.Stream.From(g), To: meta.To,
-			Part: 1, Parts: 1, CaughtUpUnixNano: unixNano(meta.CaughtUp), Pos: meta.Pos, SeenUnixNano: unixNano(meta.Seen)}).Marshal()
-		if err != nil {
-			return fmt.Errorf("encode heartbeat: %w", err)
-		}
-		bodies[g] = [][]byte{body}
+	for g := range p.opts.Groups {
+		bodies[g] = [][]byte{p.heartbeatBody(g, meta)}
 	}
 	if err := p.send(ctx, bodies, "heartbeat", meta.Pos); err != nil {
 		return err
@@ -390,6 +395,14 @@ func (p *Publisher) publishHeartbeat(ctx context.Context, meta Meta) error {
 		meta.Stream.advance(g, meta.To)
 	}
 	return nil
+}
+
+// heartbeatBody is group g's heartbeat: its coverage, no targets.
+func (p *Publisher) heartbeatBody(g int, meta Meta) []byte {
+	// A Purge of plain fields always marshals.
+	body, _ := (&Purge{V: PurgeVersionHeartbeat, Group: p.opts.Groups[g].Name, Heartbeat: true, From: meta.Stream.From(g), To: meta.To,
+		Part: 1, Parts: 1, CaughtUpUnixNano: unixNano(meta.CaughtUp), Pos: meta.Pos, SeenUnixNano: unixNano(meta.Seen)}).Marshal()
+	return body
 }
 
 // send publishes bodies until nsqd acknowledged all of them, retrying with

@@ -168,6 +168,9 @@ func TestPublishStreamCoverage(t *testing.T) {
 	if err := pub.Publish(ctx, invalidate.NewBatch(2), invalidate.Meta{Pos: "f.1:250", Seen: time.Now(), Stream: stream, To: 250}); err != nil {
 		t.Fatal(err)
 	}
+	if err := pub.Publish(ctx, invalidate.NewBatch(2), invalidate.Meta{Pos: "f.1:250", Seen: time.Now(), Stream: stream, To: 250, Heartbeat: true}); err != nil {
+		t.Fatal(err)
+	}
 	for name, want := range map[string]struct {
 		ch   <-chan *invalidate.Purge
 		from uint64
@@ -179,6 +182,19 @@ func TestPublishStreamCoverage(t *testing.T) {
 	}
 	if stream.From(0) != 250 || stream.From(1) != 250 {
 		t.Errorf("stream at %d, %d after the heartbeat; want 250", stream.From(0), stream.From(1))
+	}
+	// A batch with a heartbeat: its groups' messages cover the range, and
+	// the other groups get a heartbeat for it.
+	b = invalidate.NewBatch(2)
+	b.Add(1, "k4")
+	if err := pub.Publish(ctx, b, invalidate.Meta{Pos: "f.1:300", Stream: stream, To: 300, Heartbeat: true}); err != nil {
+		t.Fatal(err)
+	}
+	if m := receive(ga, 1)[0]; !m.Heartbeat || m.From != 250 || m.To != 300 {
+		t.Errorf("ga heartbeat %+v; want from 250 to 300", *m)
+	}
+	if m := receive(gb, 1)[0]; m.Heartbeat || m.From != 250 || m.To != 300 || m.Parts != 1 || !slices.Equal(m.Keys, []string{"k4"}) {
+		t.Errorf("gb message %+v; want k4 from 250 to 300", *m)
 	}
 	// Without a stream an empty batch publishes nothing, and messages carry
 	// no coverage.
