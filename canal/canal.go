@@ -52,6 +52,10 @@ const (
 	DefaultMaxBatchKeys   = 10000
 	DefaultMaxBatchBytes  = 1 << 20
 	DefaultCoalesceWindow = 2 * time.Millisecond
+	// DefaultHeartbeatInterval is how often the canal reads the server's
+	// binlog end and sends heartbeats: the granularity of the replicas'
+	// watermarks (package purge).
+	DefaultHeartbeatInterval = 100 * time.Millisecond
 )
 
 // Options configure a Canal.
@@ -73,8 +77,13 @@ type Options struct {
 	// publish is in flight; 0 publishes each transaction on its own. It has
 	// no default here (0 is meaningful): configs sets DefaultCoalesceWindow.
 	CoalesceWindow time.Duration
-	Rules          *invalidate.Rules
-	Publisher      Publisher
+	// HeartbeatInterval is how often the canal reads the server's binlog
+	// end (SHOW MASTER STATUS, on a connection of its own) and sends every
+	// Redis group a heartbeat: how far the binlog is read, and a time
+	// before which every commit is read (default DefaultHeartbeatInterval).
+	HeartbeatInterval time.Duration
+	Rules             *invalidate.Rules
+	Publisher         Publisher
 	// DrainTimeout bounds how long shutdown waits for the batches being
 	// published; past it they are replayed on the next start.
 	DrainTimeout time.Duration
@@ -108,6 +117,7 @@ type Canal struct {
 	transactions prometheus.Counter
 	delay        prometheus.Gauge
 	saves        prometheus.Counter
+	heartbeats   prometheus.Counter
 
 	mu       sync.Mutex // guards the fields below
 	acked    Position   // last position whose invalidations NSQ acknowledged
@@ -150,6 +160,9 @@ func New(opts Options) (*Canal, error) {
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 5 * time.Second
 	}
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
 	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
@@ -174,6 +187,10 @@ func New(opts Options) (*Canal, error) {
 			Name: "flashsync_canal_position_saves_total",
 			Help: "Binlog positions written to the position file.",
 		}),
+		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flashsync_canal_heartbeats_total",
+			Help: "Heartbeat ticks: the server's binlog end read and a heartbeat handed to the Redis groups' watermarks.",
+		}),
 	}
 	for _, expr := range opts.IncludeTables {
 		re, err := regexp.Compile("^(?:" + expr + ")$")
@@ -196,7 +213,7 @@ func New(opts Options) (*Canal, error) {
 		}
 		c.ruled[t] = true
 	}
-	for _, col := range []prometheus.Collector{c.rowEvents, c.transactions, c.delay, c.saves} {
+	for _, col := range []prometheus.Collector{c.rowEvents, c.transactions, c.delay, c.saves, c.heartbeats} {
 		if err := opts.Registerer.Register(col); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -23,6 +23,12 @@ type Position struct {
 	// Schema is the included tables' columns at this position, the start of
 	// the schema history replayed when the binlog has no column names.
 	Schema *Schema `json:"schema,omitempty"`
+	// Covered is the binlog offset (invalidate.BinlogOffset) every Redis
+	// group's messages had reached when this position was acknowledged: at
+	// or before the position, as commits without targets move the position
+	// and send nothing. The next session's coverage starts there, so the
+	// replicas' watermarks see no hole across a restart or a takeover.
+	Covered uint64 `json:"covered,omitempty"`
 }
 
 // samePlace reports whether p and q name the same binlog position.

@@ -8,8 +8,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/pingcap/tidb/pkg/parser"
@@ -40,6 +42,9 @@ type session struct {
 	file   string // current binlog file
 	gtid   string // GTID of the transaction being read
 	bound  map[string]boundTable
+	// read is the binlog offset (invalidate.BinlogOffset) of the end of the
+	// last event handled; the prober's heartbeats read it.
+	read atomic.Uint64
 }
 
 type boundTable struct {
@@ -131,8 +136,30 @@ func (c *Canal) stream(ctx context.Context, start Position) error {
 		}
 	}
 	s := &session{c: c, parser: parser.New(), schema: start.Schema, file: start.File, bound: map[string]boundTable{}}
-	s.pipe = newPipeline(pubCtx, c.opts.Rules.NewBatch, c.opts.CoalesceWindow, c.opts.MaxBatchKeys, c.opts.MaxBatchBytes,
+	// Coverage starts at the checkpoint: every change before it was
+	// published (and acknowledged) by an earlier session.
+	var stream *invalidate.Stream
+	startOffset, ok := invalidate.BinlogOffset(start.File, start.Pos)
+	if start.Covered > 0 && start.Covered < startOffset {
+		startOffset = start.Covered
+	}
+	if groups := len(c.opts.Rules.RedisGroups()); ok && groups > 0 {
+		stream = invalidate.NewStream(groups, startOffset)
+		s.read.Store(startOffset)
+	} else if groups > 0 {
+		c.log.Warn("binlog file name has no sequence number: no watermarks for the replicas", "file", start.File)
+	}
+	s.pipe = newPipeline(pubCtx, c.opts.Rules.NewBatch, c.opts.CoalesceWindow, c.opts.MaxBatchKeys, c.opts.MaxBatchBytes, stream,
 		publish, c.ack, func(err error) { stopReading(err) })
+	if stream != nil {
+		probeCtx, stopProbe := context.WithCancel(readCtx)
+		probed := make(chan struct{})
+		defer func() { stopProbe(); <-probed }()
+		go func() {
+			defer close(probed)
+			c.probe(probeCtx, s)
+		}()
+	}
 
 	var readErr error
 	for {
@@ -173,6 +200,36 @@ func classify(err error, start Position) error {
 }
 
 func (s *session) handle(ev *replication.BinlogEvent) error {
+	if err := s.event(ev); err != nil {
+		return err
+	}
+	var off uint64
+	var ok bool
+	switch e := ev.Event.(type) {
+	case *replication.RotateEvent:
+		off, ok = invalidate.BinlogOffset(s.file, uint32(e.Position)) // the next file's start
+	case *replication.HeartbeatEvent, *replication.GenericEvent:
+		return nil // no place in the stream
+	default:
+		if ev.Header.Timestamp == 0 || ev.Header.LogPos == 0 {
+			return nil // the server's own announcements at the stream's start
+		}
+		off, ok = invalidate.BinlogOffset(s.file, ev.Header.LogPos)
+	}
+	if ok && off > s.read.Load() {
+		s.read.Store(off)
+	}
+	return nil
+}
+
+// offset is the binlog offset of the end of the event of h in the current
+// file (0 when the file name has no sequence number: no coverage then).
+func (s *session) offset(h *replication.EventHeader) uint64 {
+	off, _ := invalidate.BinlogOffset(s.file, h.LogPos)
+	return off
+}
+
+func (s *session) event(ev *replication.BinlogEvent) error {
 	h := ev.Header
 	switch e := ev.Event.(type) {
 	case *replication.RotateEvent:
@@ -232,7 +289,7 @@ func (s *session) commit(h *replication.EventHeader, gset mysql.GTIDSet) {
 	if d := time.Now().Unix() - int64(h.Timestamp); d >= 0 {
 		s.c.delay.Set(float64(d))
 	}
-	s.pipe.commitAt(pos, invalidate.Meta{Pos: fmt.Sprintf("%s:%d", s.file, h.LogPos), GTID: s.gtid, CommitUnix: int64(h.Timestamp), Seen: time.Now()})
+	s.pipe.commitAt(pos, s.offset(h), invalidate.Meta{Pos: fmt.Sprintf("%s:%d", s.file, h.LogPos), GTID: s.gtid, CommitUnix: int64(h.Timestamp), Seen: time.Now()})
 }
 
 func (s *session) rows(h *replication.EventHeader, e *replication.RowsEvent) error {
@@ -284,7 +341,7 @@ func (s *session) rows(h *replication.EventHeader, e *replication.RowsEvent) err
 			fixUnsigned(row, unsigned)
 		}
 	}
-	s.pipe.apply(func(b *invalidate.Batch) {
+	s.pipe.apply(s.offset(h), func(b *invalidate.Batch) {
 		if action == invalidate.Update {
 			for i := 0; i+1 < len(e.Rows); i += 2 {
 				bound.ApplyRow(action, e.Rows[i], e.Rows[i+1], b)
@@ -332,4 +389,78 @@ func fixUnsigned(row []any, unsigned map[int]bool) {
 			row[i] = uint64(v)
 		}
 	}
+}
+
+// probe reads the server's binlog end every heartbeat interval and hands
+// it to the pipeline with the time it was read: once the reader passes
+// that end, every commit made before that time has been read, which is
+// what the purgers' watermarks need to bound staleness. Each tick is also
+// a heartbeat, so the watermarks of quiet groups move. A failed read is
+// logged and retried on the next tick: the stream does not depend on it.
+func (c *Canal) probe(ctx context.Context, s *session) {
+	tick := time.NewTicker(c.opts.HeartbeatInterval)
+	defer tick.Stop()
+	var conn *client.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		at := time.Now()
+		end, err := func() (uint64, error) {
+			if conn == nil {
+				var err error
+				if conn, err = connect(ctx, c.opts.MySQL); err != nil {
+					return 0, err
+				}
+			}
+			end, err := binlogEnd(conn)
+			if err != nil {
+				conn.Close()
+				conn = nil
+			}
+			return end, err
+		}()
+		if err != nil {
+			if msg := err.Error(); msg != lastErr && ctx.Err() == nil {
+				c.log.Warn("heartbeat: read the binlog end; watermarks hold until it answers", "err", err)
+				lastErr = msg
+			}
+			continue
+		}
+		lastErr = ""
+		c.heartbeats.Inc()
+		s.pipe.beat(at, end, s.read.Load())
+	}
+}
+
+// binlogEnd is the offset of the end of the server's binlog.
+func binlogEnd(conn *client.Conn) (uint64, error) {
+	r, err := conn.Execute("SHOW MASTER STATUS")
+	if err != nil {
+		return 0, fmt.Errorf("show master status: %w", err)
+	}
+	if r.RowNumber() == 0 {
+		return 0, errors.New("show master status: no binlog (log_bin is off)")
+	}
+	file, err := r.GetString(0, 0)
+	if err != nil {
+		return 0, fmt.Errorf("show master status: %w", err)
+	}
+	pos, err := r.GetUint(0, 1)
+	if err != nil {
+		return 0, fmt.Errorf("show master status: %w", err)
+	}
+	off, ok := invalidate.BinlogOffset(file, uint32(pos))
+	if !ok {
+		return 0, fmt.Errorf("show master status: binlog file %q has no sequence number", file)
+	}
+	return off, nil
 }

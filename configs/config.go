@@ -258,6 +258,11 @@ type Canal struct {
 	// them is purged once); with the publisher idle a commit goes out at
 	// once. "0s" publishes every transaction on its own.
 	CoalesceWindow time.Duration `toml:"coalesce_window"`
+	// HeartbeatInterval is how often the canal reads the server's binlog
+	// end and sends every Redis group a heartbeat, so each replica's applied
+	// watermark moves while its rows do not change: the resolution of the
+	// staleness bound readers enforce. Between 10ms and 10s.
+	HeartbeatInterval time.Duration `toml:"heartbeat_interval"`
 	// HA runs this canal as one of several for the source: the one holding
 	// a lease (a row in HADatabase on the source server) streams, the
 	// others wait, and the position is kept in that database too, so a
@@ -395,7 +400,8 @@ func Default() Config {
 		Canal: Canal{
 			SaveInterval: canal.DefaultSaveInterval, MaxBatchKeys: canal.DefaultMaxBatchKeys,
 			MaxBatchBytes: canal.DefaultMaxBatchBytes, CoalesceWindow: canal.DefaultCoalesceWindow,
-			HAName: canal.DefaultHAName, HADatabase: canal.DefaultHADatabase, LeaseTTL: canal.DefaultLeaseTTL,
+			HeartbeatInterval: canal.DefaultHeartbeatInterval,
+			HAName:            canal.DefaultHAName, HADatabase: canal.DefaultHADatabase, LeaseTTL: canal.DefaultLeaseTTL,
 		},
 		NSQ: NSQ{
 			TopicPrefix: invalidate.DefaultTopicPrefix, PublishTimeout: invalidate.DefaultPublishTimeout,
@@ -506,6 +512,9 @@ func (c *Config) Validate() error {
 		}
 		if c.Canal.CoalesceWindow < 0 || c.Canal.CoalesceWindow > time.Second {
 			bad("canal.coalesce_window", "must be between 0 and 1s")
+		}
+		if c.Canal.HeartbeatInterval < 10*time.Millisecond || c.Canal.HeartbeatInterval > 10*time.Second {
+			bad("canal.heartbeat_interval", "must be between 10ms and 10s")
 		}
 	}
 	if len(c.NSQ.NSQDTCP) == 0 {

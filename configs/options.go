@@ -23,7 +23,7 @@ func (c *Config) CanalOptions() canal.Options {
 		MySQL: c.MySQL.Source(), PositionFile: k.PositionFile,
 		IncludeTables: k.IncludeTables, ExcludeTables: k.ExcludeTables,
 		SaveInterval: k.SaveInterval, MaxBatchKeys: k.MaxBatchKeys, MaxBatchBytes: k.MaxBatchBytes,
-		CoalesceWindow: k.CoalesceWindow,
+		CoalesceWindow: k.CoalesceWindow, HeartbeatInterval: k.HeartbeatInterval,
 	}
 }
 

@@ -112,6 +112,13 @@ func (s *Stream) From(g int) uint64 {
 	return s.last[g]
 }
 
+// Covered is the offset every group's messages have reached.
+func (s *Stream) Covered() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Min(s.last)
+}
+
 func (s *Stream) advance(g int, to uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
