@@ -269,14 +269,33 @@ func TestReplayTimeRange(t *testing.T) {
 		t.Helper()
 		stamped(offset, fmt.Sprintf("INSERT INTO shop.item VALUES (%d, 'x')", id))
 	}
-	stamped(0, "FLUSH BINARY LOGS") // mysql-bin.000002 starts at base
-	insert(149, 1)                  // before from
-	insert(150, 2)                  // at from: in
-	stamped(160, "FLUSH BINARY LOGS")
+	// MariaDB writes a new binlog's checkpoint event in the background
+	// once the older one's transactions are durable: waiting for it keeps
+	// the positions the test takes from moving under it.
+	flush := func(offset int64) {
+		t.Helper()
+		stamped(offset, "FLUSH BINARY LOGS")
+		file := binlogStatus(t, conn).File
+		stacktest.Eventually(t, 10*time.Second, func() error {
+			r := stacktest.Exec(t, conn, "SHOW BINLOG EVENTS IN '"+file+"'")
+			for i := range r.RowNumber() {
+				kind, _ := r.GetString(i, 2)
+				info, _ := r.GetString(i, 5)
+				if kind == "Binlog_checkpoint" && info == file {
+					return nil
+				}
+			}
+			return fmt.Errorf("no checkpoint of %s in it yet", file)
+		})
+	}
+	flush(0)       // mysql-bin.000002 starts at base
+	insert(149, 1) // before from
+	insert(150, 2) // at from: in
+	flush(160)
 	insert(299, 3) // in
 	insert(300, 4) // at to: out
 	insert(200, 5) // in, though after one past to
-	stamped(310, "FLUSH BINARY LOGS")
+	flush(310)
 	insert(359, 6) // out, and less than the slack past to
 	beforeStop := binlogStatus(t, conn)
 	insert(360, 7) // to + slack: the range ends before it
