@@ -632,8 +632,8 @@ func Preflight(ctx context.Context, m Source) error {
 
 // goMySQLLogger keeps go-mysql's warnings and errors; its info lines (every
 // connection and rotation) only with debug logging.
-func (c *Canal) goMySQLLogger() *slog.Logger {
-	return slog.New(minLevel{c.opts.Logger.Handler(), slog.LevelWarn}).With("component", "go-mysql")
+func goMySQLLogger(l *slog.Logger) *slog.Logger {
+	return slog.New(minLevel{l.Handler(), slog.LevelWarn}).With("component", "go-mysql")
 }
 
 // minLevel drops records below min, unless the wrapped handler wants debug.

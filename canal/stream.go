@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"strconv"
@@ -41,10 +42,17 @@ type session struct {
 	schema *Schema
 	file   string // current binlog file
 	gtid   string // GTID of the transaction being read
-	bound  map[string]boundTable
+	binder binder
 	// read is the binlog offset (invalidate.BinlogOffset) of the end of the
 	// last event handled; the prober's heartbeats read it.
 	read atomic.Uint64
+}
+
+// binder keeps each table's rules bound to the columns they were last bound
+// to: a row event's column list rebinds only when it differs (DDL).
+type binder struct {
+	rules *invalidate.Rules
+	bound map[string]boundTable
 }
 
 type boundTable struct {
@@ -52,8 +60,44 @@ type boundTable struct {
 	rules   *invalidate.Bound // nil: no rule for the table
 }
 
+func newBinder(rules *invalidate.Rules) binder {
+	return binder{rules: rules, bound: map[string]boundTable{}}
+}
+
+func (b *binder) bind(table string, cols []string) (*invalidate.Bound, error) {
+	if bt, ok := b.bound[table]; ok && slices.Equal(bt.columns, cols) {
+		return bt.rules, nil
+	}
+	rules, err := b.rules.Bind(table, cols)
+	if err != nil {
+		return nil, err
+	}
+	b.bound[table] = boundTable{columns: cols, rules: rules}
+	return rules, nil
+}
+
+// forget drops a table's binding (its schema changed).
+func (b *binder) forget(table string) { delete(b.bound, table) }
+
 func (c *Canal) syncerConfig() (replication.BinlogSyncerConfig, error) {
-	host, port, err := net.SplitHostPort(c.opts.MySQL.Addr)
+	// Decode rows only of tables that have rules: other rows cost one
+	// header parse.
+	return newSyncerConfig(c.opts.MySQL, goMySQLLogger(c.opts.Logger), func(e *replication.RowsEvent, data []byte) error {
+		pos, err := e.DecodeHeader(data)
+		if err != nil {
+			return err
+		}
+		if !c.ruled[string(e.Table.Schema)+"."+string(e.Table.Table)] {
+			return nil
+		}
+		return e.DecodeData(pos, data)
+	})
+}
+
+// newSyncerConfig is the binlog client of the canal and of Replay: m's
+// server and reader ID, decodeRows deciding which rows events are decoded.
+func newSyncerConfig(m Source, logger *slog.Logger, decodeRows func(*replication.RowsEvent, []byte) error) (replication.BinlogSyncerConfig, error) {
+	host, port, err := net.SplitHostPort(m.Addr)
 	if err != nil {
 		return replication.BinlogSyncerConfig{}, fmt.Errorf("mysql.addr: %w", err)
 	}
@@ -62,12 +106,12 @@ func (c *Canal) syncerConfig() (replication.BinlogSyncerConfig, error) {
 		return replication.BinlogSyncerConfig{}, fmt.Errorf("mysql.addr port: %w", err)
 	}
 	return replication.BinlogSyncerConfig{
-		ServerID:        c.opts.MySQL.ServerID,
-		Flavor:          c.opts.MySQL.Flavor,
+		ServerID:        m.ServerID,
+		Flavor:          m.Flavor,
 		Host:            host,
 		Port:            uint16(p),
-		User:            c.opts.MySQL.User,
-		Password:        c.opts.MySQL.Password,
+		User:            m.User,
+		Password:        m.Password,
 		Charset:         "utf8mb4",
 		HeartbeatPeriod: time.Second,
 		ReadTimeout:     10 * time.Second,
@@ -75,20 +119,9 @@ func (c *Canal) syncerConfig() (replication.BinlogSyncerConfig, error) {
 		DisableRetrySync: true,
 		// Events decoded ahead of the handler; with backpressure from the
 		// pipeline this bounds what a huge transaction can hold in memory.
-		EventCacheCount: 256,
-		Logger:          c.goMySQLLogger(),
-		// Decode rows only of tables that have rules: other rows cost one
-		// header parse.
-		RowsEventDecodeFunc: func(e *replication.RowsEvent, data []byte) error {
-			pos, err := e.DecodeHeader(data)
-			if err != nil {
-				return err
-			}
-			if !c.ruled[string(e.Table.Schema)+"."+string(e.Table.Table)] {
-				return nil
-			}
-			return e.DecodeData(pos, data)
-		},
+		EventCacheCount:     256,
+		Logger:              logger,
+		RowsEventDecodeFunc: decodeRows,
 	}, nil
 }
 
@@ -135,7 +168,7 @@ func (c *Canal) stream(ctx context.Context, start Position) error {
 			return c.opts.Publisher.Publish(ctx, b, m)
 		}
 	}
-	s := &session{c: c, parser: parser.New(), schema: start.Schema, file: start.File, bound: map[string]boundTable{}}
+	s := &session{c: c, parser: parser.New(), schema: start.Schema, file: start.File, binder: newBinder(c.opts.Rules)}
 	// Coverage starts at the checkpoint: every change before it was
 	// published (and acknowledged) by an earlier session.
 	var stream *invalidate.Stream
@@ -269,7 +302,7 @@ func (s *session) query(h *replication.EventHeader, e *replication.QueryEvent) e
 	if len(touched) > 0 {
 		s.schema = next
 		for _, t := range touched {
-			delete(s.bound, t)
+			s.binder.forget(t)
 			if _, why := next.Columns(t); why != "" && s.c.ruled[t] {
 				s.c.log.Warn("schema of a ruled table is uncertain after DDL; its rows need binlog column metadata", "table", t, "why", why)
 			}
@@ -297,15 +330,8 @@ func (s *session) rows(h *replication.EventHeader, e *replication.RowsEvent) err
 		return nil // not decoded: the table has no rules
 	}
 	table := string(e.Table.Schema) + "." + string(e.Table.Table)
-	var action invalidate.Action
-	switch e.Type() {
-	case replication.EnumRowsEventTypeInsert:
-		action = invalidate.Insert
-	case replication.EnumRowsEventTypeUpdate:
-		action = invalidate.Update
-	case replication.EnumRowsEventTypeDelete:
-		action = invalidate.Delete
-	default:
+	action, ok := rowsAction(e)
+	if !ok {
 		return fatal("%s at %s:%d: unsupported rows event %s", table, s.file, h.LogPos, h.EventType)
 	}
 	cols := e.Table.ColumnNameString()
@@ -324,15 +350,11 @@ func (s *session) rows(h *replication.EventHeader, e *replication.RowsEvent) err
 			return fatal("rows of %s at %s:%d have %d columns but the schema history has %d (%s); stopping rather than guess (set binlog_row_metadata=FULL)", table, s.file, h.LogPos, e.ColumnCount, len(cols), strings.Join(cols, ", "))
 		}
 	}
-	bound, err := s.bind(table, cols)
+	bound, err := s.binder.bind(table, cols)
 	if err != nil {
 		return &fatalError{err}
 	}
-	n := len(e.Rows)
-	if action == invalidate.Update {
-		n /= 2
-	}
-	s.c.rowEvents.WithLabelValues(action.String()).Add(float64(n))
+	s.c.rowEvents.WithLabelValues(action.String()).Add(float64(rowChanges(action, e.Rows)))
 	if bound == nil {
 		return nil
 	}
@@ -341,34 +363,48 @@ func (s *session) rows(h *replication.EventHeader, e *replication.RowsEvent) err
 			fixUnsigned(row, unsigned)
 		}
 	}
-	s.pipe.apply(s.offset(h), func(b *invalidate.Batch) {
-		if action == invalidate.Update {
-			for i := 0; i+1 < len(e.Rows); i += 2 {
-				bound.ApplyRow(action, e.Rows[i], e.Rows[i+1], b)
-			}
-			return
-		}
-		for _, row := range e.Rows {
-			if action == invalidate.Insert {
-				bound.ApplyRow(action, nil, row, b)
-			} else {
-				bound.ApplyRow(action, row, nil, b)
-			}
-		}
-	})
+	s.pipe.apply(s.offset(h), func(b *invalidate.Batch) { applyRows(bound, action, e.Rows, b) })
 	return nil
 }
 
-func (s *session) bind(table string, cols []string) (*invalidate.Bound, error) {
-	if bt, ok := s.bound[table]; ok && slices.Equal(bt.columns, cols) {
-		return bt.rules, nil
+// rowsAction is the action of a rows event; ok is false for a kind of rows
+// event flashsync does not know.
+func rowsAction(e *replication.RowsEvent) (a invalidate.Action, ok bool) {
+	switch e.Type() {
+	case replication.EnumRowsEventTypeInsert:
+		return invalidate.Insert, true
+	case replication.EnumRowsEventTypeUpdate:
+		return invalidate.Update, true
+	case replication.EnumRowsEventTypeDelete:
+		return invalidate.Delete, true
 	}
-	rules, err := s.c.opts.Rules.Bind(table, cols)
-	if err != nil {
-		return nil, err
+	return 0, false
+}
+
+// rowChanges is how many rows a rows event changes: an update's rows come
+// in before/after pairs.
+func rowChanges(action invalidate.Action, rows [][]any) int {
+	if action == invalidate.Update {
+		return len(rows) / 2
 	}
-	s.bound[table] = boundTable{columns: cols, rules: rules}
-	return rules, nil
+	return len(rows)
+}
+
+// applyRows adds the targets of one rows event's rows to out.
+func applyRows(bound *invalidate.Bound, action invalidate.Action, rows [][]any, out *invalidate.Batch) {
+	if action == invalidate.Update {
+		for i := 0; i+1 < len(rows); i += 2 {
+			bound.ApplyRow(action, rows[i], rows[i+1], out)
+		}
+		return
+	}
+	for _, row := range rows {
+		if action == invalidate.Insert {
+			bound.ApplyRow(action, nil, row, out)
+		} else {
+			bound.ApplyRow(action, row, nil, out)
+		}
+	}
 }
 
 // fixUnsigned reinterprets the signed integers go-mysql decodes for
