@@ -2,7 +2,9 @@
 // keys, URLs, tags and the targets of database rows by hand, through the
 // same NSQ path as the binlog (one job per request, with per-target
 // progress), after a preview if they like, under a role, and every request
-// is audited in MySQL before anything is published.
+// is audited in MySQL before anything is published. An admin also replays
+// a binlog range and re-syncs a table with the current rules: resumable
+// tasks, stored in MySQL, each batch one job.
 //
 // Users present a bearer token; the server knows only its SHA-256 (HashToken).
 // Roles rank viewer < operator < admin: a viewer reads jobs and the audit
@@ -31,6 +33,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/internal/httpapi"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/jobs"
@@ -97,8 +100,22 @@ type Options struct {
 	// hand; it is the caller's to close. Rows are read as text (a DSN
 	// without parseTime), which is how templates render every value.
 	DB *sql.DB
-	// AuditDatabase holds the table admin_audit, created on first use.
+	// AuditDatabase holds the tables admin_audit and admin_tasks, created
+	// on first use.
 	AuditDatabase string
+	// Binlog is the server whose binlog a replay reads (DB's), with the
+	// replay reader's own ServerID (default DefaultReplayServerID); no Addr:
+	// replays are refused.
+	Binlog canal.Source
+	// Replay is the replay engine (default canal.Replay).
+	Replay ReplayFunc
+	// ResyncRowsPerSecond and ResyncChunkRows are a re-sync's pace when
+	// its request sets none (defaults DefaultResyncRowsPerSecond,
+	// DefaultResyncChunkRows).
+	ResyncRowsPerSecond, ResyncChunkRows int
+	// TaskLease is how long a running task's heartbeat may be silent
+	// before another process resumes it (default DefaultTaskLease).
+	TaskLease time.Duration
 	// MaxBodyBytes bounds a request body (default DefaultMaxBodyBytes).
 	MaxBodyBytes int64
 	// PublishWait bounds one publish (default DefaultPublishWait).
@@ -134,6 +151,8 @@ type Server struct {
 	requests *prometheus.CounterVec
 	sessions *sessions // of the page (page.go)
 	limits   limiters
+	tasks    *taskStore
+	runner   *taskRunner
 
 	closeOnce sync.Once
 	closeErr  error
@@ -167,11 +186,30 @@ func New(opts Options) (*Server, error) {
 		opts.AdminActionsPerMinute = DefaultAdminActionsPerMinute
 	}
 	opts.TopicPrefix = cmp.Or(opts.TopicPrefix, invalidate.DefaultTopicPrefix)
+	opts.Binlog.ServerID = cmp.Or(opts.Binlog.ServerID, DefaultReplayServerID)
+	if opts.Replay == nil {
+		opts.Replay = canal.Replay
+	}
+	opts.ResyncRowsPerSecond = cmp.Or(opts.ResyncRowsPerSecond, DefaultResyncRowsPerSecond)
+	opts.ResyncChunkRows = cmp.Or(opts.ResyncChunkRows, DefaultResyncChunkRows)
+	if opts.TaskLease <= 0 {
+		opts.TaskLease = DefaultTaskLease
+	}
+	switch {
+	case opts.ResyncRowsPerSecond < 1 || opts.ResyncRowsPerSecond > MaxResyncRowsPerSecond:
+		return nil, fmt.Errorf("admin: resync rows per second %d: want 1 to %d", opts.ResyncRowsPerSecond, MaxResyncRowsPerSecond)
+	case opts.ResyncChunkRows < 1 || opts.ResyncChunkRows > MaxResyncChunkRows:
+		return nil, fmt.Errorf("admin: resync chunk rows %d: want 1 to %d", opts.ResyncChunkRows, MaxResyncChunkRows)
+	case opts.TaskLease < MinTaskLease:
+		return nil, fmt.Errorf("admin: task lease %v: want at least %v", opts.TaskLease, MinTaskLease)
+	}
 	opts.Logger = cmp.Or(opts.Logger, slog.Default())
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	s := &Server{opts: opts, audit: &audit{db: opts.DB, database: opts.AuditDatabase}, sessions: newSessions(DefaultSessionLifetime)}
+	s := &Server{opts: opts, audit: &audit{db: opts.DB, database: opts.AuditDatabase}, sessions: newSessions(DefaultSessionLifetime),
+		tasks: &taskStore{db: opts.DB, database: opts.AuditDatabase}}
+	s.runner = newTaskRunner(s)
 	for i, u := range opts.Users {
 		h, err := hex.DecodeString(u.TokenSHA256)
 		switch {
@@ -190,14 +228,23 @@ func New(opts Options) (*Server, error) {
 	}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_admin_requests_total",
-		Help: "Admin API requests by action (purge, dry_run, job, audit) and result (accepted, refused, failed).",
+		Help: "Admin API requests by action (purge, dry_run, job, audit, replay, resync, cancel, task) and result (accepted, refused, failed).",
 	}, []string{"action", "result"})
-	if err := opts.Registerer.Register(s.requests); err != nil {
-		return nil, fmt.Errorf("register metrics: %w", err)
+	collectors := append([]prometheus.Collector{s.requests}, s.runner.collectors()...)
+	unregister := func() {
+		for _, c := range collectors {
+			opts.Registerer.Unregister(c)
+		}
+	}
+	for _, c := range collectors {
+		if err := opts.Registerer.Register(c); err != nil {
+			unregister()
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
 	}
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {
-		opts.Registerer.Unregister(s.requests)
+		unregister()
 		return nil, fmt.Errorf("admin: listen: %w", err)
 	}
 	s.ln, s.closeLn = ln, sync.OnceValue(ln.Close)
@@ -213,13 +260,28 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /api/v1/purges", httpapi.Handler(s.opts.Logger, s.purge))
 	mux.Handle("GET /api/v1/jobs/{id}", httpapi.Handler(s.opts.Logger, s.getJob))
 	mux.Handle("GET /api/v1/audit", httpapi.Handler(s.opts.Logger, s.listAudit))
+	s.mountTasks(mux)
 	s.mountPage(mux)
 	return mux
 }
 
-// Run serves the API until ctx ends, then lets the requests in hand finish
-// (for up to the publish wait: a purge in hand is answered).
+// Run serves the API and runs the tasks until ctx ends, then lets the
+// requests in hand finish (for up to the publish wait: a purge in hand is
+// answered) and stops the tasks, each resumable from its cursor.
 func (s *Server) Run(ctx context.Context) error {
+	// The tasks stop with ctx (or a failed Serve), the runner after the
+	// last of them.
+	tasksCtx, stopTasks := context.WithCancel(ctx)
+	s.runner.begin(tasksCtx)
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		s.runner.run(tasksCtx)
+	}()
+	defer func() {
+		stopTasks()
+		<-ran
+	}()
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(onceCloser{s.ln, s.closeLn}) }()

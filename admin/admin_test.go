@@ -43,6 +43,7 @@ type fixture struct {
 	url      string // the admin API
 	keyPre   string // the rules' key prefix: "<db>:"
 	stop     func()
+	config   string // the daemon's config file
 	auditDB  string
 	reqCount int
 }
@@ -134,7 +135,7 @@ max_body_bytes = 2048
 %s
 `, f.ga[0].Addr(), f.ga[1].Addr(), f.gb.Addr(), f.varnish.Addr(),
 		f.db, f.keyPre, f.keyPre, f.db, auditDB, o.admin) + admintest.DemoUsers(t)
-	f.daemon, _, f.stop = admintest.Start(t, config, daemon.RoleRedisPurger, daemon.RoleHTTPPurger, daemon.RoleAdmin)
+	f.daemon, f.config, f.stop = admintest.Start(t, config, daemon.RoleRedisPurger, daemon.RoleHTTPPurger, daemon.RoleAdmin)
 	f.url = "http://" + f.daemon.AdminAddr()
 	return f
 }
@@ -366,7 +367,7 @@ func TestPurgeKeysAndRows(t *testing.T) {
 			msg  string
 		}{
 			{`{"reason":`, 400, "body: unexpected EOF"},
-			{`{"reason":"r","keys":["k"],"resync":true}`, 400, "resync: not supported yet"},
+			{`{"reason":"r","keys":["k"],"resync":true}`, 400, "resync: not a purge: a re-sync is POST /api/v1/resyncs"},
 			{`{"reason":"r","keys":["k"],"bans":["^/item/"]}`, 403, "needs the admin role"},
 			{`{"reason":"r","keys":["k"],"patterns":["item:*"]}`, 403, "needs the admin role"},
 			{`{"reason":"r","keys":["k"],"foo":1}`, 400, `unknown field "foo"`},

@@ -64,7 +64,7 @@ func (s *Server) purge(w http.ResponseWriter, r *http.Request) error {
 				Message: fmt.Sprintf("confirm: name %s again to run it: \"confirm\": [%s]; nothing was purged", strings.Join(need, ", "), quoteList(need))})
 		}
 		if q.adminKinds() {
-			if err := s.rateLimit(u); err != nil {
+			if err := s.rateLimit(u, "a purge of patterns, bans or flush_groups"); err != nil {
 				return s.refuse(ctx, e, err)
 			}
 		}

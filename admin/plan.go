@@ -146,7 +146,14 @@ func (s *Server) plan(ctx context.Context, q *PurgeRequest) (*Preview, *invalida
 	if b.Len() == 0 {
 		return nil, nil, httpapi.Errorf(http.StatusBadRequest, "nothing to purge: the rows render no target")
 	}
-	p.Purges = rules.Purges(b)
+	s.summarize(p, b)
+	return p, b, nil
+}
+
+// summarize fills in p's purges, per group with its topic and the replicas,
+// instances or CDN nodes that receive them, and its counts, from b.
+func (s *Server) summarize(p *Preview, b *invalidate.Batch) {
+	p.Purges = s.opts.Rules.Purges(b)
 	var urls, tags []string
 	for i := range p.Purges {
 		gp := &p.Purges[i]
@@ -173,7 +180,6 @@ func (s *Server) plan(ctx context.Context, q *PurgeRequest) (*Preview, *invalida
 			Topic: invalidate.CDNTopic(s.opts.TopicPrefix), Nodes: s.opts.CDNNodes, URLs: urls, Tags: tags})
 		p.Counts.Targets += len(s.opts.CDNNodes)
 	}
-	return p, b, nil
 }
 
 // adminKinds tells whether q asks for an admin-only kind.
@@ -230,25 +236,9 @@ func (s *Server) planRow(ctx context.Context, key string, ref RowRef, b *invalid
 		return nil, "", httpapi.Errorf(http.StatusBadRequest, "%s.table: no [[rule]] watches %s (tables with rules: %s)", key, ref.Table, strings.Join(rules.Tables(), ", "))
 	}
 	db, table, _ := strings.Cut(ref.Table, ".")
-	rows, err := s.opts.DB.QueryContext(ctx, "SELECT COLUMN_NAME, COLUMN_KEY FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION", db, table)
+	columns, pk, err := s.tableColumns(ctx, ref.Table)
 	if err != nil {
-		return nil, "", httpapi.Errorf(http.StatusServiceUnavailable, "%s: read the columns of %s: %w", key, ref.Table, err)
-	}
-	var columns, pk []string
-	for rows.Next() {
-		var col, colKey string
-		if err := rows.Scan(&col, &colKey); err != nil {
-			rows.Close()
-			return nil, "", httpapi.Errorf(http.StatusServiceUnavailable, "%s: read the columns of %s: %w", key, ref.Table, err)
-		}
-		columns = append(columns, col)
-		if colKey == "PRI" {
-			pk = append(pk, col)
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, "", httpapi.Errorf(http.StatusServiceUnavailable, "%s: read the columns of %s: %w", key, ref.Table, err)
+		return nil, "", httpapi.Errorf(http.StatusServiceUnavailable, "%s: %w", key, err)
 	}
 	switch {
 	case len(columns) == 0:
@@ -295,13 +285,7 @@ func (s *Server) planRow(ctx context.Context, key string, ref RowRef, b *invalid
 	case err != nil:
 		return nil, "", httpapi.Errorf(http.StatusServiceUnavailable, "%s: read the row: %w", key, err)
 	}
-	// Text as templates render it: the driver returns []byte for text
-	// protocol values.
-	for i, v := range image {
-		if bs, ok := v.([]byte); ok {
-			image[i] = string(bs)
-		}
-	}
+	textImage(image)
 	e, err := rules.ExplainRow(ref.Table, columns, image, b)
 	if err != nil {
 		return nil, "", httpapi.Errorf(http.StatusBadRequest, "%s: %w", key, err)
@@ -310,4 +294,55 @@ func (s *Server) planRow(ctx context.Context, key string, ref RowRef, b *invalid
 		e.Notes = append(e.Notes, note)
 	}
 	return e, note, nil
+}
+
+// tableColumns lists the columns of table ("db.table"), in order, and those
+// of its primary key, in the key's order; none when the table does not
+// exist.
+func (s *Server) tableColumns(ctx context.Context, table string) (columns, pk []string, err error) {
+	db, name, _ := strings.Cut(table, ".")
+	rows, err := s.opts.DB.QueryContext(ctx, "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION", db, name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the columns of %s: %w", table, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var col string
+		if err := rows.Scan(&col); err != nil {
+			return nil, nil, fmt.Errorf("read the columns of %s: %w", table, err)
+		}
+		columns = append(columns, col)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("read the columns of %s: %w", table, err)
+	}
+	// The key's own order (SEQ_IN_INDEX), not the table's: a chunked scan
+	// orders by it.
+	keyRows, err := s.opts.DB.QueryContext(ctx, "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX", db, name)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the primary key of %s: %w", table, err)
+	}
+	defer keyRows.Close()
+	for keyRows.Next() {
+		var col string
+		if err := keyRows.Scan(&col); err != nil {
+			return nil, nil, fmt.Errorf("read the primary key of %s: %w", table, err)
+		}
+		pk = append(pk, col)
+	}
+	if err := keyRows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("read the primary key of %s: %w", table, err)
+	}
+	return columns, pk, nil
+}
+
+// textImage turns the driver's values into text as templates render it:
+// the driver returns []byte for text protocol values (a DSN without
+// parseTime), nil for NULL.
+func textImage(image []any) {
+	for i, v := range image {
+		if bs, ok := v.([]byte); ok {
+			image[i] = string(bs)
+		}
+	}
 }

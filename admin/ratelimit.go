@@ -15,8 +15,9 @@ import (
 // DefaultAdminActionsPerMinute is the default of Options.AdminActionsPerMinute.
 const DefaultAdminActionsPerMinute = 6
 
-// limiters pace each user's admin-only purges (patterns, bans, flush_groups):
-// perMinute a minute, in bursts of as many. The zero value is ready.
+// limiters pace each user's admin-only purges (patterns, bans, flush_groups),
+// replays and re-syncs together: perMinute a minute, in bursts of as many.
+// The zero value is ready.
 type limiters struct {
 	mu    sync.Mutex
 	users map[string]*rate.Limiter
@@ -43,15 +44,16 @@ func (l *limiters) allow(user string, perMinute int, now time.Time) (bool, time.
 	return true, 0
 }
 
-// rateLimit refuses an admin-only purge of u over the limit with 429 and
-// Retry-After (whole seconds, rounded up).
-func (s *Server) rateLimit(u *user) error {
+// rateLimit refuses what, an admin-only purge, a replay or a re-sync of u,
+// over the limit with 429 and Retry-After (whole seconds, rounded up): the
+// three share each user's budget.
+func (s *Server) rateLimit(u *user, what string) error {
 	ok, wait := s.limits.allow(u.name, s.opts.AdminActionsPerMinute, time.Now())
 	if ok {
 		return nil
 	}
 	secs := int(math.Ceil(wait.Seconds()))
 	return &httpapi.Error{Status: http.StatusTooManyRequests, Code: "rate_limited", RetryAfter: secs,
-		Message: "admin-only purges (patterns, bans, flush_groups): " + u.name + " may run " +
-			strconv.Itoa(s.opts.AdminActionsPerMinute) + " a minute (admin.admin_actions_per_minute); retry in " + strconv.Itoa(secs) + " s"}
+		Message: what + ": " + u.name + " may run " + strconv.Itoa(s.opts.AdminActionsPerMinute) +
+			" admin-only purges (patterns, bans, flush_groups), replays and re-syncs a minute (admin.admin_actions_per_minute); retry in " + strconv.Itoa(secs) + " s"}
 }

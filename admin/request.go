@@ -63,8 +63,10 @@ const (
 	maxTagLen    = 8 << 10
 )
 
-// notYet are the request kinds of issue 10 this slice does not build.
-var notYet = []string{"replay", "resync", "re_sync"}
+// taskFields are fields someone may send a purge for a replay or a
+// re-sync, which have endpoints of their own.
+var taskFields = map[string]string{"replay": "a replay is POST /api/v1/replays", "resync": "a re-sync is POST /api/v1/resyncs",
+	"re_sync": "a re-sync is POST /api/v1/resyncs"}
 
 var (
 	tableRe  = regexp.MustCompile(`^[A-Za-z0-9_$]{1,64}\.[A-Za-z0-9_$]{1,64}$`)
@@ -87,9 +89,9 @@ func DecodePurgeRequest(body []byte) (*PurgeRequest, error) {
 		} `json:"rows"`
 	}
 	if err := dec.Decode(&raw); err != nil {
-		for _, k := range notYet {
+		for k, where := range taskFields {
 			if strings.Contains(err.Error(), `unknown field "`+k+`"`) {
-				return nil, fmt.Errorf("%s: not supported yet (keys, urls, tags, rows, patterns, bans and flush_groups are)", k)
+				return nil, fmt.Errorf("%s: not a purge: %s (a purge takes keys, urls, tags, rows, patterns, bans and flush_groups)", k, where)
 			}
 		}
 		return nil, fmt.Errorf("body: %w", err)

@@ -20,7 +20,7 @@ func TestDecodePurgeRequest(t *testing.T) {
 	}
 	for _, tt := range []struct{ body, want string }{
 		{`{"reason":"r","keys":["a"]} {}`, "data after the JSON object"},
-		{`{"reason":"r","replay":["a"]}`, "replay: not supported yet"},
+		{`{"reason":"r","replay":["a"]}`, "replay: not a purge: a replay is POST /api/v1/replays"},
 		{`{"reason":"r","bans":["a("]}`, `bans[0]: "a(": error parsing regexp`},
 		{`{"reason":"r","bans":["a b"]}`, `bans[0]: "a b": byte 1: no whitespace`},
 		{`{"reason":"r","groups":["a"]}`, "nothing to purge"},

@@ -33,6 +33,13 @@ token_sha256 = "` + admin.HashToken("t0ken") + `"
 	if len(o.Users) != 1 || o.Users[0] != (admin.User{Name: "alice", Role: "operator", TokenSHA256: admin.HashToken("t0ken")}) {
 		t.Errorf("users: %+v", o.Users)
 	}
+	// Replays read [mysql]'s binlog with their own server id.
+	wantBinlog := cfg.MySQL.Source()
+	wantBinlog.ServerID = admin.DefaultReplayServerID
+	if o.Binlog != wantBinlog || o.ResyncRowsPerSecond != admin.DefaultResyncRowsPerSecond || o.ResyncChunkRows != admin.DefaultResyncChunkRows ||
+		o.TaskLease != admin.DefaultTaskLease {
+		t.Errorf("task defaults: binlog %+v, resync %d rows/s in chunks of %d, lease %v", o.Binlog, o.ResyncRowsPerSecond, o.ResyncChunkRows, o.TaskLease)
+	}
 	plain, err := configs.Parse([]byte(valid))
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +65,13 @@ func TestAdminValidation(t *testing.T) {
 		{"small body", valid + "[admin]\nmax_body_bytes = 10\n" + user("a", "viewer", hash), "admin.max_body_bytes: must be at least 1024"},
 		{"bad addr", valid + "[admin]\naddr = \"nope\"\n" + user("a", "viewer", hash), "admin.addr"},
 		{"unknown key", adminBase + "token = \"plain\"\n" + user("a", "viewer", hash), `unknown key "admin.token"`},
+		{"replay id is the canal's", valid + "[admin]\nreplay_server_id = 7\n" + user("a", "viewer", hash),
+			"admin.replay_server_id: 7 is mysql.server_id, the canal's"},
+		{"replay id 0", valid + "[admin]\nreplay_server_id = 0\n" + user("a", "viewer", hash), "admin.replay_server_id: must not be 0"},
+		{"resync rate 0", valid + "[admin]\nresync_rows_per_second = 0\n" + user("a", "viewer", hash), "admin.resync_rows_per_second: must be 1 to 100000"},
+		{"resync rate too high", valid + "[admin]\nresync_rows_per_second = 100001\n" + user("a", "viewer", hash), "admin.resync_rows_per_second: must be 1 to 100000"},
+		{"resync chunk", valid + "[admin]\nresync_chunk_rows = 10001\n" + user("a", "viewer", hash), "admin.resync_chunk_rows: must be 1 to 10000"},
+		{"task lease", valid + "[admin]\ntask_lease = \"100ms\"\n" + user("a", "viewer", hash), "admin.task_lease: must be at least 1s"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := configs.Parse([]byte(tt.file))

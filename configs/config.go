@@ -57,15 +57,31 @@ type Config struct {
 type Admin struct {
 	// Addr is the admin API's listen address.
 	Addr string `toml:"addr"`
-	// AuditDatabase holds the table admin_audit (created on first use) on
-	// the [mysql] server; by default the canal's ha_database default.
+	// AuditDatabase holds the tables admin_audit and admin_tasks (created
+	// on first use) on the [mysql] server; by default the canal's
+	// ha_database default.
 	AuditDatabase string `toml:"audit_database"`
 	// MaxBodyBytes bounds a request body; a larger one is refused with 413.
 	MaxBodyBytes int64 `toml:"max_body_bytes"`
 	// AdminActionsPerMinute bounds each user's admin-only purges (patterns,
-	// bans, flush_groups) that run, not dry runs: this many a minute, in bursts of
-	// as many; one more is refused with 429 and Retry-After.
+	// bans, flush_groups), replays and re-syncs that run, not dry runs: this
+	// many a minute together, in bursts of as many; one more is refused with
+	// 429 and Retry-After.
 	AdminActionsPerMinute int `toml:"admin_actions_per_minute"`
+	// ReplayServerID identifies the binlog reader of replays to the
+	// [mysql] server; it must differ from mysql.server_id and from every
+	// other reader's (each admin process that replays needs its own).
+	ReplayServerID uint32 `toml:"replay_server_id"`
+	// ResyncRowsPerSecond bounds the rows a re-sync reads and publishes a
+	// second when its request sets no rows_per_second.
+	ResyncRowsPerSecond int `toml:"resync_rows_per_second"`
+	// ResyncChunkRows is the rows of one re-sync chunk (one job) when its
+	// request sets no chunk_rows.
+	ResyncChunkRows int `toml:"resync_chunk_rows"`
+	// TaskLease is how long a running replay's or re-sync's heartbeat may
+	// be silent before another admin process, or this one restarted,
+	// resumes it from its cursor.
+	TaskLease time.Duration `toml:"task_lease"`
 	// Users are the API's users, each with a role and the SHA-256 of its
 	// bearer token.
 	Users []AdminUser `toml:"user"`
@@ -424,7 +440,9 @@ func Default() Config {
 			ReconcileGrace: seckill.DefaultReconcileGrace,
 		},
 		Admin: Admin{Addr: admin.DefaultAddr, AuditDatabase: canal.DefaultHADatabase, MaxBodyBytes: admin.DefaultMaxBodyBytes,
-			AdminActionsPerMinute: admin.DefaultAdminActionsPerMinute},
+			AdminActionsPerMinute: admin.DefaultAdminActionsPerMinute, ReplayServerID: admin.DefaultReplayServerID,
+			ResyncRowsPerSecond: admin.DefaultResyncRowsPerSecond, ResyncChunkRows: admin.DefaultResyncChunkRows,
+			TaskLease: admin.DefaultTaskLease},
 	}
 }
 
@@ -769,6 +787,21 @@ func (c *Config) validateAdmin(bad func(key, format string, args ...any), checkA
 	}
 	if a.AdminActionsPerMinute < 1 {
 		bad("admin.admin_actions_per_minute", "must be at least 1")
+	}
+	switch {
+	case a.ReplayServerID == 0:
+		bad("admin.replay_server_id", "must not be 0")
+	case a.ReplayServerID == c.MySQL.ServerID:
+		bad("admin.replay_server_id", "%d is mysql.server_id, the canal's: two binlog readers with one id kick each other off", a.ReplayServerID)
+	}
+	if a.ResyncRowsPerSecond < 1 || a.ResyncRowsPerSecond > admin.MaxResyncRowsPerSecond {
+		bad("admin.resync_rows_per_second", "must be 1 to %d", admin.MaxResyncRowsPerSecond)
+	}
+	if a.ResyncChunkRows < 1 || a.ResyncChunkRows > admin.MaxResyncChunkRows {
+		bad("admin.resync_chunk_rows", "must be 1 to %d", admin.MaxResyncChunkRows)
+	}
+	if a.TaskLease < admin.MinTaskLease {
+		bad("admin.task_lease", "must be at least %v", admin.MinTaskLease)
 	}
 	if len(c.RedisGroups)+len(c.HTTPGroups) == 0 {
 		bad("admin", "needs a [[redis_group]] or an [[http_group]] to purge in")

@@ -77,7 +77,8 @@ func (c *Config) PurgerHTTPGroups() []purge.HTTPGroup {
 	return groups
 }
 
-// AdminOptions are the admin API settings of [admin]; the caller adds the
+// AdminOptions are the admin API settings of [admin], and [mysql] as the
+// replays' binlog server (with admin.replay_server_id); the caller adds the
 // database, the rules, the publisher, the job store and the observers.
 func (c *Config) AdminOptions() admin.Options {
 	a := c.Admin
@@ -85,8 +86,11 @@ func (c *Config) AdminOptions() admin.Options {
 	for i, u := range a.Users {
 		users[i] = admin.User(u)
 	}
+	binlog := c.MySQL.Source()
+	binlog.ServerID = a.ReplayServerID
 	return admin.Options{
 		Addr: a.Addr, Users: users, AuditDatabase: a.AuditDatabase, MaxBodyBytes: a.MaxBodyBytes,
 		AdminActionsPerMinute: a.AdminActionsPerMinute, TopicPrefix: c.NSQ.TopicPrefix,
+		Binlog: binlog, ResyncRowsPerSecond: a.ResyncRowsPerSecond, ResyncChunkRows: a.ResyncChunkRows, TaskLease: a.TaskLease,
 	}
 }
