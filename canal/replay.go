@@ -26,8 +26,9 @@ var ErrStartGone = errors.New("replay start is no longer on the server")
 // started (MariaDB stamps the GTID event with it: the COMMIT of an explicit
 // transaction, the statement itself in autocommit), so a statement that ran
 // across To commits after transactions stamped at or after To. Reading on
-// until the first transaction stamped at or after To+ReplayTimeSlack finds
-// every such statement that ran for less than the slack.
+// until the first transaction of a replayed table stamped at or after
+// To+ReplayTimeSlack finds every such statement that ran for less than the
+// slack.
 const ReplayTimeSlack = time.Minute
 
 // progressInterval bounds how often Replay calls Progress.
@@ -47,8 +48,9 @@ type ReplayBound struct {
 	// From takes those stamped at or after it, To those stamped before it
 	// (a fraction of a second rounds either up). A time From starts reading
 	// at the newest binlog created at or before it; a time To reads until
-	// the first transaction stamped at or after To+ReplayTimeSlack, or the
-	// server's position when Replay started, whichever comes first.
+	// the first transaction that changes a replayed table stamped at or
+	// after To+ReplayTimeSlack, or the server's position when Replay
+	// started, whichever comes first.
 	Time time.Time
 }
 
@@ -471,6 +473,7 @@ type reading struct {
 type txnState struct {
 	open       bool
 	inRange    bool
+	pastEnd    bool // stamped ReplayTimeSlack or more past a time To
 	standalone bool // MariaDB: no COMMIT or XID ends it, its query does
 	rows       int64
 	targets    *invalidate.Batch
@@ -497,7 +500,7 @@ func (r *replay) read(ctx context.Context) (ReplayResult, error) {
 			return fail(err)
 		}
 	}
-	if s.txn.open {
+	if s.txn.open && !s.early {
 		r.log.Info("replay range ends inside a transaction: left out", "at", s.last.String())
 	}
 	if err := s.flush(ctx, s.boundary); err != nil {
@@ -621,8 +624,8 @@ func (s *reading) here(h *replication.EventHeader) Position {
 }
 
 // begin starts a transaction at its first event, whose timestamp is the
-// transaction's. A time To ends the range at the first transaction stamped
-// ReplayTimeSlack or more past it.
+// transaction's. A time To ends the range at the first transaction of a
+// replayed table stamped ReplayTimeSlack or more past it (rows).
 func (s *reading) begin(ctx context.Context, h *replication.EventHeader, standalone bool) error {
 	if s.txn.open {
 		// The previous one had no terminating event: it ended where this
@@ -634,16 +637,20 @@ func (s *reading) begin(ctx context.Context, h *replication.EventHeader, standal
 	}
 	stamp := time.Unix(int64(h.Timestamp), 0)
 	from, to := s.r.opts.From.Time, s.r.opts.To.Time
-	if !to.IsZero() && !stamp.Before(to.Add(ReplayTimeSlack)) {
-		s.done, s.early = true, true
-		return nil
-	}
 	s.txn.open, s.txn.standalone, s.txn.rows = true, standalone, 0
 	s.txn.inRange = (from.IsZero() || !stamp.Before(from)) && (to.IsZero() || stamp.Before(to))
+	s.txn.pastEnd = !to.IsZero() && !stamp.Before(to.Add(ReplayTimeSlack))
 	return nil
 }
 
 func (s *reading) rows(h *replication.EventHeader, e *replication.RowsEvent) error {
+	if s.txn.open && s.txn.pastEnd && e.Rows != nil {
+		// A change of a replayed table stamped ReplayTimeSlack past a time
+		// To ends the range. Other tables' stamps do not: a client that set
+		// its session's timestamp elsewhere must not cut this range short.
+		s.done, s.early = true, true
+		return nil
+	}
 	if !s.txn.open || !s.txn.inRange || e.Rows == nil {
 		return nil // before the first transaction, out of range, or not a replayed table
 	}

@@ -258,6 +258,7 @@ func TestReplayTimeRange(t *testing.T) {
 	conn := m.Conn(t)
 	stacktest.Exec(t, conn, "CREATE DATABASE shop")
 	stacktest.Exec(t, conn, "CREATE TABLE shop.item (id BIGINT PRIMARY KEY, name VARCHAR(50))")
+	stacktest.Exec(t, conn, "CREATE TABLE shop.other (id BIGINT PRIMARY KEY)")
 	rules := replayRules(t, map[string][]string{"shop.item": {"rt:{id}"}})
 	base := time.Now().Unix() + 1000
 	stamped := func(offset int64, query string) {
@@ -292,9 +293,10 @@ func TestReplayTimeRange(t *testing.T) {
 	insert(149, 1) // before from
 	insert(150, 2) // at from: in
 	flush(160)
-	insert(299, 3) // in
-	insert(300, 4) // at to: out
-	insert(200, 5) // in, though after one past to
+	stamped(5000, "INSERT INTO shop.other VALUES (1)") // far past to, but no replayed table: the range goes on
+	insert(299, 3)                                     // in
+	insert(300, 4)                                     // at to: out
+	insert(200, 5)                                     // in, though after one past to
 	flush(310)
 	insert(359, 6) // out, and less than the slack past to
 	beforeStop := binlogStatus(t, conn)
