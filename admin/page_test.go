@@ -251,13 +251,13 @@ func TestPageSessions(t *testing.T) {
 		if resp, _ := f.session(t, "GET", "/api/v1/audit", c, "", "", ""); resp.StatusCode != http.StatusOK {
 			t.Fatalf("fresh session: %d", resp.StatusCode)
 		}
-		restore := admin.AdvanceSessionClock(admin.DefaultSessionLifetime - time.Minute)
+		restore := admin.AdvanceClock(admin.DefaultSessionLifetime - time.Minute)
 		resp, _ := f.session(t, "GET", "/api/v1/audit", c, "", "", "")
 		restore()
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("session a minute before its end: %d", resp.StatusCode)
 		}
-		restore = admin.AdvanceSessionClock(admin.DefaultSessionLifetime)
+		restore = admin.AdvanceClock(admin.DefaultSessionLifetime)
 		resp, out := f.session(t, "GET", "/api/v1/audit", c, "", "", "")
 		restore()
 		if resp.StatusCode != http.StatusUnauthorized {
