@@ -181,7 +181,7 @@ func (h *health) check(ctx context.Context, rules *invalidate.Rules, prefix stri
 			out.Targets = append(out.Targets, TargetHealth{Tier: invalidate.TierHTTP, Group: g.Name, Target: addr})
 			channels = append(channels, [2]string{invalidate.HTTPTopic(prefix, g.Name), invalidate.ReplicaChannel(addr)})
 			checks = append(checks, func(ctx context.Context) error {
-				_, err := h.get(ctx, h.web, http.MethodHead, "http://"+addr+"/")
+				_, err := h.ask(ctx, h.web, http.MethodHead, "http://"+addr+"/")
 				return err // any answer: the cache serves
 			})
 		}
@@ -191,7 +191,7 @@ func (h *health) check(ctx context.Context, rules *invalidate.Rules, prefix stri
 		channels = append(channels, [2]string{invalidate.CDNTopic(prefix), invalidate.CDNChannel(c.Name)})
 		url := strings.TrimSuffix(c.URL, "/") + cdn.HealthPath
 		checks = append(checks, func(ctx context.Context) error {
-			status, err := h.get(ctx, h.cdn[i], http.MethodGet, url)
+			status, err := h.ask(ctx, h.cdn[i], http.MethodGet, url)
 			if err == nil && status != http.StatusOK {
 				err = fmt.Errorf("GET %s: HTTP %d", url, status)
 			}
@@ -262,8 +262,8 @@ func pingRedis(ctx context.Context, addr, password string, timeout time.Duration
 	return nil
 }
 
-// get sends one request and returns the answer's status.
-func (h *health) get(ctx context.Context, client *http.Client, method, url string) (int, error) {
+// ask sends one request and returns the answer's status.
+func (h *health) ask(ctx context.Context, client *http.Client, method, url string) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		return 0, err
