@@ -18,6 +18,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"database/sql"
 	"encoding/hex"
 	"errors"
@@ -83,6 +84,8 @@ type Publisher interface {
 // Jobs is the job store the publisher's OnPublished feeds.
 type Jobs interface {
 	Get(id string) (jobs.Job, bool)
+	// Recent lists up to n jobs, newest first, without their targets.
+	Recent(n int) []jobs.Job
 	Describe(id, startedBy, reason string) bool
 }
 
@@ -123,6 +126,14 @@ type Options struct {
 	// AdminActionsPerMinute bounds each user's admin-only purges that run
 	// (default DefaultAdminActionsPerMinute), in bursts of as many.
 	AdminActionsPerMinute int
+	// TLSCertFile and TLSKeyFile (PEM), both set, serve HTTPS; New loads them.
+	TLSCertFile, TLSKeyFile string
+	// FlushNeedsApproval holds an admin's flush until a second admin
+	// approves it, within ApprovalTTL (default DefaultApprovalTTL): approval.go.
+	FlushNeedsApproval bool
+	ApprovalTTL        time.Duration
+	// Health is what GET /api/v1/health needs besides the rules' groups.
+	Health HealthOptions
 	// Rules route rows, keys, URLs and tags to groups, as the canal's.
 	Rules     *invalidate.Rules
 	Publisher Publisher
@@ -153,6 +164,9 @@ type Server struct {
 	limits   limiters
 	tasks    *taskStore
 	runner   *taskRunner
+	tls      *tls.Config // nil: plain HTTP
+	flushes  *approvals  // held for a second admin (approval.go)
+	health   *health
 
 	closeOnce sync.Once
 	closeErr  error
@@ -185,6 +199,9 @@ func New(opts Options) (*Server, error) {
 	if opts.AdminActionsPerMinute <= 0 {
 		opts.AdminActionsPerMinute = DefaultAdminActionsPerMinute
 	}
+	if opts.ApprovalTTL <= 0 {
+		opts.ApprovalTTL = DefaultApprovalTTL
+	}
 	opts.TopicPrefix = cmp.Or(opts.TopicPrefix, invalidate.DefaultTopicPrefix)
 	opts.Binlog.ServerID = cmp.Or(opts.Binlog.ServerID, DefaultReplayServerID)
 	if opts.Replay == nil {
@@ -208,8 +225,15 @@ func New(opts Options) (*Server, error) {
 		opts.Registerer = prometheus.NewRegistry()
 	}
 	s := &Server{opts: opts, audit: &audit{db: opts.DB, database: opts.AuditDatabase}, sessions: newSessions(DefaultSessionLifetime),
-		tasks: &taskStore{db: opts.DB, database: opts.AuditDatabase}}
+		tasks: &taskStore{db: opts.DB, database: opts.AuditDatabase}, flushes: &approvals{db: opts.DB, database: opts.AuditDatabase}}
 	s.runner = newTaskRunner(s)
+	var err error
+	if s.tls, err = loadTLS(opts.TLSCertFile, opts.TLSKeyFile); err != nil {
+		return nil, err
+	}
+	if s.health, err = newHealth(opts.Health); err != nil {
+		return nil, err
+	}
 	for i, u := range opts.Users {
 		h, err := hex.DecodeString(u.TokenSHA256)
 		switch {
@@ -228,7 +252,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_admin_requests_total",
-		Help: "Admin API requests by action (purge, dry_run, job, audit, replay, resync, cancel, task) and result (accepted, refused, failed).",
+		Help: "Admin API requests by action (purge, dry_run, approval_requested, approve, reject, approvals, job, jobs, audit, health, replay, resync, cancel, task) and result (accepted, refused, failed).",
 	}, []string{"action", "result"})
 	collectors := append([]prometheus.Collector{s.requests}, s.runner.collectors()...)
 	unregister := func() {
@@ -254,13 +278,24 @@ func New(opts Options) (*Server, error) {
 // Addr is the bound address of the API.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
+// URL is the API's base URL: https:// under TLS, else http://.
+func (s *Server) URL() string {
+	if s.tls != nil {
+		return "https://" + s.Addr()
+	}
+	return "http://" + s.Addr()
+}
+
 // Handler serves the API (Run serves it on the listener).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST /api/v1/purges", httpapi.Handler(s.opts.Logger, s.purge))
+	mux.Handle("GET /api/v1/jobs", httpapi.Handler(s.opts.Logger, s.listJobs))
 	mux.Handle("GET /api/v1/jobs/{id}", httpapi.Handler(s.opts.Logger, s.getJob))
 	mux.Handle("GET /api/v1/audit", httpapi.Handler(s.opts.Logger, s.listAudit))
 	s.mountTasks(mux)
+	mux.Handle("GET /api/v1/health", httpapi.Handler(s.opts.Logger, s.getHealth))
+	s.mountApprovals(mux)
 	s.mountPage(mux)
 	return mux
 }
@@ -282,10 +317,16 @@ func (s *Server) Run(ctx context.Context) error {
 		stopTasks()
 		<-ran
 	}()
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, TLSConfig: s.tls,
+		ErrorLog: slog.NewLogLogger(s.opts.Logger.Handler(), slog.LevelWarn)}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(onceCloser{s.ln, s.closeLn}) }()
-	s.opts.Logger.Info("serving admin api", "addr", "http://"+s.Addr())
+	ln := onceCloser{s.ln, s.closeLn}
+	if s.tls != nil {
+		go func() { served <- srv.ServeTLS(ln, "", "") }() // the certificate is TLSConfig's
+	} else {
+		go func() { served <- srv.Serve(ln) }()
+	}
+	s.opts.Logger.Info("serving admin api", "addr", s.URL())
 	select {
 	case err := <-served:
 		return err

@@ -19,13 +19,16 @@ const (
 	actionPurge  = "purge"
 	actionDryRun = "dry_run"
 	actionJob    = "job"
+	actionJobs   = "jobs"
 	actionAudit  = "audit"
+	actionHealth = "health"
 )
 
 // purge answers POST /api/v1/purges: 200 with the preview for a dry run,
 // 202 with the job and the preview once nsqd acknowledged the batch. The
 // audit row is written first: a request that cannot be audited is refused
-// with 503 and nothing is published.
+// with 503 and nothing is published. With FlushNeedsApproval, an admin's
+// flush is stored for a second admin instead (approval.go).
 func (s *Server) purge(w http.ResponseWriter, r *http.Request) error {
 	u, err := s.authenticate(w, r)
 	if err != nil {
@@ -69,33 +72,61 @@ func (s *Server) purge(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
-	status := http.StatusOK
-	if !q.DryRun {
-		status, p.Job = http.StatusAccepted, invalidate.NewJobID()
-	}
-	e.Outcome, e.Status, e.Job = OutcomeAccepted, status, p.Job
-	e.Keys, e.URLs, e.Tags, e.Targets = p.Counts.Keys, p.Counts.URLs, p.Counts.Tags, p.Counts.Targets
-	if err := s.audit.write(ctx, e); err != nil {
-		return s.count(e.Action, httpapi.Errorf(http.StatusServiceUnavailable, "%w; nothing was purged", err))
-	}
-	if !q.DryRun {
-		pubCtx, cancel := context.WithTimeout(ctx, s.opts.PublishWait)
-		err := s.opts.Publisher.Publish(pubCtx, batch, invalidate.Meta{Pos: "admin:" + u.name, Seen: time.Now(), Job: p.Job})
-		cancel()
-		// OnPublished tracked the job before the batch was sent.
-		s.opts.Jobs.Describe(p.Job, u.name, q.Reason)
-		if err != nil {
-			err = httpapi.Errorf(http.StatusServiceUnavailable, "job %s: %w", p.Job, err)
-			f := *e
-			f.Time, f.Outcome, f.Status, f.Error = time.Now(), OutcomeFailed, http.StatusServiceUnavailable, err.Error()
-			if aerr := s.audit.write(context.WithoutCancel(ctx), &f); aerr != nil {
-				s.opts.Logger.Error("admin: audit a failed purge", "job", p.Job, "err", aerr)
-			}
+	if q.DryRun {
+		if s.needsApproval(q) {
+			p.Notes = append(p.Notes, "a run waits for a second admin's approval (admin.flush_needs_approval)")
+		}
+		if err := s.auditAccepted(ctx, e, p, http.StatusOK, ""); err != nil {
 			return s.count(e.Action, err)
 		}
+		s.count(e.Action, nil)
+		return httpapi.WriteJSON(w, http.StatusOK, p)
+	}
+	if s.needsApproval(q) {
+		return s.requestApproval(w, r, e, q, p)
+	}
+	p.Job = invalidate.NewJobID()
+	if err := s.auditAccepted(ctx, e, p, http.StatusAccepted, p.Job); err != nil {
+		return s.count(e.Action, err)
+	}
+	if err := s.publish(ctx, e, p, batch, u.name, u.name, q.Reason); err != nil {
+		return s.count(e.Action, err)
 	}
 	s.count(e.Action, nil)
-	return httpapi.WriteJSON(w, status, p)
+	return httpapi.WriteJSON(w, http.StatusAccepted, p)
+}
+
+// auditAccepted writes the accepted row of e, answered status, with its
+// job (published now, or once approved) and p's counts; a row that cannot
+// be written is a 503, nothing done.
+func (s *Server) auditAccepted(ctx context.Context, e *Entry, p *Preview, status int, job string) error {
+	e.Outcome, e.Status, e.Job = OutcomeAccepted, status, job
+	e.Keys, e.URLs, e.Tags, e.Targets = p.Counts.Keys, p.Counts.URLs, p.Counts.Tags, p.Counts.Targets
+	if err := s.audit.write(ctx, e); err != nil {
+		return httpapi.Errorf(http.StatusServiceUnavailable, "%w; nothing was purged", err)
+	}
+	return nil
+}
+
+// publish publishes the batch of p's job, audited (e) as accepted, as a
+// job startedBy started for reason; requester names it in the messages'
+// position. A failed publish is a 503 and a second, failed, audit row.
+func (s *Server) publish(ctx context.Context, e *Entry, p *Preview, batch *invalidate.Batch, requester, startedBy, reason string) error {
+	pubCtx, cancel := context.WithTimeout(ctx, s.opts.PublishWait)
+	err := s.opts.Publisher.Publish(pubCtx, batch, invalidate.Meta{Pos: "admin:" + requester, Seen: time.Now(), Job: p.Job})
+	cancel()
+	// OnPublished tracked the job before the batch was sent.
+	s.opts.Jobs.Describe(p.Job, startedBy, reason)
+	if err == nil {
+		return nil
+	}
+	err = httpapi.Errorf(http.StatusServiceUnavailable, "job %s: %w", p.Job, err)
+	f := *e
+	f.Time, f.Outcome, f.Status, f.Error = time.Now(), OutcomeFailed, http.StatusServiceUnavailable, err.Error()
+	if aerr := s.audit.write(context.WithoutCancel(ctx), &f); aerr != nil {
+		s.opts.Logger.Error("admin: audit a failed purge", "job", p.Job, "err", aerr)
+	}
+	return err
 }
 
 // refuse audits a refused request of a known user, then returns err. An

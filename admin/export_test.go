@@ -2,9 +2,9 @@ package admin
 
 import "time"
 
-// AdvanceSessionClock moves the sessions' clock forward by d until the
-// returned restore is called.
-func AdvanceSessionClock(d time.Duration) (restore func()) {
+// AdvanceClock moves the clock of sessions and approvals forward by d
+// until the returned restore is called.
+func AdvanceClock(d time.Duration) (restore func()) {
 	clockSkew.Add(int64(d))
 	return func() { clockSkew.Add(-int64(d)) }
 }

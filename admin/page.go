@@ -126,6 +126,8 @@ type SessionInfo struct {
 	Expires   *time.Time `json:"expires,omitempty"`
 	// CanPurge is whether the role may purge (not only preview).
 	CanPurge bool `json:"can_purge"`
+	// FlushNeedsApproval: an admin's flush waits for a second admin.
+	FlushNeedsApproval bool `json:"flush_needs_approval"`
 }
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) error {
@@ -148,6 +150,7 @@ func (s *Server) getSession(w http.ResponseWriter, r *http.Request) error {
 		info = SessionInfo{User: u.name, Role: u.role}
 	}
 	info.CanPurge = rankOf(info.Role) >= rankOf(RoleOperator)
+	info.FlushNeedsApproval = s.opts.FlushNeedsApproval
 	w.Header().Set("Cache-Control", "no-store")
 	return httpapi.WriteJSON(w, http.StatusOK, info)
 }

@@ -19,13 +19,13 @@ import (
 
 // pageFixture is newFixture's daemon with one Redis group of two replicas
 // (ga) and one HTTP group of two Varnish instances, so that a row reaches
-// two of each.
+// two of each; adminLines are added to [admin].
 type pageFixture struct {
 	*fixture
 	varnish2 *stacktest.Varnish
 }
 
-func newPageFixture(t *testing.T) *pageFixture {
+func newPageFixture(t *testing.T, adminLines ...string) *pageFixture {
 	t.Helper()
 	f := &fixture{db: stacktest.NewDatabase(t)}
 	conn := stacktest.MySQL(t)
@@ -56,8 +56,9 @@ route_by = "id"
 [admin]
 addr = "127.0.0.1:0"
 audit_database = %q
+%s
 `, f.ga[0].Addr(), f.ga[1].Addr(), f.varnish.Addr(), v2.Addr(),
-		f.db, f.keyPre, f.keyPre, f.db) + admintest.DemoUsers(t)
+		f.db, f.keyPre, f.keyPre, f.db, strings.Join(adminLines, "")) + admintest.DemoUsers(t)
 	f.daemon, _, f.stop = admintest.Start(t, config, daemon.RoleRedisPurger, daemon.RoleHTTPPurger, daemon.RoleAdmin)
 	f.url = "http://" + f.daemon.AdminAddr()
 	return &pageFixture{fixture: f, varnish2: v2}
@@ -251,13 +252,13 @@ func TestPageSessions(t *testing.T) {
 		if resp, _ := f.session(t, "GET", "/api/v1/audit", c, "", "", ""); resp.StatusCode != http.StatusOK {
 			t.Fatalf("fresh session: %d", resp.StatusCode)
 		}
-		restore := admin.AdvanceSessionClock(admin.DefaultSessionLifetime - time.Minute)
+		restore := admin.AdvanceClock(admin.DefaultSessionLifetime - time.Minute)
 		resp, _ := f.session(t, "GET", "/api/v1/audit", c, "", "", "")
 		restore()
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("session a minute before its end: %d", resp.StatusCode)
 		}
-		restore = admin.AdvanceSessionClock(admin.DefaultSessionLifetime)
+		restore = admin.AdvanceClock(admin.DefaultSessionLifetime)
 		resp, out := f.session(t, "GET", "/api/v1/audit", c, "", "", "")
 		restore()
 		if resp.StatusCode != http.StatusUnauthorized {

@@ -25,10 +25,12 @@ const (
 	CSRFHeader = "X-CSRF-Token"
 )
 
-// clockSkew is added to the sessions' clock (tests move it forward).
+// clockSkew is added to the clock of sessions and approvals (tests move
+// it forward).
 var clockSkew atomic.Int64
 
-func sessionNow() time.Time { return time.Now().Add(time.Duration(clockSkew.Load())) }
+// adminNow is the clock of sessions and approvals.
+func adminNow() time.Time { return time.Now().Add(time.Duration(clockSkew.Load())) }
 
 type session struct {
 	user    *user
@@ -57,7 +59,7 @@ func randomToken() string {
 // create starts a session of u and returns its id and the session.
 func (ss *sessions) create(u *user) (string, *session) {
 	id := randomToken()
-	now := sessionNow()
+	now := adminNow()
 	se := &session{user: u, csrf: randomToken(), expires: now.Add(ss.lifetime)}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -76,7 +78,7 @@ func (ss *sessions) get(id string) (*session, bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	se, ok := ss.m[k]
-	if ok && !sessionNow().Before(se.expires) {
+	if ok && !adminNow().Before(se.expires) {
 		delete(ss.m, k)
 		return nil, false
 	}

@@ -138,10 +138,13 @@ func NewConsole(opts ConsoleOptions) (*Console, error) {
 	return c, nil
 }
 
-// Handler serves POST /v1/purge.
+// Handler serves POST /v1/purge and GET /v1/health.
 func (c *Console) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(PurgePath, httpapi.Handler(c.opts.Logger, c.serve))
+	mux.Handle("GET "+HealthPath, httpapi.Handler(c.opts.Logger, func(w http.ResponseWriter, _ *http.Request) error {
+		return httpapi.WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "machines": len(c.opts.Machines)})
+	}))
 	return mux
 }
 

@@ -230,6 +230,13 @@ func TestConsoleRejections(t *testing.T) {
 	if code, _ := serve(h, req); code != http.StatusMethodNotAllowed {
 		t.Errorf("GET: %d, want 405", code)
 	}
+	// The health endpoint needs no signature and purges nothing.
+	if code, out := serve(h, httptest.NewRequest(http.MethodGet, cdn.HealthPath, nil)); code != http.StatusOK || out["ok"] != true || out["machines"] != 1.0 {
+		t.Errorf("GET %s: %d %v, want 200 ok with 1 machine", cdn.HealthPath, code, out)
+	}
+	if got := m.got(); len(got) != 1 {
+		t.Errorf("the health check purged: %v", got)
+	}
 }
 
 func TestConsoleReplayCacheRefusesWhenFull(t *testing.T) {

@@ -32,6 +32,11 @@ const (
 // PurgePath is the console's purge endpoint.
 const PurgePath = "/v1/purge"
 
+// HealthPath answers GET with 200 while the console serves (the admin
+// page's health of the CDN nodes); it needs no signature and says nothing
+// of the cache machines, which each purge reports on.
+const HealthPath = "/v1/health"
+
 // Nonce lengths, in hex characters.
 const (
 	MinNonceLen = 16

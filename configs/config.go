@@ -82,6 +82,18 @@ type Admin struct {
 	// be silent before another admin process, or this one restarted,
 	// resumes it from its cursor.
 	TaskLease time.Duration `toml:"task_lease"`
+	// TLSCertFile is a PEM certificate (chain): with TLSKeyFile, the API and
+	// the page are served over HTTPS, and the session cookie is Secure.
+	// Both are read at start: a renewed certificate takes a restart.
+	TLSCertFile string `toml:"tls_cert_file"`
+	// TLSKeyFile is TLSCertFile's PEM private key.
+	TLSKeyFile string `toml:"tls_key_file"`
+	// FlushNeedsApproval holds an admin's flush_groups until a second admin
+	// approves it (POST /api/v1/approvals/{id}/approve, or on the page).
+	FlushNeedsApproval bool `toml:"flush_needs_approval"`
+	// ApprovalTTL is how long a held flush waits for its approval; later,
+	// approving it is a 409.
+	ApprovalTTL time.Duration `toml:"approval_ttl"`
 	// Users are the API's users, each with a role and the SHA-256 of its
 	// bearer token.
 	Users []AdminUser `toml:"user"`
@@ -442,7 +454,7 @@ func Default() Config {
 		Admin: Admin{Addr: admin.DefaultAddr, AuditDatabase: canal.DefaultHADatabase, MaxBodyBytes: admin.DefaultMaxBodyBytes,
 			AdminActionsPerMinute: admin.DefaultAdminActionsPerMinute, ReplayServerID: admin.DefaultReplayServerID,
 			ResyncRowsPerSecond: admin.DefaultResyncRowsPerSecond, ResyncChunkRows: admin.DefaultResyncChunkRows,
-			TaskLease: admin.DefaultTaskLease},
+			TaskLease: admin.DefaultTaskLease, ApprovalTTL: admin.DefaultApprovalTTL},
 	}
 }
 
@@ -802,6 +814,20 @@ func (c *Config) validateAdmin(bad func(key, format string, args ...any), checkA
 	}
 	if a.TaskLease < admin.MinTaskLease {
 		bad("admin.task_lease", "must be at least %v", admin.MinTaskLease)
+	}
+	if (a.TLSCertFile == "") != (a.TLSKeyFile == "") {
+		bad("admin.tls_cert_file", "tls_cert_file and tls_key_file go together")
+	}
+	for _, f := range []struct{ key, path string }{{"admin.tls_cert_file", a.TLSCertFile}, {"admin.tls_key_file", a.TLSKeyFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			bad(f.key, "%v", err)
+		}
+	}
+	if a.ApprovalTTL < time.Minute {
+		bad("admin.approval_ttl", "must be at least 1m")
 	}
 	if len(c.RedisGroups)+len(c.HTTPGroups) == 0 {
 		bad("admin", "needs a [[redis_group]] or an [[http_group]] to purge in")

@@ -92,5 +92,21 @@ func (c *Config) AdminOptions() admin.Options {
 		Addr: a.Addr, Users: users, AuditDatabase: a.AuditDatabase, MaxBodyBytes: a.MaxBodyBytes,
 		AdminActionsPerMinute: a.AdminActionsPerMinute, TopicPrefix: c.NSQ.TopicPrefix,
 		Binlog: binlog, ResyncRowsPerSecond: a.ResyncRowsPerSecond, ResyncChunkRows: a.ResyncChunkRows, TaskLease: a.TaskLease,
+		TLSCertFile: a.TLSCertFile, TLSKeyFile: a.TLSKeyFile, FlushNeedsApproval: a.FlushNeedsApproval, ApprovalTTL: a.ApprovalTTL,
+		Health: c.adminHealth(),
 	}
+}
+
+// adminHealth is what the admin API's health checks need of the file: the
+// Redis groups' passwords and the CDN nodes' consoles; the caller adds
+// the nsqd HTTP addresses (an embedded nsqd's are known at build).
+func (c *Config) adminHealth() admin.HealthOptions {
+	h := admin.HealthOptions{RedisPasswords: map[string]string{}}
+	for _, g := range c.RedisGroups {
+		h.RedisPasswords[g.Name] = g.Password
+	}
+	for _, n := range c.CDNNodes {
+		h.CDNConsoles = append(h.CDNConsoles, admin.CDNConsole{Name: n.Name, URL: n.ConsoleURL, CAFile: n.CAFile})
+	}
+	return h
 }

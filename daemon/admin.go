@@ -41,7 +41,7 @@ func (n *Daemon) buildAdmin() error {
 	n.own("admin database", db.Close)
 	o := cfg.AdminOptions()
 	o.DB, o.Rules, o.Publisher, o.Jobs = db, n.rules, n.publisher, n.jobs
-	o.CDNNodes = cdnNodeNames(cfg)
+	o.CDNNodes, o.Health.NSQDHTTP = cdnNodeNames(cfg), n.nsqdHTTP
 	o.Logger, o.Registerer = n.log.With("role", RoleAdmin), n.registry
 	n.admin, err = admin.New(o)
 	if err != nil {
@@ -57,6 +57,15 @@ func (n *Daemon) AdminAddr() string {
 		return ""
 	}
 	return n.admin.Addr()
+}
+
+// AdminURL is the admin API's base URL, https:// under TLS ("" without
+// the role).
+func (n *Daemon) AdminURL() string {
+	if n.admin == nil {
+		return ""
+	}
+	return n.admin.URL()
 }
 
 // runAdmin creates the channels (a manual purge must reach a replica that

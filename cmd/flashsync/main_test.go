@@ -30,6 +30,7 @@ var flagArgs = map[string]string{
 	"-token":            "-token=dev-viewer-token",
 	// purge's (-config, -token, -json and -row too).
 	"-admin":       "-admin=http://127.0.0.1:1",
+	"-ca":          "-ca=" + filepath.Join(os.TempDir(), "flashsync-cli-test-no-such-ca.pem"),
 	"-reason":      "-reason=test",
 	"-dry-run":     "-dry-run",
 	"-wait":        "-wait",
@@ -80,7 +81,7 @@ var commandFlags = map[string][]string{
 	"seckill-migrate":  {"-config"},
 	"admin":            {"-config", "-log-level"},
 	"admin hash-token": {"-token"},
-	"purge": {"-admin", "-config", "-token", "-reason", "-dry-run", "-wait", "-json", "-timeout",
+	"purge": {"-admin", "-ca", "-config", "-token", "-reason", "-dry-run", "-wait", "-json", "-timeout",
 		"-key", "-group", "-url", "-tag", "-row", "-pattern", "-ban", "-flush-group", "-confirm"},
 	"check":            {"-config"},
 	"config reference": nil,

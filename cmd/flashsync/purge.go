@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -30,15 +32,20 @@ const pollInterval = 200 * time.Millisecond
 var purgeCommand = &cli.Command{
 	Name:    "purge",
 	Summary: "purge keys, URLs, tags, rows, patterns, bans or groups through the admin API",
-	Usage:   "[-admin URL | -config FILE] -token T -reason R [-dry-run] [-wait] KIND...",
+	Usage:   "[-admin URL | -config FILE] [-ca FILE] -token T -reason R [-dry-run] [-wait] KIND...",
 	Doc: `Sends one purge request to the admin API (POST /api/v1/purges, docs/admin.md)
 and prints its answer: for -dry-run the preview (each group reached, its tier,
 replicas, instances or CDN nodes, and targets), for a run the job's id; with
 -wait it polls the job until it is done (exit 0) or failed (exit 1), within
 -timeout. -json prints the API's JSON instead.
 
-The API is -admin, or the [admin] addr of -config. The token is -token or
-$` + tokenEnv + ` (which keeps it out of the process list).
+The API is -admin, or the [admin] addr of -config (https:// when it has
+tls_cert_file); -ca FILE verifies an https API with that PEM bundle instead of
+the system roots. The token is -token or $` + tokenEnv + ` (which keeps it out
+of the process list).
+
+With [admin] flush_needs_approval, a flush is held for a second admin: purge
+prints "approval <id> pending ..." and exits 0, even with -wait.
 
 KIND is one or more of the repeatable flags:
 
@@ -71,9 +78,13 @@ Exit codes: 0 done, 1 refused by the API (its error), failed or timed out,
 			if err != nil {
 				return err
 			}
+			client, err := f.httpClient()
+			if err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(ctx, f.timeout)
 			defer cancel()
-			c := &adminClient{base: base, token: token}
+			c := &adminClient{base: base, token: token, http: client}
 			return c.purge(ctx, env.Stdout, body, f.wait, f.json, f.timeout)
 		}
 	},
@@ -87,7 +98,7 @@ func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 
 // purgeFlags are purge's command line.
 type purgeFlags struct {
-	adminURL, configPath      string
+	adminURL, configPath, ca  string
 	configSet                 bool
 	token, reason             string
 	dryRun, wait, json        bool
@@ -103,6 +114,7 @@ func (f *purgeFlags) define(fs *flag.FlagSet) {
 		f.configPath, f.configSet = v, true
 		return nil
 	})
+	fs.StringVar(&f.ca, "ca", "", "a PEM `file` of the CAs that verify an https API (default the system roots)")
 	fs.StringVar(&f.token, "token", "", "the API `token` (default $"+tokenEnv+")")
 	fs.StringVar(&f.reason, "reason", "", "why you purge (required; the audit and the job keep it)")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "preview only: publish nothing")
@@ -217,12 +229,36 @@ func (f *purgeFlags) baseURL() (string, error) {
 	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		host = "127.0.0.1"
 	}
-	return "http://" + net.JoinHostPort(host, port), nil
+	scheme := "http://"
+	if cfg.Admin.TLSCertFile != "" {
+		scheme = "https://"
+	}
+	return scheme + net.JoinHostPort(host, port), nil
+}
+
+// httpClient is the API's client: with -ca, verifying the server by
+// those CAs only.
+func (f *purgeFlags) httpClient() (*http.Client, error) {
+	if f.ca == "" {
+		return http.DefaultClient, nil
+	}
+	pem, err := os.ReadFile(f.ca)
+	if err != nil {
+		return nil, fmt.Errorf("-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("-ca %s: no PEM certificate", f.ca)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}, nil
 }
 
 // adminClient calls the admin API.
 type adminClient struct {
 	base, token string
+	http        *http.Client
 }
 
 // apiError is an error answer of the API.
@@ -251,7 +287,7 @@ func (c *adminClient) call(ctx context.Context, method, path string, body []byte
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +319,18 @@ func (c *adminClient) purge(ctx context.Context, w io.Writer, body []byte, wait,
 	if err := json.Unmarshal(data, &p); err != nil {
 		return fmt.Errorf("the API's answer: %w", err)
 	}
+	var held admin.ApprovalAnswer
+	if err := json.Unmarshal(data, &held); err != nil {
+		return fmt.Errorf("the API's answer: %w", err)
+	}
 	switch {
+	case held.Approval != nil && asJSON:
+		return writeIndented(w, data)
+	case held.Approval != nil:
+		a := held.Approval
+		_, err := fmt.Fprintf(w, "approval %s pending: a second admin approves it (POST /api/v1/approvals/%s/approve, or on the page) before %s; it then runs as job %s\n",
+			a.ID, a.ID, a.Expires.Local().Format(time.RFC3339), a.Job)
+		return err
 	case asJSON:
 		if err := writeIndented(w, data); err != nil {
 			return err
