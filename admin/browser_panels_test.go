@@ -1,6 +1,7 @@
 package admin_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"slices"
@@ -129,6 +130,45 @@ func TestPagePanelsInBrowser(t *testing.T) {
 			}
 		}
 		screenshot(t, approver, shots, "7-approved-and-done")
+	})
+
+	t.Run("an admin re-syncs a filtered table on the page", func(t *testing.T) {
+		ctx := context.Background()
+		for _, c := range ga {
+			for _, id := range []string{"1", "2"} {
+				if err := c.Set(ctx, f.keyPre+"item:"+id, "cached", 0).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := chromedp.Do(requester,
+			chromedp.SendKeys(chromedp.ID("resync-table"), f.db+".item"),
+			chromedp.SendKeys(chromedp.ID("resync-where"), "id = 2"),
+			chromedp.SendKeys(chromedp.ID("resync-rate"), "50"),
+			chromedp.SendKeys(chromedp.ID("resync-reason"), "rule changed"),
+			chromedp.Click(chromedp.ID("resync-submit")),
+			chromedp.WaitVisible(chromedp.CSS(`#tasks tbody tr .state-done`)),
+		); err != nil {
+			t.Fatalf("re-sync on the page: %v", err)
+		}
+		cells, err := chromedp.Run(requester, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll('#tasks tbody tr:first-child td')).map(td => td.textContent)`))
+		if err != nil || len(cells) < 7 || cells[1] != "resync" || cells[2] != "admin" || cells[3] != "rule changed" || cells[4] != "done" ||
+			!strings.HasSuffix(cells[5], " 1/1 rows") || !strings.HasPrefix(cells[6], "1 published, 0 pending, 0 failed") {
+			t.Errorf("task row %q (%v): want a done resync of 1/1 rows by admin, 1 job published and acknowledged", cells, err)
+		}
+		value, err := chromedp.Run(requester, chromedp.Evaluate[float64](`document.querySelector('#tasks tbody tr:first-child progress').value`))
+		if err != nil || value != 1 {
+			t.Errorf("progress bar at %v (%v), want 1", value, err)
+		}
+		for i, c := range ga {
+			if n, err := c.Exists(ctx, f.keyPre+"item:2").Result(); err != nil || n != 0 {
+				t.Errorf("ga replica %d still holds item:2 after the re-sync (%v)", i, err)
+			}
+			if n, err := c.Exists(ctx, f.keyPre+"item:1").Result(); err != nil || n != 1 {
+				t.Errorf("ga replica %d lost item:1, which the filter leaves out (%v)", i, err)
+			}
+		}
+		screenshot(t, requester, shots, "7b-resync-done")
 	})
 
 	t.Run("a viewer sees no button that changes anything", func(t *testing.T) {
