@@ -80,6 +80,15 @@ func (r *RedisServer) Start() {
 // after 10 s. It does nothing if the server is stopped.
 func (r *RedisServer) Stop() { r.stop(10 * time.Second) }
 
+// Pause freezes the server with SIGSTOP until Resume: connections are
+// still accepted and requests buffered, but nothing is answered, so a client
+// without a read deadline waits.
+func (r *RedisServer) Pause() { r.t.Helper(); r.pause("redis " + r.Addr()) }
+
+// Resume lets a paused server run again (SIGCONT); it answers what was
+// buffered meanwhile.
+func (r *RedisServer) Resume() { r.t.Helper(); r.resume("redis " + r.Addr()) }
+
 // pingRedis sends PING to the Redis server at addr and expects PONG.
 func pingRedis(addr string) error {
 	conn, err := net.DialTimeout("tcp", addr, time.Second)
