@@ -80,6 +80,15 @@ func (r *RedisServer) Start() {
 // after 10 s. It does nothing if the server is stopped.
 func (r *RedisServer) Stop() { r.stop(10 * time.Second) }
 
+// PID is the server's process id, 0 while it is stopped: for a test that
+// reads what the server costs from /proc.
+func (r *RedisServer) PID() int {
+	if r.p == nil {
+		return 0
+	}
+	return r.p.cmd.Process.Pid
+}
+
 // Pause freezes the server with SIGSTOP until Resume: connections are
 // still accepted and requests buffered, but nothing is answered, so a client
 // without a read deadline waits.
