@@ -516,9 +516,10 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 		if len(held) > 0 {
 			continue // that replica is another filler's, or holds the key
 		}
-		if IsLease(cur) {
+		if IsLease(cur) && fresh {
 			// A filler ahead of us in the order: it takes our replica's
-			// lease next, if nobody holds it yet. Wait for its value.
+			// lease next, if nobody holds it yet. Wait for its value. (A
+			// lease on a stale replica is one a filler is taking back.)
 			v, err := r.awaitFill(ctx, rep, key, true)
 			if err == nil && !IsLease(v) {
 				v, _, _ = DecodeValue(v)

@@ -49,7 +49,10 @@ func percentile(reads []timedRead, q float64) time.Duration {
 func TestFlushRefillsOnFirstMiss(t *testing.T) {
 	_, g := group(t, 2)
 	ctx := context.Background()
-	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}})
+	// Readers that find a refill's lease wait for it however slow this
+	// machine is (LeaseWait would let them load themselves after 50 ms):
+	// the test counts loads.
+	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}, LeaseWait: 10 * time.Second})
 	const keys = 100
 	var loads [keys]atomic.Int32
 	loader := func(k int) func(context.Context) ([]byte, error) {
@@ -305,6 +308,13 @@ func TestPausedReplicaIsNotRead(t *testing.T) {
 	stale := func() float64 {
 		return counterValue(t, reg, "flashsync_cacheaside_replica_skips_total", "reason", "stale")
 	}
+	skips := func() float64 {
+		n := 0.0
+		for _, reason := range []string{"stale", "no_watermark", "error"} {
+			n += counterValue(t, reg, "flashsync_cacheaside_replica_skips_total", "reason", reason)
+		}
+		return n
+	}
 
 	time.Sleep(time.Second) // the group serves normally
 	p.hold(0, true)
@@ -333,9 +343,13 @@ func TestPausedReplicaIsNotRead(t *testing.T) {
 		return nil
 	})
 	drained := time.Now()
-	mgetBefore, staleBefore := mgetCalls(t, g.Replicas[0]), stale()
+	mgetBefore, skipsBefore := mgetCalls(t, g.Replicas[0]), skips()
 	time.Sleep(time.Second)
-	servedAfter, staleAfterDrain := mgetCalls(t, g.Replicas[0])-mgetBefore, stale()-staleBefore
+	// Every MGET replica 0 ran is a read that tried it; at most as many as
+	// the group's skips did not use it (the skips are not per replica, and
+	// either replica's watermark may be late on a loaded machine).
+	triedAfter, skippedAfter := mgetCalls(t, g.Replicas[0])-mgetBefore, skips()-skipsBefore
+	servedAfter := float64(triedAfter) - skippedAfter
 	stop()
 	readers.Wait()
 	if err := <-purged; err != nil {
@@ -370,11 +384,11 @@ func TestPausedReplicaIsNotRead(t *testing.T) {
 	if staleAfterResume == 0 {
 		t.Error("replica 0 was not tried (and skipped as stale) after SIGCONT, before its drain")
 	}
-	if servedAfter == 0 || staleAfterDrain != 0 {
-		t.Errorf("after its drain, replica 0 ran %d reads and %v were skipped as stale: want it read again, none skipped", servedAfter, staleAfterDrain)
+	if servedAfter <= 0 {
+		t.Errorf("after its drain, replica 0 ran %d reads and the group skipped a replica %v times: want it read again", triedAfter, skippedAfter)
 	}
 	t.Logf("%d reads in all; during the 5 s pause %d reads (%d paid ReplicaTimeout %v), p50 %v, p99 %v, max %v",
 		len(reads), len(during), slowReads, cacheaside.DefaultReplicaTimeout, percentile(during, 0.5), percentile(during, 0.99), maxLatency)
-	t.Logf("after SIGCONT, before the drain: %v reads skipped a stale replica in %v; after the drain (%v after SIGCONT): replica 0 ran %d reads in 1 s",
-		staleAfterResume, 2*cacheaside.DefaultErrorBackoff, drained.Sub(resumed).Round(time.Millisecond), servedAfter)
+	t.Logf("after SIGCONT, before the drain: %v reads skipped a stale replica in %v; after the drain (%v after SIGCONT): replica 0 ran %d reads in 1 s, at least %v of them served by it (%v skips in the group)",
+		staleAfterResume, 2*cacheaside.DefaultErrorBackoff, drained.Sub(resumed).Round(time.Millisecond), triedAfter, servedAfter, skippedAfter)
 }

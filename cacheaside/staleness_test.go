@@ -134,7 +134,10 @@ func TestRefillReplicaMissingKey(t *testing.T) {
 	ctx := context.Background()
 	g.Replicas[0].Set(ctx, "item:1", cacheaside.EncodeValue(time.Now(), []byte("v1")), 0)
 	reg := prometheus.NewRegistry()
-	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}, Registerer: reg})
+	// Readers that find the refill's lease wait for it however slow this
+	// machine is (LeaseWait would let them load themselves after 50 ms):
+	// the test counts loads.
+	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}, Registerer: reg, LeaseWait: 10 * time.Second})
 	var loads atomic.Int32
 	load := func(context.Context) ([]byte, error) {
 		loads.Add(1)
