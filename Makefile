@@ -49,6 +49,7 @@ run: seed build
 
 bench: stack-up build
 	go test -run '^$$' -bench . -benchtime 2s ./invalidate
+	go test -run '^$$' -bench BenchmarkGet -benchtime 5s ./cacheaside
 	go run ./bench/bulkupdate -big-rows 1000000
 	go run ./bench/seckill
 

@@ -15,15 +15,30 @@ import (
 	"github.com/flashsync/flashsync/cacheaside"
 	"github.com/flashsync/flashsync/internal/route"
 	"github.com/flashsync/flashsync/internal/stacktest"
+	"github.com/flashsync/flashsync/invalidate"
 )
 
-func group(t *testing.T, n int) ([]*stacktest.RedisServer, cacheaside.Group) {
+// group starts n private Redis servers as one group whose replicas all
+// have a watermark that stays fresh for the test (caught up an hour ahead):
+// what the tests of leases and fills need, whatever their duration.
+func group(t testing.TB, n int) ([]*stacktest.RedisServer, cacheaside.Group) {
+	t.Helper()
+	servers, g := bareGroup(t, n)
+	for _, c := range g.Replicas {
+		setWatermark(t, c, time.Now().Add(time.Hour))
+	}
+	return servers, g
+}
+
+// bareGroup starts n private Redis servers as one group, without
+// watermarks.
+func bareGroup(t testing.TB, n int) ([]*stacktest.RedisServer, cacheaside.Group) {
 	t.Helper()
 	var servers []*stacktest.RedisServer
 	g := cacheaside.Group{Name: "g"}
 	for range n {
 		s := stacktest.StartRedis(t)
-		c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+		c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, ContextTimeoutEnabled: true})
 		t.Cleanup(func() { c.Close() })
 		servers = append(servers, s)
 		g.Replicas = append(g.Replicas, c)
@@ -31,14 +46,50 @@ func group(t *testing.T, n int) ([]*stacktest.RedisServer, cacheaside.Group) {
 	return servers, g
 }
 
+// newReader is New with a ReplicaTimeout of 5 s unless opts has one: the
+// tests of leases, fills and staleness are of the protocol, and on a loaded
+// test machine a read that waits 100 ms for a CPU would go to the other
+// replica (what TestPausedReplicaIsNotRead tests, with the defaults).
+func newReader(t testing.TB, opts cacheaside.Options) *cacheaside.Reader {
+	t.Helper()
+	if opts.ReplicaTimeout == 0 {
+		opts.ReplicaTimeout = 5 * time.Second
+	}
+	r, err := cacheaside.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// setWatermark writes the replica's applied watermark as the purger does.
+func setWatermark(t testing.TB, c redis.UniversalClient, caughtUp time.Time) {
+	t.Helper()
+	w := invalidate.Watermark{To: uint64(caughtUp.UnixNano()), CaughtUp: caughtUp}
+	if err := c.Set(context.Background(), invalidate.WatermarkKey, w.String(), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// stored is the value a replica holds for key, unwrapped ("" when missing).
+func stored(t testing.TB, c redis.UniversalClient, key string) string {
+	t.Helper()
+	b, err := c.Get(context.Background(), key).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _, _ := cacheaside.DecodeValue(b)
+	return string(v)
+}
+
 // TestFillHitAndEveryReplica: a miss loads once and fills every replica of
 // the group; the next reads hit whichever replica they pick.
 func TestFillHitAndEveryReplica(t *testing.T) {
 	_, g := group(t, 2)
-	r, err := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}})
 	ctx := context.Background()
 	var loads atomic.Int32
 	load := func(context.Context) ([]byte, error) { loads.Add(1); return []byte(`{"v":1}`), nil }
@@ -47,8 +98,8 @@ func TestFillHitAndEveryReplica(t *testing.T) {
 		t.Fatalf("first Get: %q %v %v, want the loaded value, Filled", v, res, err)
 	}
 	for i, c := range g.Replicas {
-		if got, err := c.Get(ctx, "item:1").Result(); err != nil || got != `{"v":1}` {
-			t.Errorf("replica %d: %q %v, want the value", i, got, err)
+		if got := stored(t, c, "item:1"); got != `{"v":1}` {
+			t.Errorf("replica %d: %q, want the value", i, got)
 		}
 	}
 	for range 20 {
@@ -65,7 +116,7 @@ func TestFillHitAndEveryReplica(t *testing.T) {
 // loading the old row: that fill must not put the old value back.
 func TestInvalidationDuringLoadWins(t *testing.T) {
 	_, g := group(t, 2)
-	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
+	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}})
 	ctx := context.Background()
 	v, res, err := r.Get(ctx, "item:1", "1", func(ctx context.Context) ([]byte, error) {
 		// The row changes and its invalidation is applied meanwhile.
@@ -92,7 +143,7 @@ func TestInvalidationDuringLoadWins(t *testing.T) {
 // for itself; it never returns the lease.
 func TestLeaseIsNeverServed(t *testing.T) {
 	_, g := group(t, 1)
-	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
+	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}})
 	ctx := context.Background()
 	inner := make(chan string, 1)
 	v, _, err := r.Get(ctx, "k", "1", func(ctx context.Context) ([]byte, error) {
@@ -111,23 +162,21 @@ func TestLeaseIsNeverServed(t *testing.T) {
 	if msg := <-inner; msg != "" {
 		t.Error(msg)
 	}
-	if got, _ := g.Replicas[0].Get(ctx, "k").Result(); strings.Contains(got, "lease") || got != "v" {
+	if got := stored(t, g.Replicas[0], "k"); strings.Contains(got, "lease") || got != "v" {
 		t.Errorf("cached %q, want the value", got)
 	}
 }
 
-func res2String(r cacheaside.Result) string {
-	return map[cacheaside.Result]string{cacheaside.Hit: "hit", cacheaside.Filled: "filled", cacheaside.Loaded: "loaded"}[r]
-}
+func res2String(r cacheaside.Result) string { return r.String() }
 
 // TestCacheDownServesFromTheDatabase: with the group's Redis stopped the
 // read still answers, from the loader; a loader error is returned.
 func TestCacheDownServesFromTheDatabase(t *testing.T) {
 	servers, g := group(t, 1)
-	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
+	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}})
 	servers[0].Stop()
 	v, res, err := r.Get(context.Background(), "k", "1", func(context.Context) ([]byte, error) { return []byte("db"), nil })
-	if err != nil || res != cacheaside.Loaded || string(v) != "db" {
+	if err != nil || res != cacheaside.Bypassed || string(v) != "db" {
 		t.Fatalf("Get with Redis down: %q %v %v, want the loaded value", v, res, err)
 	}
 	boom := errors.New("db down too")
@@ -141,7 +190,7 @@ func TestCacheDownServesFromTheDatabase(t *testing.T) {
 func TestRoutesLikeTheRules(t *testing.T) {
 	_, g0 := group(t, 1)
 	_, g1 := group(t, 1)
-	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g0, g1}})
+	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g0, g1}})
 	ctx := context.Background()
 	for id := range 40 {
 		key := "item:" + string(rune('a'+id))
@@ -165,7 +214,7 @@ func groupFor(v string, n int) int { return route.GroupFor([]byte(v), n) }
 // for the first filler's value instead of all loading.
 func TestConcurrentMissLoadsOnce(t *testing.T) {
 	_, g := group(t, 2)
-	r, _ := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{g}})
+	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}})
 	var loads atomic.Int32
 	release := make(chan struct{})
 	load := func(context.Context) ([]byte, error) {

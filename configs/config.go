@@ -19,6 +19,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/flashsync/flashsync/admin"
+	"github.com/flashsync/flashsync/cacheaside"
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/cdn"
 	"github.com/flashsync/flashsync/invalidate"
@@ -151,6 +152,13 @@ type Seckill struct {
 	// reconciler gives it back; at least three NSQ message timeouts (30s),
 	// so a reservation whose writer died is redelivered first.
 	ReconcileGrace time.Duration `toml:"reconcile_grace"`
+	// MaxStaleness bounds how far behind MySQL a cached item or activity
+	// may be: a [[redis_group]] replica is read only while its applied
+	// watermark (written by flashsync's Redis purger) is at most this old,
+	// else another replica, else MySQL (docs/consistency.md). A negative
+	// value ("-1s") reads replicas without their watermarks, for caches no
+	// flashsync purger writes watermarks to.
+	MaxStaleness time.Duration `toml:"max_staleness"`
 	// Requests per second and bursts on the buy endpoint, per client IP and
 	// per user (0: no limit).
 	RateIP    float64 `toml:"rate_ip"`
@@ -450,6 +458,10 @@ func Default() Config {
 			Writers: seckill.DefaultWriters, BatchMax: seckill.DefaultBatchMax, OrderTTL: seckill.DefaultOrderTTL,
 			ExpireInterval: seckill.DefaultExpireInterval, ReconcileInterval: seckill.DefaultReconcileInterval,
 			ReconcileGrace: seckill.DefaultReconcileGrace,
+			// Off until the Redis purger writes the replicas' watermarks
+			// (issue 11): with the check on and no watermarks, every read
+			// would go to MySQL. Then cacheaside.DefaultMaxStaleness.
+			MaxStaleness: cacheaside.NoStalenessCheck,
 		},
 		Admin: Admin{Addr: admin.DefaultAddr, AuditDatabase: canal.DefaultHADatabase, MaxBodyBytes: admin.DefaultMaxBodyBytes,
 			AdminActionsPerMinute: admin.DefaultAdminActionsPerMinute, ReplayServerID: admin.DefaultReplayServerID,
@@ -763,6 +775,9 @@ func (c *Config) validateSeckill(bad func(key, format string, args ...any), chec
 		if d.d <= 0 {
 			bad(d.key, "must be positive")
 		}
+	}
+	if sk.MaxStaleness == 0 {
+		bad("seckill.max_staleness", "must not be 0: a bound such as \"1s\", or negative to read replicas without their watermarks")
 	}
 	if sk.ReconcileGrace > 0 {
 		if err := seckill.CheckReconcileGrace(sk.ReconcileGrace, seckill.DefaultMsgTimeout); err != nil {

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flashsync/flashsync/cacheaside"
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/internal/stacktest"
 )
@@ -55,6 +56,23 @@ func TestParseSeckillReconcileGrace(t *testing.T) {
 	}
 }
 
+// TestParseSeckillMaxStaleness: off by default until the Redis purger
+// writes watermarks; a bound or a negative value as written.
+func TestParseSeckillMaxStaleness(t *testing.T) {
+	for _, tt := range []struct {
+		line string
+		want time.Duration
+	}{{"", cacheaside.NoStalenessCheck}, {`max_staleness = "1s"`, time.Second}, {`max_staleness = "-1s"`, -time.Second}} {
+		cfg, err := configs.Parse([]byte(seckillConfig + tt.line + "\n"))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.line, err)
+		}
+		if cfg.Seckill.MaxStaleness != tt.want {
+			t.Errorf("%q: max_staleness %v, want %v", tt.line, cfg.Seckill.MaxStaleness, tt.want)
+		}
+	}
+}
+
 func TestParseSeckillErrorsNameTheKey(t *testing.T) {
 	for _, tt := range []struct {
 		name, config, wantKey string
@@ -77,6 +95,8 @@ func TestParseSeckillErrorsNameTheKey(t *testing.T) {
 		// Shorter than three NSQ message timeouts: a reservation whose
 		// writer was SIGKILLed is redelivered only after its message timed
 		// out, and would be given back while its order is on its way.
+		// 0 would trust no replica: a bound, or negative for no check.
+		{"max staleness 0", seckillConfig + `max_staleness = "0s"` + "\n", "seckill.max_staleness: must not be 0"},
 		{"reconcile grace under the redelivery time", seckillConfig + `reconcile_grace = "3s"` + "\n", "seckill.reconcile_grace: reconcile grace 3s is shorter than 3 NSQ message timeouts (30s)"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

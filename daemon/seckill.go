@@ -58,13 +58,16 @@ func (n *Daemon) buildSeckill() error {
 		for _, g := range cfg.RedisGroups {
 			cg := cacheaside.Group{Name: g.Name}
 			for _, addr := range g.Replicas {
-				c := redis.NewClient(&redis.Options{Addr: addr, Password: g.Password, DB: g.DB})
+				// ContextTimeoutEnabled: the reader bounds each command to
+				// a replica by its context, so that a hung replica costs a
+				// read cacheaside's ReplicaTimeout, not the 3 s ReadTimeout.
+				c := redis.NewClient(&redis.Options{Addr: addr, Password: g.Password, DB: g.DB, ContextTimeoutEnabled: true})
 				n.own("seckill cache client "+addr, c.Close)
 				cg.Replicas = append(cg.Replicas, c)
 			}
 			groups = append(groups, cg)
 		}
-		if cache, err = cacheaside.New(cacheaside.Options{Groups: groups}); err != nil {
+		if cache, err = cacheaside.New(cacheaside.Options{Groups: groups, MaxStaleness: sk.MaxStaleness, Registerer: n.registry}); err != nil {
 			return err
 		}
 	}

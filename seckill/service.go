@@ -196,7 +196,7 @@ func New(opts Options) (*Service, error) {
 		}),
 		cacheReads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flashsync_seckill_cache_reads_total",
-			Help: "Display reads by result: hit, filled (loaded and cached), loaded (not cached: raced an invalidation, or the cache is down).",
+			Help: "Display reads by result: hit, filled (loaded and cached), loaded (not cached: raced an invalidation or another filler), bypassed (no cache replica fresh enough or up: read from MySQL).",
 		}, []string{"result"}),
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flashsync_seckill_reconciles_total",

@@ -58,6 +58,31 @@ func (d *daemon) stop(grace time.Duration) {
 	}
 }
 
+// pause freezes the process with SIGSTOP: it keeps its sockets, the kernel
+// still accepts connections and buffers requests, and nothing answers (a
+// server stuck in a long fork, swapped out or in a VM pause). It fails the
+// test if the server is stopped.
+func (d *daemon) pause(what string) {
+	d.t.Helper()
+	if d.p == nil {
+		d.t.Fatalf("%s: Pause while stopped", what)
+	}
+	if err := d.p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		d.t.Fatalf("%s: SIGSTOP: %v", what, err)
+	}
+}
+
+// resume lets a paused process run again with SIGCONT.
+func (d *daemon) resume(what string) {
+	d.t.Helper()
+	if d.p == nil {
+		d.t.Fatalf("%s: Resume while stopped", what)
+	}
+	if err := d.p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		d.t.Fatalf("%s: SIGCONT: %v", what, err)
+	}
+}
+
 // kill kills the process with SIGKILL. It does nothing if the server is
 // stopped.
 func (d *daemon) kill() {
@@ -140,6 +165,9 @@ func (p *process) waitReady(deadline time.Time, ready func() error) error {
 // stop sends SIGTERM and waits for the process to exit, killing it after grace.
 func (p *process) stop(grace time.Duration) {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	// A paused process handles the SIGTERM only once it runs again (a test
+	// that failed between Pause and Resume).
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	select {
 	case <-p.done:
 	case <-time.After(grace):

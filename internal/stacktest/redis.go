@@ -80,6 +80,24 @@ func (r *RedisServer) Start() {
 // after 10 s. It does nothing if the server is stopped.
 func (r *RedisServer) Stop() { r.stop(10 * time.Second) }
 
+// PID is the server's process id, 0 while it is stopped: for a test that
+// reads what the server costs from /proc.
+func (r *RedisServer) PID() int {
+	if r.p == nil {
+		return 0
+	}
+	return r.p.cmd.Process.Pid
+}
+
+// Pause freezes the server with SIGSTOP until Resume: connections are
+// still accepted and requests buffered, but nothing is answered, so a client
+// without a read deadline waits.
+func (r *RedisServer) Pause() { r.t.Helper(); r.pause("redis " + r.Addr()) }
+
+// Resume lets a paused server run again (SIGCONT); it answers what was
+// buffered meanwhile.
+func (r *RedisServer) Resume() { r.t.Helper(); r.resume("redis " + r.Addr()) }
+
 // pingRedis sends PING to the Redis server at addr and expects PONG.
 func pingRedis(addr string) error {
 	conn, err := net.DialTimeout("tcp", addr, time.Second)
