@@ -52,13 +52,13 @@ for i = 5, #KEYS, 64 do
   redis.call('DEL', unpack(KEYS, i, math.min(i + 63, #KEYS)))
 end
 
-local before = redis.call('GET', KEYS[1]) or ''
+local got = redis.call('MGET', KEYS[1], KEYS[2])
+local before, marker = got[1] or '', got[2]
 local to, cu
 do
   local t, c = string.match(before, '^1:(%d+):(%d+)$')
   if t and #t <= 20 and #c <= 20 then to, cu = pad(t), pad(c) end
 end
-local marker = redis.call('GET', KEYS[2])
 local live = ARGV[2]
 local liveRead = false
 local function server()
@@ -164,20 +164,19 @@ if mode == 'apply' and ARGV[8] ~= '0' then
 end
 
 -- Completed ranges that now start at or before the watermark extend it.
-while true do
+local pending, lowest = redis.call('ZCARD', KEYS[3]), ''
+while pending > 0 do
   local first = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-  if not first then break end
   local f, t, c = string.match(first, '^(%d+):(%d+):(%d+)$')
-  if f and f > to then break end
+  if f and f > to then
+    lowest = f
+    break
+  end
   redis.call('ZREM', KEYS[3], first)
+  pending = pending - 1
   if f then to, cu = later(to, t), later(cu, c) end
 end
 
 local after = '1:' .. plain(to) .. ':' .. plain(cu)
 if after ~= before or status == 'rejoined' then redis.call('SET', KEYS[1], after) end
-local pending = redis.call('ZCARD', KEYS[3])
-local lowest = ''
-if pending > 0 then
-  lowest = string.match(redis.call('ZRANGE', KEYS[3], 0, 0)[1], '^(%d+):') or ''
-end
 return {status, reason, before, after, pending, lowest, live}
