@@ -105,7 +105,9 @@ elseif to and not marker then
 elseif not marker then
   -- Never marked: a new or emptied replica, or data from before
   -- watermarks (trusted once, at the first message's From).
-  redis.call('DEL', KEYS[3], KEYS[4])
+  if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    redis.call('DEL', KEYS[3], KEYS[4]) -- leftovers of a partial eviction
+  end
   if mode == 'apply' and ARGV[10] == '1' then redis.call('FLUSHDB', 'ASYNC') end
   if seenTo ~= Z and redis.call('DBSIZE') == 0 then
     to, cu, status, reason = seenTo, seenCU, 'started', 'empty'
