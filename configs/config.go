@@ -368,6 +368,19 @@ type Purger struct {
 	// HTTPSoftPurge sends tags as xkey-softpurge (objects stay stale for
 	// their grace, refreshed in the background) instead of xkey-purge.
 	HTTPSoftPurge bool `toml:"http_soft_purge"`
+	// GapTimeout is how long a Redis replica's applied watermark may wait
+	// on a missing range (a purge lost, or never retried) before the
+	// replica is flushed to be trusted again. A requeued purge that may
+	// fill the range does not count until it is due back.
+	GapTimeout time.Duration `toml:"gap_timeout"`
+	// CheckInterval is how often each Redis replica's watermark state and
+	// run_id are read while no message arrives: a replica restarted while
+	// the canal is down is flushed about this long after it answers.
+	CheckInterval time.Duration `toml:"check_interval"`
+	// Rejoin is how a Redis replica that restarted, lost its watermark,
+	// or missed a purge is made consistent: "flush" (FLUSHDB), the only
+	// way implemented.
+	Rejoin string `toml:"rejoin"`
 }
 
 // RedisGroup is a set of Redis instances that all hold the same hot data;
@@ -447,6 +460,7 @@ func Default() Config {
 			MaxAttempts: purge.DefaultMaxAttempts, MaxInFlight: purge.DefaultMaxInFlight,
 			Timeout: purge.DefaultTimeout, PipelineKeys: purge.DefaultPipelineKeys,
 			PatternKeysPerSecond: purge.DefaultPatternKeysPerSecond,
+			GapTimeout:           purge.DefaultGapTimeout, CheckInterval: purge.DefaultCheckInterval, Rejoin: purge.RejoinFlush,
 		},
 		Console: Console{
 			MaxBodyBytes: cdn.DefaultMaxBodyBytes, MaxSkew: cdn.DefaultMaxSkew,
@@ -594,6 +608,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Purger.PatternKeysPerSecond < 1 {
 		bad("purger.pattern_keys_per_second", "must be at least 1")
+	}
+	if c.Purger.CheckInterval <= 0 {
+		bad("purger.check_interval", "must be positive")
+	}
+	if c.Purger.GapTimeout <= c.Purger.CheckInterval {
+		bad("purger.gap_timeout", "must be longer than check_interval (%v)", c.Purger.CheckInterval)
+	}
+	if c.Purger.Rejoin != purge.RejoinFlush {
+		bad("purger.rejoin", "%q: only %q is implemented (re-purging what a replica missed would need every target published since its data could date from)", c.Purger.Rejoin, purge.RejoinFlush)
 	}
 	// checkGroup validates one [[redis_group]] or [[http_group]]: a unique
 	// name and a non-empty list of distinct addresses.

@@ -66,6 +66,9 @@ func TestParseValidAndDefaults(t *testing.T) {
 	if cfg.HTTP.Addr != "127.0.0.1:18080" || cfg.Purger.MaxAttempts != 10 {
 		t.Errorf("defaults not applied: %+v %+v", cfg.HTTP, cfg.Purger)
 	}
+	if o := cfg.RedisPurgerOptions(); o.GapTimeout != 5*time.Second || o.CheckInterval != 250*time.Millisecond || o.Rejoin != "flush" || len(o.Groups) != 1 {
+		t.Errorf("redis purger options %+v, want the watermark defaults and the group", o)
+	}
 }
 
 func TestParseRuleTargetsAndConditions(t *testing.T) {
@@ -133,6 +136,9 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"unknown rule key", `route_by = "id"`, `route_by = "id"` + "\nurl = [\"/x\"]", []string{`unknown key "rule.url"`}},
 		{"bad http group", `[[rule]]`, "[[http_group]]\nname = \"varnish a\"\ninstances = [\"localhost\", \"localhost\"]\n\n[[http_group]]\nname = \"v\"\n\n[[rule]]",
 			[]string{`http_group[0].name: "varnish a"`, `http_group[0].instances[0]: "localhost" is not host:port`, `http_group[0].instances[1]: "localhost" is listed twice`, "http_group[1].instances: missing address"}},
+		{"rejoin by replay", `route_by = "id"`, `route_by = "id"` + "\n[purger]\nrejoin = \"replay\"", []string{`purger.rejoin: "replay": only "flush" is implemented`}},
+		{"gap timeout within a check", `route_by = "id"`, `route_by = "id"` + "\n[purger]\ngap_timeout = \"100ms\"", []string{"purger.gap_timeout: must be longer than check_interval (250ms)"}},
+		{"no check interval", `route_by = "id"`, `route_by = "id"` + "\n[purger]\ncheck_interval = \"0s\"", []string{"purger.check_interval: must be positive"}},
 		{"http group name twice", `[[rule]]`, "[[http_group]]\nname = \"v\"\ninstances = [\"127.0.0.1:1\"]\n[[http_group]]\nname = \"v\"\ninstances = [\"127.0.0.1:2\"]\n[[rule]]",
 			[]string{`http_group[1].name: "v" is used twice`}},
 	}

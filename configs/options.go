@@ -68,6 +68,16 @@ func (c *Config) PurgerRedisGroups() []purge.RedisGroup {
 	return groups
 }
 
+// RedisPurgerOptions are the Redis purger's settings of [purger] and its
+// [[redis_group]]s; the caller adds the consumer options and the registry.
+func (c *Config) RedisPurgerOptions() purge.RedisPurgerOptions {
+	p := c.Purger
+	return purge.RedisPurgerOptions{
+		Groups: c.PurgerRedisGroups(), PipelineKeys: p.PipelineKeys, PatternKeysPerSecond: p.PatternKeysPerSecond,
+		GapTimeout: p.GapTimeout, CheckInterval: p.CheckInterval, Rejoin: p.Rejoin,
+	}
+}
+
 // PurgerHTTPGroups are the [[http_group]]s as the HTTP purger takes them.
 func (c *Config) PurgerHTTPGroups() []purge.HTTPGroup {
 	groups := make([]purge.HTTPGroup, len(c.HTTPGroups))

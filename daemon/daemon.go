@@ -269,11 +269,9 @@ func (n *Daemon) build() error {
 		if len(cfg.RedisGroups) == 0 {
 			return errors.New("purger role: config has no [[redis_group]]")
 		}
-		n.purger, err = purge.NewRedisPurger(purge.RedisPurgerOptions{
-			ConsumerOptions: n.consumerOptions(RoleRedisPurger, cfg.Purger.Timeout),
-			Groups:          cfg.PurgerRedisGroups(), PipelineKeys: cfg.Purger.PipelineKeys,
-			PatternKeysPerSecond: cfg.Purger.PatternKeysPerSecond, Registerer: n.registry,
-		})
+		po := cfg.RedisPurgerOptions()
+		po.ConsumerOptions, po.Registerer = n.consumerOptions(RoleRedisPurger, cfg.Purger.Timeout), n.registry
+		n.purger, err = purge.NewRedisPurger(po)
 		if err != nil {
 			return err
 		}

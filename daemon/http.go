@@ -11,6 +11,7 @@ import (
 
 	"github.com/flashsync/flashsync/internal/httpapi"
 	"github.com/flashsync/flashsync/invalidate"
+	"github.com/flashsync/flashsync/purge"
 )
 
 func (n *Daemon) mux() *http.ServeMux {
@@ -94,6 +95,9 @@ type health struct {
 	Status   string            `json:"status"`
 	Roles    map[string]string `json:"roles"`
 	Position string            `json:"position,omitempty"`
+	// Replicas are the purger role's Redis replicas: each one's applied
+	// watermark, staleness and why it does not advance.
+	Replicas []purge.ReplicaStatus `json:"replicas,omitempty"`
 }
 
 // healthz answers 200 while every role is healthy and 503 otherwise, with
@@ -110,6 +114,7 @@ func (n *Daemon) healthz(w http.ResponseWriter, r *http.Request) error {
 			h.Roles[RoleRedisPurger] = err.Error()
 			h.Status = "degraded"
 		}
+		h.Replicas = n.purger.Replicas()
 	}
 	if n.httpPurger != nil {
 		h.Roles[RoleHTTPPurger] = "ok"

@@ -68,6 +68,13 @@ type ConsumerOptions struct {
 	Logger     *slog.Logger
 }
 
+// A failed message is requeued for requeueDelay times its attempts, at most
+// maxRequeueDelay.
+const (
+	requeueDelay    = 100 * time.Millisecond
+	maxRequeueDelay = 5 * time.Second
+)
+
 // nsqdMsgTimeout is nsqd's default --msg-timeout.
 const nsqdMsgTimeout = 60 * time.Second
 
@@ -160,6 +167,11 @@ type Target struct {
 	Apply       func(ctx context.Context, msg *invalidate.Purge) error
 	Unreachable func(error) bool
 	OK          func(msg *invalidate.Purge)
+	// Failed, if set, is told of a message that failed and was requeued
+	// (attempts so far), and DeadLettered of one given up on, once it is on
+	// the dead-letter topic.
+	Failed       func(msg *invalidate.Purge, attempts uint16, err error)
+	DeadLettered func(ctx context.Context, msg *invalidate.Purge)
 }
 
 // targetConsumer is a Target's NSQ handler and its state.
@@ -258,8 +270,8 @@ func (p *Consumers) Run(ctx context.Context, name string) error {
 		// Attempts are counted by the handler, which knows an unreachable
 		// target from a bad message; go-nsq must never drop on its own.
 		cfg.MaxAttempts = 0
-		cfg.DefaultRequeueDelay = 100 * time.Millisecond
-		cfg.MaxRequeueDelay = 5 * time.Second
+		cfg.DefaultRequeueDelay = requeueDelay
+		cfg.MaxRequeueDelay = maxRequeueDelay
 		cfg.MaxBackoffDuration = 2 * time.Second
 		cfg.BackoffMultiplier = 100 * time.Millisecond
 		// nsqd buffers a consumer's messages for up to 250 ms by default;
@@ -405,6 +417,9 @@ func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
 	if m.Attempts < r.p.opts.MaxAttempts {
 		r.p.metrics.messages.WithLabelValues(r.Group, r.Name, "retry").Inc()
 		r.log.Warn("purge failed; requeued with backoff", "attempt", m.Attempts, "max_attempts", r.p.opts.MaxAttempts, "err", err)
+		if r.Failed != nil && msg != nil {
+			r.Failed(msg, m.Attempts, err)
+		}
 		return err
 	}
 	if derr := r.deadLetter(m, err); derr != nil {
@@ -416,6 +431,9 @@ func (r *targetConsumer) HandleMessage(m *nsq.Message) error {
 	r.log.Error("purge message dead-lettered", "topic", invalidate.DeadLetterTopic(r.p.opts.TopicPrefix), "attempts", m.Attempts, "err", err, "body", truncate(m.Body, 256))
 	if msg != nil {
 		r.ack(m, msg, err)
+		if r.DeadLettered != nil {
+			r.DeadLettered(r.ctx, msg)
+		}
 	}
 	return nil
 }

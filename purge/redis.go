@@ -1,10 +1,12 @@
 package purge
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math/bits"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -35,7 +37,16 @@ type RedisPurgerOptions struct {
 	// PatternKeysPerSecond bounds the keys a pattern purge unlinks per
 	// second on each replica (default DefaultPatternKeysPerSecond).
 	PatternKeysPerSecond int
-	Registerer           prometheus.Registerer
+	// GapTimeout is how long a replica's watermark may wait on a missing
+	// range before the replica is flushed (default DefaultGapTimeout).
+	GapTimeout time.Duration
+	// CheckInterval is how often each replica's watermark state is read
+	// while no message arrives (default DefaultCheckInterval).
+	CheckInterval time.Duration
+	// Rejoin is how a replica that cannot be trusted is made consistent:
+	// RejoinFlush, the only one (and the default).
+	Rejoin     string
+	Registerer prometheus.Registerer
 }
 
 // DefaultPatternKeysPerSecond is the default of PatternKeysPerSecond.
@@ -54,17 +65,21 @@ type RedisPurger struct {
 	keys     *prometheus.CounterVec
 	unlinked *prometheus.CounterVec
 	scanned  *prometheus.GaugeVec
+	rejoins  *prometheus.CounterVec
+	script   *redis.Script
 
 	mu      sync.Mutex
 	stopped bool
 }
 
-// redisReplica is one replica's client.
+// redisReplica is one replica's client and what the purger knows of its
+// watermark.
 type redisReplica struct {
-	addr   string
-	client *redis.Client
+	group, addr string
+	client      *redis.Client
 	// limit paces this replica's pattern purges (PatternKeysPerSecond).
 	limit *rate.Limiter
+	wm    replicaWatermark
 }
 
 // NewRedisPurger checks the options; nothing connects before Run.
@@ -81,6 +96,16 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if opts.PatternKeysPerSecond <= 0 {
 		opts.PatternKeysPerSecond = DefaultPatternKeysPerSecond
 	}
+	if opts.GapTimeout <= 0 {
+		opts.GapTimeout = DefaultGapTimeout
+	}
+	if opts.CheckInterval <= 0 {
+		opts.CheckInterval = DefaultCheckInterval
+	}
+	opts.Rejoin = cmp.Or(opts.Rejoin, RejoinFlush)
+	if opts.Rejoin != RejoinFlush {
+		return nil, fmt.Errorf("redis purger: rejoin %q: only %q is implemented (re-purging what a replica missed would need every target published since its data could date from)", opts.Rejoin, RejoinFlush)
+	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
@@ -88,7 +113,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &RedisPurger{opts: opts, c: c}
+	p := &RedisPurger{opts: opts, c: c, script: redis.NewScript(watermarkLua)}
 	p.keys = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_purger_keys_deleted_total",
 		Help: "Keys sent to DEL per replica (deleted or already absent).",
@@ -101,7 +126,11 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		Name: "flashsync_purger_pattern_scan_ratio",
 		Help: "Progress of the running (or last) pattern purge per replica: the fraction of the keyspace its SCAN has covered, 0 to 1.",
 	}, []string{"group", "replica"})
-	for _, m := range []prometheus.Collector{p.keys, p.unlinked, p.scanned} {
+	p.rejoins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_purger_replica_rejoins_total",
+		Help: "Replicas flushed to be trusted again, by reason: restarted (another run_id), lost (its watermark deleted or evicted), gap (a missing range for [purger] gap_timeout), dead_letter (a covered purge given up on).",
+	}, []string{"group", "replica", "reason"})
+	for _, m := range []prometheus.Collector{p.keys, p.unlinked, p.scanned, p.rejoins, newWatermarkCollector(p)} {
 		if err := opts.Registerer.Register(m); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -109,29 +138,37 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	for _, g := range opts.Groups {
 		for _, addr := range g.Replicas {
 			r := &redisReplica{
+				group: g.Name,
 				addr:  addr,
 				limit: rate.NewLimiter(rate.Limit(opts.PatternKeysPerSecond), scanCount(opts.PatternKeysPerSecond)),
-				client: redis.NewClient(&redis.Options{
-					Addr:         addr,
-					Password:     g.Password,
-					DB:           g.DB,
-					DialTimeout:  opts.Timeout,
-					ReadTimeout:  opts.Timeout,
-					WriteTimeout: opts.Timeout,
-					PoolSize:     4,
-					MaxRetries:   -1, // retries belong to NSQ, not to the client
-				}),
 			}
+			r.client = redis.NewClient(&redis.Options{
+				Addr:         addr,
+				Password:     g.Password,
+				DB:           g.DB,
+				DialTimeout:  opts.Timeout,
+				ReadTimeout:  opts.Timeout,
+				WriteTimeout: opts.Timeout,
+				PoolSize:     4,
+				MaxRetries:   -1, // retries belong to NSQ, not to the client
+				OnConnect:    onConnect(&r.wm),
+			})
 			p.replicas = append(p.replicas, r)
-			group := g.Name
 			c.Add(Target{
-				Group: group, Name: addr, Topic: invalidate.RedisTopic(opts.TopicPrefix, g.Name),
+				Group: r.group, Name: addr, Topic: invalidate.RedisTopic(opts.TopicPrefix, g.Name),
 				Apply: func(ctx context.Context, msg *invalidate.Purge) error {
-					return p.apply(ctx, group, r, msg)
+					return p.apply(ctx, r, msg)
 				},
 				Unreachable: unreachable,
 				OK: func(msg *invalidate.Purge) {
-					p.keys.WithLabelValues(group, addr).Add(float64(len(msg.Keys)))
+					p.keys.WithLabelValues(r.group, addr).Add(float64(len(msg.Keys)))
+					r.wm.applied(msg)
+				},
+				Failed: func(msg *invalidate.Purge, attempts uint16, err error) {
+					r.wm.failed(msg, attempts, err, time.Now())
+				},
+				DeadLettered: func(ctx context.Context, msg *invalidate.Purge) {
+					p.deadLettered(ctx, r, msg)
 				},
 			})
 		}
@@ -140,10 +177,23 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 }
 
 // Run consumes until ctx ends, then stops every consumer, waiting for the
-// messages in hand. It leaves the Redis clients open: whoever built the
-// purger closes it.
+// messages in hand, and each replica's watermark watcher. It leaves the
+// Redis clients open: whoever built the purger closes it.
 func (p *RedisPurger) Run(ctx context.Context) error {
-	return p.c.Run(ctx, "redis purger")
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, r := range p.replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.watch(ctx, r)
+		}()
+	}
+	err := p.c.Run(ctx, "redis purger")
+	cancel() // Run returned early on an error: stop the watchers too
+	wg.Wait()
+	return err
 }
 
 // Close releases the Redis clients, after Run returned (or instead of Run);
@@ -162,33 +212,67 @@ func (p *RedisPurger) Close() error {
 	return errors.Join(errs...)
 }
 
-// Health reports replicas that are currently unreachable.
-func (p *RedisPurger) Health() error { return p.c.Health() }
+// Health reports the replicas that are unreachable, and those whose
+// watermark is held by a failing purge, waits on a missing range or awaits
+// its flush (ReplicaStatus).
+func (p *RedisPurger) Health() error {
+	errs := []error{p.c.Health()}
+	var stuck []string
+	for _, s := range p.Replicas() {
+		if !s.healthy() && s.State != "unreachable" { // the consumers name those
+			stuck = append(stuck, s.Group+"/"+s.Replica+": "+s.Reason)
+		}
+	}
+	if len(stuck) > 0 {
+		errs = append(errs, fmt.Errorf("redis replica watermarks not advancing: %s", strings.Join(stuck, "; ")))
+	}
+	return errors.Join(errs...)
+}
+
+// Replicas is every replica's watermark, as last read, in config order.
+func (p *RedisPurger) Replicas() []ReplicaStatus {
+	now := time.Now()
+	out := make([]ReplicaStatus, len(p.replicas))
+	for i, r := range p.replicas {
+		out[i] = r.wm.status(r.group, r.addr, now, p.opts.GapTimeout)
+	}
+	return out
+}
 
 // scanCount is a pattern purge's SCAN COUNT, and the burst of its limiter.
 func scanCount(keysPerSecond int) int { return max(1, min(maxScanCount, keysPerSecond)) }
 
-// apply applies one message: its keys, then its patterns, then its flush.
-// Each is idempotent, so a redelivered message (after a crash mid-way) is
-// applied again harmlessly.
-func (p *RedisPurger) apply(ctx context.Context, group string, r *redisReplica, msg *invalidate.Purge) error {
-	if len(msg.Keys) > 0 {
-		if err := p.purge(ctx, r, msg.Keys); err != nil {
+// apply applies one message: its keys, then its patterns, then, in one
+// script with the last of its keys, its flush and its coverage of the
+// watermark (watermark.go), so that a message marks the watermark only once
+// all of it is applied. Each part is idempotent, so a redelivered message
+// (after a crash mid-way) is applied again harmlessly.
+func (p *RedisPurger) apply(ctx context.Context, r *redisReplica, msg *invalidate.Purge) error {
+	r.wm.saw(msg)
+	keys := slices.DeleteFunc(slices.Clone(msg.Keys), reservedKey)
+	for len(keys) > p.opts.PipelineKeys {
+		if err := p.purge(ctx, r, keys[:p.opts.PipelineKeys]); err != nil {
 			return err
 		}
+		keys = keys[p.opts.PipelineKeys:]
 	}
 	for _, pat := range msg.Patterns {
-		if err := p.purgePattern(ctx, group, r, pat); err != nil {
+		if err := p.purgePattern(ctx, r.group, r, pat); err != nil {
 			return err
 		}
 	}
-	if msg.Flush {
-		fctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-		defer cancel()
-		if err := r.client.FlushDBAsync(fctx).Err(); err != nil {
-			return fmt.Errorf("redis %s FLUSHDB ASYNC: %w", r.addr, err)
+	sctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	rep, err := p.applyCoverage(sctx, r, msg, keys)
+	if err != nil {
+		if len(keys) > 0 {
+			return fmt.Errorf("redis %s DEL and watermark: %w", r.addr, err)
 		}
-		p.opts.Logger.Info("redis replica flushed (admin)", "group", group, "replica", r.addr, "job", msg.Job)
+		return fmt.Errorf("redis %s watermark: %w", r.addr, err)
+	}
+	p.observe(r, rep)
+	if msg.Flush && rep.status != "rejoined" {
+		p.opts.Logger.Info("redis replica flushed (admin)", "group", r.group, "replica", r.addr, "job", msg.Job)
 	}
 	return nil
 }
@@ -214,6 +298,7 @@ func (p *RedisPurger) purgePattern(ctx context.Context, group string, r *redisRe
 		if err != nil {
 			return fmt.Errorf("redis %s SCAN MATCH %q: %w", r.addr, pattern, err)
 		}
+		keys = slices.DeleteFunc(keys, reservedKey) // the watermark outlives patterns
 		// A page may hold more keys than COUNT: unlink it in chunks.
 		for len(keys) > 0 {
 			n := min(len(keys), chunk)

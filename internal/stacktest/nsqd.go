@@ -25,7 +25,14 @@ type NSQD struct {
 // errors are logged if the test fails. It is stopped at cleanup.
 func StartNSQD(t testing.TB) *NSQD {
 	t.Helper()
-	return startNSQD(t, nil)
+	return startNSQD(t, nil, nil)
+}
+
+// StartNSQDWith is [StartNSQD] with configure applied to nsqd's options
+// last (MemQueueSize, SyncEvery: what a benchmark of its durability varies).
+func StartNSQDWith(t testing.TB, configure func(*nsqd.Options)) *NSQD {
+	t.Helper()
+	return startNSQD(t, nil, configure)
 }
 
 // StartNSQDWithLookupd is [StartNSQD] for an nsqd that registers its topics
@@ -36,10 +43,10 @@ func StartNSQD(t testing.TB) *NSQD {
 // missed for nsqlookupd's inactive-producer timeout).
 func StartNSQDWithLookupd(t testing.TB, lookupdTCP string) *NSQD {
 	t.Helper()
-	return startNSQD(t, []string{lookupdTCP})
+	return startNSQD(t, []string{lookupdTCP}, nil)
 }
 
-func startNSQD(t testing.TB, lookupdTCP []string) *NSQD {
+func startNSQD(t testing.TB, lookupdTCP []string, configure func(*nsqd.Options)) *NSQD {
 	t.Helper()
 	logs := new(logBuffer)
 	opts := nsqd.NewOptions()
@@ -51,6 +58,9 @@ func startNSQD(t testing.TB, lookupdTCP []string) *NSQD {
 	opts.DataPath = t.TempDir()
 	opts.Logger = logs
 	opts.LogLevel = nsqd.LOG_WARN
+	if configure != nil {
+		configure(opts)
+	}
 	n, err := nsqd.New(opts)
 	if err != nil {
 		t.Fatalf("start nsqd: %v", err)

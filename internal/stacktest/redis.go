@@ -98,6 +98,14 @@ func (r *RedisServer) Pause() { r.t.Helper(); r.pause("redis " + r.Addr()) }
 // buffered meanwhile.
 func (r *RedisServer) Resume() { r.t.Helper(); r.resume("redis " + r.Addr()) }
 
+// Kill kills the server with SIGKILL, as in a crash: it saves nothing on
+// the way out. It does nothing if the server is stopped.
+func (r *RedisServer) Kill() { r.kill() }
+
+// Dir is the server's working directory: its dump.rdb (after SAVE) and
+// its append-only files (StartRedisPersistent), which Start loads.
+func (r *RedisServer) Dir() string { return r.dir }
+
 // pingRedis sends PING to the Redis server at addr and expects PONG.
 func pingRedis(addr string) error {
 	conn, err := net.DialTimeout("tcp", addr, time.Second)
