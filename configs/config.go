@@ -472,10 +472,7 @@ func Default() Config {
 			Writers: seckill.DefaultWriters, BatchMax: seckill.DefaultBatchMax, OrderTTL: seckill.DefaultOrderTTL,
 			ExpireInterval: seckill.DefaultExpireInterval, ReconcileInterval: seckill.DefaultReconcileInterval,
 			ReconcileGrace: seckill.DefaultReconcileGrace,
-			// Off until the Redis purger writes the replicas' watermarks
-			// (issue 11): with the check on and no watermarks, every read
-			// would go to MySQL. Then cacheaside.DefaultMaxStaleness.
-			MaxStaleness: cacheaside.NoStalenessCheck,
+			MaxStaleness:   cacheaside.DefaultMaxStaleness,
 		},
 		Admin: Admin{Addr: admin.DefaultAddr, AuditDatabase: canal.DefaultHADatabase, MaxBodyBytes: admin.DefaultMaxBodyBytes,
 			AdminActionsPerMinute: admin.DefaultAdminActionsPerMinute, ReplayServerID: admin.DefaultReplayServerID,

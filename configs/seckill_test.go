@@ -56,13 +56,13 @@ func TestParseSeckillReconcileGrace(t *testing.T) {
 	}
 }
 
-// TestParseSeckillMaxStaleness: off by default until the Redis purger
-// writes watermarks; a bound or a negative value as written.
+// TestParseSeckillMaxStaleness: 1 s by default; a bound or a negative
+// value (no check) as written.
 func TestParseSeckillMaxStaleness(t *testing.T) {
 	for _, tt := range []struct {
 		line string
 		want time.Duration
-	}{{"", cacheaside.NoStalenessCheck}, {`max_staleness = "1s"`, time.Second}, {`max_staleness = "-1s"`, -time.Second}} {
+	}{{"", cacheaside.DefaultMaxStaleness}, {`max_staleness = "250ms"`, 250 * time.Millisecond}, {`max_staleness = "-1s"`, cacheaside.NoStalenessCheck}} {
 		cfg, err := configs.Parse([]byte(seckillConfig + tt.line + "\n"))
 		if err != nil {
 			t.Fatalf("%q: %v", tt.line, err)
