@@ -163,8 +163,25 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 	return httpapi.WriteJSON(w, http.StatusOK, j)
 }
 
-// maxAuditLimit bounds GET /api/v1/audit?limit=.
-const maxAuditLimit = 1000
+// Bounds of ?limit= on every list (audit, jobs, tasks, approvals).
+const (
+	defaultListLimit = 50
+	maxListLimit     = 1000
+)
+
+// limitParam reads a list's ?limit=: defaultListLimit without it, 1 to
+// maxListLimit, else a 400.
+func limitParam(r *http.Request) (int, error) {
+	v := r.URL.Query().Get("limit")
+	if v == "" {
+		return defaultListLimit, nil
+	}
+	l, err := strconv.Atoi(v)
+	if err != nil || l < 1 || l > maxListLimit {
+		return 0, httpapi.Errorf(http.StatusBadRequest, "limit %q: want 1 to %d", v, maxListLimit)
+	}
+	return l, nil
+}
 
 // listAudit answers GET /api/v1/audit?limit=N (default 50; viewer and up):
 // the newest audit rows, newest first.
@@ -172,13 +189,9 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.authenticate(w, r); err != nil {
 		return s.count(actionAudit, err)
 	}
-	limit := 50
-	if v := r.URL.Query().Get("limit"); v != "" {
-		l, err := strconv.Atoi(v)
-		if err != nil || l < 1 || l > maxAuditLimit {
-			return s.count(actionAudit, httpapi.Errorf(http.StatusBadRequest, "limit %q: want 1 to %d", v, maxAuditLimit))
-		}
-		limit = l
+	limit, err := limitParam(r)
+	if err != nil {
+		return s.count(actionAudit, err)
 	}
 	entries, err := s.audit.recent(r.Context(), limit)
 	if err != nil {

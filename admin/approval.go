@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -216,16 +215,13 @@ func (s *Server) decidable(ctx context.Context, a *Approval, now time.Time) erro
 		Message: fmt.Sprintf("approval %s is already %s by %s", a.ID, a.State, a.DecidedBy)}
 }
 
-// maxApprovalsLimit bounds GET /api/v1/approvals?limit=.
-const maxApprovalsLimit = 1000
-
 // listApprovals answers GET /api/v1/approvals?limit=N (default 50; viewer
 // and up): the pending approvals, then the others, newest first.
 func (s *Server) listApprovals(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.authenticate(w, r); err != nil {
 		return s.count(actionApprovals, err)
 	}
-	limit, err := limitParam(r, 50, maxApprovalsLimit)
+	limit, err := limitParam(r)
 	if err != nil {
 		return s.count(actionApprovals, err)
 	}
@@ -235,19 +231,6 @@ func (s *Server) listApprovals(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.count(actionApprovals, nil)
 	return httpapi.WriteJSON(w, http.StatusOK, map[string]any{"approvals": list})
-}
-
-// limitParam reads ?limit= (def without it): 1 to max, else a 400.
-func limitParam(r *http.Request, def, max int) (int, error) {
-	v := r.URL.Query().Get("limit")
-	if v == "" {
-		return def, nil
-	}
-	l, err := strconv.Atoi(v)
-	if err != nil || l < 1 || l > max {
-		return 0, httpapi.Errorf(http.StatusBadRequest, "limit %q: want 1 to %d", v, max)
-	}
-	return l, nil
 }
 
 // approvals is the table <database>.admin_approvals: one row per held

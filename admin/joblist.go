@@ -7,12 +7,9 @@ import (
 	"github.com/flashsync/flashsync/jobs"
 )
 
-// maxJobsLimit bounds GET /api/v1/jobs?limit=; manualScan bounds the jobs
-// read to find the manual ones (the job store keeps 10000 by default).
-const (
-	maxJobsLimit = 1000
-	manualScan   = 10000
-)
+// manualScan bounds the jobs read to find the manual ones (the job store
+// keeps 10000 by default).
+const manualScan = 10000
 
 // listJobs answers GET /api/v1/jobs?limit=N (default 50; viewer and up):
 // the job store's newest jobs, newest first, each with its counts per
@@ -23,7 +20,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.authenticate(w, r); err != nil {
 		return s.count(actionJobs, err)
 	}
-	limit, err := limitParam(r, 50, maxJobsLimit)
+	limit, err := limitParam(r)
 	if err != nil {
 		return s.count(actionJobs, err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/flashsync/flashsync/internal/httpapi"
@@ -133,22 +132,15 @@ func (s *Server) submitTask(w http.ResponseWriter, r *http.Request, kind string,
 	return httpapi.WriteJSON(w, http.StatusAccepted, map[string]any{"task": s.task(row)})
 }
 
-// maxTaskLimit bounds GET /api/v1/tasks?limit=.
-const maxTaskLimit = 1000
-
 // listTasks answers GET /api/v1/tasks?limit=N (default 50; viewer and up):
 // the newest tasks, newest first.
 func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.authenticate(w, r); err != nil {
 		return s.count(actionTask, err)
 	}
-	limit := 50
-	if v := r.URL.Query().Get("limit"); v != "" {
-		l, err := strconv.Atoi(v)
-		if err != nil || l < 1 || l > maxTaskLimit {
-			return s.count(actionTask, httpapi.Errorf(http.StatusBadRequest, "limit %q: want 1 to %d", v, maxTaskLimit))
-		}
-		limit = l
+	limit, err := limitParam(r)
+	if err != nil {
+		return s.count(actionTask, err)
 	}
 	rows, err := s.tasks.list(r.Context(), limit)
 	if err != nil {
