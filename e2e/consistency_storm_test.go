@@ -341,6 +341,10 @@ func TestConsistencyStorm(t *testing.T) {
 	for i, addr := range addrs {
 		t.Logf("replica %s: rejoins %s", names[i], rejoinsOf(e, addr))
 	}
+	// Whether the nsqd restart reached the canal: its failed publishes
+	// (each moves it to the other nsqd).
+	t.Logf("canal publishes: ok %.0f, error %.0f",
+		e.metricOrZero("flashsync_invalidate_publishes_total", `result="ok"`), e.metricOrZero("flashsync_invalidate_publishes_total", `result="error"`))
 }
 
 // staleness is how old replica c's applied watermark is.
