@@ -17,7 +17,10 @@ import (
 // NSQD is an nsqd running in the test process, owned by one test.
 type NSQD struct {
 	*inProcess
-	n *nsqd.NSQD
+	n    *nsqd.NSQD
+	t    testing.TB
+	opts *nsqd.Options
+	logs *logBuffer
 }
 
 // StartNSQD starts an in-process nsqd on free loopback ports with its data in
@@ -65,7 +68,32 @@ func startNSQD(t testing.TB, lookupdTCP []string, configure func(*nsqd.Options))
 	if err != nil {
 		t.Fatalf("start nsqd: %v", err)
 	}
-	return &NSQD{inProcess: runInProcess(t, "nsqd", n.Main, n.Exit, logs, n.RealHTTPAddr().String()), n: n}
+	return &NSQD{inProcess: runInProcess(t, "nsqd", n.Main, n.Exit, logs, n.RealHTTPAddr().String()), n: n, t: t, opts: opts, logs: logs}
+}
+
+// Restart stops nsqd (which writes its queued messages to its data
+// directory) and starts it again on the same ports with the same data, the
+// way an nsqd host restarts: clients see their connections close and must
+// reconnect to the same address. Call it from the test goroutine.
+func (s *NSQD) Restart() {
+	s.t.Helper()
+	s.stop()
+	opts := *s.opts
+	opts.TCPAddress = s.TCPAddr()
+	opts.HTTPAddress = s.HTTPAddr()
+	// The listeners were just closed; a port is bound again at once on
+	// Linux (Go sets SO_REUSEADDR), but retry briefly in case it is not.
+	var n *nsqd.NSQD
+	err := poll(5*time.Second, 20*time.Millisecond, func() error {
+		var err error
+		n, err = nsqd.New(&opts)
+		return err
+	})
+	if err != nil {
+		s.t.Fatalf("restart nsqd: %v", err)
+	}
+	s.inProcess = runInProcess(s.t, "nsqd", n.Main, n.Exit, s.logs, n.RealHTTPAddr().String())
+	s.n, s.opts = n, &opts
 }
 
 // TCPAddr returns the host:port of nsqd's TCP protocol.
