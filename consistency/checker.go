@@ -519,7 +519,7 @@ func nines(n WindowCounts) float64 {
 	if n.Inconsistent == 0 {
 		return math.Inf(1)
 	}
-	return -math.Log10(float64(n.Inconsistent) / float64(n.Consistent+n.Inconsistent))
+	return 0 - math.Log10(float64(n.Inconsistent)/float64(n.Consistent+n.Inconsistent)) // 0 - x: never -0 in JSON
 }
 
 // Report is the counts since start and the last inconsistencies.
