@@ -269,7 +269,9 @@ func New(opts Options) (*Checker, error) {
 			gr.replicas = append(gr.replicas, replica{addr: addr, client: redis.NewClient(&redis.Options{
 				Addr: addr, Password: g.Password, DB: g.DB,
 				DialTimeout: opts.Timeout, ReadTimeout: opts.Timeout, WriteTimeout: opts.Timeout,
-				PoolSize: 2, MaxRetries: -1, // a failed read is an unknown, not a retry
+				// A failed read is an unknown, not a retry; one dial attempt,
+				// so that a replica down costs a check one timeout at most.
+				PoolSize: 2, MaxRetries: -1, DialerRetries: 1,
 			})})
 		}
 		c.groups = append(c.groups, gr)
@@ -417,21 +419,30 @@ func (c *Checker) run(ctx context.Context, ch *check) {
 	}()
 	keys := ch.msg.Keys[:min(len(ch.msg.Keys), SampleKeys)]
 	for _, r := range ch.group.replicas {
-		for _, key := range keys {
-			res, inc := c.judgeReplica(ctx, ch, r, key)
+		values, wm, err := c.read(ctx, r, keys)
+		for i, key := range keys {
+			if err != nil || values[i].unreadable {
+				c.count(ch.window, Unknown, nil)
+				continue
+			}
+			res, inc := c.judgeRead(ctx, ch, r, key, values[i], wm)
 			c.count(ch.window, res, inc)
 		}
 	}
 }
 
-// judgeReplica reads key and the watermark from r in one round trip and
-// judges the value; a stale one is read again before it is reported.
-func (c *Checker) judgeReplica(ctx context.Context, ch *check, r replica, key string) (Result, *Inconsistency) {
-	value, present, wm, err := c.read(ctx, r, key)
-	if err != nil {
-		return Unknown, nil
-	}
-	v, fillStart := judge(value, present, ch.msg.CommitUnix, ch.seen)
+// stored is one key as a replica returned it; unreadable: the replica
+// answered an error for it (WRONGTYPE: not a string).
+type stored struct {
+	value      []byte
+	present    bool
+	unreadable bool
+}
+
+// judgeRead judges key's value as r returned it (with r's watermark wm);
+// a stale one is read again before it is reported.
+func (c *Checker) judgeRead(ctx context.Context, ch *check, r replica, key string, first stored, wm string) (Result, *Inconsistency) {
+	v, fillStart := judge(first.value, first.present, ch.msg.CommitUnix, ch.seen)
 	switch v {
 	case verdictConsistent:
 		return Consistent, nil
@@ -439,17 +450,17 @@ func (c *Checker) judgeReplica(ctx context.Context, ch *check, r replica, key st
 		return Unknown, nil
 	}
 	// Confirm: a later write's purge deletes the value, and a later fill
-	// carries a newer fill start; only the same old value read again is
-	// reported.
+	// carries a newer fill start; only the same old value read again (or
+	// another one also filled before the commit) is reported.
 	if c.beforeConfirm != nil {
 		c.beforeConfirm(key, r.addr)
 	}
-	again, presentAgain, wmAgain, err := c.read(ctx, r, key)
-	if err != nil {
+	again, wmAgain, err := c.read(ctx, r, []string{key})
+	if err != nil || again[0].unreadable {
 		return Unknown, nil
 	}
-	if !presentAgain || !bytes.Equal(again, value) {
-		switch v, fillStart = judge(again, presentAgain, ch.msg.CommitUnix, ch.seen); v {
+	if !again[0].present || !bytes.Equal(again[0].value, first.value) {
+		switch v, fillStart = judge(again[0].value, again[0].present, ch.msg.CommitUnix, ch.seen); v {
 		case verdictConsistent:
 			return Consistent, nil
 		case verdictUnknown:
@@ -468,25 +479,37 @@ func (c *Checker) judgeReplica(ctx context.Context, ch *check, r replica, key st
 	}
 }
 
-// read gets key and the replica's watermark ("" when it has none).
-func (c *Checker) read(ctx context.Context, r replica, key string) (value []byte, present bool, watermark string, err error) {
+// read gets keys and the replica's watermark ("" when it has none) in one
+// round trip.
+func (c *Checker) read(ctx context.Context, r replica, keys []string) ([]stored, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	defer cancel()
 	pipe := r.client.Pipeline()
-	get := pipe.Get(ctx, key)
+	gets := make([]*redis.StringCmd, len(keys))
+	for i, k := range keys {
+		gets[i] = pipe.Get(ctx, k)
+	}
 	wm := pipe.Get(ctx, invalidate.WatermarkKey)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, false, "", fmt.Errorf("read %s from %s: %w", key, r.addr, err)
+	// Exec returns the first command's error: a reply error (redis.Error)
+	// is that key's, anything else the replica's.
+	var reply redis.Error
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !errors.As(err, &reply) {
+		return nil, "", fmt.Errorf("read %d keys from %s: %w", len(keys), r.addr, err)
 	}
-	value, err = get.Bytes()
-	switch {
-	case errors.Is(err, redis.Nil):
-	case err != nil:
-		return nil, false, "", fmt.Errorf("read %s from %s: %w", key, r.addr, err)
-	default:
-		present = true
+	out := make([]stored, len(keys))
+	for i, g := range gets {
+		b, err := g.Bytes()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case errors.As(err, &reply):
+			out[i].unreadable = true
+		case err != nil:
+			return nil, "", fmt.Errorf("read %s from %s: %w", keys[i], r.addr, err)
+		default:
+			out[i] = stored{value: b, present: true}
+		}
 	}
-	return value, present, wm.Val(), nil
+	return out, wm.Val(), nil
 }
 
 func (c *Checker) count(w time.Duration, res Result, inc *Inconsistency) {

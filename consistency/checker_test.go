@@ -125,18 +125,22 @@ func TestCheckerEndToEnd(t *testing.T) {
 		set(t, srv, "k:stale", old)
 		set(t, srv, "k:fresh", fresh)
 		set(t, srv, "k:foreign", []byte(`{"id":7}`))
+		if err := stacktest.Redis(t, srv.Addr()).HSet(context.Background(), "k:hash", "f", "v").Err(); err != nil {
+			t.Fatal(err)
+		}
 		set(t, srv, invalidate.WatermarkKey, []byte(invalidate.Watermark{To: 41, CaughtUp: seen}.String()))
 	}
 	// Replica A got the purge; B did not.
 	if err := stacktest.Redis(t, r.a.Addr()).Del(context.Background(), "k:stale").Err(); err != nil {
 		t.Fatal(err)
 	}
-	r.publish(t, seen, 42, "k:stale", "k:fresh", "k:foreign")
+	r.publish(t, seen, 42, "k:stale", "k:fresh", "k:foreign", "k:hash")
 
 	// Per window: k:stale consistent on A, inconsistent on B; k:fresh
-	// consistent on A and B; k:foreign unknown on A and B; all three
-	// unknown on the unreachable replica.
-	r.waitCounts(t, map[Result]float64{Consistent: 3, Inconsistent: 1, Unknown: 5})
+	// consistent on A and B; k:foreign (no envelope) and k:hash
+	// (WRONGTYPE) unknown on A and B; all four unknown on the unreachable
+	// replica.
+	r.waitCounts(t, map[Result]float64{Consistent: 3, Inconsistent: 1, Unknown: 8})
 	rep := r.checker.Report()
 	if len(rep.Recent) != 2 {
 		t.Fatalf("recent = %+v, want the two windows' inconsistencies", rep.Recent)
@@ -157,8 +161,8 @@ func TestCheckerEndToEnd(t *testing.T) {
 	}
 	for _, w := range []string{"100ms", "300ms"} {
 		wc := rep.Windows[w]
-		if wc.Consistent != 3 || wc.Inconsistent != 1 || wc.Unknown != 5 || wc.Nines == nil || *wc.Nines < 0.60 || *wc.Nines > 0.61 {
-			t.Errorf("window %s = %+v, want 3/1/5 and nines -log10(1/4)", w, wc)
+		if wc.Consistent != 3 || wc.Inconsistent != 1 || wc.Unknown != 8 || wc.Nines == nil || *wc.Nines < 0.60 || *wc.Nines > 0.61 {
+			t.Errorf("window %s = %+v, want 3/1/8 and nines -log10(1/4)", w, wc)
 		}
 		if got := stacktest.MetricValue(t, r.reg, "flashsync_consistency_nines", map[string]string{"window": w}); got < 0.60 || got > 0.61 {
 			t.Errorf("nines gauge %s = %v", w, got)
