@@ -50,8 +50,12 @@ func DefaultWindows() []time.Duration {
 	return []time.Duration{time.Second, 5 * time.Second, time.Minute}
 }
 
-// checkWorkers bounds the checks that read Redis at once.
-const checkWorkers = 8
+// checkWorkers bounds the checks that read Redis at once; maxInFlight is
+// the messages each consumer holds (the handler only samples: it is fast).
+const (
+	checkWorkers = 8
+	maxInFlight  = 64
+)
 
 // Group is a Redis group the checker reads: every replica of it.
 type Group struct {
@@ -318,7 +322,7 @@ func (c *Checker) Run(ctx context.Context) error {
 	for _, g := range c.groups {
 		topic := invalidate.RedisTopic(c.opts.TopicPrefix, g.Name)
 		cfg := nsq.NewConfig()
-		cfg.MaxInFlight = 64
+		cfg.MaxInFlight = maxInFlight
 		cfg.LookupdPollTimeout = c.opts.Timeout
 		cons, err := nsq.NewConsumer(topic, Channel, cfg)
 		if err != nil {
