@@ -373,7 +373,7 @@ type NSQ struct {
 // HTTP serves /metrics and /healthz.
 type HTTP struct {
 	// Addr is the operator port's listen address: /metrics, /healthz,
-	// /jobs, /rules/explain.
+	// /jobs, /rules/explain, /consistency (with the checker role).
 	Addr string `toml:"addr"`
 }
 
