@@ -22,6 +22,7 @@ import (
 	"github.com/flashsync/flashsync/cacheaside"
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/cdn"
+	"github.com/flashsync/flashsync/consistency"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/nsqembed"
 	"github.com/flashsync/flashsync/purge"
@@ -47,10 +48,40 @@ type Config struct {
 	Seckill Seckill `toml:"seckill"`
 	// Admin is the manual-purge API (package admin, docs/admin.md).
 	Admin Admin `toml:"admin"`
+	// Checker is the consistency checker (package consistency,
+	// docs/consistency.md).
+	Checker Checker `toml:"checker"`
 
-	// adminSection: the file has an [admin] section.
-	adminSection bool
+	// adminSection: the file has an [admin] section; checkerSection: a
+	// [checker] one.
+	adminSection   bool
+	checkerSection bool
 }
+
+// Checker configures the consistency checker role: it samples the canal's
+// invalidations of the [[redis_group]]s and, each window after the canal
+// read a sampled commit, reads its keys from every replica of the group;
+// a replica still holding a value filled before the change is reported
+// (GET /consistency on http.addr, docs/consistency.md).
+type Checker struct {
+	// SampleRate is the share of the canal's key purges checked, above 0
+	// and at most 1. A check reads up to 5 keys of the message from every
+	// replica at each window.
+	SampleRate float64 `toml:"sample_rate"`
+	// Windows are the delays after the canal read a commit at which its
+	// keys are read; each has its own counts and nines.
+	Windows []time.Duration `toml:"windows"`
+	// MaxPending bounds the checks scheduled at once (a sample is one per
+	// window); a sample over it is dropped and counted in
+	// flashsync_consistency_samples_dropped_total.
+	MaxPending int `toml:"max_pending"`
+	// Recent is how many of the last inconsistencies GET /consistency
+	// lists.
+	Recent int `toml:"recent"`
+}
+
+// CheckerConfigured tells whether the file has a [checker] to run.
+func (c *Config) CheckerConfigured() bool { return c.checkerSection }
 
 // Admin configures the admin role: the API an on-call engineer purges keys,
 // URLs, tags and rows with by hand, through the binlog's NSQ path, audited
@@ -342,7 +373,7 @@ type NSQ struct {
 // HTTP serves /metrics and /healthz.
 type HTTP struct {
 	// Addr is the operator port's listen address: /metrics, /healthz,
-	// /jobs, /rules/explain.
+	// /jobs, /rules/explain, /consistency (with the checker role).
 	Addr string `toml:"addr"`
 }
 
@@ -478,6 +509,8 @@ func Default() Config {
 			AdminActionsPerMinute: admin.DefaultAdminActionsPerMinute, ReplayServerID: admin.DefaultReplayServerID,
 			ResyncRowsPerSecond: admin.DefaultResyncRowsPerSecond, ResyncChunkRows: admin.DefaultResyncChunkRows,
 			TaskLease: admin.DefaultTaskLease, ApprovalTTL: admin.DefaultApprovalTTL},
+		Checker: Checker{SampleRate: consistency.DefaultSampleRate, Windows: consistency.DefaultWindows(),
+			MaxPending: consistency.DefaultMaxPending, Recent: consistency.DefaultRecent},
 	}
 }
 
@@ -648,6 +681,7 @@ func (c *Config) Validate() error {
 	c.validateCDN(bad, checkAddr)
 	c.validateSeckill(bad, checkAddr)
 	c.validateAdmin(bad, checkAddr)
+	c.validateChecker(bad)
 	for i, r := range c.Rules {
 		key := fmt.Sprintf("rule[%d]", i)
 		if !tableRe.MatchString(r.Table) {
@@ -818,6 +852,34 @@ func (c *Config) validateSeckill(bad func(key, format string, args ...any), chec
 	}
 }
 
+// validateChecker checks [checker].
+func (c *Config) validateChecker(bad func(key, format string, args ...any)) {
+	if !c.CheckerConfigured() {
+		return
+	}
+	k := c.Checker
+	if len(c.RedisGroups) == 0 {
+		bad("checker", "needs a [[redis_group]] to check")
+	}
+	if !(k.SampleRate > 0 && k.SampleRate <= 1) {
+		bad("checker.sample_rate", "%v: want above 0 and at most 1", k.SampleRate)
+	}
+	if len(k.Windows) == 0 {
+		bad("checker.windows", "empty: want at least one window")
+	}
+	for i, w := range k.Windows {
+		if w <= 0 {
+			bad(fmt.Sprintf("checker.windows[%d]", i), "%v: want a positive duration", w)
+		}
+	}
+	if k.MaxPending < len(k.Windows) {
+		bad("checker.max_pending", "%d: want at least one check per window (%d)", k.MaxPending, len(k.Windows))
+	}
+	if k.Recent < 1 {
+		bad("checker.recent", "%d: want at least 1", k.Recent)
+	}
+}
+
 // validateAdmin checks [admin] and its [[admin.user]]s.
 func (c *Config) validateAdmin(bad func(key, format string, args ...any), checkAddr func(key, addr string)) {
 	if !c.AdminConfigured() {
@@ -931,6 +993,7 @@ func Parse(data []byte) (*Config, error) {
 		return nil, errors.Join(errs...)
 	}
 	cfg.adminSection = md.IsDefined("admin")
+	cfg.checkerSection = md.IsDefined("checker")
 	cfg.derive()
 	if err := cfg.Validate(); err != nil {
 		return nil, err

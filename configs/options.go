@@ -3,6 +3,7 @@ package configs
 import (
 	"github.com/flashsync/flashsync/admin"
 	"github.com/flashsync/flashsync/canal"
+	"github.com/flashsync/flashsync/consistency"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/purge"
 )
@@ -119,4 +120,19 @@ func (c *Config) adminHealth() admin.HealthOptions {
 		h.CDNConsoles = append(h.CDNConsoles, admin.CDNConsole{Name: n.Name, URL: n.ConsoleURL, CAFile: n.CAFile})
 	}
 	return h
+}
+
+// CheckerOptions are the consistency checker's settings of [checker] and
+// the [[redis_group]]s; the caller adds the NSQ addresses, the logger and
+// the registry.
+func (c *Config) CheckerOptions() consistency.Options {
+	k := c.Checker
+	groups := make([]consistency.Group, len(c.RedisGroups))
+	for i, g := range c.RedisGroups {
+		groups[i] = consistency.Group(g)
+	}
+	return consistency.Options{
+		Groups: groups, LookupdHTTP: c.NSQ.LookupdHTTP, TopicPrefix: c.NSQ.TopicPrefix,
+		SampleRate: k.SampleRate, Windows: k.Windows, MaxPending: k.MaxPending, Recent: k.Recent,
+	}
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/flashsync/flashsync/canal"
 	"github.com/flashsync/flashsync/cdn"
 	"github.com/flashsync/flashsync/configs"
+	"github.com/flashsync/flashsync/consistency"
 	"github.com/flashsync/flashsync/internal/retry"
 	"github.com/flashsync/flashsync/invalidate"
 	"github.com/flashsync/flashsync/jobs"
@@ -58,7 +59,7 @@ const (
 )
 
 // Roles lists every role in start order.
-var Roles = []string{RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, RoleConsole, RoleSeckill, RoleAdmin}
+var Roles = []string{RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, RoleConsole, RoleSeckill, RoleAdmin, RoleChecker}
 
 // Options configure a Daemon.
 type Options struct {
@@ -101,6 +102,8 @@ type Daemon struct {
 	seckillDB *sql.DB
 
 	admin *admin.Server
+
+	checker *consistency.Checker
 
 	// owned is what New built, in build order; Close closes it backwards.
 	owned     []component
@@ -179,6 +182,9 @@ func New(opts Options) (*Daemon, error) {
 		}
 		if cfg.AdminConfigured() {
 			n.roles = append(n.roles, RoleAdmin)
+		}
+		if cfg.CheckerConfigured() {
+			n.roles = append(n.roles, RoleChecker)
 		}
 		if len(n.roles) == 0 {
 			return nil, errors.New("config has neither [[rule]] nor [[redis_group]] (nor [[cdn_node]] or [console]): no role to run")
@@ -303,6 +309,11 @@ func (n *Daemon) build() error {
 			return err
 		}
 	}
+	if n.has(RoleChecker) {
+		if err := n.buildChecker(); err != nil {
+			return err
+		}
+	}
 	ln, err := listenOnce(cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("http.addr: %w", err)
@@ -333,6 +344,11 @@ func (n *Daemon) Run(ctx context.Context) error {
 	//    The admin API answers the purges in hand (each once nsqd acked).
 	if n.admin != nil {
 		g.add(RoleAdmin, n.runAdmin)
+	}
+	//    The checker stops reading samples and drops the checks pending:
+	//    they are samples, and a later run takes new ones.
+	if n.checker != nil {
+		g.add(RoleChecker, n.checker.Run)
 	}
 	// 2. The purgers finish the messages in hand, and so does the
 	//    dispatcher (whose console may be this daemon's: it stops later).

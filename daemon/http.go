@@ -25,6 +25,7 @@ func (n *Daemon) mux() *http.ServeMux {
 	mux.Handle("POST /rules/explain", httpapi.Handler(n.log, n.explainRules))
 	mux.Handle("GET /jobs", httpapi.Handler(n.log, n.listJobs))
 	mux.Handle("GET /jobs/{id}", httpapi.Handler(n.log, n.getJob))
+	mux.Handle("GET /consistency", httpapi.Handler(n.log, n.getConsistency))
 	if n.seckill != nil {
 		mux.Handle("POST /seckill/activities/{id}/reconcile", n.seckill.ReconcileHandler())
 	}
@@ -135,6 +136,9 @@ func (n *Daemon) healthz(w http.ResponseWriter, r *http.Request) error {
 	}
 	if n.admin != nil {
 		h.Roles[RoleAdmin] = "ok"
+	}
+	if n.checker != nil {
+		h.Roles[RoleChecker] = "ok"
 	}
 	if n.seckill != nil {
 		h.Roles[RoleSeckill] = "ok"

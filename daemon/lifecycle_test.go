@@ -33,7 +33,7 @@ role = "operator"
 token_sha256 = "277e6a75a6980887d1bc5c738e59a2504e3e2696d8f9fbf675b7fc49dabd2cf8"
 `
 
-// everyRole adds the dispatcher, console, seckill and admin sections to
+// everyRole adds the dispatcher, console, seckill, admin and checker sections to
 // explainConfig (canal, purger, http-purger): a daemon of every role, with
 // addresses where nothing listens. New dials nothing.
 const everyRole = explainConfig + `
@@ -54,7 +54,8 @@ item_table = "shop.item"
 redis = "127.0.0.1:5"
 token_key = "node-test-token-key-0123456789abcdef"
 ` + "\n[admin]\naddr = \"127.0.0.1:0\"\n\n[[admin.user]]\nname = \"op\"\nrole = \"operator\"\n" +
-	"token_sha256 = \"277e6a75a6980887d1bc5c738e59a2504e3e2696d8f9fbf675b7fc49dabd2cf8\"\n"
+	"token_sha256 = \"277e6a75a6980887d1bc5c738e59a2504e3e2696d8f9fbf675b7fc49dabd2cf8\"\n" +
+	"\n[checker]\n"
 
 // closeCounts wraps the Close of every component n owns with a counter.
 func closeCounts(t *testing.T, n *Daemon) map[string]*int {
@@ -109,7 +110,7 @@ func TestCloseClosesEveryComponentOnce(t *testing.T) {
 		"publisher", RoleCanal, RoleRedisPurger, RoleHTTPPurger, RoleDispatcher, "console listener",
 		"seckill database", "seckill redis",
 		"seckill cache client 127.0.0.1:16379", "seckill cache client 127.0.0.1:16380", "seckill cache client 127.0.0.1:16381",
-		RoleSeckill, "admin database", RoleAdmin, "http listener",
+		RoleSeckill, "admin database", RoleAdmin, RoleChecker, "http listener",
 	}
 	if !slices.Equal(names, want) {
 		t.Errorf("components %q,\nwant %q", names, want)
@@ -209,7 +210,7 @@ database = %q
 item_table = %q
 redis = %q
 token_key = "node-test-token-key-0123456789abcdef"
-`+adminSection, stacktest.MySQLAddr(), 20000+rand.IntN(40000), position, db+`\..*`, filepath.Join(dir, "nsqd"),
+`+adminSection+"\n[checker]\n", stacktest.MySQLAddr(), 20000+rand.IntN(40000), position, db+`\..*`, filepath.Join(dir, "nsqd"),
 		cache.Addr(), stacktest.FreePort(t), db+".item", consoleAddr, key, consoleAddr, key, stacktest.FreePort(t),
 		db, db+".item", reservations.Addr(), db))
 	if err != nil {

@@ -38,6 +38,7 @@ var program = &cli.Program{
 		roleCommand(daemon.RoleConsole, "on a CDN node: purge its cache machines on signed requests", []string{daemon.RoleConsole}),
 		roleCommand(daemon.RoleSeckill, "the flash-sale service: buy API, order writers, expirer, reconciler", []string{daemon.RoleSeckill}),
 		roleCommand(daemon.RoleAdmin, "the admin API: purge keys, URLs, tags and rows by hand, audited ([admin])", []string{daemon.RoleAdmin}),
+		roleCommand(daemon.RoleChecker, "the consistency checker: read sampled invalidations' keys back from every Redis replica ([checker])", []string{daemon.RoleChecker}),
 		adminHashTokenCommand,
 		purgeCommand,
 		seckillMigrateCommand,

@@ -81,6 +81,7 @@ var commandFlags = map[string][]string{
 	"seckill-migrate":  {"-config"},
 	"admin":            {"-config", "-log-level"},
 	"admin hash-token": {"-token"},
+	"checker":          {"-config", "-log-level"},
 	"purge": {"-admin", "-ca", "-config", "-token", "-reason", "-dry-run", "-wait", "-json", "-timeout",
 		"-key", "-group", "-url", "-tag", "-row", "-pattern", "-ban", "-flush-group", "-confirm"},
 	"check":            {"-config"},
