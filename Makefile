@@ -36,6 +36,7 @@ run: seed build
 	@echo '  mariadb -h127.0.0.1 -P13306 -uroot -e "UPDATE shop.item SET price=price+1 WHERE id=1"'
 	@echo '  sleep 0.1; curl -s -o /dev/null -D - http://127.0.0.1:16081/item/1.html | grep -iE "^(x-varnish|x-generated-at|x-cache)"   # miss: purged (also on 16082, and /list.html by tag item-1)'
 	@echo "  # metrics and health: curl -s http://127.0.0.1:18080/metrics | grep ^flashsync_ ; curl -s http://127.0.0.1:18080/healthz"
+	@echo "  # the consistency checker: curl -s http://127.0.0.1:18080/consistency"
 	@echo "  # the flash sale (seeded to open one minute from now; 100 units, 1 per user):"
 	@echo '  curl -s http://127.0.0.1:18090/activities/1   # status and opens_in_s'
 	@echo '  BUY_URL=$$(curl -s "http://127.0.0.1:18090/activities/1/buy.js?user=alice" | sed -n "s/.*\"buy_url\":\"\([^\"]*\)\".*/\1/p")   # empty until the opening'
