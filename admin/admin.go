@@ -224,8 +224,8 @@ func New(opts Options) (*Server, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	s := &Server{opts: opts, audit: &audit{db: opts.DB, database: opts.AuditDatabase}, sessions: newSessions(DefaultSessionLifetime),
-		tasks: &taskStore{db: opts.DB, database: opts.AuditDatabase}, flushes: &approvals{db: opts.DB, database: opts.AuditDatabase}}
+	s := &Server{opts: opts, audit: newAudit(opts.DB, opts.AuditDatabase), sessions: newSessions(DefaultSessionLifetime),
+		tasks: newTaskStore(opts.DB, opts.AuditDatabase), flushes: newApprovals(opts.DB, opts.AuditDatabase)}
 	s.runner = newTaskRunner(s)
 	var err error
 	if s.tls, err = loadTLS(opts.TLSCertFile, opts.TLSKeyFile); err != nil {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/flashsync/flashsync/internal/httpapi"
@@ -235,34 +234,10 @@ func (s *Server) listApprovals(w http.ResponseWriter, r *http.Request) error {
 
 // approvals is the table <database>.admin_approvals: one row per held
 // flush, its state changed only from pending, by conditional UPDATEs.
-type approvals struct {
-	db       *sql.DB
-	database string
+type approvals struct{ sqlTable }
 
-	mu    sync.Mutex
-	ready bool // the table exists (created on first use, as the audit's)
-}
-
-// sqlTime is how the tables' DATETIME(6) columns are written (UTC) and
-// read back (the DSN has no parseTime: they come as text).
-const (
-	sqlTimeWrite = "2006-01-02 15:04:05.000000"
-	sqlTimeRead  = "2006-01-02 15:04:05.999999"
-)
-
-func sqlTime(t time.Time) string { return t.UTC().Format(sqlTimeWrite) }
-
-func (a *approvals) table() string { return quote(a.database) + ".admin_approvals" }
-
-func (a *approvals) ensure(ctx context.Context) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.ready {
-		return nil
-	}
-	for _, q := range []string{
-		"CREATE DATABASE IF NOT EXISTS " + quote(a.database),
-		"CREATE TABLE IF NOT EXISTS " + a.table() + ` (
+func newApprovals(db *sql.DB, database string) *approvals {
+	return &approvals{newSQLTable(db, database, "admin_approvals", "approvals", `
 			id VARCHAR(64) NOT NULL PRIMARY KEY,
 			requested_by VARCHAR(64) NOT NULL,
 			reason TEXT NOT NULL,
@@ -273,15 +248,7 @@ func (a *approvals) ensure(ctx context.Context) error {
 			decided_by VARCHAR(64) NOT NULL DEFAULT '',
 			decided_at DATETIME(6) NULL,
 			job VARCHAR(64) NOT NULL,
-			KEY (created)
-		) ENGINE=InnoDB`,
-	} {
-		if _, err := a.db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("approvals table %s: %w", a.table(), err)
-		}
-	}
-	a.ready = true
-	return nil
+			KEY (created)`)}
 }
 
 func (a *approvals) insert(ctx context.Context, ap *Approval) error {

@@ -26,7 +26,7 @@ func TestApprovalDecidedOnce(t *testing.T) {
 	}
 	t.Cleanup(func() { db.Close() })
 	ctx := context.Background()
-	a := &approvals{db: db, database: database}
+	a := newApprovals(db, database)
 	now := time.Now()
 	held := func(id string, expires time.Time) *Approval {
 		ap := &Approval{ID: id, State: ApprovalPending, RequestedBy: "alice", Reason: "r", Request: json.RawMessage(`{"reason":"r"}`),

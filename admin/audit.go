@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"sync"
 	"time"
 )
 
@@ -41,25 +40,10 @@ type Entry struct {
 // purge's row is written before it is published, job ID and counts
 // included (the job ID is chosen first); if the publish then fails, a
 // second row with the same job says so.
-type audit struct {
-	db       *sql.DB
-	database string
+type audit struct{ sqlTable }
 
-	mu    sync.Mutex
-	ready bool // the table exists (created on first use: nothing connects before Run)
-}
-
-func (a *audit) table() string { return quote(a.database) + ".admin_audit" }
-
-func (a *audit) ensure(ctx context.Context) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.ready {
-		return nil
-	}
-	for _, q := range []string{
-		"CREATE DATABASE IF NOT EXISTS " + quote(a.database),
-		"CREATE TABLE IF NOT EXISTS " + a.table() + ` (
+func newAudit(db *sql.DB, database string) *audit {
+	return &audit{newSQLTable(db, database, "admin_audit", "audit", `
 			id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
 			at DATETIME(6) NOT NULL,
 			user_name VARCHAR(64) NOT NULL,
@@ -76,15 +60,7 @@ func (a *audit) ensure(ctx context.Context) error {
 			n_urls INT NOT NULL,
 			n_tags INT NOT NULL,
 			n_targets INT NOT NULL,
-			KEY (job)
-		) ENGINE=InnoDB`,
-	} {
-		if _, err := a.db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("audit table %s: %w", a.table(), err)
-		}
-	}
-	a.ready = true
-	return nil
+			KEY (job)`)}
 }
 
 // write appends e (its ID is the table's).
@@ -95,7 +71,7 @@ func (a *audit) write(ctx context.Context, e *Entry) error {
 	_, err := a.db.ExecContext(ctx, "INSERT INTO "+a.table()+
 		" (at, user_name, user_role, client, action, request, dry_run, outcome, status, error_text, job, n_keys, n_urls, n_tags, n_targets)"+
 		" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		e.Time.UTC().Format("2006-01-02 15:04:05.000000"), e.User, e.Role, e.Client, e.Action, e.Request, e.DryRun, e.Outcome, e.Status, e.Error, e.Job,
+		sqlTime(e.Time), e.User, e.Role, e.Client, e.Action, e.Request, e.DryRun, e.Outcome, e.Status, e.Error, e.Job,
 		e.Keys, e.URLs, e.Tags, e.Targets)
 	if err != nil {
 		return fmt.Errorf("write audit %s: %w", a.table(), err)
@@ -122,7 +98,7 @@ func (a *audit) recent(ctx context.Context, limit int) ([]Entry, error) {
 			&e.Keys, &e.URLs, &e.Tags, &e.Targets); err != nil {
 			return nil, fmt.Errorf("read audit %s: %w", a.table(), err)
 		}
-		if e.Time, err = time.Parse("2006-01-02 15:04:05.999999", at); err != nil {
+		if e.Time, err = time.Parse(sqlTimeRead, at); err != nil {
 			return nil, fmt.Errorf("read audit %s: row %d: time %q: %w", a.table(), e.ID, at, err)
 		}
 		out = append(out, e)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/flashsync/flashsync/jobs"
@@ -130,25 +129,10 @@ var errTaskGone = errors.New("the task is no longer this process's to run")
 // process claimed, cannot move the task any more. version grows with every
 // write, so an UPDATE's affected rows say whether it matched (MySQL counts
 // a row whose values did not change as unaffected).
-type taskStore struct {
-	db       *sql.DB
-	database string
+type taskStore struct{ sqlTable }
 
-	mu    sync.Mutex
-	ready bool // the table exists (created on first use, as admin_audit)
-}
-
-func (ts *taskStore) table() string { return quote(ts.database) + ".admin_tasks" }
-
-func (ts *taskStore) ensure(ctx context.Context) error {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	if ts.ready {
-		return nil
-	}
-	for _, q := range []string{
-		"CREATE DATABASE IF NOT EXISTS " + quote(ts.database),
-		"CREATE TABLE IF NOT EXISTS " + ts.table() + ` (
+func newTaskStore(db *sql.DB, database string) *taskStore {
+	return &taskStore{newSQLTable(db, database, "admin_tasks", "task", `
 			id VARCHAR(64) NOT NULL PRIMARY KEY,
 			kind VARCHAR(16) NOT NULL,
 			user_name VARCHAR(64) NOT NULL,
@@ -166,29 +150,19 @@ func (ts *taskStore) ensure(ctx context.Context) error {
 			heartbeat DATETIME(6) NOT NULL,
 			version BIGINT NOT NULL,
 			KEY (state, heartbeat),
-			KEY (created)
-		) ENGINE=InnoDB`,
-	} {
-		if _, err := ts.db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("task table %s: %w", ts.table(), err)
-		}
-	}
-	ts.ready = true
-	return nil
+			KEY (created)`)}
 }
 
 // The heartbeats are the database's clock (UTC_TIMESTAMP), so that those of
 // processes on several machines compare on one clock; so are the updates.
 const taskColumns = "id, kind, user_name, reason, request, state, cursor_json, done, total, batches, error_text, created, updated, owner, heartbeat"
 
-const datetime6 = "2006-01-02 15:04:05.000000"
-
 // create inserts t, running and owned by t.owner, created at t.created.
 func (ts *taskStore) create(ctx context.Context, t *taskRow) error {
 	if err := ts.ensure(ctx); err != nil {
 		return err
 	}
-	at := t.created.UTC().Format(datetime6)
+	at := sqlTime(t.created)
 	_, err := ts.db.ExecContext(ctx, "INSERT INTO "+ts.table()+" ("+taskColumns+", version)"+
 		" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, '', ?, ?, ?, UTC_TIMESTAMP(6), 0)",
 		t.id, t.kind, t.user, t.reason, string(t.request), TaskRunning, string(t.cursor), t.done, t.total, at, at, t.owner)
@@ -210,7 +184,7 @@ func scanTask(row interface{ Scan(...any) error }) (*taskRow, error) {
 		s   string
 		dst *time.Time
 	}{{created, &t.created}, {updated, &t.updated}, {heartbeat, &t.heartbeat}} {
-		v, err := time.Parse("2006-01-02 15:04:05.999999", f.s)
+		v, err := time.Parse(sqlTimeRead, f.s)
 		if err != nil {
 			return nil, fmt.Errorf("task %s: time %q: %w", t.id, f.s, err)
 		}
