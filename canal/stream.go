@@ -40,9 +40,13 @@ type session struct {
 	pipe   *pipeline
 	parser *parser.Parser
 	schema *Schema
-	file   string // current binlog file
-	gtid   string // GTID of the transaction being read
-	binder binder
+	file   string // current binlog file (setFile)
+	// fileBase is file's binlog offset at position 0, parsed once per file
+	// (fileOK: its name has a sequence number) rather than per event.
+	fileBase uint64
+	fileOK   bool
+	gtid     string // GTID of the transaction being read
+	binder   binder
 	// read is the binlog offset (invalidate.BinlogOffset) of the end of the
 	// last event handled; the prober's heartbeats read it.
 	read atomic.Uint64
@@ -168,7 +172,8 @@ func (c *Canal) stream(ctx context.Context, start Position) error {
 			return c.opts.Publisher.Publish(ctx, b, m)
 		}
 	}
-	s := &session{c: c, parser: parser.New(), schema: start.Schema, file: start.File, binder: newBinder(c.opts.Rules)}
+	s := &session{c: c, parser: parser.New(), schema: start.Schema, binder: newBinder(c.opts.Rules)}
+	s.setFile(start.File)
 	// Coverage starts at the checkpoint: every change before it was
 	// published (and acknowledged) by an earlier session.
 	var stream *invalidate.Stream
@@ -240,14 +245,14 @@ func (s *session) handle(ev *replication.BinlogEvent) error {
 	var ok bool
 	switch e := ev.Event.(type) {
 	case *replication.RotateEvent:
-		off, ok = invalidate.BinlogOffset(s.file, uint32(e.Position)) // the next file's start
+		off, ok = s.offsetAt(uint32(e.Position)) // the next file's start
 	case *replication.HeartbeatEvent, *replication.GenericEvent:
 		return nil // no place in the stream
 	default:
 		if ev.Header.Timestamp == 0 || ev.Header.LogPos == 0 {
 			return nil // the server's own announcements at the stream's start
 		}
-		off, ok = invalidate.BinlogOffset(s.file, ev.Header.LogPos)
+		off, ok = s.offsetAt(ev.Header.LogPos)
 	}
 	if ok && off > s.read.Load() {
 		s.read.Store(off)
@@ -255,10 +260,25 @@ func (s *session) handle(ev *replication.BinlogEvent) error {
 	return nil
 }
 
+// setFile makes name the current binlog file.
+func (s *session) setFile(name string) {
+	s.file = name
+	s.fileBase, s.fileOK = invalidate.BinlogOffset(name, 0)
+}
+
+// offsetAt is the binlog offset of pos in the current file, as
+// invalidate.BinlogOffset has it.
+func (s *session) offsetAt(pos uint32) (uint64, bool) {
+	return s.fileBase | uint64(pos), s.fileOK
+}
+
 // offset is the binlog offset of the end of the event of h in the current
 // file (0 when the file name has no sequence number: no coverage then).
 func (s *session) offset(h *replication.EventHeader) uint64 {
-	off, _ := invalidate.BinlogOffset(s.file, h.LogPos)
+	off, ok := s.offsetAt(h.LogPos)
+	if !ok {
+		return 0
+	}
 	return off
 }
 
@@ -268,7 +288,7 @@ func (s *session) event(ev *replication.BinlogEvent) error {
 	case *replication.RotateEvent:
 		// A rotate event with timestamp 0 is the server telling where the
 		// stream starts; it carries no data.
-		s.file = string(e.NextLogName)
+		s.setFile(string(e.NextLogName))
 	case *replication.MariadbGTIDEvent:
 		s.gtid = e.GTID.String()
 	case *replication.GTIDEvent:
