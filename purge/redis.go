@@ -66,6 +66,7 @@ type RedisPurger struct {
 	unlinked *prometheus.CounterVec
 	scanned  *prometheus.GaugeVec
 	rejoins  *prometheus.CounterVec
+	redials  *prometheus.CounterVec
 	script   *redis.Script
 
 	mu      sync.Mutex
@@ -76,7 +77,7 @@ type RedisPurger struct {
 // watermark.
 type redisReplica struct {
 	group, addr string
-	client      *redis.Client
+	client      *replicaClient
 	// limit paces this replica's pattern purges (PatternKeysPerSecond).
 	limit *rate.Limiter
 	wm    replicaWatermark
@@ -130,7 +131,11 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		Name: "flashsync_purger_replica_rejoins_total",
 		Help: "Replicas flushed to be trusted again, by reason: restarted (another run_id), lost (its watermark deleted or evicted), gap (a missing range for [purger] gap_timeout), dead_letter (a covered purge given up on).",
 	}, []string{"group", "replica", "reason"})
-	for _, m := range []prometheus.Collector{p.keys, p.unlinked, p.scanned, p.rejoins, newWatermarkCollector(p)} {
+	p.redials = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_purger_replica_redials_total",
+		Help: "New Redis clients made for a replica that accepted connections again while the old client had stopped dialing it (go-redis backs off for a second after failed dials).",
+	}, []string{"group", "replica"})
+	for _, m := range []prometheus.Collector{p.keys, p.unlinked, p.scanned, p.rejoins, p.redials, newWatermarkCollector(p)} {
 		if err := opts.Registerer.Register(m); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -142,7 +147,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 				addr:  addr,
 				limit: rate.NewLimiter(rate.Limit(opts.PatternKeysPerSecond), scanCount(opts.PatternKeysPerSecond)),
 			}
-			r.client = redis.NewClient(&redis.Options{
+			r.client = newReplicaClient(&redis.Options{
 				Addr:         addr,
 				Password:     g.Password,
 				DB:           g.DB,
@@ -293,7 +298,7 @@ func (p *RedisPurger) purgePattern(ctx context.Context, group string, r *redisRe
 	var cursor uint64
 	for {
 		cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-		keys, next, err := r.client.Scan(cctx, cursor, pattern, count).Result()
+		keys, next, err := r.client.get().Scan(cctx, cursor, pattern, count).Result()
 		cancel()
 		if err != nil {
 			return fmt.Errorf("redis %s SCAN MATCH %q: %w", r.addr, pattern, err)
@@ -306,7 +311,7 @@ func (p *RedisPurger) purgePattern(ctx context.Context, group string, r *redisRe
 				return fmt.Errorf("redis %s pattern %q: %w", r.addr, pattern, err)
 			}
 			cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-			err := r.client.Unlink(cctx, keys[:n]...).Err()
+			err := r.client.get().Unlink(cctx, keys[:n]...).Err()
 			cancel()
 			if err != nil {
 				return fmt.Errorf("redis %s UNLINK: %w", r.addr, err)
@@ -341,7 +346,7 @@ func (p *RedisPurger) purge(ctx context.Context, r *redisReplica, keys []string)
 		n := min(len(keys), p.opts.PipelineKeys)
 		chunk := keys[:n]
 		keys = keys[n:]
-		pipe := r.client.Pipeline()
+		pipe := r.client.get().Pipeline()
 		// One DEL per 64 keys keeps each command small while the pipeline
 		// saves the round trips.
 		for len(chunk) > 0 {

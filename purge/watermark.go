@@ -163,7 +163,7 @@ func (p *RedisPurger) runScript(ctx context.Context, r *redisReplica, mode strin
 	for again := true; ; again = false {
 		hint, seenTo, seenCU := r.wm.scriptArgs()
 		all := append([]any{mode, hint, digits20(seenTo), digits20(seenCU)}, args...)
-		v, err := p.script.Run(ctx, r.client, ks, all...).Result()
+		v, err := p.script.Run(ctx, r.client.get(), ks, all...).Result()
 		if err != nil {
 			return watermarkReply{}, err
 		}
@@ -233,15 +233,23 @@ func (p *RedisPurger) watch(ctx context.Context, r *redisReplica) {
 	}
 }
 
-// check reads r's state once and runs a rejoin if one is due.
+// check reads r's state once and runs a rejoin if one is due. A check that
+// could not dial a replica that accepts connections again runs once more
+// on a new client (replicaClient).
 func (p *RedisPurger) check(ctx context.Context, r *redisReplica) {
-	cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-	defer cancel()
 	mode, args := modeState, []any(nil)
 	if reason, cond, ok := r.wm.rejoinDue(time.Now(), p.opts.GapTimeout); ok {
 		mode, args = modeRejoin, []any{reason, cond}
 	}
-	rep, err := p.runScript(cctx, r, mode, nil, args...)
+	run := func() (watermarkReply, error) {
+		cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+		defer cancel()
+		return p.runScript(cctx, r, mode, nil, args...)
+	}
+	rep, err := run()
+	if err != nil && ctx.Err() == nil && p.redial(ctx, r, err) {
+		rep, err = run()
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			r.wm.failedCheck(err)
@@ -249,6 +257,20 @@ func (p *RedisPurger) check(ctx context.Context, r *redisReplica) {
 		return
 	}
 	p.observe(r, rep)
+}
+
+// redial gives r a new client when err is a failed dial and the replica
+// accepts connections now; it tells whether it did.
+func (p *RedisPurger) redial(ctx context.Context, r *redisReplica, err error) bool {
+	cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+	defer cancel()
+	if !r.client.renew(cctx, err) {
+		return false
+	}
+	p.redials.WithLabelValues(r.group, r.addr).Inc()
+	p.opts.Logger.Info("redis replica accepts connections again: new client (the old one had stopped dialing it)",
+		"group", r.group, "replica", r.addr, "error", err)
+	return true
 }
 
 // deadLettered makes r rejoin at once: a covered purge that was given up on
