@@ -60,3 +60,42 @@ func TestWatermarkRestartAfterOutage(t *testing.T) {
 		t.Errorf("%v redials, want at least 1", n)
 	}
 }
+
+// `flashsync canal --reset-to-current --flush-all` empties every replica
+// (FLUSHDB, not through NSQ) and starts the canal at the server's current
+// position: the next range starts far past the watermark the purger knew.
+// An empty replica is consistent with every change before it, so its
+// watermark starts there, with no gap to wait on and no second flush.
+func TestWatermarkAfterResetFlush(t *testing.T) {
+	f := newWMFixture(t, stacktest.StartRedis(t))
+	f.opts.GapTimeout, f.opts.CheckInterval = 500*time.Millisecond, 50*time.Millisecond
+	f.mark(0)
+	ctx := context.Background()
+	f.start()
+	f.publish(0, 10, 1, 1, "k:1")
+	f.publish(10, 20, 1, 1)
+	f.applied(2)
+	if err := f.c.FlushDB(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.publish(1000, 1010, 1, 1, "k:2")
+	f.publish(1010, 1020, 1, 1)
+	f.applied(4)
+	stacktest.Eventually(t, 5*time.Second, func() error {
+		if w := f.watermark(); w.To != 1020 {
+			return fmt.Errorf("watermark at %d, want 1020", w.To)
+		}
+		return nil
+	})
+	// Past the gap timeout: still no rejoin.
+	deadline := time.Now().Add(3 * f.opts.GapTimeout)
+	stacktest.Eventually(t, 5*time.Second, func() error {
+		if r := f.rejoins(""); r != 0 {
+			t.Fatalf("%v rejoins after the reset's flush, want none", r)
+		}
+		if time.Now().Before(deadline) {
+			return errors.New("waiting out 3 gap timeouts")
+		}
+		return nil
+	})
+}
