@@ -408,10 +408,20 @@ type Purger struct {
 	// run_id are read while no message arrives: a replica restarted while
 	// the canal is down is flushed about this long after it answers.
 	CheckInterval time.Duration `toml:"check_interval"`
-	// Rejoin is how a Redis replica that restarted, lost its watermark,
-	// or missed a purge is made consistent: "flush" (FLUSHDB), the only
-	// way implemented.
+	// Rejoin is how a Redis replica restarted from a snapshot (RDB, AOF)
+	// is made consistent: "flush" (FLUSHDB) or "replay" (every message
+	// applied to it since its snapshot purged again, from the rejoin log in
+	// rejoin_log_dir; flushed where the log does not reach). A replica that
+	// lost its watermark or missed a purge is always flushed.
 	Rejoin string `toml:"rejoin"`
+	// RejoinLogDir holds a log per Redis replica of the messages applied
+	// to it, for rejoin = "replay" (required then).
+	RejoinLogDir string `toml:"rejoin_log_dir"`
+	// RejoinLogMaxBytes bounds each replica's rejoin log.
+	RejoinLogMaxBytes int64 `toml:"rejoin_log_max_bytes"`
+	// RejoinLogMaxAge bounds each replica's rejoin log: a replica whose
+	// snapshot is older than this is flushed, not replayed.
+	RejoinLogMaxAge time.Duration `toml:"rejoin_log_max_age"`
 }
 
 // RedisGroup is a set of Redis instances that all hold the same hot data;
@@ -492,6 +502,7 @@ func Default() Config {
 			Timeout: purge.DefaultTimeout, PipelineKeys: purge.DefaultPipelineKeys,
 			PatternKeysPerSecond: purge.DefaultPatternKeysPerSecond,
 			GapTimeout:           purge.DefaultGapTimeout, CheckInterval: purge.DefaultCheckInterval, Rejoin: purge.RejoinFlush,
+			RejoinLogMaxBytes: purge.DefaultRejoinLogMaxBytes, RejoinLogMaxAge: purge.DefaultRejoinLogMaxAge,
 		},
 		Console: Console{
 			MaxBodyBytes: cdn.DefaultMaxBodyBytes, MaxSkew: cdn.DefaultMaxSkew,
@@ -645,8 +656,17 @@ func (c *Config) Validate() error {
 	if c.Purger.GapTimeout <= c.Purger.CheckInterval {
 		bad("purger.gap_timeout", "must be longer than check_interval (%v)", c.Purger.CheckInterval)
 	}
-	if c.Purger.Rejoin != purge.RejoinFlush {
-		bad("purger.rejoin", "%q: only %q is implemented (re-purging what a replica missed would need every target published since its data could date from)", c.Purger.Rejoin, purge.RejoinFlush)
+	switch {
+	case c.Purger.Rejoin != purge.RejoinFlush && c.Purger.Rejoin != purge.RejoinReplay:
+		bad("purger.rejoin", "%q: want %q or %q", c.Purger.Rejoin, purge.RejoinFlush, purge.RejoinReplay)
+	case c.Purger.Rejoin == purge.RejoinReplay && c.Purger.RejoinLogDir == "":
+		bad("purger.rejoin_log_dir", "required with rejoin = %q", purge.RejoinReplay)
+	}
+	if c.Purger.RejoinLogMaxBytes < 1<<10 {
+		bad("purger.rejoin_log_max_bytes", "must be at least 1024")
+	}
+	if c.Purger.RejoinLogMaxAge <= 0 {
+		bad("purger.rejoin_log_max_age", "must be positive")
 	}
 	// checkGroup validates one [[redis_group]] or [[http_group]]: a unique
 	// name and a non-empty list of distinct addresses.

@@ -76,6 +76,7 @@ func (c *Config) RedisPurgerOptions() purge.RedisPurgerOptions {
 	return purge.RedisPurgerOptions{
 		Groups: c.PurgerRedisGroups(), PipelineKeys: p.PipelineKeys, PatternKeysPerSecond: p.PatternKeysPerSecond,
 		GapTimeout: p.GapTimeout, CheckInterval: p.CheckInterval, Rejoin: p.Rejoin,
+		RejoinLogDir: p.RejoinLogDir, RejoinLogMaxBytes: p.RejoinLogMaxBytes, RejoinLogMaxAge: p.RejoinLogMaxAge,
 	}
 }
 

@@ -26,12 +26,25 @@ import (
 func BenchmarkRedisPurgeThroughput(b *testing.B) {
 	for _, keys := range []int{1, 10, 100} {
 		b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
-			benchPurgeThroughput(b, keys)
+			benchPurgeThroughput(b, keys, purge.RejoinFlush)
 		})
 	}
 }
 
-func benchPurgeThroughput(b *testing.B, keys int) {
+// BenchmarkRedisPurgeRejoinLog is the same drain with rejoin = "replay",
+// which appends every message applied to the replica's rejoin log, against
+// rejoin = "flush" in the same run.
+func BenchmarkRedisPurgeRejoinLog(b *testing.B) {
+	for _, keys := range []int{1, 100} {
+		for _, rejoin := range []string{purge.RejoinFlush, purge.RejoinReplay} {
+			b.Run(fmt.Sprintf("keys=%d/rejoin=%s", keys, rejoin), func(b *testing.B) {
+				benchPurgeThroughput(b, keys, rejoin)
+			})
+		}
+	}
+}
+
+func benchPurgeThroughput(b *testing.B, keys int, rejoin string) {
 	nsqd := stacktest.StartNSQD(b)
 	srv := stacktest.StartRedis(b)
 	ctx := context.Background()
@@ -78,6 +91,7 @@ func benchPurgeThroughput(b *testing.B, keys int) {
 	purger, err := purge.NewRedisPurger(purge.RedisPurgerOptions{
 		ConsumerOptions: purge.ConsumerOptions{NSQDTCP: []string{nsqd.TCPAddr()}, Logger: slog.New(slog.DiscardHandler)},
 		Groups:          []purge.RedisGroup{group}, Registerer: reg,
+		Rejoin: rejoin, RejoinLogDir: b.TempDir(),
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -43,10 +44,18 @@ type RedisPurgerOptions struct {
 	// CheckInterval is how often each replica's watermark state is read
 	// while no message arrives (default DefaultCheckInterval).
 	CheckInterval time.Duration
-	// Rejoin is how a replica that cannot be trusted is made consistent:
-	// RejoinFlush, the only one (and the default).
-	Rejoin     string
-	Registerer prometheus.Registerer
+	// Rejoin is how a replica restarted from a snapshot is made consistent:
+	// RejoinFlush (the default) or RejoinReplay, which needs RejoinLogDir.
+	Rejoin string
+	// RejoinLogDir holds each replica's rejoin log (RejoinReplay): what
+	// the purger applied to it, message by message.
+	RejoinLogDir string
+	// RejoinLogMaxBytes and RejoinLogMaxAge bound each replica's rejoin log
+	// (defaults DefaultRejoinLogMaxBytes, DefaultRejoinLogMaxAge): a replica
+	// whose snapshot is older than the log reaches is flushed.
+	RejoinLogMaxBytes int64
+	RejoinLogMaxAge   time.Duration
+	Registerer        prometheus.Registerer
 }
 
 // DefaultPatternKeysPerSecond is the default of PatternKeysPerSecond.
@@ -67,7 +76,12 @@ type RedisPurger struct {
 	scanned  *prometheus.GaugeVec
 	rejoins  *prometheus.CounterVec
 	redials  *prometheus.CounterVec
-	script   *redis.Script
+	// replays, replayKeys and logReach are the rejoins by replay
+	// (RejoinReplay).
+	replays    *prometheus.CounterVec
+	replayKeys *prometheus.CounterVec
+	logReach   *prometheus.GaugeVec
+	script     *redis.Script
 
 	mu      sync.Mutex
 	stopped bool
@@ -81,6 +95,16 @@ type redisReplica struct {
 	// limit paces this replica's pattern purges (PatternKeysPerSecond).
 	limit *rate.Limiter
 	wm    replicaWatermark
+	// log is the replica's rejoin log (nil unless RejoinReplay). scriptMu
+	// makes the script's sequences and the log's appends one order: held
+	// from a script call to the append of its reply.
+	log      *rejoinLog
+	scriptMu sync.Mutex
+	// seqRead is the largest applied sequence a reply of the replica's
+	// own server named, and seqKnown whether one did since Run started
+	// (under scriptMu).
+	seqRead  uint64
+	seqKnown bool
 }
 
 // NewRedisPurger checks the options; nothing connects before Run.
@@ -104,8 +128,17 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		opts.CheckInterval = DefaultCheckInterval
 	}
 	opts.Rejoin = cmp.Or(opts.Rejoin, RejoinFlush)
-	if opts.Rejoin != RejoinFlush {
-		return nil, fmt.Errorf("redis purger: rejoin %q: only %q is implemented (re-purging what a replica missed would need every target published since its data could date from)", opts.Rejoin, RejoinFlush)
+	switch {
+	case opts.Rejoin != RejoinFlush && opts.Rejoin != RejoinReplay:
+		return nil, fmt.Errorf("redis purger: rejoin %q: want %q or %q", opts.Rejoin, RejoinFlush, RejoinReplay)
+	case opts.Rejoin == RejoinReplay && opts.RejoinLogDir == "":
+		return nil, fmt.Errorf("redis purger: rejoin %q needs a rejoin log directory", RejoinReplay)
+	}
+	if opts.RejoinLogMaxBytes <= 0 {
+		opts.RejoinLogMaxBytes = DefaultRejoinLogMaxBytes
+	}
+	if opts.RejoinLogMaxAge <= 0 {
+		opts.RejoinLogMaxAge = DefaultRejoinLogMaxAge
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
@@ -135,7 +168,19 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		Name: "flashsync_purger_replica_redials_total",
 		Help: "New Redis clients made for a replica that accepted connections again while the old client had stopped dialing it (go-redis backs off for a second after failed dials).",
 	}, []string{"group", "replica"})
-	for _, m := range []prometheus.Collector{p.keys, p.unlinked, p.scanned, p.rejoins, p.redials, newWatermarkCollector(p)} {
+	p.replays = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_purger_replica_replays_total",
+		Help: "Replicas restarted from a snapshot that [purger] rejoin = \"replay\" made consistent, by result: replayed (every message applied since the snapshot purged again from the rejoin log) or fell_back (the log did not hold them all: flushed instead, also counted in flashsync_purger_replica_rejoins_total).",
+	}, []string{"group", "replica", "result"})
+	p.replayKeys = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_purger_replica_replay_keys_total",
+		Help: "Distinct keys a replay purged again on a replica restarted from a snapshot.",
+	}, []string{"group", "replica"})
+	p.logReach = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "flashsync_purger_rejoin_log_reach_seconds",
+		Help: "How far back each replica's rejoin log reaches: the age of its oldest record. A replica restarted from a snapshot older than this is flushed, not replayed.",
+	}, []string{"group", "replica"})
+	for _, m := range []prometheus.Collector{p.keys, p.unlinked, p.scanned, p.rejoins, p.redials, p.replays, p.replayKeys, p.logReach, newWatermarkCollector(p)} {
 		if err := opts.Registerer.Register(m); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -185,6 +230,15 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 // messages in hand, and each replica's watermark watcher. It leaves the
 // Redis clients open: whoever built the purger closes it.
 func (p *RedisPurger) Run(ctx context.Context) error {
+	if p.opts.Rejoin == RejoinReplay {
+		for _, r := range p.replicas {
+			l, err := openRejoinLog(filepath.Join(p.opts.RejoinLogDir, rejoinLogName(r.group, r.addr)), p.opts.RejoinLogMaxBytes, p.opts.RejoinLogMaxAge)
+			if err != nil {
+				return fmt.Errorf("redis purger: replica %s: %w", r.addr, err)
+			}
+			r.log = l
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -213,6 +267,9 @@ func (p *RedisPurger) Close() error {
 	var errs []error
 	for _, r := range p.replicas {
 		errs = append(errs, r.client.Close())
+		if r.log != nil {
+			errs = append(errs, r.log.Close())
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -268,13 +325,24 @@ func (p *RedisPurger) apply(ctx context.Context, r *redisReplica, msg *invalidat
 	}
 	sctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
+	r.scriptMu.Lock()
 	rep, err := p.applyCoverage(sctx, r, msg, keys)
 	if err != nil {
+		r.scriptMu.Unlock()
 		if len(keys) > 0 {
 			return fmt.Errorf("redis %s DEL and watermark: %w", r.addr, err)
 		}
 		return fmt.Errorf("redis %s watermark: %w", r.addr, err)
 	}
+	if r.log != nil && rep.status != "unmarked" {
+		rec := logRecord{seq: rep.seq, at: time.Now().UnixNano(), wm: rep.wm, flush: msg.Flush, keys: msg.Keys, patterns: msg.Patterns}
+		if err := r.log.append(rec); err != nil {
+			// The message is applied; a replay would miss it (the sequence
+			// is a hole in the log), so it falls back to a flush.
+			p.opts.Logger.Error("rejoin log", "group", r.group, "replica", r.addr, "error", err)
+		}
+	}
+	r.scriptMu.Unlock()
 	p.observe(r, rep)
 	if msg.Flush && rep.status != "rejoined" {
 		p.opts.Logger.Info("redis replica flushed (admin)", "group", r.group, "replica", r.addr, "job", msg.Job)

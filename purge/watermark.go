@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,10 +67,21 @@ const (
 	// message arrives: a replica restarted while the canal is down is
 	// flushed within about this long (plus its reload).
 	DefaultCheckInterval = 250 * time.Millisecond
-	// RejoinFlush is the only rejoin: FLUSHDB. Re-purging what the replica
-	// missed ("replay") would need every target published since its data
-	// could date from, which nothing keeps.
+	// RejoinFlush makes a replica that cannot be trusted consistent by
+	// FLUSHDB (the default).
 	RejoinFlush = "flush"
+	// RejoinReplay makes a replica restarted from a snapshot consistent by
+	// purging again every message applied since its snapshot, from the
+	// purger's rejoin log (rejoinlog.go), and falls back to a flush where
+	// the log does not reach. The other reasons (lost, gap, dead_letter)
+	// still flush: what they lack was never applied, so no log has it.
+	RejoinReplay = "replay"
+)
+
+// Defaults of the rejoin log's bounds.
+const (
+	DefaultRejoinLogMaxBytes = 64 << 20
+	DefaultRejoinLogMaxAge   = 10 * time.Minute
 )
 
 // The keys next to invalidate.WatermarkKey (see watermark.lua). Purges
@@ -78,6 +90,8 @@ const (
 	watermarkMarkerKey = invalidate.WatermarkKey + ":run_id"
 	watermarkDoneKey   = invalidate.WatermarkKey + ":done"
 	watermarkPartsKey  = invalidate.WatermarkKey + ":parts"
+	watermarkSeqKey    = invalidate.WatermarkKey + ":seq"
+	watermarkReplayKey = invalidate.WatermarkKey + ":replay"
 )
 
 // maxParts bounds a message's Parts: the script walks a range's parts when
@@ -106,14 +120,16 @@ type watermarkReply struct {
 	pending        int    // completed ranges beyond the watermark
 	lowest         uint64 // the lowest From among them
 	runID          string
+	seq            uint64 // the applied sequence (a message's own, in mode apply)
+	replay         string // the replay in progress, "" for none
 }
 
 func parseWatermarkReply(v any) (watermarkReply, error) {
 	a, ok := v.([]any)
-	if !ok || len(a) != 7 {
-		return watermarkReply{}, fmt.Errorf("watermark script: reply %v, want 7 values", v)
+	if !ok || len(a) != 9 {
+		return watermarkReply{}, fmt.Errorf("watermark script: reply %v, want 9 values", v)
 	}
-	s := make([]string, 7)
+	s := make([]string, 9)
 	for i, x := range a {
 		switch x := x.(type) {
 		case string:
@@ -124,8 +140,11 @@ func parseWatermarkReply(v any) (watermarkReply, error) {
 			return watermarkReply{}, fmt.Errorf("watermark script: reply value %d is %T", i, x)
 		}
 	}
-	r := watermarkReply{status: s[0], reason: s[1], found: s[2], now: s[3], runID: s[6]}
+	r := watermarkReply{status: s[0], reason: s[1], found: s[2], now: s[3], runID: s[6], replay: s[8]}
 	var err error
+	if r.seq, err = strconv.ParseUint(s[7], 10, 64); err != nil {
+		return r, fmt.Errorf("watermark script: sequence: %w", err)
+	}
 	if r.now != "" {
 		if r.wm, err = invalidate.ParseWatermark(r.now); err != nil {
 			return r, fmt.Errorf("watermark script: %w", err)
@@ -147,22 +166,37 @@ func digits20[T uint64 | int64](n T) string { return fmt.Sprintf("%020d", n) }
 
 // Script modes.
 const (
-	modeApply  = "apply"
-	modeState  = "state"
-	modeRejoin = "rejoin"
+	modeApply    = "apply"
+	modeState    = "state"
+	modeRejoin   = "rejoin"
+	modeReplayed = "replayed"
 )
 
 // runScript runs watermark.lua on r: mode, then the mode's arguments after
 // the run_id hint and what the purger has seen; keys are DELeted first.
+// The caller holds r.scriptMu.
 //
 // A call that dialed a new connection, whose INFO named another run_id than
 // the one the call was sent with, runs again with it: the first command to
 // reach a restarted server sees the restart. Every mode is idempotent.
 func (p *RedisPurger) runScript(ctx context.Context, r *redisReplica, mode string, keys []string, args ...any) (watermarkReply, error) {
-	ks := append([]string{invalidate.WatermarkKey, watermarkMarkerKey, watermarkDoneKey, watermarkPartsKey}, keys...)
+	ks := append([]string{invalidate.WatermarkKey, watermarkMarkerKey, watermarkDoneKey, watermarkPartsKey,
+		watermarkSeqKey, watermarkReplayKey}, keys...)
+	// The floor must be at least the sequence the replica had before a
+	// restart: the log's last, or larger where the log lost its tail or
+	// was lost (a new disk). A purger knows it only once it has read the
+	// replica's sequence from the server itself: until then a restart is
+	// flushed, not replayed (see redisReplica.seqRead).
+	replay, floor := "0", uint64(0)
+	if r.log != nil {
+		floor = max(r.log.floor(), r.seqRead)
+		if r.seqKnown {
+			replay = "1"
+		}
+	}
 	for again := true; ; again = false {
 		hint, seenTo, seenCU := r.wm.scriptArgs()
-		all := append([]any{mode, hint, digits20(seenTo), digits20(seenCU)}, args...)
+		all := append([]any{mode, hint, digits20(seenTo), digits20(seenCU), replay, digits20(floor)}, args...)
 		v, err := p.script.Run(ctx, r.client.get(), ks, all...).Result()
 		if err != nil {
 			return watermarkReply{}, err
@@ -170,6 +204,9 @@ func (p *RedisPurger) runScript(ctx context.Context, r *redisReplica, mode strin
 		rep, err := parseWatermarkReply(v)
 		if err != nil {
 			return rep, err
+		}
+		if rep.status != "replaying" {
+			r.seqRead, r.seqKnown = max(r.seqRead, rep.seq), true
 		}
 		if rep.runID != hint {
 			r.wm.correctHint(hint, rep.runID) // the script asked the server
@@ -244,6 +281,8 @@ func (p *RedisPurger) check(ctx context.Context, r *redisReplica) {
 	run := func() (watermarkReply, error) {
 		cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 		defer cancel()
+		r.scriptMu.Lock()
+		defer r.scriptMu.Unlock()
 		return p.runScript(cctx, r, mode, nil, args...)
 	}
 	rep, err := run()
@@ -257,6 +296,85 @@ func (p *RedisPurger) check(ctx context.Context, r *redisReplica) {
 		return
 	}
 	p.observe(r, rep)
+	if r.log != nil {
+		if first, _ := r.log.reach(); first > 0 {
+			_, at := r.log.reach()
+			p.logReach.WithLabelValues(r.group, r.addr).Set(time.Since(at).Seconds())
+		}
+	}
+	if rep.status == "replaying" && r.log != nil {
+		if err := p.replay(ctx, r, rep.replay); err != nil && ctx.Err() == nil {
+			r.wm.failedCheck(err) // the next check tries again
+		}
+	}
+}
+
+// replay makes r, restarted from a snapshot, consistent again from its
+// rejoin log (RejoinReplay): the messages applied after the snapshot's
+// sequence, up to the largest the purger had logged, are purged again, and
+// the watermark is set to where it was before the restart. Where the log
+// does not hold all of them, r is flushed instead. replay is the script's
+// "<snapshot seq>:<floor>:<caught-up>".
+func (p *RedisPurger) replay(ctx context.Context, r *redisReplica, replay string) error {
+	log := p.opts.Logger.With("group", r.group, "replica", r.addr)
+	var snap, floor uint64
+	if _, err := fmt.Sscanf(replay, "%d:%d:", &snap, &floor); err != nil {
+		return fmt.Errorf("replay %q: %w", replay, err)
+	}
+	start := time.Now()
+	set, err := r.log.since(snap+1, floor)
+	if err != nil {
+		return err
+	}
+	oldest, oldestAt := r.log.reach()
+	finish := func(mode string, args ...any) (watermarkReply, error) {
+		cctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+		defer cancel()
+		r.scriptMu.Lock()
+		defer r.scriptMu.Unlock()
+		return p.runScript(cctx, r, mode, nil, args...)
+	}
+	if set.missing != 0 || set.flush {
+		why := fmt.Sprintf("the log lacks sequence %d (it reaches back to %d, applied %s)", set.missing, oldest, oldestAt.Format(time.RFC3339Nano))
+		if set.missing == 0 {
+			why = "a flush was applied since the snapshot"
+		}
+		rep, err := finish(modeRejoin, reasonRestarted, replay)
+		if err != nil {
+			return fmt.Errorf("replay fallback: %w", err)
+		}
+		if rep.status == "rejoined" {
+			p.replays.WithLabelValues(r.group, r.addr, "fell_back").Inc()
+			log.Warn("redis replica restarted from a snapshot: cannot replay, flushing it", "snapshot_seq", snap, "floor", floor, "why", why)
+		}
+		p.observe(r, rep)
+		return nil
+	}
+	keys := slices.DeleteFunc(set.keys, reservedKey)
+	if err := p.purge(ctx, r, keys); err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
+	for _, pat := range set.patterns {
+		if err := p.purgePattern(ctx, r.group, r, pat); err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+	}
+	cu := int64(0)
+	if !set.wm.CaughtUp.IsZero() {
+		cu = set.wm.CaughtUp.UnixNano()
+	}
+	rep, err := finish(modeReplayed, replay, digits20(set.wm.To), digits20(cu))
+	if err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
+	if rep.status == "replayed" {
+		p.replays.WithLabelValues(r.group, r.addr, "replayed").Inc()
+		p.replayKeys.WithLabelValues(r.group, r.addr).Add(float64(len(keys)))
+		log.Warn("redis replica restarted from a snapshot: rejoined by replay", "snapshot_seq", snap, "floor", floor,
+			"messages", floor-snap, "keys", len(keys), "patterns", len(set.patterns), "took", time.Since(start), "watermark", rep.now)
+	}
+	p.observe(r, rep)
+	return nil
 }
 
 // redial gives r a new client when err is a failed dial and the replica
@@ -311,6 +429,8 @@ type replicaWatermark struct {
 	failing *failingPurge
 	// due is a rejoin decided but not done yet.
 	due *dueRejoin
+	// replay is the replay in progress (the script's), "" for none.
+	replay string
 	// err is the error of the last state read while it fails.
 	err error
 }
@@ -396,7 +516,8 @@ func (w *replicaWatermark) observe(rep watermarkReply, now time.Time) watermarkE
 		w.unmarked, w.raw, w.wm, w.pending, w.stuckSince = true, "", invalidate.Watermark{}, 0, time.Time{}
 		return ev
 	}
-	if rep.status != "ok" {
+	w.replay = rep.replay
+	if rep.status != "ok" && rep.status != "replaying" && rep.status != "replayed" {
 		w.due = nil // done, or skipped: no longer needed
 	}
 	prev := w.wm.To
@@ -522,9 +643,10 @@ type ReplicaStatus struct {
 	Replica string `json:"replica"`
 	// State is ok, starting (not read yet), unmarked (data but no watermark
 	// yet: it starts at the first purge), unreachable, requeued (a failing
-	// purge holds the watermark), gap (waiting on a missing range) or
-	// rejoin_pending (a flush is due but has not run), or error (its state
-	// cannot be read); the last five are not healthy.
+	// purge holds the watermark), gap (waiting on a missing range),
+	// rejoin_pending (a flush is due but has not run), replaying (restarted
+	// from a snapshot, being replayed), or error (its state cannot be
+	// read); the last six are not healthy.
 	State string `json:"state"`
 	// Reason says why the watermark does not advance.
 	Reason string `json:"reason,omitempty"`
@@ -572,6 +694,8 @@ func (w *replicaWatermark) status(group, addr string, now time.Time, gapTimeout 
 		s.State, s.Reason = "starting", "watermark not read yet"
 	case w.due != nil:
 		s.State, s.Reason = "rejoin_pending", fmt.Sprintf("flush (%s) due since %s, not done yet", w.due.reason, w.due.at.Format(time.RFC3339Nano))
+	case w.replay != "":
+		s.State, s.Reason = "replaying", "restarted from a snapshot: purging again what was applied since (rejoin log, sequence:floor:caught-up "+w.replay+"); not to be read until done"
 	case w.unmarked:
 		s.State, s.Reason = "unmarked", "data but no watermark: it starts at the first purge"
 	case w.failing != nil:

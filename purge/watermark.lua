@@ -9,31 +9,50 @@
 --         0, members "<from>:<to>:<caught-up>" in lexical (= From) order
 -- KEYS[4] ranges of several parts not all applied yet: a hash, fields
 --         "<from>:<to>:<parts>" (parts applied) and "<...>:<part>" (applied)
--- KEYS[5..] keys to DEL first (mode apply)
+-- KEYS[5] the applied sequence: how many messages were applied, counted
+--         across restarts from snapshots (a snapshot brings back its own)
+-- KEYS[6] a replay in progress: "<seq in the snapshot>:<floor>:<the
+--         snapshot watermark's caught-up time>" (below)
+-- KEYS[7..] keys to DEL first (mode apply)
 --
 -- ARGV[1] mode: apply (a message: DEL, flush, mark its coverage), state
 --         (read only, unless the replica restarted or lost its watermark),
---         rejoin (flush and restart the watermark if ARGV[5]'s condition
---         still holds)
+--         rejoin (flush and restart the watermark if ARGV[7]'s condition
+--         still holds), replayed (a replay's end)
 -- ARGV[2] the run_id the purger last saw for the replica (a hint: the
 --         server's own is read with INFO when it differs from the marker)
 -- ARGV[3], ARGV[4] the largest To and CaughtUp of the covered messages the
 --         purger has received for the replica
--- apply:  ARGV[5] from, ARGV[6] to, ARGV[7] caught-up, ARGV[8] parts (0:
---         no coverage), ARGV[9] part, ARGV[10] flush ("1") or not ("0")
--- rejoin: ARGV[5] reason: "gap" (ARGV[6]: the watermark the purger saw
---         stuck; another purger may have moved it since) or "dead_letter"
---         (ARGV[6]: the dead message's To; the watermark may be past it)
+-- ARGV[5] "1": a restarted replica is replayed (rejoin = "replay"), not
+--         flushed; ARGV[6] the floor: the largest sequence the purger logged
+-- apply:  ARGV[7] from, ARGV[8] to, ARGV[9] caught-up, ARGV[10] parts (0:
+--         no coverage), ARGV[11] part, ARGV[12] flush ("1") or not ("0")
+-- rejoin: ARGV[7] reason: "gap" (ARGV[8]: the watermark the purger saw
+--         stuck; another purger may have moved it since), "dead_letter"
+--         (ARGV[8]: the dead message's To; the watermark may be past it) or
+--         "restarted" (a replay that cannot be done; ARGV[8]: the replay)
+-- replayed: ARGV[7] the replay done (as KEYS[6] holds it), ARGV[8] and
+--         ARGV[9] the watermark (to, caught-up) the replica had reached
+--         before it restarted
+--
+-- Replay: a replica restarted from a snapshot holds the snapshot's
+-- sequence S. Every message applied since had a larger one, and the purger
+-- logged each with its keys: re-purging the logged messages S+1 up to the
+-- floor makes the snapshot as consistent as the replica was before it went
+-- down. Until then (KEYS[6] set) messages apply as usual but the
+-- watermark's caught-up time stays 0, so readers skip the replica.
 --
 -- Every offset and time is 20 decimal digits, zero-padded: Lua numbers are
 -- doubles, exact only to 2^53, while strings of one width compare exactly.
 --
 -- Returns {status, reason, watermark found, watermark now, completed ranges
--- beyond it, the lowest From among them ("" for none), the server's run_id}
+-- beyond it, the lowest From among them ("" for none), the server's run_id,
+-- the sequence (this message's, in mode apply), the replay in progress}
 -- with status ok, started (a replica without watermark: reason empty or
 -- unmarked), unmarked (not started: no message yet), rejoined (flushed and
--- restarted: reason restarted, lost, gap, dead_letter or flush) or skipped
--- (a rejoin whose condition no longer held).
+-- restarted: reason restarted, lost, gap, dead_letter or flush), replaying
+-- (a replay is due or running), replayed (it is done) or skipped (a rejoin
+-- or replay whose condition no longer held).
 
 local Z = '00000000000000000000'
 local function pad(s) return string.sub(Z, 1, 20 - #s) .. s end
@@ -48,7 +67,7 @@ local function later(a, b)
 end
 
 local mode = ARGV[1]
-for i = 5, #KEYS, 64 do
+for i = 7, #KEYS, 64 do
   redis.call('DEL', unpack(KEYS, i, math.min(i + 63, #KEYS)))
 end
 
@@ -70,9 +89,11 @@ local function server()
 end
 
 local seenTo, seenCU = ARGV[3], ARGV[4]
-if mode == 'apply' and ARGV[8] ~= '0' then
-  seenTo, seenCU = later(seenTo, ARGV[6]), later(seenCU, ARGV[7])
+if mode == 'apply' and ARGV[10] ~= '0' then
+  seenTo, seenCU = later(seenTo, ARGV[8]), later(seenCU, ARGV[9])
 end
+local floor = tonumber(ARGV[6])
+local seq = tonumber(redis.call('GET', KEYS[5]) or '0')
 
 local status, reason = 'ok', ''
 
@@ -92,12 +113,28 @@ local function rejoin(why)
   end
   redis.call('FLUSHDB', 'ASYNC')
   redis.call('SET', KEYS[2], server())
+  seq = math.max(seq, floor) -- sequences stay unique: none is reused
+  redis.call('SET', KEYS[5], seq)
   to, cu = m, c
   status, reason = 'rejoined', why
 end
 
+-- replay starts a replay of the messages after the snapshot's sequence:
+-- the replica is marked as the server's, and its sequence continues above
+-- every one the purger logged.
+local function replay()
+  if redis.call('EXISTS', KEYS[6]) == 0 then
+    redis.call('SET', KEYS[6], string.format('%d:%d:', seq, math.max(seq, floor)) .. cu)
+  end
+  redis.call('SET', KEYS[2], server())
+  seq = math.max(seq, floor)
+  redis.call('SET', KEYS[5], seq)
+  status, reason = 'replaying', 'restarted'
+end
+
 if marker and marker ~= live and marker ~= server() then
-  rejoin('restarted') -- the data is a snapshot's (RDB, AOF) or a copy
+  -- the data is a snapshot's (RDB, AOF) or a copy
+  if ARGV[5] == '1' and to then replay() else rejoin('restarted') end
 elseif marker and not to then
   rejoin('lost') -- the watermark was deleted or evicted
 elseif to and not marker then
@@ -108,29 +145,58 @@ elseif not marker then
   if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
     redis.call('DEL', KEYS[3], KEYS[4]) -- leftovers of a partial eviction
   end
-  if mode == 'apply' and ARGV[10] == '1' then redis.call('FLUSHDB', 'ASYNC') end
+  if mode == 'apply' and ARGV[12] == '1' then redis.call('FLUSHDB', 'ASYNC') end
   if seenTo ~= Z and redis.call('DBSIZE') == 0 then
     to, cu, status, reason = seenTo, seenCU, 'started', 'empty'
-  elseif mode == 'apply' and ARGV[8] ~= '0' then
-    to, cu, status, reason = ARGV[5], Z, 'started', 'unmarked'
+  elseif mode == 'apply' and ARGV[10] ~= '0' then
+    to, cu, status, reason = ARGV[7], Z, 'started', 'unmarked'
   else
-    return {'unmarked', '', before, '', 0, '', server()}
+    return {'unmarked', '', before, '', 0, '', server(), seq, ''}
   end
   redis.call('SET', KEYS[2], server())
+  seq = math.max(seq, floor)
+  redis.call('SET', KEYS[5], seq)
 end
 
-if mode == 'apply' and ARGV[10] == '1' and status == 'ok' then
+local replaying = redis.call('GET', KEYS[6])
+if replaying and status == 'ok' then status, reason = 'replaying', 'restarted' end
+
+if mode == 'apply' and ARGV[12] == '1' and (status == 'ok' or status == 'replaying') then
   rejoin('flush')
-elseif mode == 'rejoin' and status == 'ok' then
-  if (ARGV[5] == 'gap' and before ~= ARGV[6]) or (ARGV[5] == 'dead_letter' and to >= ARGV[6]) then
+elseif mode == 'rejoin' and (status == 'ok' or status == 'replaying') then
+  if (ARGV[7] == 'gap' and before ~= ARGV[8]) or (ARGV[7] == 'dead_letter' and to >= ARGV[8]) or
+      (ARGV[7] == 'restarted' and replaying ~= ARGV[8]) then
     status = 'skipped'
   else
-    rejoin(ARGV[5])
+    rejoin(ARGV[7])
+  end
+elseif mode == 'replayed' and status == 'replaying' then
+  if replaying ~= ARGV[7] then
+    status = 'skipped'
+  else
+    -- Everything up to the watermark the replica had reached before it
+    -- went down is applied again; the parts of ranges at or below it that
+    -- the snapshot recorded are done with.
+    redis.call('DEL', KEYS[6])
+    local c0 = string.match(replaying, '^%d+:%d+:(%d+)$') or Z
+    to, cu = later(to, ARGV[8]), later(c0, ARGV[9])
+    for _, f in ipairs(redis.call('HKEYS', KEYS[4])) do
+      local t = string.match(f, '^%d+:(%d+):')
+      if t and t <= to then redis.call('HDEL', KEYS[4], f) end
+    end
+    status, reason = 'replayed', 'restarted'
   end
 end
+if status ~= 'replaying' then replaying = nil end
+if status == 'rejoined' then replaying = nil end
 
-if mode == 'apply' and ARGV[8] ~= '0' then
-  local from, rto, rcu, parts = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+if mode == 'apply' then
+  seq = seq + 1
+  redis.call('SET', KEYS[5], seq)
+end
+
+if mode == 'apply' and ARGV[10] ~= '0' then
+  local from, rto, rcu, parts = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
   local base = from .. ':' .. rto .. ':' .. parts
   local complete = true
   if rto <= to then
@@ -144,7 +210,7 @@ if mode == 'apply' and ARGV[8] ~= '0' then
     end
   elseif parts > 1 then
     local n
-    if redis.call('HSETNX', KEYS[4], base .. ':' .. ARGV[9], '1') == 1 then
+    if redis.call('HSETNX', KEYS[4], base .. ':' .. ARGV[11], '1') == 1 then
       n = redis.call('HINCRBY', KEYS[4], base, 1)
     else
       n = tonumber(redis.call('HGET', KEYS[4], base) or '0')
@@ -179,6 +245,8 @@ while pending > 0 do
   if f then to, cu = later(to, t), later(cu, c) end
 end
 
+-- A replica being replayed is not to be read: its caught-up time is 0.
+if replaying then cu = Z end
 local after = '1:' .. plain(to) .. ':' .. plain(cu)
-if after ~= before or status == 'rejoined' then redis.call('SET', KEYS[1], after) end
-return {status, reason, before, after, pending, lowest, live}
+if after ~= before or status == 'rejoined' or status == 'replayed' then redis.call('SET', KEYS[1], after) end
+return {status, reason, before, after, pending, lowest, live, seq, replaying or ''}
