@@ -351,8 +351,12 @@ func (p *RedisPurger) replay(ctx context.Context, r *redisReplica, replay string
 		return nil
 	}
 	keys := slices.DeleteFunc(set.keys, reservedKey)
-	if err := p.purge(ctx, r, keys); err != nil {
-		return fmt.Errorf("replay: %w", err)
+	for rest := keys; len(rest) > 0; { // a timeout per pipeline, not for all of them
+		n := min(len(rest), p.opts.PipelineKeys)
+		if err := p.purge(ctx, r, rest[:n]); err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		rest = rest[n:]
 	}
 	for _, pat := range set.patterns {
 		if err := p.purgePattern(ctx, r.group, r, pat); err != nil {
