@@ -459,14 +459,14 @@ func summarize(results []result) {
 		return fmt.Sprintf("%.2f×", xs[len(xs)/2])
 	}
 	fmt.Printf("\nmedians over %d rounds (ratio: median of setting/off in the same round)\n", len(by["off"]))
-	fmt.Printf("%-7s %10s %10s %9s %9s %11s %9s %14s %16s %15s %15s %14s %14s\n",
-		"setting", "upd/s", "msg/s", "ckr cpu", "ckr rss", "checks/s", "dropped", "redis cmd/s", "redis GET/s", "redis cpu", "nsqd cpu", "purge p50", "purge p99")
+	fmt.Printf("%-7s %10s %10s %9s %9s %11s %9s %14s %16s %15s %15s %14s %14s %14s\n",
+		"setting", "upd/s", "msg/s", "ckr cpu", "ckr rss", "checks/s", "dropped", "redis cmd/s", "redis GET/s", "redis cpu", "nsqd cpu", "purge mean", "purge p50", "purge p99")
 	for _, s := range settings {
 		rs := by[s.name]
 		if len(rs) == 0 {
 			continue
 		}
-		fmt.Printf("%-7s %10.0f %10.0f %8.2f%% %6.1f MB %11.0f %9.0f %8.0f %5s %10.0f %5s %8.2f%% %5s %8.2f%% %5s %8.2fms %5s %8.2fms %5s\n", s.name,
+		fmt.Printf("%-7s %10.0f %10.0f %8.2f%% %6.1f MB %11.0f %9.0f %8.0f %5s %10.0f %5s %8.2f%% %5s %8.2f%% %5s %8.2fms %5s %8.2fms %5s %8.2fms %5s\n", s.name,
 			med(rs, func(r result) float64 { return r.perSec(r.updates) }),
 			med(rs, func(r result) float64 { return r.perSec(r.msgs) }),
 			med(rs, func(r result) float64 { return 100 * r.perSec(r.cpuSecs) }),
@@ -477,6 +477,7 @@ func summarize(results []result) {
 			med(rs, func(r result) float64 { return r.perSec(r.redisGets) }), ratio(s.name, func(r result) float64 { return r.redisGets / r.secs }),
 			med(rs, func(r result) float64 { return 100 * r.perSec(r.redisCPU) }), ratio(s.name, func(r result) float64 { return r.redisCPU / r.secs }),
 			med(rs, func(r result) float64 { return 100 * r.perSec(r.nsqdCPU) }), ratio(s.name, func(r result) float64 { return r.nsqdCPU / r.secs }),
+			1000*med(rs, func(r result) float64 { return r.purgeMean }), ratio(s.name, func(r result) float64 { return r.purgeMean }),
 			1000*med(rs, func(r result) float64 { return r.purgeP50 }), ratio(s.name, func(r result) float64 { return r.purgeP50 }),
 			1000*med(rs, func(r result) float64 { return r.purgeP99 }), ratio(s.name, func(r result) float64 { return r.purgeP99 }))
 	}
