@@ -53,6 +53,7 @@ bench: stack-up build
 	go test -run '^$$' -bench BenchmarkGet -benchtime 5s ./cacheaside
 	go run ./bench/bulkupdate -big-rows 1000000
 	go run ./bench/seckill
+	go run ./bench/checker
 
 test: stack-up
 	go vet ./...

@@ -72,8 +72,10 @@ type Checker struct {
 	// keys are read; each has its own counts and nines.
 	Windows []time.Duration `toml:"windows"`
 	// MaxPending bounds the checks scheduled at once (a sample is one per
-	// window); a sample over it is dropped and counted in
-	// flashsync_consistency_samples_dropped_total.
+	// window, pending until it is due); a sample over it is dropped and
+	// counted in flashsync_consistency_samples_dropped_total. Size it at
+	// least sample_rate × key purges per second × the sum of the windows:
+	// at 500 purges/s and the default windows, 330 at 0.01, 33,000 at 1.
 	MaxPending int `toml:"max_pending"`
 	// Recent is how many of the last inconsistencies GET /consistency
 	// lists.

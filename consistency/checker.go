@@ -80,7 +80,10 @@ type Options struct {
 	// keys are read (default DefaultWindows).
 	Windows []time.Duration
 	// MaxPending bounds the scheduled checks (default DefaultMaxPending);
-	// a sample over it is dropped and counted.
+	// a sample over it is dropped and counted. A sampled message stays
+	// pending until its last window: size it at least SampleRate × key
+	// purges per second × the sum of Windows (at 500 purges/s, 0.01 and
+	// the default windows need 330; 1.0 needs 33,000).
 	MaxPending int
 	// Recent is how many inconsistencies GET /consistency keeps (default
 	// DefaultRecent).
@@ -331,12 +334,17 @@ func (c *Checker) Run(ctx context.Context) error {
 		log := c.opts.Logger.With("group", g.Name)
 		cons.SetLogger(nsqio.NewConsumerLogger(log, 5*time.Second), nsq.LogLevelError)
 		cons.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
+			// Drawn before decoding: at the default rate of 0.01 most
+			// messages cost the checker only their delivery.
+			if !c.drawn() {
+				return nil
+			}
 			msg, err := invalidate.DecodePurge(m.Body)
 			if err != nil {
 				log.Debug("consistency checker: message skipped", "err", err)
 				return nil
 			}
-			c.sample(g, msg, time.Now())
+			c.schedule(g, msg, time.Now())
 			return nil
 		}))
 		if len(c.opts.LookupdHTTP) > 0 {
@@ -389,10 +397,18 @@ func (c *Checker) Run(ctx context.Context) error {
 // SampleRate. Only the canal's key purges are samples: admin messages
 // (no coverage) name no commit, heartbeats no keys.
 func (c *Checker) sample(g *group, msg *invalidate.Purge, now time.Time) {
-	if !msg.Covers() || msg.Heartbeat || len(msg.Keys) == 0 {
-		return
+	if c.drawn() {
+		c.schedule(g, msg, now)
 	}
-	if c.opts.SampleRate < 1 && rand.Float64() >= c.opts.SampleRate {
+}
+
+// drawn draws whether a message is sampled, with probability SampleRate.
+func (c *Checker) drawn() bool { return c.opts.SampleRate >= 1 || rand.Float64() < c.opts.SampleRate }
+
+// schedule schedules the checks of msg, a key purge of the canal (other
+// messages are not checked).
+func (c *Checker) schedule(g *group, msg *invalidate.Purge, now time.Time) {
+	if !msg.Covers() || msg.Heartbeat || len(msg.Keys) == 0 {
 		return
 	}
 	seen := now
