@@ -41,10 +41,9 @@ func TestWatermarkThroughCanalKill(t *testing.T) { testWatermarkFailover(t, fals
 // holding the lease: the standby takes over from the checkpoint in MySQL.
 func TestWatermarkThroughHATakeover(t *testing.T) { testWatermarkFailover(t, true) }
 
-// The writer's bounds: at most wmChanges changes, one per wmPace, for at
-// most wmWriteLimit; the canal is killed after wmKillAfter of them.
+// The writer's bounds: at most wmChangesMax changes, one per wmPace, for
+// at most wmWriteLimit; the canal is killed after wmKillAfter of them.
 const (
-	wmRows       = 4
 	wmChangesMax = 2400
 	wmPace       = 4 * time.Millisecond // at most 250 changes/s
 	wmWriteLimit = 14 * time.Second
@@ -56,8 +55,13 @@ const (
 	// wmCheckEvery paces each replica's checker: about 500 checks a second,
 	// far finer than the heartbeats (100 ms) and the writer's changes.
 	wmCheckEvery = 2 * time.Millisecond
-	wmLeaseTTL   = "1s"
-	wmHAName     = "wmfailover"
+	// wmCheckKeys bounds the keys of one check: the oldest open changes.
+	// Purges keep up within milliseconds, so only a failover (about 350
+	// changes during an HA takeover) or a lost purge leaves more than a
+	// few open.
+	wmCheckKeys = 1024
+	wmLeaseTTL  = "1s"
+	wmHAName    = "wmfailover"
 	// wmResumeLimit bounds the kill to the first watermark past it: a
 	// restart (or lease_ttl, 1 s) plus the replay. gap_timeout (5 s) is
 	// larger, so the purger has no reason to flush a replica.
@@ -67,13 +71,17 @@ const (
 func testWatermarkFailover(t *testing.T, ha bool) {
 	testStart := time.Now()
 
-	// Servers: a database with rows 1..wmRows, one Redis group of two
-	// private replicas, an nsqd in this process (it outlives the kill).
+	// Servers: a database with a row for each change, one Redis group of
+	// two private replicas, an nsqd in this process (it outlives the kill).
 	db := stacktest.NewDatabase(t)
 	conn := stacktest.MySQL(t) // the test goroutine's
 	stacktest.Exec(t, conn, "CREATE TABLE "+db+".item (id BIGINT PRIMARY KEY, version BIGINT NOT NULL)")
-	for id := 1; id <= wmRows; id++ {
-		stacktest.Exec(t, conn, "INSERT INTO "+db+".item (id, version) VALUES (?, 0)", id)
+	for from := 1; from <= wmChangesMax; from += 500 {
+		var values []string
+		for id := from; id < from+500 && id <= wmChangesMax; id++ {
+			values = append(values, fmt.Sprintf("(%d, 0)", id))
+		}
+		stacktest.Exec(t, conn, "INSERT INTO "+db+".item (id, version) VALUES "+strings.Join(values, ", "))
 	}
 	haDB := ""
 	if ha {
@@ -368,10 +376,14 @@ func testWatermarkFailover(t *testing.T, ha bool) {
 
 	// The end: every replica's watermark passes the last change, no key
 	// holds a value a purge deletes, and the watermark is fresh.
-	stacktest.Eventually(t, 5*time.Second, func() error {
+	endKeys := []string{invalidate.WatermarkKey}
+	for i := range n {
+		endKeys = append(endKeys, wmKey(i))
+	}
+	endCheck := func() error {
 		checkAlive()
 		for _, addr := range replicas {
-			vals, err := clients[addr].MGet(ctx, wmMGetKeys()...).Result()
+			vals, err := clients[addr].MGet(ctx, endKeys...).Result()
 			if err != nil {
 				return fmt.Errorf("redis %s: %w", addr, err)
 			}
@@ -384,17 +396,34 @@ func testWatermarkFailover(t *testing.T, ha bool) {
 			if wm.To < last.offset {
 				return fmt.Errorf("redis %s: watermark %s, short of the last change's offset %d", addr, wm, last.offset)
 			}
-			for r, v := range vals[1:] {
+			for i, v := range vals[1:] {
 				if v != nil {
-					return fmt.Errorf("redis %s: item:%d holds %v after the writer stopped", addr, r+1, v)
+					return fmt.Errorf("redis %s: %s holds %v after the writer stopped", addr, wmKey(i), v)
 				}
 			}
 			if d := now.Sub(wm.CaughtUp); d < -time.Second || d > time.Second {
 				return fmt.Errorf("redis %s: watermark %s caught up %v ago, want within 1 s", addr, wm, d)
 			}
 		}
+		// And each checker saw every change's key gone: its last check
+		// may predate the last purges.
+		for _, c := range checkers {
+			if s := c.summary(); len(s.open) > 0 {
+				return fmt.Errorf("checker of %s: %d changes not seen purged yet: %v", c.addr, len(s.open), s.open[:min(len(s.open), 20)])
+			}
+		}
 		return nil
-	})
+	}
+	// Not Eventually: what the checkers saw is reported either way.
+	endStart := time.Now()
+	for err := endCheck(); err != nil; err = endCheck() {
+		if time.Since(endStart) > 5*time.Second {
+			t.Errorf("5 s after the writer stopped: %v", err)
+			break
+		}
+		<-tick.C
+	}
+	settled := time.Since(endStart)
 	stopCheckers()
 
 	rejoins, err := metricAt(purger.httpAddr, "flashsync_purger_replica_rejoins_total")
@@ -410,7 +439,7 @@ func testWatermarkFailover(t *testing.T, ha bool) {
 			replayed++
 		}
 	}
-	var checks, violations, regressions int
+	var checks, violations, regressions, maxOpen int
 	var lags []time.Duration
 	var maxStale time.Duration
 	for _, c := range checkers {
@@ -426,6 +455,9 @@ func testWatermarkFailover(t *testing.T, ha bool) {
 			t.Errorf("redis %s: the watermark went backwards %d times (rejoins %v); first: %s",
 				c.addr, s.regressions, rejoins, strings.Join(s.firstRegressions, "; "))
 		}
+		if len(s.open) > 0 {
+			t.Errorf("redis %s: %d changes never seen purged: %v", c.addr, len(s.open), s.open[:min(len(s.open), 20)])
+		}
 		if s.checks == 0 {
 			t.Errorf("redis %s: no check ran", c.addr)
 		}
@@ -434,6 +466,7 @@ func testWatermarkFailover(t *testing.T, ha bool) {
 		regressions += s.regressions
 		lags = append(lags, s.lags...)
 		maxStale = max(maxStale, s.maxStaleness)
+		maxOpen = max(maxOpen, s.maxOpen)
 	}
 	slices.Sort(lags)
 	pct := func(p float64) time.Duration {
@@ -450,10 +483,10 @@ func testWatermarkFailover(t *testing.T, ha bool) {
 		"checkpoint %d bytes behind the watermark at the kill: %d covered changes replayed",
 		n, wrote.Round(time.Millisecond), float64(n)/wrote.Seconds(), active.name, atKill, how, resumed.Round(time.Millisecond), firstAfter,
 		wmAtKill-ckpt, replayed)
-	t.Logf("watermark failover: %d checks (MGET of the watermark and the %d keys) on %d replicas, %d claims of an unapplied change, %d regressions, %v rejoins; "+
-		"change to watermark lag p50 %v, p99 %v, max %v; largest staleness (now minus caught-up) %v; test %v",
-		checks, wmRows, len(replicas), violations, regressions, rejoins, pct(0.5), pct(0.99), pct(1), maxStale.Round(time.Millisecond),
-		time.Since(testStart).Round(100*time.Millisecond))
+	t.Logf("watermark failover: %d checks (MGET of the watermark and the keys of open changes, %d at most) on %d replicas, %d claims of an unapplied change, %d regressions, %v rejoins; "+
+		"change to watermark lag p50 %v, p99 %v, max %v; largest staleness (now minus caught-up) %v; settled %v after the writer stopped; test %v",
+		checks, maxOpen, len(replicas), violations, regressions, rejoins, pct(0.5), pct(0.99), pct(1), maxStale.Round(time.Millisecond),
+		settled.Round(time.Millisecond), time.Since(testStart).Round(100*time.Millisecond))
 
 	for _, p := range append(slices.Clone(canals), purger) {
 		if p == down {
@@ -465,11 +498,10 @@ func testWatermarkFailover(t *testing.T, ha bool) {
 	}
 }
 
-// wmChange is one change of the writer: the row, the binlog's end read
-// right after the commit returned (every event of the change ends at or
-// before it), and when it returned.
+// wmChange is one change of the writer: the binlog's end read right after
+// the commit returned (every event of the change ends at or before it),
+// and when it returned.
 type wmChange struct {
-	row       int
 	offset    uint64
 	committed time.Time
 }
@@ -501,21 +533,16 @@ func (l *wmChangeLog) get(i int) (wmChange, bool) {
 	return l.changes[i], true
 }
 
-// wmMGetKeys is what a check reads in one command: the watermark, then the
-// rows' keys item:1..item:wmRows.
-func wmMGetKeys() []string {
-	keys := []string{invalidate.WatermarkKey}
-	for r := 1; r <= wmRows; r++ {
-		keys = append(keys, "item:"+strconv.Itoa(r))
-	}
-	return keys
-}
+// wmKey is the key of the row change i updates, row i+1: each change has a
+// row of its own, so a purge that is never applied leaves its value there
+// for good, as it would a reader's cached value, rather than until the
+// row's next change.
+func wmKey(i int) string { return "item:" + strconv.Itoa(i+1) }
 
-// wmWrite is the writer: change i updates row i mod wmRows + 1 once it has
-// SET the row's key to "pre:i" on every replica (a value only the purge of
-// change i, or of an earlier change of the row, deletes), and records the
-// binlog's end after the commit. It stops after wmChangesMax changes,
-// wmWriteLimit after start, or when ctx ends.
+// wmWrite is the writer: change i updates row i+1 once it has SET the
+// row's key to "pre:i" on every replica (a value only the purge of change i
+// deletes), and records the binlog's end after the commit. It stops after
+// wmChangesMax changes, wmWriteLimit after start, or when ctx ends.
 func wmWrite(ctx context.Context, conn *client.Conn, db string, replicas []string, clients map[string]*redis.Client, log *wmChangeLog, start time.Time) error {
 	tick := time.NewTicker(wmPace)
 	defer tick.Stop()
@@ -528,8 +555,8 @@ func wmWrite(ctx context.Context, conn *client.Conn, db string, replicas []strin
 		if time.Since(start) > wmWriteLimit {
 			return nil
 		}
-		row := i%wmRows + 1
-		key, val := "item:"+strconv.Itoa(row), "pre:"+strconv.Itoa(i)
+		row := i + 1
+		key, val := wmKey(i), "pre:"+strconv.Itoa(i)
 		for _, addr := range replicas {
 			if err := clients[addr].Set(ctx, key, val, 0).Err(); err != nil {
 				return fmt.Errorf("change %d: redis %s SET %s: %w", i, addr, key, err)
@@ -543,7 +570,7 @@ func wmWrite(ctx context.Context, conn *client.Conn, db string, replicas []strin
 		if err != nil {
 			return fmt.Errorf("change %d: %w", i, err)
 		}
-		log.add(wmChange{row: row, offset: off, committed: committed})
+		log.add(wmChange{offset: off, committed: committed})
 	}
 	return nil
 }
@@ -569,14 +596,17 @@ func wmBinlogEnd(conn *client.Conn) (uint64, error) {
 	return off, nil
 }
 
-// wmChecker polls one replica with one MGET of its watermark and the rows'
-// keys, so each check sees both at one instant.
+// wmChecker polls one replica with one MGET of its watermark and the keys
+// of the open changes (recorded by the writer, and not yet seen gone from
+// this replica; the oldest wmCheckKeys of them), so each check sees the
+// watermark and the keys at one instant. A change that is open for good
+// (its purge lost) is checked for good.
 //
 // A violation is a check where a key holds "pre:i" while the watermark
-// claims change i. The writer SET "pre:i" before committing change i, so
-// the purge of change i (derived from the binlog after the commit) has not
-// been applied to this replica while the key holds it. The watermark
-// claims change i when:
+// claims change i. The writer SET "pre:i" before committing change i, and
+// only the purge of change i (derived from the binlog after the commit)
+// deletes it, so while the key holds it that purge has not been applied to
+// this replica. The watermark claims change i when:
 //
 //   - To >= o_i. o_i is the binlog's end read after the commit returned: at
 //     or after the end of change i's last event (the XID event's end offset,
@@ -594,8 +624,9 @@ func wmBinlogEnd(conn *client.Conn) (uint64, error) {
 //     the time it started reading the binlog's end, on this machine's
 //     clock. This is the bound readers rely on (max_staleness).
 //
-// A check whose "pre:i" has no o_i yet (the writer has not recorded it) is
-// not judged on that key.
+// A change enters the open set only once the writer recorded it, after its
+// SET: a key seen absent then was purged (nothing else deletes it here;
+// a rejoin flush would, and is counted apart).
 type wmChecker struct {
 	addr    string
 	client  *redis.Client
@@ -610,8 +641,11 @@ type wmCheckerState struct {
 	checks           int
 	last             invalidate.Watermark
 	seen             bool
-	covered          int             // changes [0, covered) are at or before last.To
-	lags             []time.Duration // per change: commit to the first check that saw it covered
+	open             []int // changes whose key was not seen gone, in order
+	known            int   // changes [0, known) were added to open
+	maxOpen          int   // the most keys one check read
+	covered          int   // changes [0, covered) are at or before last.To
+	lags             []time.Duration
 	maxStaleness     time.Duration
 	violations       int
 	firstViolations  []string
@@ -628,7 +662,6 @@ func startWMChecker(ctx context.Context, addr string, c *redis.Client, changes *
 
 func (c *wmChecker) run(ctx context.Context) {
 	defer close(c.done)
-	keys := wmMGetKeys()
 	tick := time.NewTicker(wmCheckEvery)
 	defer tick.Stop()
 	for {
@@ -637,13 +670,18 @@ func (c *wmChecker) run(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		ids := c.next()
+		keys := []string{invalidate.WatermarkKey}
+		for _, i := range ids {
+			keys = append(keys, wmKey(i))
+		}
 		vals, err := c.client.MGet(ctx, keys...).Result()
 		if ctx.Err() != nil {
 			return
 		}
 		now := time.Now()
 		if err == nil {
-			err = c.check(now, vals)
+			err = c.check(now, ids, vals)
 		}
 		if err != nil {
 			c.mu.Lock()
@@ -654,7 +692,22 @@ func (c *wmChecker) run(ctx context.Context) {
 	}
 }
 
-func (c *wmChecker) check(now time.Time, vals []any) error {
+// next opens the changes recorded since the last check and returns the
+// oldest open ones, the keys of the next check.
+func (c *wmChecker) next() []int {
+	n := c.changes.len()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ; c.known < n; c.known++ {
+		c.open = append(c.open, c.known)
+	}
+	ids := slices.Clone(c.open[:min(len(c.open), wmCheckKeys)])
+	c.maxOpen = max(c.maxOpen, len(ids))
+	return ids
+}
+
+// check judges one MGET of the watermark and the keys of changes ids.
+func (c *wmChecker) check(now time.Time, ids []int, vals []any) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.checks++
@@ -671,31 +724,27 @@ func (c *wmChecker) check(now time.Time, vals []any) error {
 			*list = append(*list, fmt.Sprintf(format, args...))
 		}
 	}
-	for r, v := range vals[1:] {
+	gone := map[int]bool{}
+	for k, v := range vals[1:] {
+		i := ids[k]
 		if v == nil {
+			gone[i] = true
 			continue
 		}
-		val, _ := v.(string)
-		i, err := strconv.Atoi(strings.TrimPrefix(val, "pre:"))
-		if !strings.HasPrefix(val, "pre:") || err != nil {
-			return fmt.Errorf("item:%d holds %v, which the writer never set", r+1, v)
+		if want := "pre:" + strconv.Itoa(i); v != want {
+			return fmt.Errorf("%s holds %v, want %s or nothing", wmKey(i), v, want)
 		}
-		ch, known := c.changes.get(i)
-		if !known {
-			continue
-		}
-		if ch.row != r+1 {
-			return fmt.Errorf("item:%d holds %v, set for row %d", r+1, v, ch.row)
-		}
+		ch, _ := c.changes.get(i) // recorded: it was opened
 		if wm.To >= ch.offset {
 			c.violations++
-			note(&c.firstViolations, "watermark %s is at or past change %d's offset %d while item:%d holds %s", wm, i, ch.offset, r+1, val)
+			note(&c.firstViolations, "watermark %s is at or past change %d's offset %d while %s holds pre:%d", wm, i, ch.offset, wmKey(i), i)
 		} else if !wm.CaughtUp.IsZero() && !wm.CaughtUp.Before(ch.committed) {
 			c.violations++
-			note(&c.firstViolations, "watermark %s caught up at %s, not before change %d returned (%s), while item:%d holds %s",
-				wm, wm.CaughtUp.Format(time.StampMicro), i, ch.committed.Format(time.StampMicro), r+1, val)
+			note(&c.firstViolations, "watermark %s caught up at %s, not before change %d returned (%s), while %s holds pre:%d",
+				wm, wm.CaughtUp.Format(time.StampMicro), i, ch.committed.Format(time.StampMicro), wmKey(i), i)
 		}
 	}
+	c.open = slices.DeleteFunc(c.open, func(i int) bool { return gone[i] })
 	if c.seen && (wm.To < c.last.To || wm.CaughtUp.Before(c.last.CaughtUp)) {
 		c.regressions++
 		note(&c.firstRegressions, "%s after %s", wm, c.last)
@@ -720,6 +769,7 @@ func (c *wmChecker) summary() wmCheckerState {
 	defer c.mu.Unlock()
 	s := c.wmCheckerState
 	s.lags = slices.Clone(s.lags)
+	s.open = slices.Clone(s.open)
 	return s
 }
 
