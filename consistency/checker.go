@@ -32,8 +32,10 @@ import (
 const (
 	DefaultSampleRate = 0.01
 	DefaultMaxPending = 10000
-	DefaultRecent     = 100
-	DefaultTimeout    = 500 * time.Millisecond
+	// DefaultLookupdPollInterval is the purgers' (purge.ConsumerOptions).
+	DefaultLookupdPollInterval = 5 * time.Second
+	DefaultRecent              = 100
+	DefaultTimeout             = 500 * time.Millisecond
 	// SampleKeys is the most keys of one message a check reads: a message
 	// is one sample, and a large transaction's thousands of keys would
 	// otherwise cost thousands of reads per replica.
@@ -89,9 +91,14 @@ type Options struct {
 	// DefaultRecent).
 	Recent int
 	// Timeout bounds one Redis read (default DefaultTimeout).
-	Timeout    time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	Timeout time.Duration
+	// LookupdPollInterval is how often nsqlookupd is asked for the nsqd
+	// that hold each topic (default DefaultLookupdPollInterval): a topic
+	// the canal creates after the checker started is found at the next
+	// poll (go-nsq's own default, a minute, missed whole storms).
+	LookupdPollInterval time.Duration
+	Logger              *slog.Logger
+	Registerer          prometheus.Registerer
 }
 
 func (o *Options) prepare() error {
@@ -126,6 +133,9 @@ func (o *Options) prepare() error {
 	o.Windows = slices.Compact(o.Windows)
 	if o.MaxPending == 0 {
 		o.MaxPending = DefaultMaxPending
+	}
+	if o.LookupdPollInterval <= 0 {
+		o.LookupdPollInterval = DefaultLookupdPollInterval
 	}
 	if o.Recent == 0 {
 		o.Recent = DefaultRecent
@@ -327,6 +337,7 @@ func (c *Checker) Run(ctx context.Context) error {
 		cfg := nsq.NewConfig()
 		cfg.MaxInFlight = maxInFlight
 		cfg.LookupdPollTimeout = c.opts.Timeout
+		cfg.LookupdPollInterval = c.opts.LookupdPollInterval
 		cons, err := nsq.NewConsumer(topic, Channel, cfg)
 		if err != nil {
 			return fmt.Errorf("nsq consumer %s/%s: %w", topic, Channel, err)
