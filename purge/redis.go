@@ -335,12 +335,10 @@ func (p *RedisPurger) apply(ctx context.Context, r *redisReplica, msg *invalidat
 		return fmt.Errorf("redis %s watermark: %w", r.addr, err)
 	}
 	if r.log != nil && rep.status != "unmarked" {
-		rec := logRecord{seq: rep.seq, at: time.Now().UnixNano(), wm: rep.wm, flush: msg.Flush, keys: msg.Keys, patterns: msg.Patterns}
-		if err := r.log.append(rec); err != nil {
-			// The message is applied; a replay would miss it (the sequence
-			// is a hole in the log), so it falls back to a flush.
-			p.opts.Logger.Error("rejoin log", "group", r.group, "replica", r.addr, "error", err)
+		if rep.status == "rejoined" { // the flush before the message has the number before its
+			p.logFlush(r, rep.seq-1)
 		}
+		p.logRecord(r, logRecord{seq: rep.seq, at: time.Now().UnixNano(), wm: rep.wm, flush: msg.Flush, keys: msg.Keys, patterns: msg.Patterns})
 	}
 	r.scriptMu.Unlock()
 	p.observe(r, rep)
@@ -348,6 +346,20 @@ func (p *RedisPurger) apply(ctx context.Context, r *redisReplica, msg *invalidat
 		p.opts.Logger.Info("redis replica flushed (admin)", "group", r.group, "replica", r.addr, "job", msg.Job)
 	}
 	return nil
+}
+
+// logRecord appends rec to r's rejoin log (the caller holds r.scriptMu).
+func (p *RedisPurger) logRecord(r *redisReplica, rec logRecord) {
+	if err := r.log.append(rec); err != nil {
+		// What it records is applied; a replay across it would miss it
+		// (the sequence is a hole in the log), so it falls back to a flush.
+		p.opts.Logger.Error("rejoin log", "group", r.group, "replica", r.addr, "error", err)
+	}
+}
+
+// logFlush logs a rejoin's flush, numbered seq by the script.
+func (p *RedisPurger) logFlush(r *redisReplica, seq uint64) {
+	p.logRecord(r, logRecord{seq: seq, at: time.Now().UnixNano(), flush: true})
 }
 
 // purgePattern unlinks every key that matches pattern: SCAN MATCH COUNT

@@ -273,7 +273,36 @@ func TestWatermarkScriptReplay(t *testing.T) {
 	if n := h.c.Exists(ctx, "user", watermarkReplayKey).Val(); n != 0 {
 		t.Error("the fallback did not flush")
 	}
-	if s, _ := h.c.Get(ctx, watermarkSeqKey).Result(); s != "4" {
-		t.Errorf("sequence after the flush %q, want 4 (the largest the purger saw: none reused)", s)
+	if s, _ := h.c.Get(ctx, watermarkSeqKey).Result(); s != "5" || rep.seq != 5 {
+		t.Errorf("sequence after the flush %q (reply %d), want 5: the flush's own, above the 4 the purger saw", s, rep.seq)
+	}
+
+	// A snapshot numbered above the purger's floor holds messages the
+	// purger never saw applied: flushed, not replayed.
+	if err := h.c.MSet(ctx, watermarkMarkerKey, "0000000000000000000000000000000000000000", watermarkSeqKey, "99").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if rep := h.run(modeState); rep.status != "rejoined" || rep.reason != reasonRestarted {
+		t.Fatalf("a snapshot above the floor: %+v, want flushed", rep)
+	}
+}
+
+// A flush among the records a replay needs makes it fall back: what the
+// flush removed may be what no log holds (a purge lost, the reason of a
+// gap flush).
+func TestRejoinLogFlushBlocksReplay(t *testing.T) {
+	l := openTestLog(t, t.TempDir(), 1<<20, time.Hour)
+	for seq := uint64(1); seq <= 5; seq++ {
+		rec := testRecord(seq, "k")
+		rec.flush = seq == 4
+		if err := l.append(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if set, _ := l.since(2, 5); !set.flush || set.missing != 0 {
+		t.Errorf("across the flush: %+v, want flush", set)
+	}
+	if set, _ := l.since(5, 5); set.flush {
+		t.Errorf("after the flush: %+v, want none", set)
 	}
 }

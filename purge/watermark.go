@@ -283,7 +283,11 @@ func (p *RedisPurger) check(ctx context.Context, r *redisReplica) {
 		defer cancel()
 		r.scriptMu.Lock()
 		defer r.scriptMu.Unlock()
-		return p.runScript(cctx, r, mode, nil, args...)
+		rep, err := p.runScript(cctx, r, mode, nil, args...)
+		if err == nil && rep.status == "rejoined" && r.log != nil {
+			p.logFlush(r, rep.seq)
+		}
+		return rep, err
 	}
 	rep, err := run()
 	if err != nil && ctx.Err() == nil && p.redial(ctx, r, err) {
@@ -332,7 +336,11 @@ func (p *RedisPurger) replay(ctx context.Context, r *redisReplica, replay string
 		defer cancel()
 		r.scriptMu.Lock()
 		defer r.scriptMu.Unlock()
-		return p.runScript(cctx, r, mode, nil, args...)
+		rep, err := p.runScript(cctx, r, mode, nil, args...)
+		if err == nil && rep.status == "rejoined" {
+			p.logFlush(r, rep.seq)
+		}
+		return rep, err
 	}
 	if set.missing != 0 || set.flush {
 		why := fmt.Sprintf("the log lacks sequence %d (it reaches back to %d, applied %s)", set.missing, oldest, oldestAt.Format(time.RFC3339Nano))
@@ -597,7 +605,10 @@ func (w *replicaWatermark) rejoinDue(now time.Time, timeout time.Duration) (reas
 	if w.due != nil {
 		return w.due.reason, w.due.cond, true
 	}
-	if w.err != nil || w.pending == 0 || w.stuckSince.IsZero() {
+	// While a replica is replayed, the ranges applied since its snapshot
+	// lack their coverage marks: its watermark looks stuck, and the replay
+	// ends that (or flushes).
+	if w.err != nil || w.pending == 0 || w.stuckSince.IsZero() || w.replay != "" {
 		return "", "", false
 	}
 	start := w.stuckSince

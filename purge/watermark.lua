@@ -113,7 +113,10 @@ local function rejoin(why)
   end
   redis.call('FLUSHDB', 'ASYNC')
   redis.call('SET', KEYS[2], server())
-  seq = math.max(seq, floor) -- sequences stay unique: none is reused
+  -- The flush has a number of its own, above every one the purger knows:
+  -- the purger logs it, so that no replay of a snapshot taken before it
+  -- passes it (what it flushed may be what no log holds: a lost purge).
+  seq = math.max(seq, floor) + 1
   redis.call('SET', KEYS[5], seq)
   to, cu = m, c
   status, reason = 'rejoined', why
@@ -133,8 +136,10 @@ local function replay()
 end
 
 if marker and marker ~= live and marker ~= server() then
-  -- the data is a snapshot's (RDB, AOF) or a copy
-  if ARGV[5] == '1' and to then replay() else rejoin('restarted') end
+  -- the data is a snapshot's (RDB, AOF) or a copy. A snapshot numbered
+  -- above the purger's floor holds messages it never saw applied (another
+  -- purger's): not replayable.
+  if ARGV[5] == '1' and to and seq <= floor then replay() else rejoin('restarted') end
 elseif marker and not to then
   rejoin('lost') -- the watermark was deleted or evicted
 elseif to and not marker then

@@ -46,7 +46,7 @@ func TestWatermarkReplayRejoin(t *testing.T) {
 				}
 			}},
 	} {
-		for _, fallback := range []string{"", "log emptied", "log bounded"} {
+		for _, fallback := range []string{"", "log emptied", "log bounded", "gap flush since"} {
 			name := tt.name
 			if fallback != "" {
 				name += ", " + fallback
@@ -55,6 +55,7 @@ func TestWatermarkReplayRejoin(t *testing.T) {
 				f := newWMFixture(t, tt.srv(t))
 				f.opts.Rejoin, f.opts.RejoinLogDir = purge.RejoinReplay, t.TempDir()
 				f.opts.CheckInterval = 50 * time.Millisecond
+				f.opts.GapTimeout = 500 * time.Millisecond
 				if fallback == "log bounded" {
 					f.opts.RejoinLogMaxBytes = 1 << 10 // a few dozen records
 				}
@@ -76,6 +77,20 @@ func TestWatermarkReplayRejoin(t *testing.T) {
 					n += 100
 				}
 				f.applied(n)
+				if fallback == "gap flush since" {
+					// (15, 20] never comes: the replica is flushed for the gap,
+					// a flush no replay of the older snapshot may pass.
+					f.publish(20, 25, 1, 1)
+					stacktest.Eventually(t, 5*time.Second, func() error {
+						if r := f.rejoins("gap"); r != 1 {
+							return fmt.Errorf("%v gap rejoins", r)
+						}
+						return nil
+					})
+					if err := f.c.Set(ctx, "keep", "v", 0).Err(); err != nil { // (the flush took it)
+						t.Fatal(err)
+					}
+				}
 				want := f.watermark()
 				if ex := f.c.Exists(ctx, "item:1", "item:2").Val(); ex != 0 {
 					t.Fatalf("%d purged keys present before the restart", ex)
