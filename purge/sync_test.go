@@ -1,0 +1,162 @@
+package purge
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/flashsync/flashsync/internal/stacktest"
+	"github.com/flashsync/flashsync/invalidate"
+)
+
+func ver(offset uint64) invalidate.SyncVersion { return invalidate.SyncVersion{Offset: offset} }
+
+// syncState is a key as an application and the fence see it.
+type syncState struct {
+	str     string            // the string value, "" for none
+	hash    map[string]string // the hash value, nil for none
+	version string            // the stored version, "" for none
+}
+
+func readSync(t *testing.T, c *redis.Client, key string) syncState {
+	t.Helper()
+	ctx := context.Background()
+	var s syncState
+	switch typ := c.Type(ctx, key).Val(); typ {
+	case "string":
+		s.str = c.Get(ctx, key).Val()
+	case "hash":
+		s.hash = c.HGetAll(ctx, key).Val()
+	case "none":
+	default:
+		t.Fatalf("%s is a %s", key, typ)
+	}
+	s.version = c.Get(ctx, syncVersionPrefix+key).Val()
+	return s
+}
+
+func TestSyncScript(t *testing.T) {
+	srv := stacktest.StartRedis(t)
+	c := stacktest.Redis(t, srv.Addr())
+	ctx := context.Background()
+	s := newSyncScript(time.Minute)
+	apply := func(w ...syncWrite) []bool {
+		t.Helper()
+		got, err := s.apply(ctx, c, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	set := func(key string, v uint64, value string) syncWrite {
+		return syncWrite{key: key, op: syncSet, version: ver(v), value: []byte(value)}
+	}
+	del := func(key string, v uint64) syncWrite { return syncWrite{key: key, op: syncDel, version: ver(v)} }
+
+	// Newer applies, older and equal are dropped, in one round trip.
+	if got := apply(set("k", 10, "v10"), set("k", 5, "v5"), set("k", 10, "again"), set("k", 11, "v11")); !slices.Equal(got, []bool{true, false, false, true}) {
+		t.Fatalf("applied %v", got)
+	}
+	if st := readSync(t, c, "k"); st.str != "v11" || st.version != ver(11).String() {
+		t.Fatalf("k: %+v", st)
+	}
+	// A delete leaves a tombstone: the application sees a miss, a late
+	// older write is refused, a newer one applies.
+	if got := apply(del("k", 20), set("k", 15, "late")); !slices.Equal(got, []bool{true, false}) {
+		t.Fatalf("delete, late write: %v", got)
+	}
+	if st := readSync(t, c, "k"); st.str != "" || st.version != ver(20).String() {
+		t.Fatalf("tombstoned k: %+v", st)
+	}
+	if ttl := c.PTTL(ctx, syncVersionPrefix+"k").Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("tombstone TTL %v, want up to 1m", ttl)
+	}
+	if got := apply(set("k", 21, "back")); !got[0] {
+		t.Fatal("a newer write after the delete was refused")
+	}
+	if ttl := c.PTTL(ctx, syncVersionPrefix+"k").Val(); ttl != -1 {
+		t.Errorf("version TTL %v after a write without TTL, want none", ttl)
+	}
+	// A hash is replaced whole: fields the new image lacks are gone.
+	apply(syncWrite{key: "h", op: syncHash, version: ver(1), fields: []string{"a", "1", "b", "2"}})
+	apply(syncWrite{key: "h", op: syncHash, version: ver(2), fields: []string{"a", "3"}})
+	if st := readSync(t, c, "h"); len(st.hash) != 1 || st.hash["a"] != "3" {
+		t.Fatalf("h: %+v", st)
+	}
+	// A value's TTL; its version outlives it by the tombstone's time.
+	apply(syncWrite{key: "t", op: syncSet, version: ver(1), value: []byte("x"), ttl: 10 * time.Second})
+	vt, kt := c.PTTL(ctx, "t").Val(), c.PTTL(ctx, syncVersionPrefix+"t").Val()
+	if vt <= 0 || vt > 10*time.Second || kt <= 10*time.Second || kt > 10*time.Second+time.Minute {
+		t.Errorf("TTLs: value %v, version %v; want up to 10s and 10s-1m10s", vt, kt)
+	}
+	// Bad input is refused before anything runs.
+	if _, err := s.apply(ctx, c, []syncWrite{{key: "x", op: syncHash, version: ver(1), fields: []string{"odd"}}}); err == nil {
+		t.Error("an odd hash argument list was accepted")
+	}
+}
+
+// Whatever order and batching the writes of a key arrive in (NSQ
+// reorders and redelivers), the key ends at the newest write's result and
+// its version never goes back. Checked after every step.
+func TestSyncScriptAnyOrder(t *testing.T) {
+	srv := stacktest.StartRedis(t)
+	c := stacktest.Redis(t, srv.Addr())
+	ctx := context.Background()
+	s := newSyncScript(time.Minute)
+	rng := rand.New(rand.NewPCG(11, 12))
+	for trial := range 200 {
+		key := "row:" + strconv.Itoa(trial)
+		var writes []syncWrite
+		for v := uint64(1); v <= 12; v++ {
+			w := syncWrite{key: key, op: syncSet, version: ver(v), value: []byte("v" + strconv.FormatUint(v, 10))}
+			switch rng.IntN(4) {
+			case 0:
+				w.op, w.value = syncDel, nil
+			case 1:
+				w.op, w.value, w.fields = syncHash, nil, []string{"version", strconv.FormatUint(v, 10)}
+			}
+			writes = append(writes, w)
+			if rng.IntN(3) == 0 {
+				writes = append(writes, w) // a redelivery
+			}
+		}
+		newest := writes[len(writes)-1]
+		rng.Shuffle(len(writes), func(i, j int) { writes[i], writes[j] = writes[j], writes[i] })
+		last := ""
+		for len(writes) > 0 {
+			n := min(len(writes), 1+rng.IntN(4))
+			if _, err := s.apply(ctx, c, writes[:n]); err != nil {
+				t.Fatal(err)
+			}
+			writes = writes[n:]
+			st := readSync(t, c, key)
+			if st.version < last {
+				t.Fatalf("%s: version went back from %s to %s", key, last, st.version)
+			}
+			last = st.version
+		}
+		st := readSync(t, c, key)
+		if st.version != newest.version.String() {
+			t.Fatalf("%s ends at version %s, want %s", key, st.version, newest.version)
+		}
+		switch newest.op {
+		case syncDel:
+			if st.str != "" || st.hash != nil {
+				t.Fatalf("%s: deleted last, holds %+v", key, st)
+			}
+		case syncSet:
+			if st.str != string(newest.value) {
+				t.Fatalf("%s: %q, want %q", key, st.str, newest.value)
+			}
+		case syncHash:
+			if st.hash["version"] != newest.fields[1] || len(st.hash) != 1 {
+				t.Fatalf("%s: %v, want version %s", key, st.hash, newest.fields[1])
+			}
+		}
+	}
+}
