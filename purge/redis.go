@@ -105,6 +105,11 @@ type redisReplica struct {
 	// (under scriptMu).
 	seqRead  uint64
 	seqKnown bool
+	// scriptConn is the connection the scripts run on, to the server
+	// whose run_id is scriptRunID, from scriptClient (under scriptMu).
+	scriptConn   *redis.Conn
+	scriptClient *redis.Client
+	scriptRunID  string
 }
 
 // NewRedisPurger checks the options; nothing connects before Run.
@@ -201,7 +206,6 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 				WriteTimeout: opts.Timeout,
 				PoolSize:     4,
 				MaxRetries:   -1, // retries belong to NSQ, not to the client
-				OnConnect:    onConnect(&r.wm),
 			})
 			p.replicas = append(p.replicas, r)
 			c.Add(Target{
@@ -266,6 +270,9 @@ func (p *RedisPurger) Close() error {
 	p.stopped = true
 	var errs []error
 	for _, r := range p.replicas {
+		r.scriptMu.Lock()
+		r.dropScriptConnection()
+		r.scriptMu.Unlock()
 		errs = append(errs, r.client.Close())
 		if r.log != nil {
 			errs = append(errs, r.log.Close())

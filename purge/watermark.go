@@ -173,12 +173,10 @@ const (
 )
 
 // runScript runs watermark.lua on r: mode, then the mode's arguments after
-// the run_id hint and what the purger has seen; keys are DELeted first.
-// The caller holds r.scriptMu.
-//
-// A call that dialed a new connection, whose INFO named another run_id than
-// the one the call was sent with, runs again with it: the first command to
-// reach a restarted server sees the restart. Every mode is idempotent.
+// the server's run_id (read on the script's connection) and what the
+// purger has seen; keys are DELeted first.
+// The caller holds r.scriptMu. Every mode is idempotent: a call whose
+// reply was lost may run again.
 func (p *RedisPurger) runScript(ctx context.Context, r *redisReplica, mode string, keys []string, args ...any) (watermarkReply, error) {
 	ks := append([]string{invalidate.WatermarkKey, watermarkMarkerKey, watermarkDoneKey, watermarkPartsKey,
 		watermarkSeqKey, watermarkReplayKey}, keys...)
@@ -194,26 +192,65 @@ func (p *RedisPurger) runScript(ctx context.Context, r *redisReplica, mode strin
 			replay = "1"
 		}
 	}
-	for again := true; ; again = false {
-		hint, seenTo, seenCU := r.wm.scriptArgs()
-		all := append([]any{mode, hint, digits20(seenTo), digits20(seenCU), replay, digits20(floor)}, args...)
-		v, err := p.script.Run(ctx, r.client.get(), ks, all...).Result()
-		if err != nil {
-			return watermarkReply{}, err
-		}
-		rep, err := parseWatermarkReply(v)
-		if err != nil {
-			return rep, err
-		}
-		if rep.status != "replaying" {
-			r.seqRead, r.seqKnown = max(r.seqRead, rep.seq), true
-		}
-		if rep.runID != hint {
-			r.wm.correctHint(hint, rep.runID) // the script asked the server
-		}
-		if now, _, _ := r.wm.scriptArgs(); now == hint || now == rep.runID || !again {
-			return rep, nil
-		}
+	conn, runID, err := r.scriptConnection(ctx)
+	if err != nil {
+		return watermarkReply{}, err
+	}
+	seenTo, seenCU := r.wm.scriptArgs()
+	all := append([]any{mode, runID, digits20(seenTo), digits20(seenCU), replay, digits20(floor)}, args...)
+	v, err := p.script.Run(ctx, conn, ks, all...).Result()
+	if err != nil {
+		r.dropScriptConnection()
+		return watermarkReply{}, err
+	}
+	rep, err := parseWatermarkReply(v)
+	if err != nil {
+		return rep, err
+	}
+	if rep.status != "replaying" {
+		r.seqRead, r.seqKnown = max(r.seqRead, rep.seq), true
+	}
+	return rep, nil
+}
+
+// scriptConnection is the connection r's scripts run on, and the run_id
+// of the server it reached, read on it (the caller holds r.scriptMu).
+//
+// The script trusts the run_id it is given to tell a restart: a marker
+// equal to it is this server's. Only a run_id read on the very connection
+// the script runs on is certain to be the server's (a TCP connection does
+// not outlive the server process); one read on another connection of the
+// pool may be the old server's while the script reaches a restarted one,
+// which then looked like itself to the script: a snapshot's stale data
+// got a fresh watermark until the next call (a read of a 3 s old value in
+// TestWatermarkRestartUnderReaders).
+func (r *redisReplica) scriptConnection(ctx context.Context) (*redis.Conn, string, error) {
+	if r.scriptConn != nil && r.scriptClient == r.client.get() {
+		return r.scriptConn, r.scriptRunID, nil
+	}
+	r.dropScriptConnection()
+	c := r.client.get()
+	conn := c.Conn()
+	info, err := conn.Info(ctx, "server").Result()
+	if err != nil {
+		conn.Close()
+		return nil, "", err
+	}
+	id := infoField(info, "run_id")
+	if id == "" {
+		conn.Close()
+		return nil, "", fmt.Errorf("redis %s: INFO server names no run_id", r.addr)
+	}
+	r.scriptConn, r.scriptClient, r.scriptRunID = conn, c, id
+	return conn, id, nil
+}
+
+// dropScriptConnection closes r's script connection (after an error: the
+// next call dials and reads the run_id again).
+func (r *redisReplica) dropScriptConnection() {
+	if r.scriptConn != nil {
+		r.scriptConn.Close()
+		r.scriptConn, r.scriptClient, r.scriptRunID = nil, nil, ""
 	}
 }
 
@@ -416,12 +453,8 @@ func (p *RedisPurger) deadLettered(ctx context.Context, r *redisReplica, msg *in
 // last state a script returned, and what the replica's messages told it.
 type replicaWatermark struct {
 	mu sync.Mutex
-	// hint is the replica's run_id as a new connection's INFO (or the
-	// script) last told it, passed to the script; runID is the last a reply
-	// named. A reply does not set the hint: it may name the run_id the
-	// call was sent with while a connection to a restarted server has just
-	// read the new one.
-	hint, runID string
+	// runID is the run_id the last reply named.
+	runID string
 	// seenTo and seenCU are the largest To and CaughtUp of the covered
 	// messages received: after a flush, the watermark restarts there.
 	seenTo uint64
@@ -469,27 +502,10 @@ type watermarkEvent struct {
 	known    string // the watermark the purger knew before
 }
 
-func (w *replicaWatermark) scriptArgs() (hint string, seenTo uint64, seenCU int64) {
+func (w *replicaWatermark) scriptArgs() (seenTo uint64, seenCU int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.hint, w.seenTo, w.seenCU
-}
-
-// setHint records the run_id a new connection's INFO answered.
-func (w *replicaWatermark) setHint(runID string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.hint = runID
-}
-
-// correctHint replaces a hint the script found wrong, unless a new
-// connection set another meanwhile.
-func (w *replicaWatermark) correctHint(sent, runID string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.hint == sent {
-		w.hint = runID
-	}
+	return w.seenTo, w.seenCU
 }
 
 // saw records a message received for the replica.
@@ -754,22 +770,6 @@ func (c *watermarkCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range c.p.replicas {
 		ch <- prometheus.MustNewConstMetric(c.staleness, prometheus.GaugeValue, r.wm.staleness(now), r.group, r.addr)
 		ch <- prometheus.MustNewConstMetric(c.gap, prometheus.GaugeValue, r.wm.gapSeconds(now), r.group, r.addr)
-	}
-}
-
-// onConnect reads the run_id of the server a new connection reached: after
-// a restart every connection is new, so the first script run on the
-// restarted server already passes its run_id and sees the restart.
-func onConnect(w *replicaWatermark) func(ctx context.Context, cn *redis.Conn) error {
-	return func(ctx context.Context, cn *redis.Conn) error {
-		info, err := cn.Info(ctx, "server").Result()
-		if err != nil {
-			return nil // only a hint: the script reads INFO itself when it must
-		}
-		if id := infoField(info, "run_id"); id != "" {
-			w.setHint(id)
-		}
-		return nil
 	}
 }
 

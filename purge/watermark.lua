@@ -19,8 +19,9 @@
 --         (read only, unless the replica restarted or lost its watermark),
 --         rejoin (flush and restart the watermark if ARGV[7]'s condition
 --         still holds), replayed (a replay's end)
--- ARGV[2] the run_id the purger last saw for the replica (a hint: the
---         server's own is read with INFO when it differs from the marker)
+-- ARGV[2] the server's run_id, as INFO answered on the connection this
+--         script runs on (the script reads INFO itself only where the
+--         marker differs from it)
 -- ARGV[3], ARGV[4] the largest To and CaughtUp of the covered messages the
 --         purger has received for the replica
 -- ARGV[5] "1": a restarted replica is replayed (rejoin = "replay"), not
