@@ -2,6 +2,7 @@ package invalidate
 
 import (
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -20,7 +21,7 @@ func TestSyncVersionOrder(t *testing.T) {
 		if got := tt.a.Compare(tt.b); got != tt.want {
 			t.Errorf("%v.Compare(%v) = %d, want %d", tt.a, tt.b, got, tt.want)
 		}
-		if got := cmpStrings(tt.a.String(), tt.b.String()); got != tt.want {
+		if got := strings.Compare(tt.a.String(), tt.b.String()); got != tt.want {
 			t.Errorf("strings %q, %q compare %d, want %d", tt.a, tt.b, got, tt.want)
 		}
 	}
@@ -31,23 +32,13 @@ func TestSyncVersionOrder(t *testing.T) {
 	}
 }
 
-func cmpStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // The stored form orders as the versions do, and parses back.
 func FuzzSyncVersion(f *testing.F) {
 	f.Add(uint32(0), uint64(0), uint32(0), uint32(0), uint64(1), uint32(0))
 	f.Add(uint32(1), uint64(math.MaxUint64), uint32(math.MaxUint32), uint32(1), uint64(1<<53), uint32(7))
 	f.Fuzz(func(t *testing.T, e1 uint32, o1 uint64, r1 uint32, e2 uint32, o2 uint64, r2 uint32) {
 		a, b := SyncVersion{e1, o1, r1}, SyncVersion{e2, o2, r2}
-		if got, want := cmpStrings(a.String(), b.String()), a.Compare(b); got != want {
+		if got, want := strings.Compare(a.String(), b.String()), a.Compare(b); got != want {
 			t.Fatalf("%v vs %v: strings compare %d, versions %d", a, b, got, want)
 		}
 		back, err := ParseSyncVersion(a.String())

@@ -2,6 +2,7 @@ package purge
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -96,7 +97,7 @@ func openRejoinLog(dir string, maxBytes int64, maxAge time.Duration) (*rejoinLog
 		}
 		l.segs = append(l.segs, logSegment{first: first, path: filepath.Join(dir, e.Name()), size: info.Size(), firstAt: info.ModTime()})
 	}
-	slices.SortFunc(l.segs, func(a, b logSegment) int { return cmpUint(a.first, b.first) })
+	slices.SortFunc(l.segs, func(a, b logSegment) int { return cmp.Compare(a.first, b.first) })
 	for i := range l.segs {
 		l.total += l.segs[i].size
 	}
@@ -106,16 +107,6 @@ func openRejoinLog(dir string, maxBytes int64, maxAge time.Duration) (*rejoinLog
 		}
 	}
 	return l, nil
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // openTail reads the newest segment to its last whole record, cuts what

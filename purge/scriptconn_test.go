@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
 
@@ -20,17 +19,8 @@ import (
 // watermark until the next call. The slow log shows what each call
 // carried.
 func TestScriptCallsCarryTheServersRunID(t *testing.T) {
-	srv := stacktest.StartRedis(t)
-	p, err := NewRedisPurger(RedisPurgerOptions{
-		ConsumerOptions: ConsumerOptions{NSQDTCP: []string{"127.0.0.1:1"}},
-		Groups:          []RedisGroup{{Name: "g", Replicas: []string{srv.Addr()}}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	r := p.replicas[0]
-	c := stacktest.Redis(t, srv.Addr())
+	h := newScriptHarness(t)
+	srv, p, r, c := h.srv, h.p, h.r, h.c
 	ctx := context.Background()
 	apply := func(from, to uint64) watermarkReply {
 		t.Helper()

@@ -7,8 +7,6 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,38 +70,12 @@ func (r *rrRow) versionAt(t time.Time) int64 {
 // once, after the snapshot, so only the rejoin can rid the replica of the
 // snapshot's value of it.
 func TestWatermarkRestartUnderReaders(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		srv  func(testing.TB) *stacktest.RedisServer
-		// snapshot saves what the restart will load; restore puts it back
-		// after the kill.
-		snapshot, restore func(t *testing.T, srv *stacktest.RedisServer, c *redis.Client)
-	}{
-		{"rdb", stacktest.StartRedis,
-			func(t *testing.T, _ *stacktest.RedisServer, c *redis.Client) {
-				if err := c.Save(context.Background()).Err(); err != nil {
-					t.Fatal(err)
-				}
-			}, func(*testing.T, *stacktest.RedisServer, *redis.Client) {}},
-		{"aof", stacktest.StartRedisPersistent,
-			func(t *testing.T, srv *stacktest.RedisServer, _ *redis.Client) {
-				copyDir(t, srv.Dir(), "appendonlydir", "aof-copy")
-			},
-			func(t *testing.T, srv *stacktest.RedisServer, _ *redis.Client) {
-				dir := srv.Dir()
-				if err := os.RemoveAll(filepath.Join(dir, "appendonlydir")); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.Rename(filepath.Join(dir, "aof-copy"), filepath.Join(dir, "appendonlydir")); err != nil {
-					t.Fatal(err)
-				}
-			}},
-	} {
-		t.Run(tt.name, func(t *testing.T) { testRestartUnderReaders(t, tt.srv(t), tt.snapshot, tt.restore) })
+	for _, tt := range snapshotKinds {
+		t.Run(tt.name, func(t *testing.T) { testRestartUnderReaders(t, tt.start(t), tt) })
 	}
 }
 
-func testRestartUnderReaders(t *testing.T, a *stacktest.RedisServer, snapshot, restore func(*testing.T, *stacktest.RedisServer, *redis.Client)) {
+func testRestartUnderReaders(t *testing.T, a *stacktest.RedisServer, kind snapshotKind) {
 	b := stacktest.StartRedis(t)
 	nsqd := stacktest.StartNSQD(t)
 	const key, cold = "item:1", "item:2"
@@ -250,7 +222,7 @@ func testRestartUnderReaders(t *testing.T, a *stacktest.RedisServer, snapshot, r
 		}
 		return nil
 	})
-	snapshot(t, a, ca)
+	kind.take(t, a, ca)
 	snapAt := time.Now()
 	coldRow.write()
 	if err := publish(cold); err != nil {
@@ -273,7 +245,7 @@ func testRestartUnderReaders(t *testing.T, a *stacktest.RedisServer, snapshot, r
 		return nil
 	})
 	a.Kill()
-	restore(t, a, ca)
+	kind.restore(t, a)
 	a.Start()
 	restarted := time.Now()
 	// The snapshot holds the cold key at version 0: A is rid of it once it

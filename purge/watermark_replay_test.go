@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -21,38 +20,14 @@ import (
 // Then the same restart with the log emptied, or bounded below what the
 // replay needs, falls back to a flush.
 func TestWatermarkReplayRejoin(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		srv  func(testing.TB) *stacktest.RedisServer
-		// snapshot makes what the restart loads; restore puts it in place
-		// after the kill.
-		snapshot, restore func(t *testing.T, f *wmFixture)
-	}{
-		{"rdb", stacktest.StartRedis,
-			func(t *testing.T, f *wmFixture) {
-				if err := f.c.Save(context.Background()).Err(); err != nil {
-					t.Fatal(err)
-				}
-			}, func(*testing.T, *wmFixture) {}},
-		{"aof", stacktest.StartRedisPersistent,
-			func(t *testing.T, f *wmFixture) { copyDir(t, f.srv.Dir(), "appendonlydir", "aof-copy") },
-			func(t *testing.T, f *wmFixture) {
-				dir := f.srv.Dir()
-				if err := os.RemoveAll(filepath.Join(dir, "appendonlydir")); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.Rename(filepath.Join(dir, "aof-copy"), filepath.Join(dir, "appendonlydir")); err != nil {
-					t.Fatal(err)
-				}
-			}},
-	} {
+	for _, tt := range snapshotKinds {
 		for _, fallback := range []string{"", "log emptied", "log bounded", "gap flush since"} {
 			name := tt.name
 			if fallback != "" {
 				name += ", " + fallback
 			}
 			t.Run(name, func(t *testing.T) {
-				f := newWMFixture(t, tt.srv(t))
+				f := newWMFixture(t, tt.start(t))
 				f.opts.Rejoin, f.opts.RejoinLogDir = purge.RejoinReplay, t.TempDir()
 				f.opts.CheckInterval = 50 * time.Millisecond
 				f.opts.GapTimeout = 500 * time.Millisecond
@@ -66,7 +41,7 @@ func TestWatermarkReplayRejoin(t *testing.T) {
 				stop := f.start()
 				f.publish(0, 5, 1, 1) // a heartbeat: the replica's data is trusted once
 				f.applied(1)
-				tt.snapshot(t, f)
+				tt.take(t, f.srv, f.c)
 				f.publish(5, 10, 1, 1, "item:1")
 				f.publish(10, 15, 1, 1, "item:2")
 				n := 3
@@ -115,7 +90,7 @@ func TestWatermarkReplayRejoin(t *testing.T) {
 				})
 				want = f.watermark()
 				f.srv.Kill()
-				tt.restore(t, f)
+				tt.restore(t, f.srv)
 				f.srv.Start()
 				restarted := time.Now()
 				back := f.c.Exists(ctx, "item:1", "item:2").Val()

@@ -16,10 +16,11 @@ import (
 // scriptHarness runs watermark.lua on a private Redis through a purger that
 // is never started (New dials nothing).
 type scriptHarness struct {
-	t testing.TB
-	p *RedisPurger
-	r *redisReplica
-	c *redis.Client
+	t   testing.TB
+	srv *stacktest.RedisServer
+	p   *RedisPurger
+	r   *redisReplica
+	c   *redis.Client
 }
 
 func newScriptHarness(t testing.TB) *scriptHarness {
@@ -33,7 +34,7 @@ func newScriptHarness(t testing.TB) *scriptHarness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	return &scriptHarness{t: t, p: p, r: p.replicas[0], c: stacktest.Redis(t, srv.Addr())}
+	return &scriptHarness{t: t, srv: srv, p: p, r: p.replicas[0], c: stacktest.Redis(t, srv.Addr())}
 }
 
 // reset empties the replica and starts its watermark at to, marked with

@@ -409,35 +409,9 @@ func TestWatermarkDeadLetter(t *testing.T) {
 // purger sees the new run_id on its own (no message arrives: the canal is
 // down) and flushes it: the stale key is gone within 1 s of the restart.
 func TestWatermarkRestartFromSnapshot(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		srv  func(testing.TB) *stacktest.RedisServer
-		// snapshot makes what the restart loads; before runs just before the
-		// kill, for what snapshot set aside.
-		snapshot, before func(t *testing.T, f *wmFixture)
-	}{
-		{"rdb", stacktest.StartRedis,
-			func(t *testing.T, f *wmFixture) {
-				if err := f.c.Save(context.Background()).Err(); err != nil {
-					t.Fatal(err)
-				}
-			}, func(*testing.T, *wmFixture) {}},
-		{"aof", stacktest.StartRedisPersistent,
-			func(t *testing.T, f *wmFixture) { copyDir(t, f.srv.Dir(), "appendonlydir", "aof-copy") },
-			func(t *testing.T, f *wmFixture) {
-				// The files as they were at the snapshot replace the current ones.
-				f.srv.Kill()
-				dir := f.srv.Dir()
-				if err := os.RemoveAll(filepath.Join(dir, "appendonlydir")); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.Rename(filepath.Join(dir, "aof-copy"), filepath.Join(dir, "appendonlydir")); err != nil {
-					t.Fatal(err)
-				}
-			}},
-	} {
+	for _, tt := range snapshotKinds {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newWMFixture(t, tt.srv(t))
+			f := newWMFixture(t, tt.start(t))
 			ctx := context.Background()
 			if err := f.c.Set(ctx, "item:1", "old", 0).Err(); err != nil {
 				t.Fatal(err)
@@ -446,7 +420,7 @@ func TestWatermarkRestartFromSnapshot(t *testing.T) {
 			f.publish(0, 5, 1, 1) // a heartbeat: the replica's data is trusted once
 			f.applied(1)
 			snapWM := f.watermark()
-			tt.snapshot(t, f)
+			tt.take(t, f.srv, f.c)
 			f.publish(5, 10, 1, 1, "item:1")
 			f.publish(10, 15, 1, 1)
 			f.publish(15, 20, 1, 1)
@@ -454,8 +428,8 @@ func TestWatermarkRestartFromSnapshot(t *testing.T) {
 			if got := f.watermark(); got.To != 20 || f.c.Exists(ctx, "item:1").Val() != 0 {
 				t.Fatalf("before the restart: watermark %d, item:1 present %d; want 20 and gone", got.To, f.c.Exists(ctx, "item:1").Val())
 			}
-			tt.before(t, f)
 			f.srv.Kill()
+			tt.restore(t, f.srv)
 			f.srv.Start()
 			restarted := time.Now()
 			back := f.c.Get(ctx, "item:1").Val()
@@ -486,6 +460,42 @@ func TestWatermarkRestartFromSnapshot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// snapshotKind is a way a Redis replica comes back from its files with
+// stale data: start starts such a server, take saves what a restart will
+// load, restore puts it in place once the server is killed.
+type snapshotKind struct {
+	name    string
+	start   func(testing.TB) *stacktest.RedisServer
+	take    func(t *testing.T, srv *stacktest.RedisServer, c *redis.Client)
+	restore func(t *testing.T, srv *stacktest.RedisServer)
+}
+
+// snapshotKinds: an RDB snapshot (SAVE), and append-only files from
+// before the last purges (a restored backup, or an appendfsync everysec
+// that lost its last second).
+var snapshotKinds = []snapshotKind{
+	{"rdb", stacktest.StartRedis,
+		func(t *testing.T, _ *stacktest.RedisServer, c *redis.Client) {
+			if err := c.Save(context.Background()).Err(); err != nil {
+				t.Fatal(err)
+			}
+		},
+		func(*testing.T, *stacktest.RedisServer) {}},
+	{"aof", stacktest.StartRedisPersistent,
+		func(t *testing.T, srv *stacktest.RedisServer, _ *redis.Client) {
+			copyDir(t, srv.Dir(), "appendonlydir", "aof-copy")
+		},
+		func(t *testing.T, srv *stacktest.RedisServer) {
+			dir := srv.Dir()
+			if err := os.RemoveAll(filepath.Join(dir, "appendonlydir")); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(filepath.Join(dir, "aof-copy"), filepath.Join(dir, "appendonlydir")); err != nil {
+				t.Fatal(err)
+			}
+		}},
 }
 
 // copyDir copies dir/name to dir/to.
@@ -604,31 +614,11 @@ func TestWatermarkLostBacklog(t *testing.T) {
 // channelDepth is the number of messages an nsqd channel holds.
 func channelDepth(t *testing.T, httpAddr, topic, channel string) int {
 	t.Helper()
-	resp, err := http.Get("http://" + httpAddr + "/stats?format=json&topic=" + url.QueryEscape(topic) + "&channel=" + url.QueryEscape(channel))
-	if err != nil {
-		t.Fatal(err)
+	st, ok := stacktest.NSQDChannel(t, httpAddr, topic, channel)
+	if !ok {
+		t.Fatalf("no channel %s on topic %s", channel, topic)
 	}
-	defer resp.Body.Close()
-	var stats struct {
-		Topics []struct {
-			Channels []struct {
-				Name  string `json:"channel_name"`
-				Depth int    `json:"depth"`
-			} `json:"channels"`
-		} `json:"topics"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
-		t.Fatal(err)
-	}
-	for _, tp := range stats.Topics {
-		for _, ch := range tp.Channels {
-			if ch.Name == channel {
-				return ch.Depth
-			}
-		}
-	}
-	t.Fatalf("no channel %s on topic %s", channel, topic)
-	return 0
+	return st.Depth
 }
 
 // emptyChannel drops every message of an nsqd channel (nsqd's HTTP
