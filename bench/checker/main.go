@@ -42,6 +42,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/bench/internal/redisproc"
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/daemon"
 )
@@ -137,14 +138,14 @@ func run(ctx context.Context, f flags) error {
 	if f.redis != "" {
 		replicas = strings.Split(f.redis, ",")
 	} else {
-		for i := range 2 {
-			r, err := startRedis(ctx, filepath.Join(tmp, fmt.Sprintf("redis-%d", i)))
+		for range 2 {
+			r, err := redisproc.Start(ctx, "")
 			if err != nil {
 				return err
 			}
-			defer r.stop()
-			replicas = append(replicas, r.addr)
-			redisPIDs = append(redisPIDs, r.cmd.Process.Pid)
+			defer r.Stop()
+			replicas = append(replicas, r.Addr())
+			redisPIDs = append(redisPIDs, r.PID())
 		}
 	}
 	rcs := make([]*redis.Client, len(replicas))
@@ -696,48 +697,6 @@ func (ck *checkerProc) stop() {
 	case <-time.After(10 * time.Second):
 		ck.cmd.Process.Kill()
 		<-ck.done
-	}
-}
-
-// redisServer is a private redis-server child without persistence.
-type redisServer struct {
-	cmd  *exec.Cmd
-	addr string
-	done chan error
-}
-
-func startRedis(ctx context.Context, dir string) (*redisServer, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no",
-		"--logfile", filepath.Join(dir, "redis.log"))
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start redis-server: %w", err)
-	}
-	r := &redisServer{cmd: cmd, addr: addr, done: make(chan error, 1)}
-	go func() { r.done <- cmd.Wait() }()
-	rc := redis.NewClient(&redis.Options{Addr: addr})
-	defer rc.Close()
-	if err := waitFor(ctx, 10*time.Second, func() bool { return rc.Ping(ctx).Err() == nil }); err != nil {
-		r.stop()
-		return nil, fmt.Errorf("redis-server on %s: %w", addr, err)
-	}
-	return r, nil
-}
-
-func (r *redisServer) stop() {
-	r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-		r.cmd.Process.Kill()
-		<-r.done
 	}
 }
 

@@ -38,9 +38,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -54,6 +52,7 @@ import (
 	_ "github.com/go-sql-driver/mysql"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/bench/internal/redisproc"
 	"github.com/flashsync/flashsync/seckill"
 )
 
@@ -188,11 +187,11 @@ func run(ctx context.Context, f flags) error {
 	fmt.Printf("machine: %d CPUs (GOMAXPROCS %d), %s; MariaDB %s innodb_flush_log_at_trx_commit=%s sync_binlog=%s log_bin=%s\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), cpuModel(), version, flush, syncBinlog, logBin)
 
-	rs, err := startRedis(ctx, f.redisServer)
+	rs, err := redisproc.Start(ctx, f.redisServer)
 	if err != nil {
 		return err
 	}
-	defer rs.stop()
+	defer rs.Stop()
 
 	key := []byte(randHex(16))
 	if f.floor {
@@ -494,9 +493,9 @@ func progress(lv *live, durable func() int) (stop func()) {
 
 // ---- flashsync ----
 
-func runFlashsync(ctx context.Context, f flags, db *sql.DB, rs *redisServer, topic string, a *seckill.Activity, key []byte) (*result, error) {
-	fmt.Printf("\nflashsync: seckill.Service (API + writers) in process, reservations Redis %s (pid %d), nsqd %s topic %s\n", rs.addr, rs.cmd.Process.Pid, f.nsqdTCP, topic)
-	rdb := redis.NewClient(&redis.Options{Addr: rs.addr, PoolSize: cmp(f.redisPool, f.clients+8), MaxRetries: -1})
+func runFlashsync(ctx context.Context, f flags, db *sql.DB, rs *redisproc.Server, topic string, a *seckill.Activity, key []byte) (*result, error) {
+	fmt.Printf("\nflashsync: seckill.Service (API + writers) in process, reservations Redis %s (pid %d), nsqd %s topic %s\n", rs.Addr(), rs.PID(), f.nsqdTCP, topic)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr(), PoolSize: cmp(f.redisPool, f.clients+8), MaxRetries: -1})
 	defer rdb.Close()
 	svc, err := seckill.New(seckill.Options{
 		Addr: "127.0.0.1:0", DB: db, Reservations: rdb,
@@ -551,7 +550,7 @@ func runFlashsync(ctx context.Context, f flags, db *sql.DB, rs *redisServer, top
 		}
 		defer pprof.StopCPUProfile()
 	}
-	cpu0 := sampleCPU(rs.cmd.Process.Pid)
+	cpu0 := sampleCPU(rs.PID())
 	var lv live
 	// Durable: the stock row's sold counter is updated in the transaction
 	// that inserts the orders, so it reaches the accepted count when the
@@ -607,7 +606,7 @@ func runFlashsync(ctx context.Context, f flags, db *sql.DB, rs *redisServer, top
 			break
 		}
 	}
-	cpu := sampleCPU(rs.cmd.Process.Pid).since(cpu0)
+	cpu := sampleCPU(rs.PID()).since(cpu0)
 	if f.cpuprofile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -925,77 +924,6 @@ func sqlQuantiles(ctx context.Context, db *sql.DB, activity int64, n int) (p50, 
 	return
 }
 
-// ---- private redis-server ----
-
-type redisServer struct {
-	cmd  *exec.Cmd
-	addr string
-	dir  string
-	done chan struct{}
-}
-
-func startRedis(ctx context.Context, bin string) (*redisServer, error) {
-	dir, err := os.MkdirTemp("", "fs-bench-seckill-redis-")
-	if err != nil {
-		return nil, err
-	}
-	port, err := freePort()
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	log, err := os.Create(filepath.Join(dir, "redis.log"))
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	defer log.Close()
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	rs := &redisServer{cmd: cmd, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, done: make(chan struct{})}
-	// PID 1 here does not reap orphans: always Wait.
-	go func() { cmd.Wait(); close(rs.done) }()
-	c := redis.NewClient(&redis.Options{Addr: rs.addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-	defer c.Close()
-	err = waitFor(ctx, 10*time.Second, func() bool {
-		select {
-		case <-rs.done:
-			return true
-		default:
-		}
-		return c.Ping(ctx).Err() == nil
-	})
-	select {
-	case <-rs.done:
-		out, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("redis-server exited at start:\n%s", out)
-	default:
-	}
-	if err != nil {
-		rs.stop()
-		return nil, fmt.Errorf("redis-server on %s: no PONG: %w", rs.addr, err)
-	}
-	return rs, nil
-}
-
-// stop ends the server (SIGTERM, SIGKILL after 5 s) and waits for it.
-func (rs *redisServer) stop() {
-	defer os.RemoveAll(rs.dir)
-	rs.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-rs.done:
-	case <-time.After(5 * time.Second):
-		rs.cmd.Process.Kill()
-		<-rs.done
-	}
-}
-
 // ---- CPU accounting (Linux /proc; empty elsewhere) ----
 
 type cpuSample struct {
@@ -1150,15 +1078,6 @@ func cpuModel() string {
 		}
 	}
 	return runtime.GOARCH
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
