@@ -89,10 +89,14 @@ func TestConsistencyStorm(t *testing.T) {
 		probeClients = append(probeClients, pc)
 	}
 
-	// NSQ: a private nsqlookupd and two nsqd; the first, the one the canal
-	// publishes to until it fails, is restarted.
+	// NSQ: a private nsqlookupd and two nsqd processes; the first, the one
+	// the canal publishes to until it fails, is restarted. Processes, not
+	// nsqd in the test process: an in-process nsqd's Exit with clients
+	// connected races inside nsqd (seen by -race), and a process restart
+	// is what an operator does.
 	lookupd := stacktest.StartNSQLookupd(t)
-	nsqds := []*stacktest.NSQD{stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr()), stacktest.StartNSQDWithLookupd(t, lookupd.TCPAddr())}
+	register := []string{"--lookupd-tcp-address=" + lookupd.TCPAddr()}
+	nsqds := []*stacktest.NSQDProcess{stacktest.StartNSQDProcess(t, register...), stacktest.StartNSQDProcess(t, register...)}
 
 	cfg := Config{
 		MySQLAddr:    stacktest.MySQLAddr(),
@@ -266,7 +270,8 @@ func TestConsistencyStorm(t *testing.T) {
 	b.Resume()
 	t.Logf("%v: SIGCONT B", time.Since(stormStart).Round(time.Millisecond))
 	at(40 * time.Second)
-	nsqds[0].Restart()
+	nsqds[0].Stop()
+	nsqds[0].Start()
 	t.Logf("%v: nsqd %s (the canal's) restarted", time.Since(stormStart).Round(time.Millisecond), nsqds[0].TCPAddr())
 	at(stormFor)
 	cancel()

@@ -125,7 +125,13 @@ func (e *env) timePurged(from time.Time, timeout time.Duration, ids []int) map[s
 
 // withNSQ replaces the [nsq] daemons of a config rendered by Config.TOML
 // with nsqds and, if lookupdHTTP is set, nsqlookupd.
-func withNSQ(t *testing.T, toml string, nsqds []*stacktest.NSQD, lookupdHTTP string) string {
+// nsqdAddrs is an nsqd a test started, in its process or as a child.
+type nsqdAddrs interface {
+	TCPAddr() string
+	HTTPAddr() string
+}
+
+func withNSQ[N nsqdAddrs](t *testing.T, toml string, nsqds []N, lookupdHTTP string) string {
 	t.Helper()
 	start := strings.Index(toml, "[nsq]\nnsqd_tcp = ")
 	if start < 0 {
