@@ -21,6 +21,12 @@
 // Readers that find a lease wait briefly for the value instead of all
 // loading at once (a hot key purged during a sale would otherwise send every
 // reader to MySQL).
+//
+// A key flashsync's sync mode writes (it has a version key,
+// invalidate.SyncVersionPrefix) is read like any other but never filled: a
+// fill carries no version, so it could land a row older than a sync write
+// still on its way. Its misses (a deleted row, an expired or evicted
+// value) are served from MySQL until the next sync write of the key.
 package cacheaside
 
 import (
@@ -384,6 +390,10 @@ func (r *Reader) probe(ctx context.Context, g *group, rep *replica, key string) 
 
 var errReplicaDown = errors.New("replica failed lately")
 
+// errSynced: the key has a sync version (invalidate.SyncVersionPrefix), so
+// sync mode writes it and readers do not fill it.
+var errSynced = errors.New("key is written by sync mode")
+
 // fresh tells whether a replica whose watermark is raw (as MGET or GET
 // returned it) may be read, and if not why.
 func (r *Reader) fresh(rep *replica, raw any) (skipReason, bool) {
@@ -504,6 +514,12 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 		case ctx.Err() != nil:
 			r.release(context.WithoutCancel(ctx), held, key, lease)
 			return nil, 0, ctx.Err()
+		case errors.Is(err, errSynced):
+			// flashsync's sync mode writes this key, fenced by version; a
+			// fill, which has no version, could put an older row over a
+			// sync write still on its way. Serve from MySQL, fill nothing.
+			r.release(ctx, held, key, lease)
+			return r.loadOnly(ctx, load)
 		case err != nil:
 			continue
 		case took && fresh:
@@ -579,7 +595,9 @@ func (r *Reader) tryLease(ctx context.Context, rep *replica, key, lease string) 
 	defer cancel()
 	var set *redis.BoolCmd
 	var get, wm *redis.StringCmd
+	var synced *redis.IntCmd
 	_, _ = rep.c.Pipelined(cctx, func(p redis.Pipeliner) error {
+		synced = p.Exists(cctx, invalidate.SyncVersionPrefix+key)
 		set = p.SetNX(cctx, key, lease, r.opts.Lease)
 		get = p.Get(cctx, key)
 		if r.check {
@@ -592,6 +610,12 @@ func (r *Reader) tryLease(ctx context.Context, rep *replica, key, lease string) 
 			rep.markDown(r.opts.ErrorBackoff)
 		}
 		return false, nil, false, err
+	}
+	if synced.Val() > 0 {
+		if set.Val() {
+			r.release(ctx, []*replica{rep}, key, lease)
+		}
+		return false, nil, false, errSynced
 	}
 	fresh = true
 	if wm != nil {

@@ -430,15 +430,20 @@ func (c *Canal) start(ctx context.Context) error {
 			c.log.Warn("saved position has no schema history; using the current schema (tables altered since that position need binlog_row_metadata=FULL)")
 			pos.Schema = current
 		}
+		if pos.Epoch == 0 { // saved before sync mode: no version was written yet
+			pos.Epoch = newEpoch(time.Now(), 0)
+		}
 		c.setAcked(pos)
 		c.log.Info("resuming from saved position", "position", pos.String())
 		return nil
 	}
+	prev := pos.Epoch
 	pos, err = currentPosition(conn, c.opts.MySQL.Flavor)
 	if err != nil {
 		return err
 	}
 	pos.Schema = current
+	pos.Epoch = newEpoch(time.Now(), prev)
 	if c.opts.ResetToCurrent && c.opts.OnReset != nil {
 		if err := c.opts.OnReset(ctx); err != nil {
 			return fmt.Errorf("reset: %w", err)

@@ -29,6 +29,20 @@ type Position struct {
 	// and send nothing. The next session's coverage starts there, so the
 	// replicas' watermarks see no hole across a restart or a takeover.
 	Covered uint64 `json:"covered,omitempty"`
+	// Epoch is the first field of every sync write's version
+	// (invalidate.SyncVersion): the unix second of the start that chose
+	// this position afresh (a first start, --reset-to-current), kept by
+	// every start that resumes from it. Offsets are comparable only within
+	// one epoch; a reset may move to a server whose offsets are smaller,
+	// and its writes must still win over every earlier one.
+	Epoch uint32 `json:"epoch,omitempty"`
+}
+
+// newEpoch is the epoch of a start that chose its position afresh: later
+// than prev (the epoch of the position it replaces, 0 if none), and than
+// every earlier start as far as the clock goes.
+func newEpoch(now time.Time, prev uint32) uint32 {
+	return max(uint32(now.Unix()), prev+1)
 }
 
 // samePlace reports whether p and q name the same binlog position.

@@ -37,3 +37,14 @@ func TestPositionFileCorrupt(t *testing.T) {
 		}
 	}
 }
+
+// A start that chooses its position afresh gets an epoch above the one it
+// replaces, even with a clock behind it, and the clock's second otherwise.
+func TestNewEpoch(t *testing.T) {
+	now := time.Unix(1796221194, 0)
+	for _, tt := range []struct{ prev, want uint32 }{{0, 1796221194}, {5, 1796221194}, {1796221194, 1796221195}, {1896221194, 1896221195}} {
+		if got := newEpoch(now, tt.prev); got != tt.want {
+			t.Errorf("newEpoch(%d) = %d, want %d", tt.prev, got, tt.want)
+		}
+	}
+}

@@ -676,7 +676,7 @@ func (s *reading) rows(h *replication.EventHeader, e *replication.RowsEvent) err
 			fixUnsigned(row, unsigned)
 		}
 	}
-	applyRows(bound, action, e.Rows, s.txn.targets)
+	applyRows(bound, nil, action, e.Rows, s.txn.targets)
 	s.txn.rows += int64(rowChanges(action, e.Rows))
 	return nil
 }

@@ -46,6 +46,7 @@ type session struct {
 	fileBase uint64
 	fileOK   bool
 	gtid     string // GTID of the transaction being read
+	epoch    uint32 // of the start position: every sync version's first field
 	binder   binder
 	// read is the binlog offset (invalidate.BinlogOffset) of the end of the
 	// last event handled; the prober's heartbeats read it.
@@ -172,7 +173,7 @@ func (c *Canal) stream(ctx context.Context, start Position) error {
 			return c.opts.Publisher.Publish(ctx, b, m)
 		}
 	}
-	s := &session{c: c, parser: parser.New(), schema: start.Schema, binder: newBinder(c.opts.Rules)}
+	s := &session{c: c, parser: parser.New(), schema: start.Schema, epoch: start.Epoch, binder: newBinder(c.opts.Rules)}
 	s.setFile(start.File)
 	// Coverage starts at the checkpoint: every change before it was
 	// published (and acknowledged) by an earlier session.
@@ -334,7 +335,7 @@ func (s *session) query(h *replication.EventHeader, e *replication.QueryEvent) e
 }
 
 func (s *session) commit(h *replication.EventHeader, gset mysql.GTIDSet) {
-	pos := Position{File: s.file, Pos: h.LogPos, Flavor: s.c.opts.MySQL.Flavor, Schema: s.schema}
+	pos := Position{File: s.file, Pos: h.LogPos, Flavor: s.c.opts.MySQL.Flavor, Schema: s.schema, Epoch: s.epoch}
 	if gset != nil {
 		pos.GTID = gset.String()
 	}
@@ -383,7 +384,9 @@ func (s *session) rows(h *replication.EventHeader, e *replication.RowsEvent) err
 			fixUnsigned(row, unsigned)
 		}
 	}
-	s.pipe.apply(s.offset(h), func(b *invalidate.Batch) { applyRows(bound, action, e.Rows, b) })
+	offset := s.offset(h)
+	version := &invalidate.SyncVersion{Epoch: s.epoch, Offset: offset}
+	s.pipe.apply(offset, func(b *invalidate.Batch) { applyRows(bound, version, action, e.Rows, b) })
 	return nil
 }
 
@@ -410,19 +413,31 @@ func rowChanges(action invalidate.Action, rows [][]any) int {
 	return len(rows)
 }
 
-// applyRows adds the targets of one rows event's rows to out.
-func applyRows(bound *invalidate.Bound, action invalidate.Action, rows [][]any, out *invalidate.Batch) {
+// applyRows adds the targets of one rows event's rows to out. With a
+// version (the event's; its Row is set here to the row's index in the
+// event), sync targets write the rows; without (a replay of an old range,
+// whose versions may predate a reset), they delete their keys.
+func applyRows(bound *invalidate.Bound, version *invalidate.SyncVersion, action invalidate.Action, rows [][]any, out *invalidate.Batch) {
+	apply := func(row int, before, after []any) {
+		if version == nil {
+			bound.ApplyRow(action, before, after, out)
+			return
+		}
+		v := *version
+		v.Row = uint32(row)
+		bound.ApplyRowAt(v, action, before, after, out)
+	}
 	if action == invalidate.Update {
 		for i := 0; i+1 < len(rows); i += 2 {
-			bound.ApplyRow(action, rows[i], rows[i+1], out)
+			apply(i/2, rows[i], rows[i+1])
 		}
 		return
 	}
-	for _, row := range rows {
+	for i, row := range rows {
 		if action == invalidate.Insert {
-			bound.ApplyRow(action, nil, row, out)
+			apply(i, nil, row)
 		} else {
-			bound.ApplyRow(action, row, nil, out)
+			apply(i, row, nil)
 		}
 	}
 }

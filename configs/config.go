@@ -424,6 +424,10 @@ type Purger struct {
 	// RejoinLogMaxAge bounds each replica's rejoin log: a replica whose
 	// snapshot is older than this is flushed, not replayed.
 	RejoinLogMaxAge time.Duration `toml:"rejoin_log_max_age"`
+	// SyncTombstoneTTL is how long a deleted synced key ([[rule.sync]])
+	// keeps its version in each replica, refusing older writes of it (a
+	// redelivery, a canal replay from its checkpoint) for that long.
+	SyncTombstoneTTL time.Duration `toml:"sync_tombstone_ttl"`
 }
 
 // RedisGroup is a set of Redis instances that all hold the same hot data;
@@ -473,6 +477,36 @@ type Rule struct {
 	// IgnoreChanges: an UPDATE does not fire if every column that changed is
 	// listed here. Exclusive with Changed.
 	IgnoreChanges []string `toml:"ignore_changes"`
+	// Sync ([[rule.sync]]) are Redis keys kept equal to the row (sync mode):
+	// every replica of the row's group is written the new image instead of
+	// having the key deleted, fenced by the row's binlog version.
+	Sync []SyncTarget `toml:"sync"`
+}
+
+// SyncTarget is one key a rule keeps equal to the row. An insert or update
+// writes the after image; a delete, or an update that changes the key,
+// deletes the old key and leaves its version as a tombstone. Each write
+// carries the row's version (canal epoch, binlog offset, row) and a replica
+// applies it only if it is newer than the key's, so a redelivered or
+// replayed older write never takes the value back in time. The version is
+// kept in a companion key, "flashsync:v:" + the key; the value itself is
+// what the format says, nothing added.
+type SyncTarget struct {
+	// Key is the Redis key template, e.g. "item:json:{id}".
+	Key string `toml:"key"`
+	// Format is the value: "json" (an object of the columns, named as in
+	// the table), "hash" (a Redis hash, one field per non-NULL column) or
+	// "text" (Value rendered like a key template).
+	Format string `toml:"format"`
+	// Columns are the json or hash columns, in this order; empty means
+	// every column of the table, in table order.
+	Columns []string `toml:"columns"`
+	// Value is the text format's template, e.g. "{name}|{price}"; a NULL
+	// column deletes the key instead.
+	Value string `toml:"value"`
+	// TTL expires the value (0: never); its version outlives it by the
+	// purger's sync_tombstone_ttl.
+	TTL time.Duration `toml:"ttl"`
 }
 
 // RuleActions are the values Rule.Actions accepts.
@@ -505,6 +539,7 @@ func Default() Config {
 			PatternKeysPerSecond: purge.DefaultPatternKeysPerSecond,
 			GapTimeout:           purge.DefaultGapTimeout, CheckInterval: purge.DefaultCheckInterval, Rejoin: purge.RejoinFlush,
 			RejoinLogMaxBytes: purge.DefaultRejoinLogMaxBytes, RejoinLogMaxAge: purge.DefaultRejoinLogMaxAge,
+			SyncTombstoneTTL: purge.DefaultSyncTombstoneTTL,
 		},
 		Console: Console{
 			MaxBodyBytes: cdn.DefaultMaxBodyBytes, MaxSkew: cdn.DefaultMaxSkew,
@@ -670,6 +705,9 @@ func (c *Config) Validate() error {
 	if c.Purger.RejoinLogMaxAge <= 0 {
 		bad("purger.rejoin_log_max_age", "must be positive")
 	}
+	if c.Purger.SyncTombstoneTTL < time.Second {
+		bad("purger.sync_tombstone_ttl", "must be at least 1s")
+	}
 	// checkGroup validates one [[redis_group]] or [[http_group]]: a unique
 	// name and a non-empty list of distinct addresses.
 	checkGroup := func(key, name string, names map[string]bool, memberKey string, members []string) {
@@ -709,8 +747,34 @@ func (c *Config) Validate() error {
 		if !tableRe.MatchString(r.Table) {
 			bad(key+".table", "%q is not db.table", r.Table)
 		}
-		if len(r.Keys)+len(r.URLs)+len(r.Tags) == 0 {
-			bad(key, "no target; a rule needs at least one of keys, urls, tags")
+		if len(r.Keys)+len(r.URLs)+len(r.Tags)+len(r.Sync) == 0 {
+			bad(key, "no target; a rule needs at least one of keys, urls, tags, sync")
+		}
+		if len(r.Sync) > 0 && len(c.RedisGroups) == 0 {
+			bad(key+".sync", "needs at least one [[redis_group]] to write them in")
+		}
+		for j, st := range r.Sync {
+			skey := fmt.Sprintf("%s.sync[%d]", key, j)
+			if st.Key == "" {
+				bad(skey+".key", "missing; name the key template, e.g. \"item:json:{id}\"")
+			}
+			if st.Format != "" && !slices.Contains(invalidate.SyncFormats, st.Format) {
+				bad(skey+".format", "unknown format %q (%s)", st.Format, strings.Join(invalidate.SyncFormats, ", "))
+			}
+			if st.Format == invalidate.SyncFormatText && st.Value == "" {
+				bad(skey+".value", "missing; format text writes this template")
+			}
+			if st.Format != invalidate.SyncFormatText && st.Value != "" {
+				bad(skey+".value", "is the text format's template; set format = \"text\"")
+			}
+			if st.TTL < 0 {
+				bad(skey+".ttl", "%v is negative", st.TTL)
+			}
+			for k, col := range st.Columns {
+				if !columnRe.MatchString(col) {
+					bad(fmt.Sprintf("%s.columns[%d]", skey, k), "%q is not a column name", col)
+				}
+			}
 		}
 		if len(r.Keys) > 0 && len(c.RedisGroups) == 0 {
 			bad(key+".keys", "needs at least one [[redis_group]] to purge them in")

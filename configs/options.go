@@ -37,7 +37,11 @@ func (c *Config) LeaseOptions() canal.LeaseOptions {
 func (c *Config) RuleSpecs() []invalidate.Rule {
 	specs := make([]invalidate.Rule, len(c.Rules))
 	for i, r := range c.Rules {
-		specs[i] = invalidate.Rule(r)
+		specs[i] = invalidate.Rule{Table: r.Table, Keys: r.Keys, URLs: r.URLs, Tags: r.Tags, RouteBy: r.RouteBy,
+			Actions: r.Actions, Changed: r.Changed, IgnoreChanges: r.IgnoreChanges}
+		for _, st := range r.Sync {
+			specs[i].Sync = append(specs[i].Sync, invalidate.SyncTarget(st))
+		}
 	}
 	return specs
 }
@@ -77,6 +81,7 @@ func (c *Config) RedisPurgerOptions() purge.RedisPurgerOptions {
 		Groups: c.PurgerRedisGroups(), PipelineKeys: p.PipelineKeys, PatternKeysPerSecond: p.PatternKeysPerSecond,
 		GapTimeout: p.GapTimeout, CheckInterval: p.CheckInterval, Rejoin: p.Rejoin,
 		RejoinLogDir: p.RejoinLogDir, RejoinLogMaxBytes: p.RejoinLogMaxBytes, RejoinLogMaxAge: p.RejoinLogMaxAge,
+		SyncTombstoneTTL: p.SyncTombstoneTTL,
 	}
 }
 

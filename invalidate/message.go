@@ -21,6 +21,8 @@ const (
 	// PurgeVersionHeartbeat is a message with no targets that carries only
 	// its coverage (Heartbeat): how far the binlog has been read.
 	PurgeVersionHeartbeat = 3
+	// PurgeVersionSync adds Sync: versioned writes of keys (sync mode).
+	PurgeVersionSync = 4
 )
 
 // Purge is one NSQ message: targets to purge from every replica (or
@@ -39,6 +41,10 @@ type Purge struct {
 	// Patterns (version 2, Redis topics) are Redis globs: every matching
 	// key is unlinked (SCAN MATCH + UNLINK, rate-limited per replica).
 	Patterns []string `json:"patterns,omitempty"`
+	// Sync (version 4, Redis topics) are versioned writes: each replica
+	// sets (or deletes) each key only if the write is newer than the
+	// key's stored version.
+	Sync []SyncWrite `json:"sync,omitempty"`
 	// Bans (version 2, HTTP topics) are regexes on the request URL (path
 	// and query): every instance bans the objects whose URL matches
 	// (Varnish: BAN with X-Ban-Url, configs/varnish/flashsync.vcl).
@@ -101,21 +107,25 @@ func DecodePurge(body []byte) (*Purge, error) {
 		return nil, fmt.Errorf("decode purge: %w", err)
 	}
 	switch {
-	case p.V < PurgeVersionBasic || p.V > PurgeVersionHeartbeat:
-		return nil, fmt.Errorf("decode purge: version %d, want %d to %d", p.V, PurgeVersionBasic, PurgeVersionHeartbeat)
+	case p.V < PurgeVersionBasic || p.V > PurgeVersionSync:
+		return nil, fmt.Errorf("decode purge: version %d, want %d to %d", p.V, PurgeVersionBasic, PurgeVersionSync)
 	case p.Parts < 0 || (p.Parts > 0 && (p.Part < 1 || p.Part > p.Parts || p.From > p.To)) || (p.Parts == 0 && (p.Part != 0 || p.From != 0 || p.To != 0)):
 		return nil, fmt.Errorf("decode purge: coverage part %d of %d, from %d to %d: want 1 <= part <= parts, from <= to", p.Part, p.Parts, p.From, p.To)
 	case p.Heartbeat != (p.V == PurgeVersionHeartbeat):
 		return nil, fmt.Errorf("decode purge: version %d with heartbeat %v: heartbeats, only they, are version %d", p.V, p.Heartbeat, PurgeVersionHeartbeat)
 	case p.Heartbeat:
-		if len(p.Keys)+len(p.URLs)+len(p.Tags)+len(p.Patterns)+len(p.Bans) > 0 || p.Flush || p.Parts != 1 {
+		if len(p.Keys)+len(p.URLs)+len(p.Tags)+len(p.Patterns)+len(p.Bans)+len(p.Sync) > 0 || p.Flush || p.Parts != 1 {
 			return nil, errors.New("decode purge: a heartbeat carries no targets and is one part")
 		}
 		return &p, nil
 	case p.V == PurgeVersionBasic && (p.Flush || len(p.Patterns)+len(p.Bans) > 0):
 		return nil, fmt.Errorf("decode purge: version %d carries no flush, patterns or bans", p.V)
-	case len(p.Keys)+len(p.URLs)+len(p.Tags)+len(p.Patterns)+len(p.Bans) == 0 && !p.Flush:
-		return nil, errors.New("decode purge: no keys, urls, tags, patterns, bans or flush")
+	case len(p.Sync) > 0 && p.V < PurgeVersionSync:
+		return nil, fmt.Errorf("decode purge: version %d carries no sync writes", p.V)
+	case len(p.Sync) > 0 && len(p.URLs)+len(p.Tags)+len(p.Bans) > 0:
+		return nil, errors.New("decode purge: sync writes are Redis writes; the message has urls, tags or bans")
+	case len(p.Keys)+len(p.URLs)+len(p.Tags)+len(p.Patterns)+len(p.Bans)+len(p.Sync) == 0 && !p.Flush:
+		return nil, errors.New("decode purge: no keys, urls, tags, patterns, bans, sync or flush")
 	case (p.Flush || len(p.Patterns) > 0) && len(p.URLs)+len(p.Tags)+len(p.Bans) > 0:
 		return nil, errors.New("decode purge: flush and patterns are Redis purges; the message has urls, tags or bans")
 	case len(p.Bans) > 0 && len(p.Keys) > 0:

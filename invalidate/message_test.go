@@ -1,6 +1,7 @@
 package invalidate
 
 import (
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -36,7 +37,22 @@ func TestDecodePurge(t *testing.T) {
 		{"bans with keys", `{"v":2,"group":"varnish","keys":["k"],"bans":["^/item/"]}`, false},
 		{"empty ban", `{"v":2,"group":"varnish","bans":[""]}`, false},
 		{"version 3 with keys", `{"v":3,"group":"hot-a","keys":["k"]}`, false},
-		{"version 4", `{"v":4,"group":"hot-a","keys":["k"]}`, false},
+		{"version 5", `{"v":5,"group":"hot-a","keys":["k"]}`, false},
+		{"sync set", `{"v":4,"group":"hot-a","sync":[{"key":"item:json:1","op":"set","ver":"%[1]s","value":"{\"id\":1}"}]}`, true},
+		{"sync set of base64 bytes", `{"v":4,"group":"hot-a","sync":[{"key":"aw==","op":"set","ver":"%[1]s","value":"/w==","b64":true}]}`, true},
+		{"sync hash", `{"v":4,"group":"hot-a","sync":[{"key":"k","op":"hash","ver":"%[1]s","fields":["a","1"]}]}`, true},
+		{"sync del with keys", `{"v":4,"group":"hot-a","keys":["p"],"sync":[{"key":"k","op":"del","ver":"%[1]s","ttl_ms":0}]}`, true},
+		{"sync in v2", `{"v":2,"group":"hot-a","sync":[{"key":"k","op":"del","ver":"%[1]s"}]}`, false},
+		{"sync set without value", `{"v":4,"group":"hot-a","sync":[{"key":"k","op":"set","ver":"%[1]s"}]}`, false},
+		{"sync del with a value", `{"v":4,"group":"hot-a","sync":[{"key":"k","op":"del","ver":"%[1]s","value":"x"}]}`, false},
+		{"sync hash of odd fields", `{"v":4,"group":"hot-a","sync":[{"key":"k","op":"hash","ver":"%[1]s","fields":["a"]}]}`, false},
+		{"sync unknown op", `{"v":4,"group":"hot-a","sync":[{"key":"k","op":"incr","ver":"%[1]s"}]}`, false},
+		{"sync bad version", `{"v":4,"group":"hot-a","sync":[{"key":"k","op":"del","ver":"12"}]}`, false},
+		{"sync empty key", `{"v":4,"group":"hot-a","sync":[{"key":"","op":"del","ver":"%[1]s"}]}`, false},
+		{"sync bad base64", `{"v":4,"group":"hot-a","sync":[{"key":"aw==","op":"set","ver":"%[1]s","value":"!!","b64":true}]}`, false},
+		{"sync negative ttl", `{"v":4,"group":"hot-a","sync":[{"key":"k","op":"set","ver":"%[1]s","value":"x","ttl_ms":-1}]}`, false},
+		{"sync with urls", `{"v":4,"group":"varnish","urls":["/a"],"sync":[{"key":"k","op":"del","ver":"%[1]s"}]}`, false},
+		{"heartbeat with sync", `{"v":3,"group":"hot-a","heartbeat":true,"from":10,"to":20,"part":1,"parts":1,"sync":[{"key":"k","op":"del","ver":"%[1]s"}]}`, false},
 		{"heartbeat", `{"v":3,"group":"hot-a","heartbeat":true,"from":10,"to":20,"part":1,"parts":1}`, true},
 		{"heartbeat at the same offset", `{"v":3,"group":"hot-a","heartbeat":true,"from":20,"to":20,"part":1,"parts":1}`, true},
 		{"heartbeat in v1", `{"v":1,"group":"hot-a","heartbeat":true,"from":10,"to":20,"part":1,"parts":1}`, false},
@@ -53,9 +69,13 @@ func TestDecodePurge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := DecodePurge([]byte(tt.body))
+			body := tt.body
+			if strings.Contains(body, "%[1]s") {
+				body = fmt.Sprintf(body, "0000000001:00000000004294967396:0000000000")
+			}
+			_, err := DecodePurge([]byte(body))
 			if (err == nil) != tt.ok {
-				t.Fatalf("DecodePurge(%q) err = %v, want ok=%v", tt.body, err, tt.ok)
+				t.Fatalf("DecodePurge(%q) err = %v, want ok=%v", body, err, tt.ok)
 			}
 		})
 	}

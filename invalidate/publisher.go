@@ -139,6 +139,7 @@ type Publisher struct {
 
 	published   *prometheus.CounterVec
 	keys        *prometheus.CounterVec
+	syncWrites  *prometheus.CounterVec
 	httpTargets *prometheus.CounterVec
 	latency     prometheus.Histogram
 
@@ -193,6 +194,10 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 		Name: "flashsync_invalidate_keys_published_total",
 		Help: "Cache keys published for purging, by group.",
 	}, []string{"group"})
+	p.syncWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_invalidate_sync_writes_published_total",
+		Help: "Versioned sync writes (sets and deletes of synced keys) published, by group.",
+	}, []string{"group"})
 	p.httpTargets = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_invalidate_http_targets_published_total",
 		Help: "HTTP cache URLs and tags published for purging, by group and kind (url, tag).",
@@ -202,7 +207,7 @@ func NewPublisher(opts PublisherOptions) (*Publisher, error) {
 		Help:    "Time to publish one batch until nsqd acknowledged it, retries included.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	})
-	for _, c := range []prometheus.Collector{p.published, p.keys, p.httpTargets, p.latency} {
+	for _, c := range []prometheus.Collector{p.published, p.keys, p.syncWrites, p.httpTargets, p.latency} {
 		if err := opts.Registerer.Register(c); err != nil {
 			p.Close()
 			return nil, fmt.Errorf("register metrics: %w", err)
@@ -268,7 +273,10 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	encode := func(i int, msg Purge) error {
 		msg.Job = job
 		msg.V = PurgeVersionBasic
-		if msg.Flush || len(msg.Patterns)+len(msg.Bans) > 0 {
+		switch {
+		case len(msg.Sync) > 0:
+			msg.V = PurgeVersionSync
+		case msg.Flush || len(msg.Patterns)+len(msg.Bans) > 0:
 			msg.V = PurgeVersion
 		}
 		msg.Pos, msg.GTID, msg.CommitUnix, msg.SeenUnixNano = meta.Pos, meta.GTID, meta.CommitUnix, meta.Seen.UnixNano()
@@ -281,12 +289,13 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	}
 	for g := 0; g < b.NumGroups(); g++ {
 		keys, pats := b.Keys(g), b.Patterns(g)
+		syncs := syncChunks(b.Sync(g), p.opts.MaxKeysPerMessage, maxSyncMessageBytes)
 		// With a stream, every message of the group is one part of its
 		// coverage: the group's range is covered once all parts are applied.
 		var cov Purge
 		if meta.Stream != nil {
 			m := p.opts.MaxKeysPerMessage
-			cov = Purge{From: meta.Stream.From(g), To: meta.To, Parts: (len(keys)+m-1)/m + (len(pats)+m-1)/m, CaughtUpUnixNano: unixNano(meta.CaughtUp)}
+			cov = Purge{From: meta.Stream.From(g), To: meta.To, Parts: (len(keys)+m-1)/m + (len(pats)+m-1)/m + len(syncs), CaughtUpUnixNano: unixNano(meta.CaughtUp)}
 			if b.Flush(g) {
 				cov.Parts++
 			}
@@ -311,6 +320,11 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 				return err
 			}
 			pats = pats[n:]
+		}
+		for _, writes := range syncs {
+			if err := encodeRedis(Purge{Group: p.opts.Groups[g].Name, Sync: writes}); err != nil {
+				return err
+			}
 		}
 		if b.Flush(g) {
 			if err := encodeRedis(Purge{Group: p.opts.Groups[g].Name, Flush: true}); err != nil {
@@ -372,6 +386,9 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch, meta Meta) error {
 	for g := 0; g < b.NumGroups(); g++ {
 		if n := len(b.Keys(g)); n > 0 {
 			p.keys.WithLabelValues(p.opts.Groups[g].Name).Add(float64(n))
+		}
+		if n := len(b.Sync(g)); n > 0 {
+			p.syncWrites.WithLabelValues(p.opts.Groups[g].Name).Add(float64(n))
 		}
 	}
 	for g := 0; g < b.NumHTTPGroups(); g++ {

@@ -142,6 +142,7 @@ type rule struct {
 	actions   actionSet
 	changed   []string
 	ignore    []string
+	sync      []syncRule
 }
 
 // Rule maps the rows of one table to cache targets (configs' [[rule]]
@@ -155,6 +156,8 @@ type Rule struct {
 	Actions       []string
 	Changed       []string
 	IgnoreChanges []string
+	// Sync are keys kept equal to the row (sync mode), in the Redis groups.
+	Sync []SyncTarget
 }
 
 // NewRules parses rules that route only to Redis groups, named in routing
@@ -187,11 +190,20 @@ func NewRulesWithGroups(specs []Rule, redis, http []Group) (*Rules, error) {
 				ru.templates[kind] = append(ru.templates[kind], t)
 			}
 		}
+		for j, st := range s.Sync {
+			sr, err := parseSyncTarget(ru.name, j, st)
+			if err != nil {
+				return nil, err
+			}
+			ru.sync = append(ru.sync, sr)
+		}
 		switch {
-		case len(s.Keys)+len(s.URLs)+len(s.Tags) == 0:
-			return nil, fmt.Errorf("%s: no target; a rule needs at least one of keys, urls, tags", ru.name)
+		case len(s.Keys)+len(s.URLs)+len(s.Tags)+len(s.Sync) == 0:
+			return nil, fmt.Errorf("%s: no target; a rule needs at least one of keys, urls, tags, sync", ru.name)
 		case len(s.Keys) > 0 && len(redis) == 0:
 			return nil, fmt.Errorf("%s: keys need at least one [[redis_group]]", ru.name)
+		case len(s.Sync) > 0 && len(redis) == 0:
+			return nil, fmt.Errorf("%s: sync needs at least one [[redis_group]]", ru.name)
 		case len(s.URLs)+len(s.Tags) > 0 && len(http) == 0:
 			return nil, fmt.Errorf("%s: urls and tags need at least one [[http_group]]", ru.name)
 		}
@@ -269,6 +281,7 @@ type boundRule struct {
 	actions   actionSet
 	changed   []int  // column indexes; fire only if one of them changed
 	ignored   []bool // per column, nil without ignore_changes
+	sync      []boundSync
 }
 
 type boundPart struct {
@@ -331,6 +344,13 @@ func (r *Rules) Bind(table string, columns []string) (*Bound, error) {
 				br.ignored[i] = true
 			}
 		}
+		for j := range ru.sync {
+			bs, err := bindSync(&ru.sync[j], columns, func(what, col string) (int, error) { return index(ru, what, col) })
+			if err != nil {
+				return nil, err
+			}
+			br.sync = append(br.sync, bs)
+		}
 		b.rules = append(b.rules, br)
 	}
 	return b, nil
@@ -387,7 +407,22 @@ func (ru *boundRule) decide(action Action, before, after []any) decision {
 // new target. Conditions (actions, changed, ignore_changes) are evaluated
 // first. A target whose columns hold NULL names nothing and is skipped; a
 // NULL route value sends the row's targets to every group of the tier.
+//
+// ApplyRow knows no version, so a rule's sync keys are deleted like its
+// keys (a later sync write, newer than the key's stored version, writes
+// them again); the canal calls ApplyRowAt.
 func (b *Bound) ApplyRow(action Action, before, after []any, out *Batch) {
+	b.apply(nil, action, before, after, out)
+}
+
+// ApplyRowAt is ApplyRow for the change at version v: sync targets write
+// the after image (insert, update) or delete the key (delete; an update's
+// old key when its key changed), each write at v.
+func (b *Bound) ApplyRowAt(v SyncVersion, action Action, before, after []any, out *Batch) {
+	b.apply(&v, action, before, after, out)
+}
+
+func (b *Bound) apply(v *SyncVersion, action Action, before, after []any, out *Batch) {
 	if b == nil {
 		return
 	}
@@ -404,6 +439,58 @@ func (b *Bound) ApplyRow(action Action, before, after []any, out *Batch) {
 		default:
 			b.render(ru, before, out)
 			b.render(ru, after, out)
+		}
+		if len(ru.sync) > 0 {
+			b.renderSync(ru, v, action, before, after, out)
+		}
+	}
+}
+
+// renderSync adds ru's sync writes for one row change: the key rendered
+// from the after image gets the after image; the key rendered from the
+// before image, if it differs (or the row was deleted), is deleted.
+// Without a version both keys are deleted.
+func (b *Bound) renderSync(ru *boundRule, v *SyncVersion, action Action, before, after []any, out *Batch) {
+	if action == Insert {
+		before = nil
+	}
+	if action == Delete {
+		after = nil
+	}
+	for i := range ru.sync {
+		bs := &ru.sync[i]
+		var oldKey string
+		if before != nil {
+			if buf, ok := renderParts(b.buf[:0], bs.key, before); ok {
+				oldKey = string(buf)
+			}
+		}
+		newKey := ""
+		if after != nil {
+			if buf, ok := renderParts(b.buf[:0], bs.key, after); ok {
+				newKey = string(buf)
+			}
+		}
+		// emit sends key, routed by the image it was rendered from, the
+		// write of value (nil: a delete).
+		emit := func(key string, routeImage, value []any) {
+			route := b.routeGroups(ru, routeImage)[redisTier]
+			for g := 0; g < b.groups[redisTier]; g++ {
+				if route >= 0 && g != route {
+					continue
+				}
+				if v == nil {
+					out.add(KindKey, g, []byte(key))
+				} else {
+					out.addSync(g, bs.write(key, *v, value))
+				}
+			}
+		}
+		if oldKey != "" && oldKey != newKey {
+			emit(oldKey, before, nil)
+		}
+		if newKey != "" {
+			emit(newKey, after, after)
 		}
 	}
 }
@@ -550,6 +637,7 @@ type Batch struct {
 	// admin-only kinds per Redis group: patterns, flush
 	patterns []targetSet
 	flush    []bool
+	sync     []syncSet    // sync writes per Redis group
 	http     []httpTarget // urls and tags
 	n        int
 	bytes    int
@@ -669,7 +757,7 @@ func (b *Batch) Flush(group int) bool { return group < len(b.flush) && b.flush[g
 
 // HasRedis tells whether a Redis group receives anything: keys, patterns or a flush.
 func (b *Batch) HasRedis(group int) bool {
-	return len(b.Keys(group))+len(b.Patterns(group)) > 0 || b.Flush(group)
+	return len(b.Keys(group))+len(b.Patterns(group))+len(b.Sync(group)) > 0 || b.Flush(group)
 }
 
 // Len is the number of distinct targets (per group and kind).
@@ -721,6 +809,10 @@ func (b *Batch) Reset() {
 		reset(&b.patterns[i])
 	}
 	clear(b.flush)
+	for i := range b.sync {
+		b.sync[i].list = b.sync[i].list[:0]
+		clear(b.sync[i].at)
+	}
 	for i := range b.http {
 		reset(&b.http[i].urls)
 		reset(&b.http[i].tags)

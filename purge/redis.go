@@ -55,7 +55,10 @@ type RedisPurgerOptions struct {
 	// whose snapshot is older than the log reaches is flushed.
 	RejoinLogMaxBytes int64
 	RejoinLogMaxAge   time.Duration
-	Registerer        prometheus.Registerer
+	// SyncTombstoneTTL is how long a deleted synced key keeps its version,
+	// refusing older writes (default DefaultSyncTombstoneTTL).
+	SyncTombstoneTTL time.Duration
+	Registerer       prometheus.Registerer
 }
 
 // DefaultPatternKeysPerSecond is the default of PatternKeysPerSecond.
@@ -82,6 +85,9 @@ type RedisPurger struct {
 	replayKeys *prometheus.CounterVec
 	logReach   *prometheus.GaugeVec
 	script     *redis.Script
+	// sync applies sync writes (sync.lua); syncWrites counts them.
+	sync       *syncScript
+	syncWrites *prometheus.CounterVec
 
 	mu      sync.Mutex
 	stopped bool
@@ -145,6 +151,9 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if opts.RejoinLogMaxAge <= 0 {
 		opts.RejoinLogMaxAge = DefaultRejoinLogMaxAge
 	}
+	if opts.SyncTombstoneTTL <= 0 {
+		opts.SyncTombstoneTTL = DefaultSyncTombstoneTTL
+	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
@@ -152,7 +161,11 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &RedisPurger{opts: opts, c: c, script: redis.NewScript(watermarkLua)}
+	p := &RedisPurger{opts: opts, c: c, script: redis.NewScript(watermarkLua), sync: newSyncScript(opts.SyncTombstoneTTL)}
+	p.syncWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flashsync_purger_sync_writes_total",
+		Help: "Sync writes per replica by result: applied (newer than the key's stored version) or older (the key holds a newer version: dropped, as a redelivered or replayed write must be).",
+	}, []string{"group", "replica", "result"})
 	p.keys = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_purger_keys_deleted_total",
 		Help: "Keys sent to DEL per replica (deleted or already absent).",
@@ -185,7 +198,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 		Name: "flashsync_purger_rejoin_log_reach_seconds",
 		Help: "How far back each replica's rejoin log reaches: the age of its oldest record. A replica restarted from a snapshot older than this is flushed, not replayed.",
 	}, []string{"group", "replica"})
-	for _, m := range []prometheus.Collector{p.keys, p.unlinked, p.scanned, p.rejoins, p.redials, p.replays, p.replayKeys, p.logReach, newWatermarkCollector(p)} {
+	for _, m := range []prometheus.Collector{p.keys, p.syncWrites, p.unlinked, p.scanned, p.rejoins, p.redials, p.replays, p.replayKeys, p.logReach, newWatermarkCollector(p)} {
 		if err := opts.Registerer.Register(m); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -333,6 +346,12 @@ func (p *RedisPurger) apply(ctx context.Context, r *redisReplica, msg *invalidat
 	sctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
 	r.scriptMu.Lock()
+	// Sync writes go before the coverage, on the script's connection: the
+	// watermark passes a message only once its writes are in.
+	if err := p.applySync(sctx, r, slices.DeleteFunc(slices.Clone(msg.Sync), func(w invalidate.SyncWrite) bool { return reservedKey(w.Key) })); err != nil {
+		r.scriptMu.Unlock()
+		return err
+	}
 	rep, err := p.applyCoverage(sctx, r, msg, keys)
 	if err != nil {
 		r.scriptMu.Unlock()
@@ -345,7 +364,7 @@ func (p *RedisPurger) apply(ctx context.Context, r *redisReplica, msg *invalidat
 		if rep.status == "rejoined" { // the flush before the message has the number before its
 			p.logFlush(r, rep.seq-1)
 		}
-		p.logRecord(r, logRecord{seq: rep.seq, at: time.Now().UnixNano(), wm: rep.wm, flush: msg.Flush, keys: msg.Keys, patterns: msg.Patterns})
+		p.logRecord(r, logRecord{seq: rep.seq, at: time.Now().UnixNano(), wm: rep.wm, flush: msg.Flush, keys: slices.Concat(msg.Keys, syncKeys(msg.Sync)), patterns: msg.Patterns})
 	}
 	r.scriptMu.Unlock()
 	p.observe(r, rep)
@@ -353,6 +372,43 @@ func (p *RedisPurger) apply(ctx context.Context, r *redisReplica, msg *invalidat
 		p.opts.Logger.Info("redis replica flushed (admin)", "group", r.group, "replica", r.addr, "job", msg.Job)
 	}
 	return nil
+}
+
+// applySync runs the sync script for writes on r's script connection (the
+// caller holds r.scriptMu), at most PipelineKeys writes per call.
+func (p *RedisPurger) applySync(ctx context.Context, r *redisReplica, writes []invalidate.SyncWrite) error {
+	for len(writes) > 0 {
+		n := min(len(writes), p.opts.PipelineKeys)
+		conn, _, err := r.scriptConnection(ctx)
+		if err != nil {
+			return fmt.Errorf("redis %s sync: %w", r.addr, err)
+		}
+		applied, err := p.sync.apply(ctx, conn, writes[:n])
+		if err != nil {
+			r.dropScriptConnection()
+			return fmt.Errorf("redis %s %w", r.addr, err)
+		}
+		var ok int
+		for _, a := range applied {
+			if a {
+				ok++
+			}
+		}
+		p.syncWrites.WithLabelValues(r.group, r.addr, "applied").Add(float64(ok))
+		p.syncWrites.WithLabelValues(r.group, r.addr, "older").Add(float64(len(applied) - ok))
+		writes = writes[n:]
+	}
+	return nil
+}
+
+// syncKeys are the keys of writes: a replay after a restart from a
+// snapshot deletes them (their versions stay, refusing older writes).
+func syncKeys(writes []invalidate.SyncWrite) []string {
+	keys := make([]string, len(writes))
+	for i, w := range writes {
+		keys[i] = w.Key
+	}
+	return keys
 }
 
 // logRecord appends rec to r's rejoin log (the caller holds r.scriptMu).

@@ -36,7 +36,7 @@ func readSync(t *testing.T, c *redis.Client, key string) syncState {
 	default:
 		t.Fatalf("%s is a %s", key, typ)
 	}
-	s.version = c.Get(ctx, syncVersionPrefix+key).Val()
+	s.version = c.Get(ctx, SyncVersionPrefix+key).Val()
 	return s
 }
 
@@ -45,7 +45,7 @@ func TestSyncScript(t *testing.T) {
 	c := stacktest.Redis(t, srv.Addr())
 	ctx := context.Background()
 	s := newSyncScript(time.Minute)
-	apply := func(w ...syncWrite) []bool {
+	apply := func(w ...invalidate.SyncWrite) []bool {
 		t.Helper()
 		got, err := s.apply(ctx, c, w)
 		if err != nil {
@@ -53,10 +53,12 @@ func TestSyncScript(t *testing.T) {
 		}
 		return got
 	}
-	set := func(key string, v uint64, value string) syncWrite {
-		return syncWrite{key: key, op: syncSet, version: ver(v), value: []byte(value)}
+	set := func(key string, v uint64, value string) invalidate.SyncWrite {
+		return invalidate.SyncWrite{Key: key, Op: invalidate.SyncSet, Version: ver(v), Value: []byte(value)}
 	}
-	del := func(key string, v uint64) syncWrite { return syncWrite{key: key, op: syncDel, version: ver(v)} }
+	del := func(key string, v uint64) invalidate.SyncWrite {
+		return invalidate.SyncWrite{Key: key, Op: invalidate.SyncDel, Version: ver(v)}
+	}
 
 	// Newer applies, older and equal are dropped, in one round trip.
 	if got := apply(set("k", 10, "v10"), set("k", 5, "v5"), set("k", 10, "again"), set("k", 11, "v11")); !slices.Equal(got, []bool{true, false, false, true}) {
@@ -73,29 +75,29 @@ func TestSyncScript(t *testing.T) {
 	if st := readSync(t, c, "k"); st.str != "" || st.version != ver(20).String() {
 		t.Fatalf("tombstoned k: %+v", st)
 	}
-	if ttl := c.PTTL(ctx, syncVersionPrefix+"k").Val(); ttl <= 0 || ttl > time.Minute {
+	if ttl := c.PTTL(ctx, SyncVersionPrefix+"k").Val(); ttl <= 0 || ttl > time.Minute {
 		t.Errorf("tombstone TTL %v, want up to 1m", ttl)
 	}
 	if got := apply(set("k", 21, "back")); !got[0] {
 		t.Fatal("a newer write after the delete was refused")
 	}
-	if ttl := c.PTTL(ctx, syncVersionPrefix+"k").Val(); ttl != -1 {
+	if ttl := c.PTTL(ctx, SyncVersionPrefix+"k").Val(); ttl != -1 {
 		t.Errorf("version TTL %v after a write without TTL, want none", ttl)
 	}
 	// A hash is replaced whole: fields the new image lacks are gone.
-	apply(syncWrite{key: "h", op: syncHash, version: ver(1), fields: []string{"a", "1", "b", "2"}})
-	apply(syncWrite{key: "h", op: syncHash, version: ver(2), fields: []string{"a", "3"}})
+	apply(invalidate.SyncWrite{Key: "h", Op: invalidate.SyncHash, Version: ver(1), Fields: []string{"a", "1", "b", "2"}})
+	apply(invalidate.SyncWrite{Key: "h", Op: invalidate.SyncHash, Version: ver(2), Fields: []string{"a", "3"}})
 	if st := readSync(t, c, "h"); len(st.hash) != 1 || st.hash["a"] != "3" {
 		t.Fatalf("h: %+v", st)
 	}
 	// A value's TTL; its version outlives it by the tombstone's time.
-	apply(syncWrite{key: "t", op: syncSet, version: ver(1), value: []byte("x"), ttl: 10 * time.Second})
-	vt, kt := c.PTTL(ctx, "t").Val(), c.PTTL(ctx, syncVersionPrefix+"t").Val()
+	apply(invalidate.SyncWrite{Key: "t", Op: invalidate.SyncSet, Version: ver(1), Value: []byte("x"), TTL: 10 * time.Second})
+	vt, kt := c.PTTL(ctx, "t").Val(), c.PTTL(ctx, SyncVersionPrefix+"t").Val()
 	if vt <= 0 || vt > 10*time.Second || kt <= 10*time.Second || kt > 10*time.Second+time.Minute {
 		t.Errorf("TTLs: value %v, version %v; want up to 10s and 10s-1m10s", vt, kt)
 	}
 	// Bad input is refused before anything runs.
-	if _, err := s.apply(ctx, c, []syncWrite{{key: "x", op: syncHash, version: ver(1), fields: []string{"odd"}}}); err == nil {
+	if _, err := s.apply(ctx, c, []invalidate.SyncWrite{{Key: "x", Op: invalidate.SyncHash, Version: ver(1), Fields: []string{"odd"}}}); err == nil {
 		t.Error("an odd hash argument list was accepted")
 	}
 }
@@ -111,14 +113,14 @@ func TestSyncScriptAnyOrder(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	for trial := range 200 {
 		key := "row:" + strconv.Itoa(trial)
-		var writes []syncWrite
+		var writes []invalidate.SyncWrite
 		for v := uint64(1); v <= 12; v++ {
-			w := syncWrite{key: key, op: syncSet, version: ver(v), value: []byte("v" + strconv.FormatUint(v, 10))}
+			w := invalidate.SyncWrite{Key: key, Op: invalidate.SyncSet, Version: ver(v), Value: []byte("v" + strconv.FormatUint(v, 10))}
 			switch rng.IntN(4) {
 			case 0:
-				w.op, w.value = syncDel, nil
+				w.Op, w.Value = invalidate.SyncDel, nil
 			case 1:
-				w.op, w.value, w.fields = syncHash, nil, []string{"version", strconv.FormatUint(v, 10)}
+				w.Op, w.Value, w.Fields = invalidate.SyncHash, nil, []string{"version", strconv.FormatUint(v, 10)}
 			}
 			writes = append(writes, w)
 			if rng.IntN(3) == 0 {
@@ -141,21 +143,21 @@ func TestSyncScriptAnyOrder(t *testing.T) {
 			last = st.version
 		}
 		st := readSync(t, c, key)
-		if st.version != newest.version.String() {
-			t.Fatalf("%s ends at version %s, want %s", key, st.version, newest.version)
+		if st.version != newest.Version.String() {
+			t.Fatalf("%s ends at version %s, want %s", key, st.version, newest.Version)
 		}
-		switch newest.op {
-		case syncDel:
+		switch newest.Op {
+		case invalidate.SyncDel:
 			if st.str != "" || st.hash != nil {
 				t.Fatalf("%s: deleted last, holds %+v", key, st)
 			}
-		case syncSet:
-			if st.str != string(newest.value) {
-				t.Fatalf("%s: %q, want %q", key, st.str, newest.value)
+		case invalidate.SyncSet:
+			if st.str != string(newest.Value) {
+				t.Fatalf("%s: %q, want %q", key, st.str, newest.Value)
 			}
-		case syncHash:
-			if st.hash["version"] != newest.fields[1] || len(st.hash) != 1 {
-				t.Fatalf("%s: %v, want version %s", key, st.hash, newest.fields[1])
+		case invalidate.SyncHash:
+			if st.hash["version"] != newest.Fields[1] || len(st.hash) != 1 {
+				t.Fatalf("%s: %v, want version %s", key, st.hash, newest.Fields[1])
 			}
 		}
 	}

@@ -107,9 +107,10 @@ const (
 	reasonFlush      = "flush" // the admin's flush: restarts the watermark, not a rejoin
 )
 
-// reservedKey tells the keys of the watermark's state, which purges skip.
+// reservedKey tells the keys of the watermark's state and the synced keys'
+// versions, which purges and sync writes skip.
 func reservedKey(k string) bool {
-	return k == invalidate.WatermarkKey || strings.HasPrefix(k, invalidate.WatermarkKey+":")
+	return k == invalidate.WatermarkKey || strings.HasPrefix(k, invalidate.WatermarkKey+":") || strings.HasPrefix(k, SyncVersionPrefix)
 }
 
 // watermarkReply is what watermark.lua returns.
