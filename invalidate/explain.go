@@ -84,7 +84,15 @@ type GroupPurge struct {
 	Patterns []string `json:"patterns,omitempty"`
 	Flush    bool     `json:"flush,omitempty"`
 	Bans     []string `json:"bans,omitempty"`
+	// Sync are the sync writes, at ExplainVersion: the canal writes each at
+	// its row's version (epoch, binlog offset of its event, row index).
+	Sync []SyncWrite `json:"sync,omitempty"`
 }
+
+// ExplainVersion is the version explanations show on sync writes: the
+// canal's are its epoch, the row event's binlog offset and the row's index
+// in it, none of which a row given by hand has.
+var ExplainVersion = SyncVersion{}
 
 // Explain evaluates the rules of table for one row change the way the canal
 // does (Bind, then ApplyRow) and reports every step. columns name the values
@@ -169,7 +177,7 @@ func (r *Rules) Explain(table string, action Action, columns []string, before, a
 		e.Rules = append(e.Rules, re)
 	}
 	batch := r.NewBatch()
-	b.ApplyRow(action, before, after, batch)
+	b.ApplyRowAt(ExplainVersion, action, before, after, batch)
 	e.Purges = r.Purges(batch)
 	return e, nil
 }
@@ -181,7 +189,7 @@ func (r *Rules) Purges(b *Batch) []GroupPurge {
 	for g := 0; g < b.NumGroups() && g < len(r.redis); g++ {
 		if b.HasRedis(g) {
 			ps = append(ps, GroupPurge{Tier: TierRedis, Group: r.redis[g].Name,
-				Replicas: r.redis[g].Addrs, Keys: b.Keys(g), Patterns: b.Patterns(g), Flush: b.Flush(g)})
+				Replicas: r.redis[g].Addrs, Keys: b.Keys(g), Patterns: b.Patterns(g), Flush: b.Flush(g), Sync: b.Sync(g)})
 		}
 	}
 	for g := 0; g < b.NumHTTPGroups() && g < len(r.http); g++ {
@@ -252,6 +260,7 @@ func (r *Rules) explainImage(b *Bound, ru *boundRule, img string, image []any, c
 			tiers[Kind(kind).tierIndex()] = true
 		}
 	}
+	tiers[redisTier] = tiers[redisTier] || len(ru.sync) > 0
 	names := func(tier Tier) []string {
 		if !tiers[tier.index()] {
 			return nil
@@ -287,6 +296,26 @@ func (r *Rules) explainImage(b *Bound, ru *boundRule, img string, image []any, c
 				t.Images = []string{img}
 				re.Targets = append(re.Targets, t)
 			}
+		}
+	}
+	for j := range ru.sync {
+		bs := &ru.sync[j]
+		src := ru.src.sync[j].key.src
+		buf, ok := renderParts(nil, bs.key, image)
+		if !ok {
+			re.Skipped = append(re.Skipped, SkippedTarget{Kind: "sync", Template: src, Image: img, Reason: nullReason(bs.key, image, columns)})
+			continue
+		}
+		for _, group := range names(TierRedis) {
+			t := ExplainedTarget{Kind: "sync", Target: string(buf), Template: src, Tier: TierRedis, Group: group}
+			if i := slices.IndexFunc(re.Targets, func(o ExplainedTarget) bool {
+				return o.Kind == t.Kind && o.Target == t.Target && o.Group == t.Group && o.Template == t.Template
+			}); i >= 0 {
+				re.Targets[i].Images = append(re.Targets[i].Images, img)
+				continue
+			}
+			t.Images = []string{img}
+			re.Targets = append(re.Targets, t)
 		}
 	}
 }
@@ -406,6 +435,19 @@ func (e *Explanation) WriteText(w io.Writer) error {
 			for _, v := range t[1].([]string) {
 				fmt.Fprintf(&b, "    %s %s\n", t[0], v)
 			}
+		}
+		for _, w := range p.Sync {
+			fmt.Fprintf(&b, "    sync %s %s", w.Op, w.Key)
+			switch w.Op {
+			case SyncSet:
+				fmt.Fprintf(&b, " = %q", w.Value)
+			case SyncHash:
+				fmt.Fprintf(&b, " = %q", w.Fields)
+			}
+			if w.TTL > 0 {
+				fmt.Fprintf(&b, " ttl %v", w.TTL)
+			}
+			b.WriteString(" at the row's version (canal epoch:binlog offset:row), fenced\n")
 		}
 	}
 	_, err := io.WriteString(w, b.String())

@@ -398,3 +398,25 @@ func TestExplainRow(t *testing.T) {
 		t.Errorf("missing column: %v", err)
 	}
 }
+
+// An explanation shows each sync target, and the write it would publish
+// with its value.
+func TestExplainSync(t *testing.T) {
+	r, err := NewRules([]Rule{{Table: "shop.item", RouteBy: "id", Sync: []SyncTarget{{Key: "item:json:{id}", Columns: []string{"id", "price"}}}}}, []string{"hot-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := r.Explain("shop.item", Insert, []string{"id", "price"}, nil, []any{int64(1), "8.99"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := e.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"sync  item:json:1  redis hot-a  from item:json:{id} (after)", `sync set item:json:1 = "{\"id\":1,\"price\":\"8.99\"}"`} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("explanation lacks %q:\n%s", want, b.String())
+		}
+	}
+}
