@@ -5,6 +5,10 @@
 // inconsistency; values cacheaside fills carry their fill start (package
 // cacheaside's envelope), which is what lets the checker tell a value's age.
 // Keys it cannot judge are counted as unknown, never as consistent.
+//
+// Keys sync mode writes are judged by their version instead: a replica
+// whose stored version (invalidate.SyncVersionPrefix) is older than the
+// sampled write's still serves, or tombstones, an older row.
 package consistency
 
 import (
@@ -174,6 +178,10 @@ type Inconsistency struct {
 	// message's coverage: true, the purge was applied and the value came
 	// back (a fill racing the purge); false, the purge is late or lost.
 	PurgeApplied bool `json:"purge_applied"`
+	// StoredVersion and WantVersion, for a synced key: the version the
+	// replica held (empty: none) and the sampled write's.
+	StoredVersion string `json:"stored_version,omitempty"`
+	WantVersion   string `json:"want_version,omitempty"`
 }
 
 // WindowCounts are one window's checks since start.
@@ -419,7 +427,7 @@ func (c *Checker) drawn() bool { return c.opts.SampleRate >= 1 || rand.Float64()
 // schedule schedules the checks of msg, a key purge of the canal (other
 // messages are not checked).
 func (c *Checker) schedule(g *group, msg *invalidate.Purge, now time.Time) {
-	if !msg.Covers() || msg.Heartbeat || len(msg.Keys) == 0 {
+	if !msg.Covers() || msg.Heartbeat || len(msg.Keys)+len(msg.Sync) == 0 {
 		return
 	}
 	seen := now
@@ -459,7 +467,56 @@ func (c *Checker) run(ctx context.Context, ch *check) {
 			res, inc := c.judgeRead(ctx, ch, r, key, values[i], wm)
 			c.count(ch.window, res, inc)
 		}
+		for _, w := range ch.msg.Sync[:min(len(ch.msg.Sync), SampleKeys)] {
+			res, inc := c.judgeSync(ctx, ch, r, w)
+			c.count(ch.window, res, inc)
+		}
 	}
+}
+
+// judgeSync judges a synced key on r against the sampled write w: the
+// replica's stored version must be at least w's. Without a version, the
+// key is judged as a purged one (a miss is consistent; a filled value by
+// its fill start). An older version is read again before it is reported.
+func (c *Checker) judgeSync(ctx context.Context, ch *check, r replica, w invalidate.SyncWrite) (Result, *Inconsistency) {
+	want := w.Version.String()
+	stored, res, inc, wm := c.readSync(ctx, ch, r, w.Key, want)
+	if stored == "" {
+		return res, inc
+	}
+	if c.beforeConfirm != nil {
+		c.beforeConfirm(w.Key, r.addr)
+	}
+	if stored, res, inc, wm = c.readSync(ctx, ch, r, w.Key, want); stored == "" {
+		return res, inc
+	}
+	applied := false
+	if m, err := invalidate.ParseWatermark(wm); err == nil {
+		applied = m.To >= ch.msg.To
+	}
+	return Inconsistent, &Inconsistency{
+		Key: w.Key, Group: ch.group.Name, Replica: r.addr, Window: ch.window.String(),
+		Checked: time.Now(), Seen: ch.seen, CommitUnix: ch.msg.CommitUnix, Pos: ch.msg.Pos,
+		PurgeApplied: applied, StoredVersion: stored, WantVersion: want,
+	}
+}
+
+// readSync reads key's version and value from r: stale, the stored version
+// older than want; otherwise "" and the result.
+func (c *Checker) readSync(ctx context.Context, ch *check, r replica, key, want string) (stale string, res Result, inc *Inconsistency, wm string) {
+	values, wm, err := c.read(ctx, r, []string{invalidate.SyncVersionPrefix + key, key})
+	switch {
+	case err != nil || values[0].unreadable:
+		return "", Unknown, nil, wm
+	case !values[0].present && values[1].unreadable:
+		return "", Unknown, nil, wm // a hash without a version to judge by
+	case !values[0].present:
+		res, inc = c.judgeRead(ctx, ch, r, key, values[1], wm)
+		return "", res, inc, wm
+	case string(values[0].value) >= want:
+		return "", Consistent, nil, wm
+	}
+	return string(values[0].value), "", nil, wm
 }
 
 // stored is one key as a replica returned it; unreadable: the replica

@@ -269,3 +269,51 @@ func TestOptionsValidation(t *testing.T) {
 		t.Fatalf("second close: %v", err)
 	}
 }
+
+// Synced keys are judged by version: a replica at the sampled write's
+// version or later is consistent, one at an older version (a lost or late
+// sync write) inconsistent once confirmed, one without a version by its
+// value as a purged key (a miss: consistent).
+func TestCheckerJudgesSyncedKeysByVersion(t *testing.T) {
+	r := newRig(t, false, func(o *Options) { o.Windows = []time.Duration{100 * time.Millisecond} })
+	v := func(off uint64) invalidate.SyncVersion { return invalidate.SyncVersion{Epoch: 7, Offset: off} }
+	ctx := context.Background()
+	for _, kv := range []struct {
+		srv     *stacktest.RedisServer
+		key     string
+		version invalidate.SyncVersion
+	}{
+		{r.a, "s:newer", v(50)}, {r.b, "s:newer", v(42)}, // at or past the write: consistent
+		{r.a, "s:older", v(41)}, {r.b, "s:older", v(43)}, // A missed it
+	} {
+		c := stacktest.Redis(t, kv.srv.Addr())
+		if err := c.Set(ctx, invalidate.SyncVersionPrefix+kv.key, kv.version.String(), 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(ctx, kv.key, "{}", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.start(t)
+	seen := time.Now()
+	msg := &invalidate.Purge{
+		V: invalidate.PurgeVersionSync, Group: "g", Pos: "bin.000001:42", CommitUnix: seen.Unix(), SeenUnixNano: seen.UnixNano(),
+		From: 41, To: 42, Part: 1, Parts: 1, Sync: []invalidate.SyncWrite{
+			{Key: "s:newer", Op: invalidate.SyncSet, Version: v(42), Value: []byte("{}")},
+			{Key: "s:older", Op: invalidate.SyncSet, Version: v(42), Value: []byte("{}")},
+			{Key: "s:absent", Op: invalidate.SyncDel, Version: v(42)},
+		},
+	}
+	if err := r.prod.Publish(r.topic, mustMarshal(t, msg)); err != nil {
+		t.Fatal(err)
+	}
+	// newer on A and B, older on B, absent on A and B: 5; older on A: 1.
+	r.waitCounts(t, map[Result]float64{Consistent: 5, Inconsistent: 1, Unknown: 0})
+	rep := r.checker.Report()
+	if len(rep.Recent) != 1 {
+		t.Fatalf("recent = %+v, want one inconsistency", rep.Recent)
+	}
+	if inc := rep.Recent[0]; inc.Key != "s:older" || inc.Replica != r.a.Addr() || inc.StoredVersion != v(41).String() || inc.WantVersion != v(42).String() {
+		t.Errorf("inconsistency %+v: want s:older on A, stored %s, want %s", inc, v(41), v(42))
+	}
+}
