@@ -236,6 +236,36 @@ return 0
 // releaseScript removes the lease if it is still there: a filler that has
 // nothing to fill lets the next reader load at once instead of waiting out
 // the lease.
+// fillVersionedScript is fillScript for GetSynced: with the value it
+// writes the key's version, the replica's sync epoch (the key's own
+// version's, or the newest any sync write brought; the larger) with the
+// read's binlog offset and the largest row index, so that every sync write
+// of a change the read saw (at or before that offset) is older and
+// refused. With neither a version nor an epoch, no sync write has reached
+// the replica since its data began: the value is written alone.
+// KEYS: key, its version key, the epoch key; ARGV: lease, value, TTL ms,
+// offset (20 digits), version TTL ms.
+var fillVersionedScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local cur = redis.call('GET', KEYS[2])
+local epoch = redis.call('GET', KEYS[3])
+if cur and (not epoch or string.sub(cur, 1, 10) > epoch) then epoch = string.sub(cur, 1, 10) end
+if not epoch then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+local ver = epoch .. ':' .. ARGV[4] .. ':4294967295'
+if cur and cur >= ver then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ver, 'PX', ARGV[5])
+return 1
+`)
+
+// versionOutlives is how much longer than its value a filled version is
+// kept: the purger keeps a deleted key's version for its tombstone TTL
+// (1 h by default), and a fill's should fence as long.
+const versionOutlives = time.Hour
+
 var releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -272,16 +302,48 @@ func (r Result) String() string {
 // with load on a miss. A value is served only from a replica whose
 // watermark is within MaxStaleness; with none, Get loads and caches
 // nothing.
+//
+// Get never fills a key that sync mode writes (it has a version): such a
+// miss is served from MySQL. GetSynced fills it.
 func (r *Reader) Get(ctx context.Context, key, routeValue string, load func(context.Context) ([]byte, error)) ([]byte, Result, error) {
+	return r.read(ctx, key, routeValue, loader{plain: load})
+}
+
+// GetSynced is Get for a key that sync mode writes ([[rule.sync]]): load
+// returns the value and the binlog offset (invalidate.BinlogOffset) of the
+// consistent snapshot it was read at (LoadAtSnapshot reads one), and a fill
+// writes the key's version with it, so that a sync write of a change the
+// read already saw, still on its way, is refused by the purger instead of
+// taking the value back. load must read the server the canal reads.
+func (r *Reader) GetSynced(ctx context.Context, key, routeValue string, load func(context.Context) ([]byte, uint64, error)) ([]byte, Result, error) {
+	return r.read(ctx, key, routeValue, loader{at: load})
+}
+
+func (r *Reader) read(ctx context.Context, key, routeValue string, l loader) ([]byte, Result, error) {
 	g := r.groups[route.GroupFor([]byte(routeValue), len(r.groups))]
-	v, res, err := r.get(ctx, g, key, load)
+	v, res, err := r.get(ctx, g, key, l)
 	if err == nil {
 		g.reads[res].Inc()
 	}
 	return v, res, err
 }
 
-func (r *Reader) get(ctx context.Context, g *group, key string, load func(context.Context) ([]byte, error)) ([]byte, Result, error) {
+// loader loads a key's value from MySQL: plain, or at a binlog offset.
+type loader struct {
+	plain func(context.Context) ([]byte, error)
+	at    func(context.Context) ([]byte, uint64, error)
+}
+
+// load loads the value; offset is 0 for a plain loader.
+func (l loader) load(ctx context.Context) (v []byte, offset uint64, err error) {
+	if l.at != nil {
+		return l.at(ctx)
+	}
+	v, err = l.plain(ctx)
+	return v, 0, err
+}
+
+func (r *Reader) get(ctx context.Context, g *group, key string, load loader) ([]byte, Result, error) {
 	n := len(g.replicas)
 	first := rand.IntN(n)
 	var others []int // the rest in random order, drawn when needed
@@ -330,7 +392,7 @@ func (r *Reader) get(ctx context.Context, g *group, key string, load func(contex
 	// No replica is fresh enough: MySQL, and nothing cached, since a fill
 	// could only go to a replica that is behind or down (the purger may be
 	// about to flush it).
-	v, err := load(ctx)
+	v, _, err := load.load(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -482,7 +544,7 @@ func (rep *replica) failedLately() bool {
 // TTL, no invalidation to come. A load that starts after the lease cannot
 // be older than the row was when the lease was set, and every later
 // invalidation removes the lease.
-func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLease bool, load func(context.Context) ([]byte, error)) ([]byte, Result, error) {
+func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLease bool, load loader) ([]byte, Result, error) {
 	rep := g.replicas[own]
 	if sawLease {
 		// Another reader is filling the key: wait a little for its value
@@ -509,7 +571,7 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 	lease := leasePrefix + hex.EncodeToString(tok)
 	var held []*replica
 	for j, c := range g.replicas {
-		took, cur, fresh, err := r.tryLease(ctx, c, key, lease)
+		took, cur, fresh, err := r.tryLease(ctx, c, key, lease, load.at != nil)
 		switch {
 		case ctx.Err() != nil:
 			r.release(context.WithoutCancel(ctx), held, key, lease)
@@ -556,7 +618,7 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 		return r.loadOnly(ctx, load)
 	}
 	fillStart := time.Now()
-	v, err := load(ctx)
+	v, offset, err := load.load(ctx)
 	if err != nil {
 		r.release(ctx, held, key, lease)
 		return nil, 0, err
@@ -565,7 +627,13 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 	res := Loaded
 	for _, c := range held {
 		cctx, cancel := context.WithTimeout(ctx, r.opts.ReplicaTimeout)
-		n, err := fillScript.Run(cctx, c.c, []string{key}, lease, env, r.opts.TTL.Milliseconds()).Int()
+		var n int
+		if load.at != nil {
+			n, err = fillVersionedScript.Run(cctx, c.c, []string{key, invalidate.SyncVersionPrefix + key, invalidate.SyncEpochKey},
+				lease, env, r.opts.TTL.Milliseconds(), fmt.Sprintf("%020d", offset), (r.opts.TTL + versionOutlives).Milliseconds()).Int()
+		} else {
+			n, err = fillScript.Run(cctx, c.c, []string{key}, lease, env, r.opts.TTL.Milliseconds()).Int()
+		}
 		cancel()
 		if err == nil && n == 1 {
 			res = Filled
@@ -574,8 +642,8 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 	return v, res, nil
 }
 
-func (r *Reader) loadOnly(ctx context.Context, load func(context.Context) ([]byte, error)) ([]byte, Result, error) {
-	v, err := load(ctx)
+func (r *Reader) loadOnly(ctx context.Context, load loader) ([]byte, Result, error) {
+	v, _, err := load.load(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -587,7 +655,10 @@ func (r *Reader) loadOnly(ctx context.Context, load func(context.Context) ([]byt
 // is in, cur is what the key held if not (nil: nothing any more), fresh
 // whether rep may be read (always with the check off). A replica that is
 // left out after a failure is not tried (err).
-func (r *Reader) tryLease(ctx context.Context, rep *replica, key, lease string) (took bool, cur []byte, fresh bool, err error) {
+//
+// A key with a sync version is refused (errSynced) unless the fill is
+// versioned (GetSynced).
+func (r *Reader) tryLease(ctx context.Context, rep *replica, key, lease string, versioned bool) (took bool, cur []byte, fresh bool, err error) {
 	if rep.failedLately() {
 		return false, nil, false, errReplicaDown
 	}
@@ -611,7 +682,7 @@ func (r *Reader) tryLease(ctx context.Context, rep *replica, key, lease string) 
 		}
 		return false, nil, false, err
 	}
-	if synced.Val() > 0 {
+	if synced.Val() > 0 && !versioned {
 		if set.Val() {
 			r.release(ctx, []*replica{rep}, key, lease)
 		}

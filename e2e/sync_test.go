@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,6 +16,7 @@ import (
 	"github.com/nsqio/go-nsq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/cacheaside"
 	"github.com/flashsync/flashsync/internal/stacktest"
 	"github.com/flashsync/flashsync/invalidate"
 )
@@ -238,4 +241,137 @@ func TestSyncMode(t *testing.T) {
 	if err := p.stop(syscall.SIGTERM, 15*time.Second); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		t.Fatal(err)
 	}
+}
+
+// TestSyncedFillFencesInFlightWrites: a reader's fill of a synced key
+// carries the version of its read (cacheaside.GetSynced with
+// LoadAtSnapshot), so the sync writes of changes that read already saw,
+// still on their way, are refused instead of taking the value back. Here
+// they are on their way for certain: flashsync is stopped while the row
+// changes twice and the key is evicted, a reader fills it with the newest
+// row; then the first change's write is delivered late (published to NSQ
+// after the fill, as a requeue would), and flashsync restarts from a
+// checkpoint before both changes and replays them.
+func TestSyncedFillFencesInFlightWrites(t *testing.T) {
+	e := newEnv(t)
+	table := e.db + ".t"
+	e.exec("CREATE TABLE " + table + " (id BIGINT UNSIGNED PRIMARY KEY, name VARCHAR(50), price DECIMAL(10,2), b BLOB)")
+	e.cfgPath = writeFile(t, "flashsync.toml", e.cfg.TOML()+fmt.Sprintf(syncRule, table))
+	p := e.start("flashsync #1")
+	ctx := context.Background()
+	id := idsInGroup(0, 1, 1)[0]
+	key := fmt.Sprintf("t:json:%d", id)
+	var replicas []*redis.Client
+	for _, a := range e.replicas(groupOf(id)) {
+		replicas = append(replicas, e.clients[a])
+	}
+	e.exec("INSERT INTO "+table+" VALUES (?, 'tea', 1, NULL)", id)
+	stacktest.Eventually(t, purgeDeadline, func() error {
+		for i, c := range replicas {
+			if v := c.Get(ctx, key).Val(); !strings.Contains(v, `"price":"1.00"`) {
+				return fmt.Errorf("replica %d: %s = %q", i, key, v)
+			}
+		}
+		return nil
+	})
+	checkpoint, err := os.ReadFile(e.cfg.PositionFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.stop(syscall.SIGTERM, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	v1, err := invalidate.ParseSyncVersion(replicas[0].Get(ctx, invalidate.SyncVersionPrefix+key).Val())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.exec("UPDATE "+table+" SET price = 2 WHERE id = ?", id)
+	// The first change's version is at most the binlog's end after it.
+	end2, err := wmBinlogEnd(e.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.exec("UPDATE "+table+" SET price = 3 WHERE id = ?", id)
+	for _, c := range replicas {
+		if err := c.Del(ctx, key).Err(); err != nil { // evicted; its version stays
+			t.Fatal(err)
+		}
+	}
+	db := stacktest.SQLDB(t, e.db)
+	var readerClients []redis.UniversalClient
+	for _, c := range replicas {
+		rc := redis.NewClient(&redis.Options{Addr: c.Options().Addr, ContextTimeoutEnabled: true})
+		t.Cleanup(func() { rc.Close() })
+		readerClients = append(readerClients, rc)
+	}
+	reader, err := cacheaside.New(cacheaside.Options{Groups: []cacheaside.Group{{Name: "g0", Replicas: readerClients}},
+		MaxStaleness: cacheaside.NoStalenessCheck})
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(ctx context.Context) ([]byte, uint64, error) {
+		return cacheaside.LoadAtSnapshot(ctx, db, func(ctx context.Context, c *sql.Conn) ([]byte, error) {
+			var price string
+			err := c.QueryRowContext(ctx, "SELECT price FROM t WHERE id = ?", id).Scan(&price)
+			return []byte(`{"price":"` + price + `"}`), err
+		})
+	}
+	v, res, err := reader.GetSynced(ctx, key, strconv.Itoa(id), load)
+	if err != nil || string(v) != `{"price":"3.00"}` || res != cacheaside.Filled {
+		t.Fatalf("GetSynced = %q, %v, %v; want the newest row, filled", v, res, err)
+	}
+
+	// The first change's write, late.
+	prod, err := nsq.NewProducer(e.nsqd.TCPAddr(), nsq.NewConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Stop()
+	late := invalidate.SyncVersion{Epoch: v1.Epoch, Offset: end2}
+	body, err := (&invalidate.Purge{V: invalidate.PurgeVersionSync, Group: fmt.Sprintf("g%d", groupOf(id)),
+		Sync: []invalidate.SyncWrite{{Key: key, Op: invalidate.SyncSet, Version: late, Value: []byte(`{"price":"2.00","late":true}`)}}}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := prod.Publish(invalidate.RedisTopic("e2e", fmt.Sprintf("g%d", groupOf(id))), body); err != nil {
+		t.Fatal(err)
+	}
+
+	// flashsync applies it and replays both updates; every replica keeps
+	// price 3.
+	if err := os.WriteFile(e.cfg.PositionFile, checkpoint, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p = e.start("flashsync #2")
+	deadline := time.Now().Add(purgeDeadline)
+	for {
+		for i, c := range replicas {
+			raw, err := c.Get(ctx, key).Bytes()
+			if err != nil {
+				t.Fatalf("replica %d: %s: %v", i, key, err)
+			}
+			if v, _, _ := cacheaside.DecodeValue(raw); !strings.Contains(string(v), `"price":"3.00"`) {
+				t.Fatalf("replica %d: %s went back to %q", i, key, v)
+			}
+		}
+		// The late write and the replay of the key's last change, on both
+		// replicas, refused.
+		if n := e.metricOrZero("flashsync_purger_sync_writes_total", `result="older"`); n >= 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replayed writes were not refused within %v (older: %v)", purgeDeadline, e.metricOrZero("flashsync_purger_sync_writes_total", `result="older"`))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// The next change is newer than the fill and lands.
+	e.exec("UPDATE "+table+" SET price = 4 WHERE id = ?", id)
+	stacktest.Eventually(t, purgeDeadline, func() error {
+		for i, c := range replicas {
+			if v := c.Get(ctx, key).Val(); !strings.Contains(v, `"price":"4.00"`) {
+				return fmt.Errorf("replica %d: %s = %q", i, key, v)
+			}
+		}
+		return nil
+	})
 }

@@ -19,6 +19,12 @@ import (
 // to the key (a deleted key's, for the purger's tombstone TTL).
 const SyncVersionPrefix = "flashsync:v:"
 
+// SyncEpochKey holds, in every replica, the newest epoch of the sync
+// writes applied to it (its first 10 bytes of a version): a reader's
+// versioned fill of a key that has no version yet takes its epoch from it.
+// It lives with the replica's data, like WatermarkKey.
+const SyncEpochKey = WatermarkKey + ":sync-epoch"
+
 // SyncOp is what a sync write does to its key.
 type SyncOp string
 

@@ -39,8 +39,13 @@ func newSyncScript(tombstone time.Duration) *syncScript {
 // apply runs writes on c in one script call and tells which were applied
 // (false: older than the key's version, dropped).
 func (s *syncScript) apply(ctx context.Context, c redis.Scripter, writes []invalidate.SyncWrite) ([]bool, error) {
-	keys := make([]string, 0, 2*len(writes))
-	args := []any{s.tombstone.Milliseconds()}
+	keys := make([]string, 1, 1+2*len(writes))
+	keys[0] = invalidate.SyncEpochKey
+	var epoch uint32
+	for _, w := range writes {
+		epoch = max(epoch, w.Version.Epoch)
+	}
+	args := []any{s.tombstone.Milliseconds(), fmt.Sprintf("%010d", epoch)}
 	for _, w := range writes {
 		keys = append(keys, w.Key, SyncVersionPrefix+w.Key)
 		args = append(args, string(w.Op), w.Version.String(), w.TTL.Milliseconds())

@@ -11,17 +11,22 @@
 -- Versions are fixed-width strings (invalidate.SyncVersion): their byte
 -- order is their order.
 --
--- KEYS[2i-1], KEYS[2i]: write i's key and its version key.
--- ARGV[1] the tombstone TTL (ms); then per write: op ("set", "hash" or
--- "del"), version, the value's TTL (ms, 0: none), n, then n arguments:
--- set: the value; hash: field, value, ...; del: none.
+-- KEYS[1]: the replica's sync epoch key (the newest epoch applied, which
+-- readers' versioned fills take); KEYS[2i], KEYS[2i+1]: write i's key and
+-- its version key.
+-- ARGV[1] the tombstone TTL (ms); ARGV[2] the newest epoch of the writes
+-- (10 digits); then per write: op ("set", "hash" or "del"), version, the
+-- value's TTL (ms, 0: none), n, then n arguments: set: the value; hash:
+-- field, value, ...; del: none.
 --
 -- Returns per write 1 (applied) or 0 (older than the key's: dropped).
 
 local tomb = tonumber(ARGV[1])
+local epoch = redis.call('GET', KEYS[1])
+if not epoch or epoch < ARGV[2] then redis.call('SET', KEYS[1], ARGV[2]) end
 local out = {}
-local a = 2
-for i = 1, #KEYS, 2 do
+local a = 3
+for i = 2, #KEYS, 2 do
   local op, ver, ttl, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local first = a + 4
   a = first + n
