@@ -35,6 +35,7 @@ import (
 	"time"
 
 	_ "github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/flashsync/flashsync/bench/internal/redisproc"
@@ -184,6 +185,10 @@ type result struct {
 	// CPU seconds over the run: this process (readers, writer, go-redis),
 	// the flashsync child, the two redis-servers together.
 	selfCPU, childCPU, redisCPU float64
+	// skips are the replicas reads tried and did not use, by reason
+	// (flashsync_cacheaside_replica_skips_total): a bypass follows when
+	// both replicas are skipped.
+	skips map[string]float64
 }
 
 func (r result) perSec(x float64) float64 { return x / r.secs }
@@ -211,8 +216,8 @@ func (r result) print() {
 		r.mode, r.perSec(float64(len(r.lat))), r.perSec(r.loads), round(r.q(0.50)), round(r.q(0.99)), round(r.q(0.999)), round(r.q(1)), 100*r.over(time.Millisecond),
 		r.results[cacheaside.Hit], r.results[cacheaside.Filled], r.results[cacheaside.Loaded], r.results[cacheaside.Bypassed], r.errs,
 		r.updates, r.perSec(float64(r.updates)), r.syncApplied, r.syncOlder, r.keysDeleted)
-	fmt.Printf("%-6s cpu (share of one core): bench %.0f%%, flashsync %.0f%%, redis-servers %.0f%%\n",
-		r.mode, 100*r.perSec(r.selfCPU), 100*r.perSec(r.childCPU), 100*r.perSec(r.redisCPU))
+	fmt.Printf("%-6s cpu (share of one core): bench %.0f%%, flashsync %.0f%%, redis-servers %.0f%% | replica skips: stale %.0f no_watermark %.0f error %.0f\n",
+		r.mode, 100*r.perSec(r.selfCPU), 100*r.perSec(r.childCPU), 100*r.perSec(r.redisCPU), r.skips["stale"], r.skips["no_watermark"], r.skips["error"])
 	if r.firstErr != nil {
 		fmt.Printf("%-6s first read error: %v\n", r.mode, r.firstErr)
 	}
@@ -255,7 +260,8 @@ func runMode(ctx context.Context, f flags, m mode, sqlDB *sql.DB) (result, error
 	}
 
 	groups := []cacheaside.Group{{Name: group, Replicas: []redis.UniversalClient{rcs[0], rcs[1]}}}
-	reader, err := cacheaside.New(cacheaside.Options{Groups: groups})
+	reg := prometheus.NewRegistry()
+	reader, err := cacheaside.New(cacheaside.Options{Groups: groups, Registerer: reg})
 	if err != nil {
 		return result{}, err
 	}
@@ -338,6 +344,9 @@ func runMode(ctx context.Context, f flags, m mode, sqlDB *sql.DB) (result, error
 		}
 	}
 	slices.Sort(res.lat)
+	if res.skips, err = skipsBy(reg); err != nil {
+		return result{}, err
+	}
 	after := fs.metrics.body()
 	res.syncApplied = sumOf(after, `flashsync_purger_sync_writes_total`, `result="applied"`) - sumOf(sync0, `flashsync_purger_sync_writes_total`, `result="applied"`)
 	res.syncOlder = sumOf(after, `flashsync_purger_sync_writes_total`, `result="older"`) - sumOf(sync0, `flashsync_purger_sync_writes_total`, `result="older"`)
@@ -346,6 +355,28 @@ func runMode(ctx context.Context, f flags, m mode, sqlDB *sql.DB) (result, error
 		return result{}, err
 	}
 	return res, nil
+}
+
+// skipsBy sums the reader's replica skips by reason.
+func skipsBy(reg *prometheus.Registry) (map[string]float64, error) {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return nil, fmt.Errorf("gather cacheaside metrics: %w", err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "flashsync_cacheaside_replica_skips_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" {
+					out[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // prime makes the key's state the same in both modes before the readers
