@@ -54,6 +54,7 @@ bench: stack-up build
 	go run ./bench/bulkupdate -big-rows 1000000
 	go run ./bench/seckill
 	go run ./bench/checker
+	go run ./bench/hotkey
 
 test: stack-up
 	go vet ./...
