@@ -30,6 +30,7 @@
 package cacheaside
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	crand "crypto/rand"
@@ -43,6 +44,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/flashsync/flashsync/internal/route"
 	"github.com/flashsync/flashsync/invalidate"
@@ -108,6 +110,11 @@ type Reader struct {
 	opts   Options
 	check  bool
 	groups []*group
+	// flight makes concurrent loads of one key that fill nothing (bypassed
+	// and loaded reads) one MySQL read: when every replica of a hot key's
+	// group stalls, its readers would otherwise all go to MySQL at once.
+	flight singleflight.Group
+	shared prometheus.Counter
 }
 
 // group is a Group with its replicas' state and its metrics.
@@ -180,6 +187,10 @@ func New(opts Options) (*Reader, error) {
 		Help: "Replicas a read tried and did not use, by group and reason: stale (watermark older than max_staleness), no_watermark (missing or unreadable: a flushed or restarted replica, or no flashsync purger), error (the replica failed or timed out; reads then try it after the others for a while).",
 	}, []string{"group", "reason"})
 	r := &Reader{opts: opts, check: opts.MaxStaleness > 0}
+	r.shared = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "flashsync_cacheaside_shared_loads_total",
+		Help: "Reads that would have loaded MySQL without filling (bypassed, loaded) and took the result of another reader's load of the same key already running instead.",
+	})
 	for _, g := range opts.Groups {
 		if len(g.Replicas) == 0 {
 			return nil, fmt.Errorf("cacheaside: group %s has no replicas", g.Name)
@@ -202,7 +213,7 @@ func New(opts Options) (*Reader, error) {
 		}
 		r.groups = append(r.groups, gr)
 	}
-	for _, c := range []prometheus.Collector{reads, skips} {
+	for _, c := range []prometheus.Collector{reads, skips, r.shared} {
 		if err := opts.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("cacheaside: %w", err)
 		}
@@ -392,11 +403,45 @@ func (r *Reader) get(ctx context.Context, g *group, key string, load loader) ([]
 	// No replica is fresh enough: MySQL, and nothing cached, since a fill
 	// could only go to a replica that is behind or down (the purger may be
 	// about to flush it).
-	v, _, err := load.load(ctx)
+	v, err := r.loadShared(ctx, key, load)
 	if err != nil {
 		return nil, 0, err
 	}
 	return v, Bypassed, nil
+}
+
+// loadShared loads key for a read that fills nothing, joining a load of
+// the same key another such read has running. The joined load started
+// before this read, by at most its own duration: its value is that much
+// older than this read's own would be, well within MaxStaleness. A joined
+// load that failed on its caller's context is loaded again on ours.
+func (r *Reader) loadShared(ctx context.Context, key string, load loader) ([]byte, error) {
+	ran := false // set by the load if it is ours; read after it returned
+	ch := r.flight.DoChan(key, func() (any, error) {
+		ran = true
+		v, _, err := load.load(ctx)
+		return v, err
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case res := <-ch:
+		if !ran {
+			r.shared.Inc()
+		}
+		if res.Err != nil && (errors.Is(res.Err, context.Canceled) || errors.Is(res.Err, context.DeadlineExceeded)) && ctx.Err() == nil {
+			v, _, err := load.load(ctx)
+			return v, err
+		}
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		v := res.Val.([]byte)
+		if res.Shared {
+			return bytes.Clone(v), nil // each caller owns what it is given
+		}
+		return v, nil
+	}
 }
 
 // otherOrder is a random order of 0..n-1 without first.
@@ -561,7 +606,7 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 			// The filler is slow or gone (its lease outlives LeaseWait),
 			// or the replica fails: load, and leave the key to the lease
 			// holder.
-			return r.loadOnly(ctx, load)
+			return r.loadOnly(ctx, key, load)
 		}
 		// The lease is gone (an invalidation, or its filler had nothing
 		// to fill): take one.
@@ -581,7 +626,7 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 			// fill, which has no version, could put an older row over a
 			// sync write still on its way. Serve from MySQL, fill nothing.
 			r.release(ctx, held, key, lease)
-			return r.loadOnly(ctx, load)
+			return r.loadOnly(ctx, key, load)
 		case err != nil:
 			continue
 		case took && fresh:
@@ -606,7 +651,7 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 			if ctx.Err() != nil {
 				return nil, 0, ctx.Err()
 			}
-			return r.loadOnly(ctx, load)
+			return r.loadOnly(ctx, key, load)
 		}
 		if j == own && cur != nil && fresh {
 			// A fill landed on our replica since we read it.
@@ -615,7 +660,7 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 		}
 	}
 	if len(held) == 0 {
-		return r.loadOnly(ctx, load)
+		return r.loadOnly(ctx, key, load)
 	}
 	fillStart := time.Now()
 	v, offset, err := load.load(ctx)
@@ -642,8 +687,8 @@ func (r *Reader) miss(ctx context.Context, g *group, own int, key string, sawLea
 	return v, res, nil
 }
 
-func (r *Reader) loadOnly(ctx context.Context, load loader) ([]byte, Result, error) {
-	v, _, err := load.load(ctx)
+func (r *Reader) loadOnly(ctx context.Context, key string, load loader) ([]byte, Result, error) {
+	v, err := r.loadShared(ctx, key, load)
 	if err != nil {
 		return nil, 0, err
 	}

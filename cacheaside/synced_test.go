@@ -4,7 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashsync/flashsync/cacheaside"
 	"github.com/flashsync/flashsync/internal/stacktest"
@@ -112,5 +117,54 @@ func TestGetSyncedFillsWithTheReadsVersion(t *testing.T) {
 	n := loads
 	if _, res, err := r.GetSynced(ctx, "k1", "1", at); err != nil || res != cacheaside.Hit || loads != n {
 		t.Errorf("second GetSynced: %v, %v, %d loads", res, err, loads-n)
+	}
+}
+
+// Reads that would each load MySQL without filling (here: no replica has
+// a watermark, so every read bypasses) share one load of a key while it
+// runs: when a hot key's replicas all stall, its readers cost MySQL one
+// read, not one each. Every read either ran a load or took a running one.
+func TestBypassedReadsShareALoad(t *testing.T) {
+	_, g := bareGroup(t, 2)
+	reg := prometheus.NewRegistry()
+	r := newReader(t, cacheaside.Options{Groups: []cacheaside.Group{g}, Registerer: reg})
+	const readers = 20
+	skipped := func() float64 {
+		return stacktest.MetricValue(t, reg, "flashsync_cacheaside_replica_skips_total", map[string]string{"reason": "no_watermark"})
+	}
+	var loads atomic.Int64
+	load := func(ctx context.Context) ([]byte, error) {
+		loads.Add(1)
+		// Hold the load until every reader has given up on the replicas
+		// (2 skips each): they are then joining it, or about to.
+		deadline := time.Now().Add(10 * time.Second)
+		for skipped() < 2*readers && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		return []byte("row"), nil
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	for range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, res, err := r.Get(context.Background(), "hot", "1", load)
+			if err == nil && (string(v) != "row" || res != cacheaside.Bypassed) {
+				err = fmt.Errorf("read %q, %v; want row, bypassed", v, res)
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	shared := stacktest.MetricValue(t, reg, "flashsync_cacheaside_shared_loads_total", nil)
+	if n := loads.Load(); n+int64(shared) != readers || n >= readers {
+		t.Errorf("%d loads and %v shared for %d reads: want every read to load or share, and fewer loads than reads", n, shared, readers)
 	}
 }
