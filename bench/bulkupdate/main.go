@@ -3,8 +3,11 @@
 // a bulk UPDATE through rules and publish, the same through every replica's
 // purge (invalidations/s delivered), the bare go-mysql canal as baseline in
 // the same run, commit→last-replica-purged latency p50/p99 at a fixed rate,
-// and flashsync's peak RSS while it reads one huge transaction. Every loop
-// is bounded in count and time; traffic stays on loopback.
+// and flashsync's peak RSS while it reads one huge transaction. With -modes
+// sync it also times the same bulk UPDATE through a [[rule.sync]] target
+// (every row's JSON written on every replica of its group) in the same run,
+// against the delete rule. Every loop is bounded in count and time; traffic
+// stays on loopback.
 package main
 
 import (
@@ -19,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,6 +50,8 @@ type flags struct {
 	timeout  time.Duration
 	window   time.Duration
 	perTx    int
+	modes    string
+	db       string
 }
 
 func main() {
@@ -65,13 +71,28 @@ func main() {
 	flag.DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
 	flag.IntVar(&f.perTx, "rows-per-tx", 1, "rows each latency-run transaction changes (max 100)")
 	flag.DurationVar(&f.window, "coalesce-window", 2*time.Millisecond, "flashsync's canal.coalesce_window")
+	flag.StringVar(&f.modes, "modes", "delete,sync", "rules the bulk UPDATE is timed through, in this order: delete (2 keys per row deleted), sync (1 JSON key per row written)")
+	flag.StringVar(&f.db, "db", "flashsync_bench", "private database, also the prefix of every Redis key the run touches")
 	flag.Parse()
 	f.rows = min(max(f.rows, 1), 1_000_000)
 	f.bigRows = min(max(f.bigRows, 0), 2_000_000)
-	f.latencyN = min(max(f.latencyN, 1), 100_000)
+	f.latencyN = min(max(f.latencyN, 0), 100_000)
 	f.rate = min(max(f.rate, 1), 10_000)
 	f.workers = min(max(f.workers, 1), 16)
 	f.perTx = min(max(f.perTx, 1), 100)
+
+	for _, m := range strings.Split(f.modes, ",") {
+		if m != "delete" && m != "sync" {
+			fmt.Fprintf(os.Stderr, "bulkupdate: -modes: unknown mode %q (delete, sync)\n", m)
+			os.Exit(2)
+		}
+	}
+	// The name goes into SQL, a TOML regex and key templates unquoted.
+	if !regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`).MatchString(f.db) {
+		fmt.Fprintf(os.Stderr, "bulkupdate: -db %q: want [a-z][a-z0-9_]*\n", f.db)
+		os.Exit(2)
+	}
+	db = f.db
 
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
@@ -81,7 +102,10 @@ func main() {
 	}
 }
 
-const db = "flashsync_bench"
+// db is the private database (-db). Redis keys are prefixed with it too, so
+// that the run never deletes or overwrites an application's keys on the
+// shared stack (configs/dev.toml syncs shop.item to item:json:{id}).
+var db = "flashsync_bench"
 
 func run(ctx context.Context, f flags) error {
 	conn, err := client.ConnectWithContext(ctx, f.mysql, "root", "", "", 10*time.Second)
@@ -103,44 +127,69 @@ func run(ctx context.Context, f flags) error {
 	fmt.Printf("baseline  bare go-mysql canal, decode only: %9.0f row events/s\n", base)
 
 	groups := [][]string{strings.Split(f.redisA, ","), strings.Split(f.redisB, ",")}
-	fs, err := startFlashsync(ctx, f, groups)
+	var replicas []*redis.Client
+	for _, g := range groups {
+		if len(g) != len(groups[0]) {
+			return errors.New("-redis-a and -redis-b need as many replicas each: a row's writes are counted as rows x replicas of a group")
+		}
+		for _, addr := range g {
+			rc := redis.NewClient(&redis.Options{Addr: addr})
+			defer rc.Close()
+			replicas = append(replicas, rc)
+		}
+	}
+
+	// Throughput: one bulk UPDATE of f.rows rows per mode, each through its
+	// own flashsync child (a child with both rules would do both modes'
+	// work on each UPDATE), one mode right after the other so that both
+	// see the same minute of this noisy machine.
+	endToEnd := map[string]float64{}
+	for _, mode := range strings.Split(f.modes, ",") {
+		fs, err := startFlashsync(ctx, f, groups, mode)
+		if err != nil {
+			return err
+		}
+		var rate float64
+		if mode == "delete" {
+			rate, err = throughputDelete(ctx, f, conn, fs, base)
+		} else {
+			rate, err = throughputSync(ctx, f, conn, fs, base, replicas, len(groups[0]))
+		}
+		if err != nil {
+			fs.stop()
+			return fmt.Errorf("%s mode: %w", mode, err)
+		}
+		if err := fs.stop(); err != nil {
+			return fmt.Errorf("%s mode: stop flashsync: %w", mode, err)
+		}
+		endToEnd[mode] = rate
+	}
+	if d, s := endToEnd["delete"], endToEnd["sync"]; d > 0 && s > 0 {
+		fmt.Printf("sync / delete, row events/s through every replica: %.2fx (sync %.0f, delete %.0f)\n", s/d, s, d)
+	}
+	if err := transferPeer(ctx, f, conn, replicas[0]); err != nil {
+		return fmt.Errorf("go-mysql-transfer: %w", err)
+	}
+
+	if f.latencyN == 0 && f.bigRows == 0 {
+		return nil
+	}
+	fs, err := startFlashsync(ctx, f, groups, "delete")
 	if err != nil {
 		return err
 	}
 	defer fs.stop()
-
-	// Throughput: one bulk UPDATE of f.rows rows (2 keys each), timed from
-	// its commit to every key published, then to every key deleted on both
-	// replicas of its group.
-	keys := float64(2 * f.rows)
 	m := fs.metrics
-	pub0, del0 := m.sum("flashsync_invalidate_keys_published_total"), m.sum("flashsync_purger_keys_deleted_total")
-	if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET price = price + 1 WHERE id <= %d", db, f.rows)); err != nil {
-		return err
+	if f.latencyN > 0 {
+		lat, err := latency(ctx, f, groups)
+		if err != nil {
+			return fmt.Errorf("latency: %w", err)
+		}
+		slices.Sort(lat)
+		q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+		fmt.Printf("commit -> last replica purged, %d changes at %d tx/s x %d rows: p50 %v  p99 %v  max %v\n",
+			len(lat), f.rate, f.perTx, q(0.50).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
 	}
-	committed := time.Now()
-	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sum("flashsync_invalidate_keys_published_total")-pub0 >= keys }); err != nil {
-		return fmt.Errorf("publish: %w", err)
-	}
-	published := time.Since(committed)
-	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sum("flashsync_purger_keys_deleted_total")-del0 >= 2*keys }); err != nil {
-		return fmt.Errorf("purge: %w", err)
-	}
-	purged := time.Since(committed)
-	rp := float64(f.rows) / published.Seconds()
-	fmt.Printf("flashsync parsed+routed+published:        %9.0f row events/s (%.2fx baseline), last key published %v after commit\n", rp, rp/base, published.Round(time.Millisecond))
-	fmt.Printf("flashsync delivered to Redis:             %9.0f invalidations/s (%0.f keys x 2 replicas in %v), %0.f row events/s end to end\n",
-		2*keys/purged.Seconds(), keys, purged.Round(time.Millisecond), float64(f.rows)/purged.Seconds())
-
-	lat, err := latency(ctx, f, groups)
-	if err != nil {
-		return fmt.Errorf("latency: %w", err)
-	}
-	slices.Sort(lat)
-	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	fmt.Printf("commit -> last replica purged, %d changes at %d tx/s x %d rows: p50 %v  p99 %v  max %v\n",
-		len(lat), f.rate, f.perTx, q(0.50).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
-
 	if f.bigRows > 0 {
 		rssBefore := fs.peakRSS()
 		pub0 := m.sum("flashsync_invalidate_keys_published_total")
@@ -169,7 +218,9 @@ type flashsync struct {
 	stopped bool
 }
 
-func startFlashsync(ctx context.Context, f flags, groups [][]string) (*flashsync, error) {
+// startFlashsync runs the binary with mode's rule on the table: "delete"
+// deletes 2 keys per row, "sync" writes the row's JSON to 1 key per row.
+func startFlashsync(ctx context.Context, f flags, groups [][]string, mode string) (*flashsync, error) {
 	tmp, err := os.MkdirTemp("", "flashsync-bench-")
 	if err != nil {
 		return nil, err
@@ -208,9 +259,15 @@ replicas = [%s]
 
 [[rule]]
 table = "%s.item"
-keys = ["item:{id}", "item:page:{id}"]
 route_by = "id"
 `, f.mysql, filepath.Join(tmp, "position"), db, f.window.String(), f.nsqdTCP, f.nsqdHTTP, httpAddr, quote(groups[0]), quote(groups[1]), db)
+	if mode == "sync" {
+		// The TTL only bounds what a run that dies before its cleanup
+		// leaves on the shared replicas.
+		cfg += fmt.Sprintf("[[rule.sync]]\nkey = %q\nttl = \"15m\"\n", syncKey("{id}"))
+	} else {
+		cfg += fmt.Sprintf("keys = [%q, %q]\n", db+":item:{id}", pageKey("{id}"))
+	}
 	path := filepath.Join(tmp, "flashsync.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -372,7 +429,7 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 		defer rc.ConfigSet(context.Background(), "notify-keyspace-events", "")
 		pipe := rc.Pipeline()
 		for id := 1; id <= n; id++ {
-			pipe.Set(ctx, "item:page:"+strconv.Itoa(id), "x", 0)
+			pipe.Set(ctx, pageKey(strconv.Itoa(id)), "x", 0)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, err
@@ -384,7 +441,7 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 		subs = append(subs, sub)
 		go func() {
 			for msg := range sub.Channel(redis.WithChannelSize(4 * n)) {
-				if id, ok := strings.CutPrefix(msg.Payload, "item:page:"); ok {
+				if id, ok := strings.CutPrefix(msg.Payload, pageKey("")); ok {
 					if i, err := strconv.Atoi(id); err == nil {
 						events <- event{i, time.Now()}
 					}
@@ -484,7 +541,11 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 type metricsAt string
 
 // sum adds every sample of a metric in the Prometheus text exposition.
-func (m metricsAt) sum(name string) float64 {
+func (m metricsAt) sum(name string) float64 { return m.sumWhere(name, "") }
+
+// sumWhere adds the samples of a metric whose labels contain label (for
+// example `result="applied"`), every sample if label is empty.
+func (m metricsAt) sumWhere(name, label string) float64 {
 	resp, err := http.Get(string(m))
 	if err != nil {
 		return 0
@@ -498,6 +559,9 @@ func (m metricsAt) sum(name string) float64 {
 		}
 		rest := line[len(name):]
 		if rest == "" || (rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		if label != "" && !strings.Contains(rest[:strings.LastIndexByte(rest, ' ')+1], label) {
 			continue
 		}
 		if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
