@@ -33,6 +33,8 @@ import (
 	gocanal "github.com/go-mysql-org/go-mysql/canal"
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/flashsync/flashsync/bench/internal/redisproc"
 )
 
 type flags struct {
@@ -57,8 +59,11 @@ type flags struct {
 func main() {
 	var f flags
 	flag.StringVar(&f.mysql, "mysql", "127.0.0.1:13306", "MariaDB address (root, no password)")
-	flag.StringVar(&f.redisA, "redis-a", "127.0.0.1:16379,127.0.0.1:16380", "Redis group hot-a replicas")
-	flag.StringVar(&f.redisB, "redis-b", "127.0.0.1:16381,127.0.0.1:16382", "Redis group hot-b replicas")
+	// Private replicas by default: a replica has one watermark, so a second
+	// flashsync purging the stack's replicas (the dev stack's, another
+	// bench's) makes gaps in it that end in a FLUSHDB of the shared server.
+	flag.StringVar(&f.redisA, "redis-a", "", "Redis group hot-a replicas, comma-separated (empty: start 2 private redis-servers)")
+	flag.StringVar(&f.redisB, "redis-b", "", "Redis group hot-b replicas, comma-separated (empty: start 2 private redis-servers)")
 	flag.StringVar(&f.nsqdTCP, "nsqd-tcp", "127.0.0.1:14150", "nsqd TCP address")
 	flag.StringVar(&f.nsqdHTTP, "nsqd-http", "127.0.0.1:14151", "nsqd HTTP address")
 	flag.StringVar(&f.binary, "flashsync", "bin/flashsync", "flashsync binary to run (`make build`)")
@@ -126,54 +131,65 @@ func run(ctx context.Context, f flags) error {
 	}
 	fmt.Printf("baseline  bare go-mysql canal, decode only: %9.0f row events/s\n", base)
 
-	groups := [][]string{strings.Split(f.redisA, ","), strings.Split(f.redisB, ",")}
-	var replicas []*redis.Client
-	for _, g := range groups {
-		if len(g) != len(groups[0]) {
-			return errors.New("-redis-a and -redis-b need as many replicas each: a row's writes are counted as rows x replicas of a group")
-		}
-		for _, addr := range g {
-			rc := redis.NewClient(&redis.Options{Addr: addr})
-			defer rc.Close()
-			replicas = append(replicas, rc)
-		}
-	}
-
 	// Throughput: one bulk UPDATE of f.rows rows per mode, each through its
 	// own flashsync child (a child with both rules would do both modes'
-	// work on each UPDATE), one mode right after the other so that both
-	// see the same minute of this noisy machine.
+	// work on each UPDATE) on replicas of its own, one mode right after the
+	// other so that both see the same minute of this noisy machine.
 	endToEnd := map[string]float64{}
 	for _, mode := range strings.Split(f.modes, ",") {
-		fs, err := startFlashsync(ctx, f, groups, mode)
+		rs, err := newReplicas(ctx, f)
 		if err != nil {
+			return err
+		}
+		fs, err := startFlashsync(ctx, f, rs.groups, mode)
+		if err != nil {
+			rs.stop()
 			return err
 		}
 		var rate float64
 		if mode == "delete" {
 			rate, err = throughputDelete(ctx, f, conn, fs, base)
 		} else {
-			rate, err = throughputSync(ctx, f, conn, fs, base, replicas, len(groups[0]))
+			rate, err = throughputSync(ctx, f, conn, fs, base, rs.clients, len(rs.groups[0]))
 		}
+		// A flush during the run would have dropped writes the counters
+		// count.
+		if m := fs.metrics.sum("flashsync_purger_replica_rejoins_total"); err == nil && m > 0 {
+			err = fmt.Errorf("%0.f replica rejoins (flushes) during the run", m)
+		}
+		if stopErr := fs.stop(); err == nil {
+			err = stopErr
+		}
+		var transferErr error
+		if err == nil && mode == "sync" {
+			// On the same replicas: its keys have their own prefix.
+			transferErr = transferPeer(ctx, f, conn, rs.clients[0])
+		}
+		rs.stop()
 		if err != nil {
-			fs.stop()
 			return fmt.Errorf("%s mode: %w", mode, err)
 		}
-		if err := fs.stop(); err != nil {
-			return fmt.Errorf("%s mode: stop flashsync: %w", mode, err)
+		if transferErr != nil {
+			return fmt.Errorf("go-mysql-transfer: %w", transferErr)
 		}
 		endToEnd[mode] = rate
 	}
 	if d, s := endToEnd["delete"], endToEnd["sync"]; d > 0 && s > 0 {
 		fmt.Printf("sync / delete, row events/s through every replica: %.2fx (sync %.0f, delete %.0f)\n", s/d, s, d)
 	}
-	if err := transferPeer(ctx, f, conn, replicas[0]); err != nil {
-		return fmt.Errorf("go-mysql-transfer: %w", err)
+	if !strings.Contains(f.modes, "sync") {
+		fmt.Println("peer go-mysql-transfer: skipped (runs with -modes sync)")
 	}
 
 	if f.latencyN == 0 && f.bigRows == 0 {
 		return nil
 	}
+	rs, err := newReplicas(ctx, f)
+	if err != nil {
+		return err
+	}
+	defer rs.stop()
+	groups := rs.groups
 	fs, err := startFlashsync(ctx, f, groups, "delete")
 	if err != nil {
 		return err
@@ -207,6 +223,58 @@ func run(ctx context.Context, f flags) error {
 			f.bigRows, committed.Sub(start).Round(time.Millisecond), time.Since(committed).Round(time.Millisecond), fs.peakRSS()>>20, rssBefore>>20)
 	}
 	return fs.stop()
+}
+
+// replicaSet is the two groups of Redis replicas one flashsync child purges.
+type replicaSet struct {
+	groups  [][]string
+	clients []*redis.Client // every replica, hot-a's first
+	stops   []func()
+}
+
+// newReplicas starts 2 private redis-servers for each group not given by
+// flag. Every child gets new ones: a child's canal starts afresh at the
+// binlog's end, so on replicas that hold an earlier child's watermark the
+// binlog between the two is a gap, and the purger flushes them after
+// gap_timeout, in the middle of the measurement.
+func newReplicas(ctx context.Context, f flags) (*replicaSet, error) {
+	rs := &replicaSet{}
+	for _, g := range []string{f.redisA, f.redisB} {
+		if g != "" {
+			rs.groups = append(rs.groups, strings.Split(g, ","))
+			continue
+		}
+		var addrs []string
+		for range 2 {
+			r, err := redisproc.Start(ctx, "")
+			if err != nil {
+				rs.stop()
+				return nil, err
+			}
+			rs.stops = append(rs.stops, r.Stop)
+			addrs = append(addrs, r.Addr())
+		}
+		rs.groups = append(rs.groups, addrs)
+	}
+	for _, g := range rs.groups {
+		if len(g) != len(rs.groups[0]) {
+			rs.stop()
+			return nil, errors.New("-redis-a and -redis-b need as many replicas each: a row's writes are counted as rows x replicas of a group")
+		}
+		for _, addr := range g {
+			rc := redis.NewClient(&redis.Options{Addr: addr})
+			rs.stops = append(rs.stops, func() { rc.Close() })
+			rs.clients = append(rs.clients, rc)
+		}
+	}
+	return rs, nil
+}
+
+func (rs *replicaSet) stop() {
+	for _, stop := range slices.Backward(rs.stops) {
+		stop()
+	}
+	rs.stops = nil
 }
 
 // flashsync is the binary under test, run as a child process.

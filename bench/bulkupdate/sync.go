@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
@@ -104,14 +105,14 @@ func throughputSync(ctx context.Context, f flags, conn *client.Conn, fs *flashsy
 			}
 		}
 	}
-	wrong := 0
+	var wrong []string
 	for _, id := range ids {
 		if holders[id] != perGroup {
-			wrong++
+			wrong = append(wrong, fmt.Sprintf("%d on %d", id, holders[id]))
 		}
 	}
-	if wrong > 0 {
-		return 0, fmt.Errorf("%d of %d rows are not on %d replicas with price %s and a version", wrong, f.rows, perGroup, price)
+	if len(wrong) > 0 {
+		return 0, fmt.Errorf("%d of %d rows are not on %d replicas with price %s and a version, e.g. %s", len(wrong), f.rows, perGroup, price, strings.Join(wrong[:min(5, len(wrong))], ", "))
 	}
 
 	rp := float64(f.rows) / published.Seconds()
