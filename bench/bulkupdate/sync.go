@@ -84,6 +84,18 @@ func throughputSync(ctx context.Context, f flags, conn *client.Conn, fs *flashsy
 	synced := time.Since(committed)
 	gotApplied := m.sumWhere("flashsync_purger_sync_writes_total", applied) - app0
 	gotOlder := m.sumWhere("flashsync_purger_sync_writes_total", older) - old0
+	// Redis's own time in scripts (sync.lua and the watermark's), read
+	// before the read-back adds its MGETs; the replicas are this child's.
+	var scriptUsec, scriptCalls float64
+	for _, rc := range replicas {
+		for _, cmd := range []string{"evalsha", "eval"} {
+			u, c, err := commandStat(ctx, rc, cmd)
+			if err != nil {
+				return 0, err
+			}
+			scriptUsec, scriptCalls = scriptUsec+u, scriptCalls+c
+		}
+	}
 
 	r, err := conn.Execute(fmt.Sprintf("SELECT price FROM %s.item WHERE id = 1", db))
 	if err != nil {
@@ -119,7 +131,33 @@ func throughputSync(ctx context.Context, f flags, conn *client.Conn, fs *flashsy
 	fmt.Printf("sync:   parsed+routed+published:        %9.0f row events/s (%.2fx baseline), last write published %v after commit\n", rp, rp/base, published.Round(time.Millisecond))
 	fmt.Printf("sync:   written to Redis:               %9.0f sync writes/s (%.0f rows x %d replicas in %v: %.0f applied, %.0f older), %.0f row events/s end to end; read back: every row on %d replicas\n",
 		want/synced.Seconds(), writes, perGroup, synced.Round(time.Millisecond), gotApplied, gotOlder, float64(f.rows)/synced.Seconds(), perGroup)
+	fmt.Printf("sync:   Redis time in scripts, all replicas: %.2f s in %.0f calls, %.1f µs per applied write\n", scriptUsec/1e6, scriptCalls, scriptUsec/gotApplied)
 	return float64(f.rows) / synced.Seconds(), nil
+}
+
+// commandStat is a command's total µs and calls from INFO commandstats.
+func commandStat(ctx context.Context, rc *redis.Client, cmd string) (usec, calls float64, err error) {
+	info, err := rc.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return 0, 0, fmt.Errorf("info commandstats %s: %w", rc.Options().Addr, err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+cmd+":")
+		if !ok {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			n, _ := strconv.ParseFloat(v, 64)
+			switch k {
+			case "usec":
+				usec = n
+			case "calls":
+				calls = n
+			}
+		}
+	}
+	return usec, calls, nil
 }
 
 // matching reports for each id whether rc holds, at key(id), a JSON object
