@@ -3,8 +3,11 @@
 // a bulk UPDATE through rules and publish, the same through every replica's
 // purge (invalidations/s delivered), the bare go-mysql canal as baseline in
 // the same run, commit→last-replica-purged latency p50/p99 at a fixed rate,
-// and flashsync's peak RSS while it reads one huge transaction. Every loop
-// is bounded in count and time; traffic stays on loopback.
+// and flashsync's peak RSS while it reads one huge transaction. With -modes
+// sync it also times the same bulk UPDATE through a [[rule.sync]] target
+// (every row's JSON written on every replica of its group) in the same run,
+// against the delete rule. Every loop is bounded in count and time; traffic
+// stays on loopback.
 package main
 
 import (
@@ -19,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +33,8 @@ import (
 	gocanal "github.com/go-mysql-org/go-mysql/canal"
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/flashsync/flashsync/bench/internal/redisproc"
 )
 
 type flags struct {
@@ -46,13 +52,18 @@ type flags struct {
 	timeout  time.Duration
 	window   time.Duration
 	perTx    int
+	modes    string
+	db       string
 }
 
 func main() {
 	var f flags
 	flag.StringVar(&f.mysql, "mysql", "127.0.0.1:13306", "MariaDB address (root, no password)")
-	flag.StringVar(&f.redisA, "redis-a", "127.0.0.1:16379,127.0.0.1:16380", "Redis group hot-a replicas")
-	flag.StringVar(&f.redisB, "redis-b", "127.0.0.1:16381,127.0.0.1:16382", "Redis group hot-b replicas")
+	// Private replicas by default: a replica has one watermark, so a second
+	// flashsync purging the stack's replicas (the dev stack's, another
+	// bench's) makes gaps in it that end in a FLUSHDB of the shared server.
+	flag.StringVar(&f.redisA, "redis-a", "", "Redis group hot-a replicas, comma-separated (empty: start 2 private redis-servers)")
+	flag.StringVar(&f.redisB, "redis-b", "", "Redis group hot-b replicas, comma-separated (empty: start 2 private redis-servers)")
 	flag.StringVar(&f.nsqdTCP, "nsqd-tcp", "127.0.0.1:14150", "nsqd TCP address")
 	flag.StringVar(&f.nsqdHTTP, "nsqd-http", "127.0.0.1:14151", "nsqd HTTP address")
 	flag.StringVar(&f.binary, "flashsync", "bin/flashsync", "flashsync binary to run (`make build`)")
@@ -65,13 +76,28 @@ func main() {
 	flag.DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
 	flag.IntVar(&f.perTx, "rows-per-tx", 1, "rows each latency-run transaction changes (max 100)")
 	flag.DurationVar(&f.window, "coalesce-window", 2*time.Millisecond, "flashsync's canal.coalesce_window")
+	flag.StringVar(&f.modes, "modes", "delete,sync", "rules the bulk UPDATE is timed through, in this order: delete (2 keys per row deleted), sync (1 JSON key per row written)")
+	flag.StringVar(&f.db, "db", "flashsync_bench", "private database, also the prefix of every Redis key the run touches")
 	flag.Parse()
 	f.rows = min(max(f.rows, 1), 1_000_000)
 	f.bigRows = min(max(f.bigRows, 0), 2_000_000)
-	f.latencyN = min(max(f.latencyN, 1), 100_000)
+	f.latencyN = min(max(f.latencyN, 0), 100_000)
 	f.rate = min(max(f.rate, 1), 10_000)
 	f.workers = min(max(f.workers, 1), 16)
 	f.perTx = min(max(f.perTx, 1), 100)
+
+	for _, m := range strings.Split(f.modes, ",") {
+		if m != "delete" && m != "sync" {
+			fmt.Fprintf(os.Stderr, "bulkupdate: -modes: unknown mode %q (delete, sync)\n", m)
+			os.Exit(2)
+		}
+	}
+	// The name goes into SQL, a TOML regex and key templates unquoted.
+	if !regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`).MatchString(f.db) {
+		fmt.Fprintf(os.Stderr, "bulkupdate: -db %q: want [a-z][a-z0-9_]*\n", f.db)
+		os.Exit(2)
+	}
+	db = f.db
 
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
@@ -81,7 +107,10 @@ func main() {
 	}
 }
 
-const db = "flashsync_bench"
+// db is the private database (-db). Redis keys are prefixed with it too, so
+// that the run never deletes or overwrites an application's keys on the
+// shared stack (configs/dev.toml syncs shop.item to item:json:{id}).
+var db = "flashsync_bench"
 
 func run(ctx context.Context, f flags) error {
 	conn, err := client.ConnectWithContext(ctx, f.mysql, "root", "", "", 10*time.Second)
@@ -102,45 +131,81 @@ func run(ctx context.Context, f flags) error {
 	}
 	fmt.Printf("baseline  bare go-mysql canal, decode only: %9.0f row events/s\n", base)
 
-	groups := [][]string{strings.Split(f.redisA, ","), strings.Split(f.redisB, ",")}
-	fs, err := startFlashsync(ctx, f, groups)
+	// Throughput: one bulk UPDATE of f.rows rows per mode, each through its
+	// own flashsync child (a child with both rules would do both modes'
+	// work on each UPDATE) on replicas of its own, one mode right after the
+	// other so that both see the same minute of this noisy machine.
+	endToEnd := map[string]float64{}
+	for _, mode := range strings.Split(f.modes, ",") {
+		rs, err := newReplicas(ctx, f)
+		if err != nil {
+			return err
+		}
+		fs, err := startFlashsync(ctx, f, rs.groups, mode)
+		if err != nil {
+			rs.stop()
+			return err
+		}
+		var rate float64
+		if mode == "delete" {
+			rate, err = throughputDelete(ctx, f, conn, fs, base)
+		} else {
+			rate, err = throughputSync(ctx, f, conn, fs, base, rs.clients, len(rs.groups[0]))
+		}
+		// A flush during the run would have dropped writes the counters
+		// count.
+		if m := fs.metrics.sum("flashsync_purger_replica_rejoins_total"); err == nil && m > 0 {
+			err = fmt.Errorf("%0.f replica rejoins (flushes) during the run", m)
+		}
+		if stopErr := fs.stop(); err == nil {
+			err = stopErr
+		}
+		var transferErr error
+		if err == nil && mode == "sync" {
+			// On the same replicas: its keys have their own prefix.
+			transferErr = transferPeer(ctx, f, conn, rs.clients[0])
+		}
+		rs.stop()
+		if err != nil {
+			return fmt.Errorf("%s mode: %w", mode, err)
+		}
+		if transferErr != nil {
+			return fmt.Errorf("go-mysql-transfer: %w", transferErr)
+		}
+		endToEnd[mode] = rate
+	}
+	if d, s := endToEnd["delete"], endToEnd["sync"]; d > 0 && s > 0 {
+		fmt.Printf("sync / delete, row events/s through every replica: %.2fx (sync %.0f, delete %.0f)\n", s/d, s, d)
+	}
+	if !strings.Contains(f.modes, "sync") {
+		fmt.Println("peer go-mysql-transfer: skipped (runs with -modes sync)")
+	}
+
+	if f.latencyN == 0 && f.bigRows == 0 {
+		return nil
+	}
+	rs, err := newReplicas(ctx, f)
+	if err != nil {
+		return err
+	}
+	defer rs.stop()
+	groups := rs.groups
+	fs, err := startFlashsync(ctx, f, groups, "delete")
 	if err != nil {
 		return err
 	}
 	defer fs.stop()
-
-	// Throughput: one bulk UPDATE of f.rows rows (2 keys each), timed from
-	// its commit to every key published, then to every key deleted on both
-	// replicas of its group.
-	keys := float64(2 * f.rows)
 	m := fs.metrics
-	pub0, del0 := m.sum("flashsync_invalidate_keys_published_total"), m.sum("flashsync_purger_keys_deleted_total")
-	if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET price = price + 1 WHERE id <= %d", db, f.rows)); err != nil {
-		return err
+	if f.latencyN > 0 {
+		lat, err := latency(ctx, f, groups)
+		if err != nil {
+			return fmt.Errorf("latency: %w", err)
+		}
+		slices.Sort(lat)
+		q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+		fmt.Printf("commit -> last replica purged, %d changes at %d tx/s x %d rows: p50 %v  p99 %v  max %v\n",
+			len(lat), f.rate, f.perTx, q(0.50).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
 	}
-	committed := time.Now()
-	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sum("flashsync_invalidate_keys_published_total")-pub0 >= keys }); err != nil {
-		return fmt.Errorf("publish: %w", err)
-	}
-	published := time.Since(committed)
-	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sum("flashsync_purger_keys_deleted_total")-del0 >= 2*keys }); err != nil {
-		return fmt.Errorf("purge: %w", err)
-	}
-	purged := time.Since(committed)
-	rp := float64(f.rows) / published.Seconds()
-	fmt.Printf("flashsync parsed+routed+published:        %9.0f row events/s (%.2fx baseline), last key published %v after commit\n", rp, rp/base, published.Round(time.Millisecond))
-	fmt.Printf("flashsync delivered to Redis:             %9.0f invalidations/s (%0.f keys x 2 replicas in %v), %0.f row events/s end to end\n",
-		2*keys/purged.Seconds(), keys, purged.Round(time.Millisecond), float64(f.rows)/purged.Seconds())
-
-	lat, err := latency(ctx, f, groups)
-	if err != nil {
-		return fmt.Errorf("latency: %w", err)
-	}
-	slices.Sort(lat)
-	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	fmt.Printf("commit -> last replica purged, %d changes at %d tx/s x %d rows: p50 %v  p99 %v  max %v\n",
-		len(lat), f.rate, f.perTx, q(0.50).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
-
 	if f.bigRows > 0 {
 		rssBefore := fs.peakRSS()
 		pub0 := m.sum("flashsync_invalidate_keys_published_total")
@@ -160,6 +225,58 @@ func run(ctx context.Context, f flags) error {
 	return fs.stop()
 }
 
+// replicaSet is the two groups of Redis replicas one flashsync child purges.
+type replicaSet struct {
+	groups  [][]string
+	clients []*redis.Client // every replica, hot-a's first
+	stops   []func()
+}
+
+// newReplicas starts 2 private redis-servers for each group not given by
+// flag. Every child gets new ones: a child's canal starts afresh at the
+// binlog's end, so on replicas that hold an earlier child's watermark the
+// binlog between the two is a gap, and the purger flushes them after
+// gap_timeout, in the middle of the measurement.
+func newReplicas(ctx context.Context, f flags) (*replicaSet, error) {
+	rs := &replicaSet{}
+	for _, g := range []string{f.redisA, f.redisB} {
+		if g != "" {
+			rs.groups = append(rs.groups, strings.Split(g, ","))
+			continue
+		}
+		var addrs []string
+		for range 2 {
+			r, err := redisproc.Start(ctx, "")
+			if err != nil {
+				rs.stop()
+				return nil, err
+			}
+			rs.stops = append(rs.stops, r.Stop)
+			addrs = append(addrs, r.Addr())
+		}
+		rs.groups = append(rs.groups, addrs)
+	}
+	for _, g := range rs.groups {
+		if len(g) != len(rs.groups[0]) {
+			rs.stop()
+			return nil, errors.New("-redis-a and -redis-b need as many replicas each: a row's writes are counted as rows x replicas of a group")
+		}
+		for _, addr := range g {
+			rc := redis.NewClient(&redis.Options{Addr: addr})
+			rs.stops = append(rs.stops, func() { rc.Close() })
+			rs.clients = append(rs.clients, rc)
+		}
+	}
+	return rs, nil
+}
+
+func (rs *replicaSet) stop() {
+	for _, stop := range slices.Backward(rs.stops) {
+		stop()
+	}
+	rs.stops = nil
+}
+
 // flashsync is the binary under test, run as a child process.
 type flashsync struct {
 	cmd     *exec.Cmd
@@ -169,7 +286,9 @@ type flashsync struct {
 	stopped bool
 }
 
-func startFlashsync(ctx context.Context, f flags, groups [][]string) (*flashsync, error) {
+// startFlashsync runs the binary with mode's rule on the table: "delete"
+// deletes 2 keys per row, "sync" writes the row's JSON to 1 key per row.
+func startFlashsync(ctx context.Context, f flags, groups [][]string, mode string) (*flashsync, error) {
 	tmp, err := os.MkdirTemp("", "flashsync-bench-")
 	if err != nil {
 		return nil, err
@@ -208,9 +327,15 @@ replicas = [%s]
 
 [[rule]]
 table = "%s.item"
-keys = ["item:{id}", "item:page:{id}"]
 route_by = "id"
 `, f.mysql, filepath.Join(tmp, "position"), db, f.window.String(), f.nsqdTCP, f.nsqdHTTP, httpAddr, quote(groups[0]), quote(groups[1]), db)
+	if mode == "sync" {
+		// The TTL only bounds what a run that dies before its cleanup
+		// leaves on the shared replicas.
+		cfg += fmt.Sprintf("[[rule.sync]]\nkey = %q\nttl = \"15m\"\n", syncKey("{id}"))
+	} else {
+		cfg += fmt.Sprintf("keys = [%q, %q]\n", db+":item:{id}", pageKey("{id}"))
+	}
 	path := filepath.Join(tmp, "flashsync.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -372,7 +497,7 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 		defer rc.ConfigSet(context.Background(), "notify-keyspace-events", "")
 		pipe := rc.Pipeline()
 		for id := 1; id <= n; id++ {
-			pipe.Set(ctx, "item:page:"+strconv.Itoa(id), "x", 0)
+			pipe.Set(ctx, pageKey(strconv.Itoa(id)), "x", 0)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, err
@@ -384,7 +509,7 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 		subs = append(subs, sub)
 		go func() {
 			for msg := range sub.Channel(redis.WithChannelSize(4 * n)) {
-				if id, ok := strings.CutPrefix(msg.Payload, "item:page:"); ok {
+				if id, ok := strings.CutPrefix(msg.Payload, pageKey("")); ok {
 					if i, err := strconv.Atoi(id); err == nil {
 						events <- event{i, time.Now()}
 					}
@@ -484,7 +609,11 @@ func latency(ctx context.Context, f flags, groups [][]string) ([]time.Duration, 
 type metricsAt string
 
 // sum adds every sample of a metric in the Prometheus text exposition.
-func (m metricsAt) sum(name string) float64 {
+func (m metricsAt) sum(name string) float64 { return m.sumWhere(name, "") }
+
+// sumWhere adds the samples of a metric whose labels contain label (for
+// example `result="applied"`), every sample if label is empty.
+func (m metricsAt) sumWhere(name, label string) float64 {
 	resp, err := http.Get(string(m))
 	if err != nil {
 		return 0
@@ -498,6 +627,9 @@ func (m metricsAt) sum(name string) float64 {
 		}
 		rest := line[len(name):]
 		if rest == "" || (rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		if label != "" && !strings.Contains(rest[:strings.LastIndexByte(rest, ' ')+1], label) {
 			continue
 		}
 		if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
