@@ -88,7 +88,28 @@ type Purge struct {
 func (p *Purge) Covers() bool { return p.Parts > 0 }
 
 // Marshal encodes p.
-func (p *Purge) Marshal() ([]byte, error) { return json.Marshal(p) }
+//
+// Sync writes are appended by hand after the rest (SyncWrite.appendJSON):
+// encoding/json would check and compact each one's output again.
+func (p *Purge) Marshal() ([]byte, error) {
+	if len(p.Sync) == 0 {
+		return json.Marshal(p)
+	}
+	rest := *p
+	rest.Sync = nil
+	b, err := json.Marshal(&rest)
+	if err != nil {
+		return nil, err
+	}
+	b = append(b[:len(b)-1], `,"sync":[`...) // before its closing brace
+	for i := range p.Sync {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = p.Sync[i].appendJSON(b)
+	}
+	return append(b, "]}"...), nil
+}
 
 // maxKeyLen bounds one key; Redis allows 512 MB but a key this long is a bug.
 const maxKeyLen = 64 << 10
@@ -102,9 +123,24 @@ const (
 
 // DecodePurge decodes and checks a Purge message.
 func DecodePurge(body []byte) (*Purge, error) {
-	var p Purge
-	if err := json.Unmarshal(body, &p); err != nil {
+	// Sync writes are decoded into their wire form (the outer Sync field
+	// shadows Purge's) and converted, rather than by SyncWrite's
+	// UnmarshalJSON, which would scan each one a second time.
+	var wire struct {
+		Purge
+		Sync []syncWireJSON `json:"sync,omitempty"`
+	}
+	if err := json.Unmarshal(body, &wire); err != nil {
 		return nil, fmt.Errorf("decode purge: %w", err)
+	}
+	p := wire.Purge
+	if len(wire.Sync) > 0 {
+		p.Sync = make([]SyncWrite, len(wire.Sync))
+		for i := range wire.Sync {
+			if err := wire.Sync[i].write(&p.Sync[i]); err != nil {
+				return nil, fmt.Errorf("decode purge: sync[%d]: %w", i, err)
+			}
+		}
 	}
 	switch {
 	case p.V < PurgeVersionBasic || p.V > PurgeVersionSync:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 	"unicode/utf8"
 )
@@ -64,48 +65,82 @@ type SyncWrite struct {
 	Version SyncVersion
 	// TTL is the value's time to live; 0: none.
 	TTL time.Duration
-	// Value is a set's value.
+	// Value is a set's value; JSON tells that it is a JSON text (the json
+	// format; it must then be valid JSON), which travels as JSON rather
+	// than quoted in a string.
 	Value []byte
+	JSON  bool
 	// Fields are a hash's field, value, ... pairs (values may be any bytes).
 	Fields []string
 }
 
-// syncWireJSON is a SyncWrite on the wire. Values travel as JSON strings
-// when they are valid UTF-8 and as base64 otherwise (B64 set: the value
-// and every hash field and value are base64; the key too), so no byte is
-// replaced.
+// syncWireJSON is a SyncWrite on the wire. A JSON value travels as JSON
+// ("json"); other values as JSON strings when they are valid UTF-8 and as
+// base64 otherwise (B64 set: the value and every hash field and value are
+// base64; the key too), so no byte is replaced.
 type syncWireJSON struct {
-	Key     string   `json:"key"`
-	Op      SyncOp   `json:"op"`
-	Version string   `json:"ver"`
-	TTLms   int64    `json:"ttl_ms,omitempty"`
-	Value   *string  `json:"value,omitempty"`
-	Fields  []string `json:"fields,omitempty"`
-	B64     bool     `json:"b64,omitempty"`
+	Key     string          `json:"key"`
+	Op      SyncOp          `json:"op"`
+	Version string          `json:"ver"`
+	TTLms   int64           `json:"ttl_ms,omitempty"`
+	Value   *string         `json:"value,omitempty"`
+	JSON    json.RawMessage `json:"json,omitempty"`
+	Fields  []string        `json:"fields,omitempty"`
+	B64     bool            `json:"b64,omitempty"`
 }
 
-// MarshalJSON encodes w for a Purge.
-func (w SyncWrite) MarshalJSON() ([]byte, error) {
-	out := syncWireJSON{Key: w.Key, Op: w.Op, Version: w.Version.String(), TTLms: w.TTL.Milliseconds()}
-	out.B64 = !utf8.ValidString(w.Key) || !utf8.Valid(w.Value) || slices.ContainsFunc(w.Fields, func(f string) bool { return !utf8.ValidString(f) })
-	enc := func(s string) string {
-		if out.B64 {
-			return base64.StdEncoding.EncodeToString([]byte(s))
+// MarshalJSON encodes w for a Purge (appendJSON).
+func (w SyncWrite) MarshalJSON() ([]byte, error) { return w.appendJSON(nil), nil }
+
+// appendJSON appends w's wire form, by hand: a message carries up to
+// MaxKeysPerMessage writes, each a row's value, and encoding/json's
+// reflection, its quoting of a JSON value as a string and its check of
+// every MarshalJSON's output cost sync mode a third of its catch-up
+// (bench/bulkupdate's profile).
+func (w *SyncWrite) appendJSON(b []byte) []byte {
+	asJSON := w.JSON && w.Op == SyncSet
+	b64 := !utf8.ValidString(w.Key) || (!asJSON && !utf8.Valid(w.Value)) || slices.ContainsFunc(w.Fields, func(f string) bool { return !utf8.ValidString(f) })
+	str := func(b []byte, s string) []byte {
+		if !b64 {
+			return appendJSONString(b, s)
 		}
-		return s
+		b = append(b, '"')
+		b = base64.StdEncoding.AppendEncode(b, []byte(s))
+		return append(b, '"')
 	}
-	out.Key = enc(w.Key)
-	if w.Op == SyncSet {
-		v := enc(string(w.Value))
-		out.Value = &v
+	b = append(b, `{"key":`...)
+	b = str(b, w.Key)
+	b = append(b, `,"op":`...)
+	b = appendJSONString(b, string(w.Op))
+	b = append(b, `,"ver":"`...)
+	b = w.Version.appendTo(b)
+	b = append(b, '"')
+	if ms := w.TTL.Milliseconds(); ms != 0 {
+		b = append(b, `,"ttl_ms":`...)
+		b = strconv.AppendInt(b, ms, 10)
+	}
+	switch {
+	case asJSON:
+		b = append(b, `,"json":`...)
+		b = append(b, w.Value...)
+	case w.Op == SyncSet:
+		b = append(b, `,"value":`...)
+		b = str(b, string(w.Value))
 	}
 	if len(w.Fields) > 0 {
-		out.Fields = make([]string, len(w.Fields))
+		b = append(b, `,"fields":[`...)
 		for i, f := range w.Fields {
-			out.Fields[i] = enc(f)
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = str(b, f)
 		}
+		b = append(b, ']')
 	}
-	return json.Marshal(out)
+	if b64 {
+		b = append(b, `,"b64":true`...)
+	}
+	return append(b, '}')
 }
 
 // UnmarshalJSON decodes and checks a SyncWrite.
@@ -114,6 +149,11 @@ func (w *SyncWrite) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &in); err != nil {
 		return err
 	}
+	return in.write(w)
+}
+
+// write checks in and sets *w to the write it carries.
+func (in *syncWireJSON) write(w *SyncWrite) error {
 	v, err := ParseSyncVersion(in.Version)
 	if err != nil {
 		return err
@@ -136,9 +176,9 @@ func (w *SyncWrite) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("key has length %d (1 to %d)", len(in.Key), maxKeyLen)
 	case in.TTLms < 0:
 		return fmt.Errorf("%s: ttl_ms %d is negative", in.Key, in.TTLms)
-	case in.Op == SyncSet && in.Value == nil:
-		return fmt.Errorf("%s: set without a value", in.Key)
-	case in.Op != SyncSet && in.Value != nil:
+	case in.Op == SyncSet && (in.Value == nil) == (in.JSON == nil):
+		return fmt.Errorf("%s: a set has a value or json, one of them", in.Key)
+	case in.Op != SyncSet && (in.Value != nil || in.JSON != nil):
 		return fmt.Errorf("%s: %s with a value", in.Key, in.Op)
 	case in.Op == SyncHash && (len(in.Fields) == 0 || len(in.Fields)%2 != 0):
 		return fmt.Errorf("%s: hash of %d field arguments, want field and value pairs", in.Key, len(in.Fields))
@@ -153,6 +193,9 @@ func (w *SyncWrite) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("%s: value: %w", in.Key, err)
 		}
 		w.Value = []byte(s)
+	}
+	if in.JSON != nil {
+		w.Value, w.JSON = in.JSON, true // json.RawMessage decodes to a copy
 	}
 	for _, f := range in.Fields {
 		s, err := dec(f)
@@ -279,7 +322,7 @@ func (bs *boundSync) write(key string, v SyncVersion, image []any) SyncWrite {
 	}
 	switch bs.src.format {
 	case SyncFormatJSON:
-		w.Op, w.Value = SyncSet, AppendJSONRow(nil, bs.names, bs.idx, image)
+		w.Op, w.Value, w.JSON = SyncSet, AppendJSONRow(nil, bs.names, bs.idx, image), true
 	case SyncFormatHash:
 		if w.Fields = HashFields(bs.names, bs.idx, image); len(w.Fields) == 0 {
 			w.Fields = nil // every column NULL: an empty hash is no key in Redis

@@ -127,6 +127,9 @@ func TestSyncWriteWire(t *testing.T) {
 	v := SyncVersion{Epoch: 1796221194, Offset: 1<<32 | 4, Row: 2}
 	for _, w := range []SyncWrite{
 		{Key: "item:json:1", Op: SyncSet, Version: v, Value: []byte(`{"id":1,"name":"héllo"}`), TTL: 90 * time.Second},
+		{Key: "item:json:2", Op: SyncSet, Version: v, Value: []byte(`{"id":2,"b":{"$base64":"/wBh"},"q":"a\"b\u0001"}`), JSON: true},
+		{Key: "k\xff", Op: SyncSet, Version: v, Value: []byte(`{"id":3}`), JSON: true},
+		{Key: "quote\"\\\n\t\x01", Op: SyncSet, Version: v, Value: []byte("line\nbreak \"q\" \\ \x02 é")},
 		{Key: "k", Op: SyncSet, Version: v, Value: []byte{}},
 		{Key: "k\xff", Op: SyncSet, Version: v, Value: []byte{0xff, 0, 'a'}},
 		{Key: "h", Op: SyncHash, Version: v, Fields: []string{"blob", "\xff\x00", "id", "7"}},
@@ -217,4 +220,40 @@ func FuzzSyncWriteJSON(f *testing.F) {
 			t.Fatalf("round trip changed %+v to %+v", w, w2)
 		}
 	})
+}
+
+// syncBenchMessage is a message of n sync writes of a typical row's JSON.
+func syncBenchMessage(n int) *Purge {
+	p := &Purge{V: PurgeVersionSync, Group: "hot-a", From: 1, To: 2, Part: 1, Parts: 1, Pos: "mysql-bin.000001:4"}
+	names := []string{"id", "name", "price", "stock", "view_count", "updated_at"}
+	for i := range n {
+		row := []any{int64(i), fmt.Sprintf("item %d", i), "9.99", int32(10), int32(3), "2026-12-03 10:00:00.123456"}
+		p.Sync = append(p.Sync, SyncWrite{Key: fmt.Sprintf("item:json:%d", i), Op: SyncSet, Version: SyncVersion{Epoch: 1796221194, Offset: 1<<32 | uint64(i), Row: 0},
+			Value: AppendJSONRow(nil, names, []int{0, 1, 2, 3, 4, 5}, row), JSON: true})
+	}
+	return p
+}
+
+func BenchmarkSyncMessageMarshal(b *testing.B) {
+	p := syncBenchMessage(1000)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := p.Marshal(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkSyncMessageDecode(b *testing.B) {
+	body, err := syncBenchMessage(1000).Marshal()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodePurge(body); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -70,9 +70,41 @@ func appendJSONText(b, text []byte) []byte {
 	return append(b, `"}`...)
 }
 
+// appendJSONString appends s as a JSON string. Written by hand, not with
+// json.Marshal: sync mode quotes every column of every row, and a row's
+// JSON is quoted again as a message's value only when it is not JSON. A
+// string that is not valid UTF-8 is left to encoding/json (its invalid
+// bytes become U+FFFD; AppendJSONRow sends such bytes as base64 instead).
 func appendJSONString(b []byte, s string) []byte {
-	q, _ := json.Marshal(s) // a string always marshals
-	return append(b, q...)
+	if !utf8.ValidString(s) {
+		q, _ := json.Marshal(s) // a string always marshals
+		return append(b, q...)
+	}
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 // HashFields is image's columns at idx as a Redis hash: field, value, ...

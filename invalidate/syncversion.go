@@ -27,8 +27,23 @@ const syncVersionLen = 10 + 1 + 20 + 1 + 10
 
 // String is the version as stored: zero-padded decimal fields, whose
 // byte order is the versions' order.
-func (v SyncVersion) String() string {
-	return fmt.Sprintf("%010d:%020d:%010d", v.Epoch, v.Offset, v.Row)
+func (v SyncVersion) String() string { return string(v.appendTo(make([]byte, 0, syncVersionLen))) }
+
+// appendTo appends String's form to b.
+func (v SyncVersion) appendTo(b []byte) []byte {
+	pad := func(b []byte, n uint64, width int) []byte {
+		var d [20]byte
+		s := strconv.AppendUint(d[:0], n, 10)
+		for range width - len(s) {
+			b = append(b, '0')
+		}
+		return append(b, s...)
+	}
+	b = pad(b, uint64(v.Epoch), 10)
+	b = append(b, ':')
+	b = pad(b, v.Offset, 20)
+	b = append(b, ':')
+	return pad(b, uint64(v.Row), 10)
 }
 
 // Compare is -1, 0 or +1 as v is older than, the same as or newer than w.
