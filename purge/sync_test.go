@@ -2,6 +2,7 @@ package purge
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -161,4 +162,65 @@ func TestSyncScriptAnyOrder(t *testing.T) {
 			}
 		}
 	}
+}
+
+// BenchmarkSyncScript is the replica's cost of sync writes: 256 new rows'
+// JSON per script call (as a purger sends them), against a DEL of as many
+// keys in one call, on a private Redis.
+func BenchmarkSyncScript(b *testing.B) {
+	srv := stacktest.StartRedis(b)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	ctx := context.Background()
+	s := newSyncScript(time.Hour)
+	const n = 256
+	value := []byte(`{"id":12345,"name":"item 12345","price":"9.99","stock":10,"view_count":3,"updated_at":"2026-12-03 10:00:00.123456"}`)
+	writes := make([]invalidate.SyncWrite, n)
+	keys := make([]string, n)
+	for i := range writes {
+		keys[i] = fmt.Sprintf("item:json:%d", i)
+		writes[i] = invalidate.SyncWrite{Key: keys[i], Op: invalidate.SyncSet, Value: value, JSON: true}
+	}
+	b.Run("sync", func(b *testing.B) {
+		off := uint64(1)
+		for b.Loop() {
+			for i := range writes {
+				writes[i].Version = ver(off)
+			}
+			off++
+			if _, err := s.apply(ctx, c, writes); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/write")
+	})
+	b.Run("del", func(b *testing.B) {
+		for b.Loop() {
+			if err := c.Del(ctx, keys...).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/key")
+	})
+}
+
+// BenchmarkSyncFloor is what the same values cost without a fence: one
+// pipelined MSET of the values and their versions.
+func BenchmarkSyncFloor(b *testing.B) {
+	srv := stacktest.StartRedis(b)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer c.Close()
+	ctx := context.Background()
+	const n = 256
+	value := []byte(`{"id":12345,"name":"item 12345","price":"9.99","stock":10,"view_count":3,"updated_at":"2026-12-03 10:00:00.123456"}`)
+	var args []any
+	for i := range n {
+		args = append(args, fmt.Sprintf("item:json:%d", i), value, SyncVersionPrefix+fmt.Sprintf("item:json:%d", i), ver(uint64(i)).String())
+	}
+	for b.Loop() {
+		if err := c.MSet(ctx, args...).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/write")
 }
