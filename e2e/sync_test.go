@@ -265,15 +265,20 @@ func TestSyncedFillFencesInFlightWrites(t *testing.T) {
 	for _, a := range e.replicas(groupOf(id)) {
 		replicas = append(replicas, e.clients[a])
 	}
-	e.exec("INSERT INTO "+table+" VALUES (?, 'tea', 1, NULL)", id)
-	stacktest.Eventually(t, purgeDeadline, func() error {
-		for i, c := range replicas {
-			if v := c.Get(ctx, key).Val(); !strings.Contains(v, `"price":"1.00"`) {
-				return fmt.Errorf("replica %d: %s = %q", i, key, v)
+	// holds waits until every replica's key shows price.
+	holds := func(price string) {
+		t.Helper()
+		stacktest.Eventually(t, purgeDeadline, func() error {
+			for i, c := range replicas {
+				if v := c.Get(ctx, key).Val(); !strings.Contains(v, `"price":"`+price+`"`) {
+					return fmt.Errorf("replica %d: %s = %q, want price %s", i, key, v, price)
+				}
 			}
-		}
-		return nil
-	})
+			return nil
+		})
+	}
+	e.exec("INSERT INTO "+table+" VALUES (?, 'tea', 1, NULL)", id)
+	holds("1.00")
 	checkpoint, err := os.ReadFile(e.cfg.PositionFile)
 	if err != nil {
 		t.Fatal(err)
@@ -366,12 +371,5 @@ func TestSyncedFillFencesInFlightWrites(t *testing.T) {
 	}
 	// The next change is newer than the fill and lands.
 	e.exec("UPDATE "+table+" SET price = 4 WHERE id = ?", id)
-	stacktest.Eventually(t, purgeDeadline, func() error {
-		for i, c := range replicas {
-			if v := c.Get(ctx, key).Val(); !strings.Contains(v, `"price":"4.00"`) {
-				return fmt.Errorf("replica %d: %s = %q", i, key, v)
-			}
-		}
-		return nil
-	})
+	holds("4.00")
 }

@@ -276,38 +276,17 @@ func (r *Rules) explainImage(b *Bound, ru *boundRule, img string, image []any, c
 	}
 	rt.Redis, rt.HTTP = names(TierRedis), names(TierHTTP)
 	re.Routes = append(re.Routes, rt)
-	for kind, ts := range ru.templates {
-		k := Kind(kind)
-		for j, parts := range ts {
-			src := ru.src.templates[kind][j].src
-			buf, ok := renderParts(nil, parts, image)
-			if !ok {
-				re.Skipped = append(re.Skipped, SkippedTarget{Kind: k.String(), Template: src, Image: img, Reason: nullReason(parts, image, columns)})
-				continue
-			}
-			for _, group := range names(k.Tier()) {
-				t := ExplainedTarget{Kind: k.String(), Target: string(buf), Template: src, Tier: k.Tier(), Group: group}
-				if i := slices.IndexFunc(re.Targets, func(o ExplainedTarget) bool {
-					return o.Kind == t.Kind && o.Target == t.Target && o.Group == t.Group && o.Template == t.Template
-				}); i >= 0 {
-					re.Targets[i].Images = append(re.Targets[i].Images, img)
-					continue
-				}
-				t.Images = []string{img}
-				re.Targets = append(re.Targets, t)
-			}
-		}
-	}
-	for j := range ru.sync {
-		bs := &ru.sync[j]
-		src := ru.src.sync[j].key.src
-		buf, ok := renderParts(nil, bs.key, image)
+	// explain adds one template's target, rendered from image, to each of
+	// groups (or why it names nothing); a target the other image named
+	// too gets that image added.
+	explain := func(kind, src string, parts []boundPart, tier Tier) {
+		buf, ok := renderParts(nil, parts, image)
 		if !ok {
-			re.Skipped = append(re.Skipped, SkippedTarget{Kind: "sync", Template: src, Image: img, Reason: nullReason(bs.key, image, columns)})
-			continue
+			re.Skipped = append(re.Skipped, SkippedTarget{Kind: kind, Template: src, Image: img, Reason: nullReason(parts, image, columns)})
+			return
 		}
-		for _, group := range names(TierRedis) {
-			t := ExplainedTarget{Kind: "sync", Target: string(buf), Template: src, Tier: TierRedis, Group: group}
+		for _, group := range names(tier) {
+			t := ExplainedTarget{Kind: kind, Target: string(buf), Template: src, Tier: tier, Group: group}
 			if i := slices.IndexFunc(re.Targets, func(o ExplainedTarget) bool {
 				return o.Kind == t.Kind && o.Target == t.Target && o.Group == t.Group && o.Template == t.Template
 			}); i >= 0 {
@@ -317,6 +296,14 @@ func (r *Rules) explainImage(b *Bound, ru *boundRule, img string, image []any, c
 			t.Images = []string{img}
 			re.Targets = append(re.Targets, t)
 		}
+	}
+	for kind, ts := range ru.templates {
+		for j, parts := range ts {
+			explain(Kind(kind).String(), ru.src.templates[kind][j].src, parts, Kind(kind).Tier())
+		}
+	}
+	for j := range ru.sync {
+		explain("sync", ru.src.sync[j].key.src, ru.sync[j].key, TierRedis)
 	}
 }
 

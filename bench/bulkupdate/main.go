@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -34,6 +33,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/bench/internal/loopback"
 	"github.com/flashsync/flashsync/bench/internal/redisproc"
 )
 
@@ -214,7 +214,7 @@ func run(ctx context.Context, f flags) error {
 			return err
 		}
 		committed := time.Now()
-		if err := waitFor(ctx, 3*time.Minute, func() bool {
+		if err := loopback.WaitFor(ctx, 3*time.Minute, 5*time.Millisecond, func() bool {
 			return m.sum("flashsync_invalidate_keys_published_total")-pub0 >= float64(2*f.bigRows)
 		}); err != nil {
 			return fmt.Errorf("big transaction: %w", err)
@@ -293,7 +293,7 @@ func startFlashsync(ctx context.Context, f flags, groups [][]string, mode string
 	if err != nil {
 		return nil, err
 	}
-	httpAddr, err := freeAddr()
+	httpAddr, err := loopback.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -352,7 +352,7 @@ route_by = "id"
 	fs := &flashsync{cmd: cmd, metrics: metricsAt("http://" + httpAddr + "/metrics"), tmp: tmp, done: make(chan error, 1)}
 	fmt.Printf("flashsync pid %d serving http://%s (metrics, /debug/pprof/)\n", cmd.Process.Pid, httpAddr)
 	go func() { fs.done <- cmd.Wait(); log.Close() }()
-	if err := waitFor(ctx, 30*time.Second, func() bool {
+	if err := loopback.WaitFor(ctx, 30*time.Second, 5*time.Millisecond, func() bool {
 		_, err := os.Stat(filepath.Join(tmp, "position"))
 		return err == nil && fs.metrics.sum("flashsync_canal_position_saves_total") > 0
 	}); err != nil {
@@ -459,7 +459,7 @@ func bareCanal(ctx context.Context, f flags, conn *client.Conn) (float64, error)
 		return 0, err
 	}
 	committed := time.Now()
-	if err := waitFor(ctx, time.Minute, func() bool { return h.count() >= f.rows }); err != nil {
+	if err := loopback.WaitFor(ctx, time.Minute, 5*time.Millisecond, func() bool { return h.count() >= f.rows }); err != nil {
 		return 0, err
 	}
 	return float64(f.rows) / time.Since(committed).Seconds(), nil
@@ -620,45 +620,5 @@ func (m metricsAt) sumWhere(name, label string) float64 {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var total float64
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		if rest == "" || (rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		if label != "" && !strings.Contains(rest[:strings.LastIndexByte(rest, ' ')+1], label) {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
-			total += v
-		}
-	}
-	return total
-}
-
-func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return loopback.SumMetric(string(body), name, label)
 }

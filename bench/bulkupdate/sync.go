@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/flashsync/flashsync/bench/internal/loopback"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -33,11 +35,11 @@ func throughputDelete(ctx context.Context, f flags, conn *client.Conn, fs *flash
 		return 0, err
 	}
 	committed := time.Now()
-	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sum("flashsync_invalidate_keys_published_total")-pub0 >= keys }); err != nil {
+	if err := loopback.WaitFor(ctx, 2*time.Minute, 5*time.Millisecond, func() bool { return m.sum("flashsync_invalidate_keys_published_total")-pub0 >= keys }); err != nil {
 		return 0, fmt.Errorf("publish: %w", err)
 	}
 	published := time.Since(committed)
-	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sum("flashsync_purger_keys_deleted_total")-del0 >= 2*keys }); err != nil {
+	if err := loopback.WaitFor(ctx, 2*time.Minute, 5*time.Millisecond, func() bool { return m.sum("flashsync_purger_keys_deleted_total")-del0 >= 2*keys }); err != nil {
 		return 0, fmt.Errorf("purge: %w", err)
 	}
 	purged := time.Since(committed)
@@ -73,12 +75,12 @@ func throughputSync(ctx context.Context, f flags, conn *client.Conn, fs *flashsy
 	}
 	committed := time.Now()
 	writes := float64(f.rows)
-	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sum("flashsync_invalidate_sync_writes_published_total")-pub0 >= writes }); err != nil {
+	if err := loopback.WaitFor(ctx, 2*time.Minute, 5*time.Millisecond, func() bool { return m.sum("flashsync_invalidate_sync_writes_published_total")-pub0 >= writes }); err != nil {
 		return 0, fmt.Errorf("publish: %w", err)
 	}
 	published := time.Since(committed)
 	want := writes * float64(perGroup)
-	if err := waitFor(ctx, 2*time.Minute, func() bool { return m.sumWhere("flashsync_purger_sync_writes_total", applied)-app0 >= want }); err != nil {
+	if err := loopback.WaitFor(ctx, 2*time.Minute, 5*time.Millisecond, func() bool { return m.sumWhere("flashsync_purger_sync_writes_total", applied)-app0 >= want }); err != nil {
 		return 0, fmt.Errorf("sync writes applied: %w (%.0f of %.0f)", err, m.sumWhere("flashsync_purger_sync_writes_total", applied)-app0, want)
 	}
 	synced := time.Since(committed)
@@ -279,7 +281,7 @@ rule:
 		n, _ := rc.Exists(ctx, key("1")).Result()
 		return n == 1
 	}
-	if err := waitFor(ctx, 30*time.Second, probe); err != nil {
+	if err := loopback.WaitFor(ctx, 30*time.Second, 5*time.Millisecond, probe); err != nil {
 		out, _ := os.ReadFile(filepath.Join(tmp, "transfer.log"))
 		return fmt.Errorf("no write of row 1 within 30 s: %w\n%s", err, out)
 	}
@@ -296,7 +298,7 @@ rule:
 		return err
 	}
 	pending := ids
-	if err := waitFor(ctx, 2*time.Minute, func() bool {
+	if err := loopback.WaitFor(ctx, 2*time.Minute, 5*time.Millisecond, func() bool {
 		ok, err := matching(ctx, rc, pending, key, false, price)
 		if err != nil {
 			return false

@@ -42,6 +42,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/bench/internal/loopback"
 	"github.com/flashsync/flashsync/bench/internal/redisproc"
 	"github.com/flashsync/flashsync/configs"
 	"github.com/flashsync/flashsync/daemon"
@@ -156,7 +157,7 @@ func run(ctx context.Context, f flags) error {
 
 	// The canal and the purger, in this process, as `flashsync canal` and
 	// `flashsync purger` build them.
-	httpAddr, err := freeAddr()
+	httpAddr, err := loopback.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -195,7 +196,7 @@ route_by = "id"
 	go func() { dDone <- errors.Join(d.Run(dctx), d.Close()) }()
 	defer func() { stopDaemon(); <-dDone }()
 	dm := metricsAt("http://" + d.HTTPAddr() + "/metrics")
-	if err := waitFor(ctx, 30*time.Second, func() bool { return dm.sum("flashsync_canal_position_saves_total") > 0 }); err != nil {
+	if err := loopback.WaitFor(ctx, 30*time.Second, 20*time.Millisecond, func() bool { return dm.sum("flashsync_canal_position_saves_total") > 0 }); err != nil {
 		return fmt.Errorf("canal did not start: %w", err)
 	}
 
@@ -652,7 +653,7 @@ type checkerProc struct {
 
 func (bn *bench) startChecker(ctx context.Context, rate float64) (*checkerProc, error) {
 	f, tmp := bn.f, bn.tmp
-	httpAddr, err := freeAddr()
+	httpAddr, err := loopback.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -681,7 +682,7 @@ func (bn *bench) startChecker(ctx context.Context, rate float64) (*checkerProc, 
 	}
 	ck := &checkerProc{cmd: cmd, metrics: metricsAt("http://" + httpAddr + "/metrics"), done: make(chan error, 1)}
 	go func() { ck.done <- cmd.Wait(); log.Close() }()
-	if err := waitFor(ctx, 15*time.Second, func() bool { return ck.metrics.has("flashsync_consistency_nines") }); err != nil {
+	if err := loopback.WaitFor(ctx, 15*time.Second, 20*time.Millisecond, func() bool { return ck.metrics.has("flashsync_consistency_nines") }); err != nil {
 		ck.stop()
 		out, _ := os.ReadFile(filepath.Join(tmp, "checker.log"))
 		return nil, fmt.Errorf("checker did not start: %w\n%s", err, out)
@@ -918,21 +919,6 @@ func (h histogram) quantile(q float64) float64 {
 	return math.Inf(1)
 }
 
-func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
 // sleepCtx waits d: the warm-ups and measured intervals are durations of
 // load, not waits for a condition.
 func sleepCtx(ctx context.Context, d time.Duration) error {
@@ -944,13 +930,4 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }

@@ -21,7 +21,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -38,6 +37,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/bench/internal/loopback"
 	"github.com/flashsync/flashsync/bench/internal/redisproc"
 	"github.com/flashsync/flashsync/cacheaside"
 	"github.com/flashsync/flashsync/invalidate"
@@ -348,9 +348,9 @@ func runMode(ctx context.Context, f flags, m mode, sqlDB *sql.DB) (result, error
 		return result{}, err
 	}
 	after := fs.metrics.body()
-	res.syncApplied = sumOf(after, `flashsync_purger_sync_writes_total`, `result="applied"`) - sumOf(sync0, `flashsync_purger_sync_writes_total`, `result="applied"`)
-	res.syncOlder = sumOf(after, `flashsync_purger_sync_writes_total`, `result="older"`) - sumOf(sync0, `flashsync_purger_sync_writes_total`, `result="older"`)
-	res.keysDeleted = sumOf(after, `flashsync_purger_keys_deleted_total`, "") - sumOf(sync0, `flashsync_purger_keys_deleted_total`, "")
+	res.syncApplied = loopback.SumMetric(after, `flashsync_purger_sync_writes_total`, `result="applied"`) - loopback.SumMetric(sync0, `flashsync_purger_sync_writes_total`, `result="applied"`)
+	res.syncOlder = loopback.SumMetric(after, `flashsync_purger_sync_writes_total`, `result="older"`) - loopback.SumMetric(sync0, `flashsync_purger_sync_writes_total`, `result="older"`)
+	res.keysDeleted = loopback.SumMetric(after, `flashsync_purger_keys_deleted_total`, "") - loopback.SumMetric(sync0, `flashsync_purger_keys_deleted_total`, "")
 	if err := fs.stop(); err != nil {
 		return result{}, err
 	}
@@ -384,7 +384,7 @@ func skipsBy(reg *prometheus.Registry) (map[string]float64, error) {
 // and an UPDATE has reached both (the sentinel put before it is gone:
 // deleted, or overwritten by the synced row).
 func prime(ctx context.Context, sqlDB *sql.DB, rcs []*redis.Client) error {
-	if err := waitFor(ctx, 30*time.Second, func() bool {
+	if err := loopback.WaitFor(ctx, 30*time.Second, 20*time.Millisecond, func() bool {
 		for _, rc := range rcs {
 			if rc.Exists(ctx, invalidate.WatermarkKey).Val() == 0 {
 				return false
@@ -402,7 +402,7 @@ func prime(ctx context.Context, sqlDB *sql.DB, rcs []*redis.Client) error {
 	if _, err := sqlDB.ExecContext(ctx, "UPDATE "+db+".item SET price = price + 0.01, updated_at = NOW(6) WHERE id = 1"); err != nil {
 		return fmt.Errorf("initial update: %w", err)
 	}
-	if err := waitFor(ctx, 30*time.Second, func() bool {
+	if err := loopback.WaitFor(ctx, 30*time.Second, 20*time.Millisecond, func() bool {
 		for _, rc := range rcs {
 			if v, err := rc.Get(ctx, key).Result(); err == nil && v == sentinel {
 				return false
@@ -460,7 +460,7 @@ type flashsync struct {
 }
 
 func startFlashsync(ctx context.Context, f flags, m mode, tmp string, replicas []string) (*flashsync, error) {
-	httpAddr, err := freeAddr()
+	httpAddr, err := loopback.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -505,7 +505,7 @@ replicas = ["%s"]
 	}
 	fs := &flashsync{cmd: cmd, metrics: metricsAt("http://" + httpAddr + "/metrics"), done: make(chan error, 1)}
 	go func() { fs.done <- cmd.Wait(); log.Close() }()
-	if err := waitFor(ctx, 30*time.Second, func() bool {
+	if err := loopback.WaitFor(ctx, 30*time.Second, 20*time.Millisecond, func() bool {
 		return fs.exited() || fs.metrics.sum("flashsync_canal_position_saves_total") > 0
 	}); err != nil || fs.exited() {
 		fs.stop()
@@ -583,44 +583,4 @@ func (m metricsAt) body() string {
 	return string(b)
 }
 
-func (m metricsAt) sum(name string) float64 { return sumOf(m.body(), name, "") }
-
-// sumOf adds every sample of a metric in a Prometheus text exposition
-// whose line contains label (empty: every sample).
-func sumOf(body, name, label string) float64 {
-	var total float64
-	for _, line := range strings.Split(body, "\n") {
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || rest == "" || (rest[0] != '{' && rest[0] != ' ') || !strings.Contains(rest, label) {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
-			total += v
-		}
-	}
-	return total
-}
-
-func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func (m metricsAt) sum(name string) float64 { return loopback.SumMetric(m.body(), name, "") }

@@ -52,6 +52,7 @@ import (
 	_ "github.com/go-sql-driver/mysql"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/bench/internal/loopback"
 	"github.com/flashsync/flashsync/bench/internal/redisproc"
 	"github.com/flashsync/flashsync/seckill"
 )
@@ -102,7 +103,7 @@ func main() {
 	f.stock = min(max(f.stock, 1), 10_000_000)
 	f.drain = min(max(f.drain, time.Second), 5*time.Minute)
 	for _, a := range []string{f.mysql, f.nsqdTCP, f.nsqdHTTP} {
-		if !loopback(a) {
+		if !isLoopback(a) {
 			fmt.Fprintf(os.Stderr, "seckill bench: %s is not a loopback address\n", a)
 			os.Exit(2)
 		}
@@ -596,7 +597,7 @@ func runFlashsync(ctx context.Context, f flags, db *sql.DB, rs *redisproc.Server
 		stopProgress()
 		return nil, err
 	}
-	waitFor(ctx, f.drain, func() bool { return int(soldNow.Load()) >= l.accepted })
+	loopback.WaitFor(ctx, f.drain, 10*time.Millisecond, func() bool { return int(soldNow.Load()) >= l.accepted })
 	stopPoll()
 	stopProgress()
 	var durableEnd time.Time
@@ -652,7 +653,7 @@ func runFlashsync(ctx context.Context, f flags, db *sql.DB, rs *redisproc.Server
 // channel.
 func waitReady(ctx context.Context, base string, activity int64, nsqdHTTP, topic string) error {
 	c := &http.Client{Timeout: time.Second}
-	return waitFor(ctx, 15*time.Second, func() bool {
+	return loopback.WaitFor(ctx, 15*time.Second, 10*time.Millisecond, func() bool {
 		resp, err := c.Get(fmt.Sprintf("%s/activities/%d", base, activity))
 		if err != nil {
 			return false
@@ -1042,7 +1043,7 @@ func dsn(addr, database string) string {
 	return "root@tcp(" + addr + ")/" + database + "?parseTime=true&loc=UTC&time_zone=%27%2B00%3A00%27&interpolateParams=true"
 }
 
-func loopback(addr string) bool {
+func isLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return false
@@ -1087,19 +1088,6 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-time.After(d):
 		return nil
 	}
-}
-
-func waitFor(ctx context.Context, limit time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		if err := sleep(ctx, 10*time.Millisecond); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // serve serves h on ln until the returned stop is called.
