@@ -507,6 +507,13 @@ type SyncTarget struct {
 	// TTL expires the value (0: never); its version outlives it by the
 	// purger's sync_tombstone_ttl.
 	TTL time.Duration `toml:"ttl"`
+	// RefreshHot writes the new row only to the replicas that hold the key,
+	// the ones it was read from lately (cache-aside fills only what is read;
+	// TTL and maxmemory evict the rest): hot keys are refreshed in place,
+	// and the cold rows of a bulk change cost no write and no memory. A
+	// replica that does not hold the key gets nothing; a delete deletes
+	// everywhere, as without it.
+	RefreshHot bool `toml:"refresh_hot"`
 }
 
 // RuleActions are the values Rule.Actions accepts.

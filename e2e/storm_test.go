@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/flashsync/flashsync/internal/stacktest"
@@ -142,26 +143,7 @@ func TestStormHAKillLosesNothing(t *testing.T) {
 	// canal-a starts alone, so it is the first leader: it saves the start
 	// position before reading anything. Then canal-b waits as the standby.
 	canals[0].start(t, logs)
-	stacktest.Eventually(t, 20*time.Second, func() error {
-		if err := canals[0].alive(); err != nil {
-			t.Fatal(err)
-		}
-		_, pid, _, err := lease()
-		if err != nil {
-			return err
-		}
-		if pid != canals[0].pid() {
-			return fmt.Errorf("lease held by pid %d, not %s (pid %d)", pid, canals[0].name, canals[0].pid())
-		}
-		r, err := conn.Execute("SELECT COUNT(*) FROM "+haDB+".canal_checkpoint WHERE name = ?", haName)
-		if err != nil {
-			return err
-		}
-		if n, _ := r.GetInt(0, 0); n == 0 {
-			return errors.New("no checkpoint yet")
-		}
-		return nil
-	})
+	waitFirstLeader(t, canals[0], conn, haDB, haName)
 	canals[1].start(t, logs)
 	canals[1].waitStandby(t)
 	purger.start(t, logs)
@@ -502,6 +484,35 @@ func TestStormHAKillLosesNothing(t *testing.T) {
 			t.Errorf("%s: %v", p.name, err)
 		}
 	}
+}
+
+// waitFirstLeader waits until c, the first canal started, holds the lease
+// named haName and has saved its start position as the checkpoint.
+func waitFirstLeader(t *testing.T, c *stormProc, conn *client.Conn, haDB, haName string) {
+	t.Helper()
+	stacktest.Eventually(t, 20*time.Second, func() error {
+		if err := c.alive(); err != nil {
+			t.Fatal(err)
+		}
+		r, err := conn.Execute("SELECT holder FROM "+haDB+".canal_lease WHERE name = ?", haName)
+		if err != nil {
+			return err
+		}
+		if r.RowNumber() == 0 {
+			return errors.New("no lease row yet")
+		}
+		holder, _ := r.GetString(0, 0)
+		if pid := holderPID(holder); pid != c.pid() {
+			return fmt.Errorf("lease held by pid %d, not %s (pid %d)", pid, c.name, c.pid())
+		}
+		if r, err = conn.Execute("SELECT COUNT(*) FROM "+haDB+".canal_checkpoint WHERE name = ?", haName); err != nil {
+			return err
+		}
+		if n, _ := r.GetInt(0, 0); n == 0 {
+			return errors.New("no checkpoint yet")
+		}
+		return nil
+	})
 }
 
 // withHAKeys adds the [canal] HA keys to a config rendered by Config.TOML.

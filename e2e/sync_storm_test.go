@@ -107,22 +107,7 @@ func TestSyncStormHA(t *testing.T) {
 		return holderPID(holder), nil
 	}
 	canals[0].start(t, logs)
-	stacktest.Eventually(t, 20*time.Second, func() error {
-		if err := canals[0].alive(); err != nil {
-			t.Fatal(err)
-		}
-		if pid, err := leaseHolder(); err != nil || pid != canals[0].pid() {
-			return fmt.Errorf("lease held by pid %d (%v), want %s", pid, err, canals[0].name)
-		}
-		r, err := conn.Execute("SELECT COUNT(*) FROM "+haDB+".canal_checkpoint WHERE name = ?", haName)
-		if err != nil {
-			return err
-		}
-		if n, _ := r.GetInt(0, 0); n == 0 {
-			return errors.New("no checkpoint yet")
-		}
-		return nil
-	})
+	waitFirstLeader(t, canals[0], conn, haDB, haName)
 	canals[1].start(t, logs)
 	canals[1].waitStandby(t)
 	purger.start(t, logs)

@@ -373,3 +373,53 @@ func TestSyncedFillFencesInFlightWrites(t *testing.T) {
 	e.exec("UPDATE "+table+" SET price = 4 WHERE id = ?", id)
 	holds("4.00")
 }
+
+// TestSyncRefreshHot: a refresh_hot sync target writes a change only to
+// the replicas that hold the key. A row cached on one replica of its group
+// is refreshed there and left missing on the other; a row cached nowhere
+// costs no write and no key, not even its version; a delete deletes.
+func TestSyncRefreshHot(t *testing.T) {
+	e := newEnv(t)
+	table := e.db + ".t"
+	e.exec("CREATE TABLE " + table + " (id BIGINT PRIMARY KEY, price DECIMAL(10,2))")
+	e.cfgPath = writeFile(t, "flashsync.toml", e.cfg.TOML()+fmt.Sprintf("\n[[rule]]\ntable = %q\nroute_by = \"id\"\n[[rule.sync]]\nkey = \"t:json:{id}\"\nrefresh_hot = true\n", table))
+	e.start("flashsync")
+	ctx := context.Background()
+	hotID, coldID := idsInGroup(0, 1, 2)[0], idsInGroup(0, 1, 2)[1]
+	replicas := []*redis.Client{e.clients[e.replicas(0)[0]], e.clients[e.replicas(0)[1]]}
+	hotKey, coldKey := fmt.Sprintf("t:json:%d", hotID), fmt.Sprintf("t:json:%d", coldID)
+	e.exec("INSERT INTO "+table+" VALUES (?, 1), (?, 1)", hotID, coldID)
+	// A reader filled the hot row on replica 0 only.
+	if err := replicas[0].Set(ctx, hotKey, "filled by a reader", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	cold0 := e.metricOrZero("flashsync_purger_sync_writes_total", `result="cold"`)
+	e.exec("UPDATE "+table+" SET price = 2 WHERE id IN (?, ?)", hotID, coldID)
+	want := fmt.Sprintf(`{"id":%d,"price":"2.00"}`, hotID)
+	stacktest.Eventually(t, purgeDeadline, func() error {
+		if v := replicas[0].Get(ctx, hotKey).Val(); v != want {
+			return fmt.Errorf("replica 0: %s = %q, want %q", hotKey, v, want)
+		}
+		// The update's two rows on both replicas: 3 of the 4 writes cold.
+		if n := e.metricOrZero("flashsync_purger_sync_writes_total", `result="cold"`) - cold0; n < 3 {
+			return fmt.Errorf("%v cold writes, want 3", n)
+		}
+		return nil
+	})
+	for i, c := range replicas {
+		keys := []string{coldKey, invalidate.SyncVersionPrefix + coldKey}
+		if i == 1 {
+			keys = append(keys, hotKey, invalidate.SyncVersionPrefix+hotKey)
+		}
+		if n := c.Exists(ctx, keys...).Val(); n != 0 {
+			t.Errorf("replica %d holds %d of %v: a cold key got a write", i, n, keys)
+		}
+	}
+	e.exec("DELETE FROM "+table+" WHERE id = ?", hotID)
+	stacktest.Eventually(t, purgeDeadline, func() error {
+		if n := replicas[0].Exists(ctx, hotKey).Val(); n != 0 {
+			return fmt.Errorf("replica 0 still holds %s", hotKey)
+		}
+		return nil
+	})
+}

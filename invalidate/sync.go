@@ -51,11 +51,12 @@ var SyncFormats = []string{SyncFormatJSON, SyncFormatHash, SyncFormatText}
 // SyncTarget is one key a rule keeps equal to the row (configs'
 // [[rule.sync]] documents each field).
 type SyncTarget struct {
-	Key     string
-	Format  string
-	Columns []string
-	Value   string
-	TTL     time.Duration
+	Key        string
+	Format     string
+	Columns    []string
+	Value      string
+	TTL        time.Duration
+	RefreshHot bool
 }
 
 // SyncWrite is one versioned write of a key, as a Purge carries it.
@@ -72,6 +73,9 @@ type SyncWrite struct {
 	JSON  bool
 	// Fields are a hash's field, value, ... pairs (values may be any bytes).
 	Fields []string
+	// HotOnly (refresh_hot) writes a set or hash only where the replica
+	// holds the key: a replica that does not is left as it is.
+	HotOnly bool
 }
 
 // syncWireJSON is a SyncWrite on the wire. A JSON value travels as JSON
@@ -87,6 +91,7 @@ type syncWireJSON struct {
 	JSON    json.RawMessage `json:"json,omitempty"`
 	Fields  []string        `json:"fields,omitempty"`
 	B64     bool            `json:"b64,omitempty"`
+	HotOnly bool            `json:"hot,omitempty"`
 }
 
 // MarshalJSON encodes w for a Purge (appendJSON).
@@ -140,6 +145,9 @@ func (w *SyncWrite) appendJSON(b []byte) []byte {
 	if b64 {
 		b = append(b, `,"b64":true`...)
 	}
+	if w.HotOnly {
+		b = append(b, `,"hot":true`...)
+	}
 	return append(b, '}')
 }
 
@@ -169,7 +177,7 @@ func (in *syncWireJSON) write(w *SyncWrite) error {
 	if err != nil {
 		return fmt.Errorf("key: %w", err)
 	}
-	*w = SyncWrite{Key: key, Op: in.Op, Version: v, TTL: time.Duration(in.TTLms) * time.Millisecond}
+	*w = SyncWrite{Key: key, Op: in.Op, Version: v, TTL: time.Duration(in.TTLms) * time.Millisecond, HotOnly: in.HotOnly}
 	in.Key = key
 	switch {
 	case in.Key == "" || len(in.Key) > maxKeyLen:
@@ -186,6 +194,8 @@ func (in *syncWireJSON) write(w *SyncWrite) error {
 		return fmt.Errorf("%s: %s with hash fields", in.Key, in.Op)
 	case in.Op != SyncSet && in.Op != SyncHash && in.Op != SyncDel:
 		return fmt.Errorf("%s: op %q (set, hash, del)", in.Key, in.Op)
+	case in.HotOnly && in.Op == SyncDel:
+		return fmt.Errorf("%s: hot applies to set and hash; a delete deletes wherever the key is", in.Key)
 	}
 	if in.Value != nil {
 		s, err := dec(*in.Value)
@@ -218,11 +228,12 @@ func (w *SyncWrite) size() int {
 
 // syncRule is a rule's sync target, parsed.
 type syncRule struct {
-	key     *Template
-	format  string
-	columns []string // json, hash; nil: all of the table's
-	value   *Template
-	ttl     time.Duration
+	key        *Template
+	format     string
+	columns    []string // json, hash; nil: all of the table's
+	value      *Template
+	ttl        time.Duration
+	refreshHot bool
 }
 
 func parseSyncTarget(ruleName string, i int, s SyncTarget) (syncRule, error) {
@@ -231,7 +242,7 @@ func parseSyncTarget(ruleName string, i int, s SyncTarget) (syncRule, error) {
 	if err != nil {
 		return syncRule{}, fmt.Errorf("%s: key: %w", name, err)
 	}
-	sr := syncRule{key: key, format: s.Format, columns: s.Columns, ttl: s.TTL}
+	sr := syncRule{key: key, format: s.Format, columns: s.Columns, ttl: s.TTL, refreshHot: s.RefreshHot}
 	if sr.format == "" {
 		sr.format = SyncFormatJSON
 	}
@@ -336,7 +347,7 @@ func (bs *boundSync) write(key string, v SyncVersion, image []any) SyncWrite {
 		}
 		w.Op, w.Value = SyncSet, val
 	}
-	w.TTL = bs.src.ttl
+	w.TTL, w.HotOnly = bs.src.ttl, bs.src.refreshHot
 	return w
 }
 

@@ -47,6 +47,9 @@ func syncWrites(t *testing.T, specs []SyncTarget, groups int, v *SyncVersion, ac
 			if w.TTL > 0 {
 				s += " ttl " + w.TTL.String()
 			}
+			if w.HotOnly {
+				s += " hot"
+			}
 			writes = append(writes, s)
 		}
 		for _, k := range out.Keys(g) {
@@ -85,6 +88,8 @@ func TestSyncTargets(t *testing.T) {
 			[]string{`g0 item:t:1 set tea|9.00`}, nil},
 		{"text over a NULL deletes", []SyncTarget{{Key: "item:t:{id}", Format: SyncFormatText, Value: "{name}|{note}"}}, 1, v, Insert, nil, row(int64(1), "tea", "9.50", nil),
 			[]string{`g0 item:t:1 del`}, nil},
+		{"refresh_hot marks sets, not deletes", []SyncTarget{{Key: "item:json:{id}", Columns: []string{"id"}, RefreshHot: true}}, 4, v, Update, row(int64(1), "tea", "9.50", nil), row(int64(2), "tea", "9.50", nil),
+			[]string{`g0 item:json:1 del`, `g1 item:json:2 set {"id":2} hot`}, nil},
 		{"a NULL in the key names nothing", []SyncTarget{{Key: "item:n:{note}"}}, 1, v, Insert, nil, row(int64(1), "tea", "9.50", nil), nil, nil},
 		{"without a version, sync keys are deleted", jsonKey, 4, nil, Update, row(int64(1), "tea", "9.50", nil), row(int64(2), "tea", "9.50", nil),
 			nil, []string{"g0 item:json:1", "g1 item:json:2"}},
@@ -134,6 +139,7 @@ func TestSyncWriteWire(t *testing.T) {
 		{Key: "k\xff", Op: SyncSet, Version: v, Value: []byte{0xff, 0, 'a'}},
 		{Key: "h", Op: SyncHash, Version: v, Fields: []string{"blob", "\xff\x00", "id", "7"}},
 		{Key: "d", Op: SyncDel, Version: v},
+		{Key: "r", Op: SyncSet, Version: v, Value: []byte(`{"id":4}`), JSON: true, HotOnly: true},
 	} {
 		body, err := json.Marshal(w)
 		if err != nil {

@@ -164,7 +164,7 @@ func NewRedisPurger(opts RedisPurgerOptions) (*RedisPurger, error) {
 	p := &RedisPurger{opts: opts, c: c, script: redis.NewScript(watermarkLua), sync: newSyncScript(opts.SyncTombstoneTTL)}
 	p.syncWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_purger_sync_writes_total",
-		Help: "Sync writes per replica by result: applied (newer than the key's stored version) or older (the key holds a newer version: dropped, as a redelivered or replayed write must be).",
+		Help: "Sync writes per replica by result: applied (newer than the key's stored version), older (the key holds a newer version: dropped, as a redelivered or replayed write must be) or cold (refresh_hot, and the replica does not hold the key: left alone).",
 	}, []string{"group", "replica", "result"})
 	p.keys = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flashsync_purger_keys_deleted_total",
@@ -383,19 +383,18 @@ func (p *RedisPurger) applySync(ctx context.Context, r *redisReplica, writes []i
 		if err != nil {
 			return fmt.Errorf("redis %s sync: %w", r.addr, err)
 		}
-		applied, err := p.sync.apply(ctx, conn, writes[:n])
+		results, err := p.sync.apply(ctx, conn, writes[:n])
 		if err != nil {
 			r.dropScriptConnection()
 			return fmt.Errorf("redis %s %w", r.addr, err)
 		}
-		var ok int
-		for _, a := range applied {
-			if a {
-				ok++
-			}
+		var count [syncCold + 1]int
+		for _, res := range results {
+			count[res]++
 		}
-		p.syncWrites.WithLabelValues(r.group, r.addr, "applied").Add(float64(ok))
-		p.syncWrites.WithLabelValues(r.group, r.addr, "older").Add(float64(len(applied) - ok))
+		for res, label := range [...]string{syncOlder: "older", syncApplied: "applied", syncCold: "cold"} {
+			p.syncWrites.WithLabelValues(r.group, r.addr, label).Add(float64(count[res]))
+		}
 		writes = writes[n:]
 	}
 	return nil

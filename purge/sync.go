@@ -36,9 +36,18 @@ func newSyncScript(tombstone time.Duration) *syncScript {
 	return &syncScript{script: redis.NewScript(syncLua), tombstone: tombstone}
 }
 
-// apply runs writes on c in one script call and tells which were applied
-// (false: older than the key's version, dropped).
-func (s *syncScript) apply(ctx context.Context, c redis.Scripter, writes []invalidate.SyncWrite) ([]bool, error) {
+// syncResult is what the script did with one write.
+type syncResult int8
+
+const (
+	syncOlder   syncResult = iota // older than the key's version: dropped
+	syncApplied                   // written
+	syncCold                      // HotOnly and the replica holds no such key: left alone
+)
+
+// apply runs writes on c in one script call and tells what it did with
+// each.
+func (s *syncScript) apply(ctx context.Context, c redis.Scripter, writes []invalidate.SyncWrite) ([]syncResult, error) {
 	keys := make([]string, 1, 1+2*len(writes))
 	keys[0] = invalidate.SyncEpochKey
 	var epoch uint32
@@ -48,7 +57,11 @@ func (s *syncScript) apply(ctx context.Context, c redis.Scripter, writes []inval
 	args := []any{s.tombstone.Milliseconds(), fmt.Sprintf("%010d", epoch)}
 	for _, w := range writes {
 		keys = append(keys, w.Key, SyncVersionPrefix+w.Key)
-		args = append(args, string(w.Op), w.Version.String(), w.TTL.Milliseconds())
+		op := string(w.Op)
+		if w.HotOnly && w.Op != invalidate.SyncDel {
+			op = "r" + op // rset, rhash: only where the key is held
+		}
+		args = append(args, op, w.Version.String(), w.TTL.Milliseconds())
 		switch w.Op {
 		case invalidate.SyncSet:
 			args = append(args, 1, w.Value)
@@ -73,9 +86,12 @@ func (s *syncScript) apply(ctx context.Context, c redis.Scripter, writes []inval
 	if len(v) != len(writes) {
 		return nil, fmt.Errorf("sync script: %d results for %d writes", len(v), len(writes))
 	}
-	applied := make([]bool, len(v))
+	res := make([]syncResult, len(v))
 	for i, x := range v {
-		applied[i] = x == 1
+		if x < int64(syncOlder) || x > int64(syncCold) {
+			return nil, fmt.Errorf("sync script: result %d", x)
+		}
+		res[i] = syncResult(x)
 	}
-	return applied, nil
+	return res, nil
 }

@@ -19,7 +19,12 @@
 -- value's TTL (ms, 0: none), n, then n arguments: set: the value; hash:
 -- field, value, ...; del: none.
 --
--- Returns per write 1 (applied) or 0 (older than the key's: dropped).
+-- The ops "rset" and "rhash" (refresh_hot) write only where the key
+-- exists: a replica that does not hold it is hot for other keys, not this
+-- one, and is left alone (nothing written, not even the version).
+--
+-- Returns per write 1 (applied), 0 (older than the key's: dropped) or 2
+-- (rset, rhash: the key is not held: left alone).
 
 local tomb = tonumber(ARGV[1])
 local epoch = redis.call('GET', KEYS[1])
@@ -31,8 +36,13 @@ for i = 2, #KEYS, 2 do
   local first = a + 4
   a = first + n
   local cur = redis.call('GET', KEYS[i + 1])
+  if op == 'rset' or op == 'rhash' then
+    if redis.call('EXISTS', KEYS[i]) == 0 then op = 'cold' else op = string.sub(op, 2) end
+  end
   if cur and cur >= ver then
     out[#out + 1] = 0
+  elseif op == 'cold' then
+    out[#out + 1] = 2
   else
     if op == 'del' then
       redis.call('DEL', KEYS[i])

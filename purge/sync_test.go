@@ -52,7 +52,11 @@ func TestSyncScript(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return got
+		applied := make([]bool, len(got))
+		for i, r := range got {
+			applied[i] = r == syncApplied
+		}
+		return applied
 	}
 	set := func(key string, v uint64, value string) invalidate.SyncWrite {
 		return invalidate.SyncWrite{Key: key, Op: invalidate.SyncSet, Version: ver(v), Value: []byte(value)}
@@ -223,4 +227,52 @@ func BenchmarkSyncFloor(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/write")
+}
+
+// refresh_hot writes only where the key is held: a held key (a value or a
+// filler's lease) is refreshed, a missing one left alone, version and all;
+// an older write is still dropped first, and a delete deletes as always.
+func TestSyncScriptRefreshHot(t *testing.T) {
+	srv := stacktest.StartRedis(t)
+	c := stacktest.Redis(t, srv.Addr())
+	ctx := context.Background()
+	s := newSyncScript(time.Minute)
+	hot := func(key string, v uint64, value string) invalidate.SyncWrite {
+		return invalidate.SyncWrite{Key: key, Op: invalidate.SyncSet, Version: ver(v), Value: []byte(value), HotOnly: true}
+	}
+	for k, v := range map[string]string{"held": "old", "leased": "\x00lease:ab"} {
+		if err := c.Set(ctx, k, v, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.apply(ctx, c, []invalidate.SyncWrite{
+		hot("held", 5, "new"), hot("leased", 5, "new"), hot("cold", 5, "new"),
+		{Key: "hheld", Op: invalidate.SyncHash, Version: ver(5), Fields: []string{"a", "1"}, HotOnly: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []syncResult{syncApplied, syncApplied, syncCold, syncCold}; !slices.Equal(got, want) {
+		t.Fatalf("results %v, want %v", got, want)
+	}
+	for key, want := range map[string]syncState{
+		"held":   {str: "new", version: ver(5).String()},
+		"leased": {str: "new", version: ver(5).String()},
+		"cold":   {},
+		"hheld":  {},
+	} {
+		if st := readSync(t, c, key); st.str != want.str || st.version != want.version || st.hash != nil {
+			t.Errorf("%s: %+v, want %+v", key, st, want)
+		}
+	}
+	got, err = s.apply(ctx, c, []invalidate.SyncWrite{hot("held", 4, "older"), {Key: "held", Op: invalidate.SyncDel, Version: ver(6)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []syncResult{syncOlder, syncApplied}; !slices.Equal(got, want) {
+		t.Fatalf("older, delete: %v, want %v", got, want)
+	}
+	if st := readSync(t, c, "held"); st.str != "" || st.version != ver(6).String() {
+		t.Errorf("held after the delete: %+v", st)
+	}
 }
