@@ -38,6 +38,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -139,13 +140,33 @@ func Require(t testing.TB, what string, err error) {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find free port: %v", err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("find free port: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("find free port: 100 ports in a row were handed out before")
+	return 0
 }
+
+// handedOut are the ports FreePort returned in this process. The kernel
+// may give a port again once its probe listener is closed, before the
+// server it was meant for binds it: two servers of one test then got the
+// same port (TestWatermarkThroughCanalKill's purger got its canal's).
+// Package state, as the ports are the process's.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 // Eventually calls cond every 10 ms until it returns nil, and fails the test
 // with cond's last error if that has not happened within timeout.
