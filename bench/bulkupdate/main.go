@@ -53,6 +53,7 @@ type flags struct {
 	window   time.Duration
 	perTx    int
 	modes    string
+	hotEvery int
 	db       string
 }
 
@@ -76,7 +77,8 @@ func main() {
 	flag.DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long")
 	flag.IntVar(&f.perTx, "rows-per-tx", 1, "rows each latency-run transaction changes (max 100)")
 	flag.DurationVar(&f.window, "coalesce-window", 2*time.Millisecond, "flashsync's canal.coalesce_window")
-	flag.StringVar(&f.modes, "modes", "delete,sync", "rules the bulk UPDATE is timed through, in this order: delete (2 keys per row deleted), sync (1 JSON key per row written)")
+	flag.StringVar(&f.modes, "modes", "delete,sync", "rules the bulk UPDATE is timed through, in this order: delete (2 keys per row deleted), sync (1 JSON key per row written), refresh (sync with refresh_hot, 1 row in -hot-every held by the replicas)")
+	flag.IntVar(&f.hotEvery, "hot-every", 100, "refresh mode: one row in this many is held (hot) by its replicas before the UPDATE")
 	flag.StringVar(&f.db, "db", "flashsync_bench", "private database, also the prefix of every Redis key the run touches")
 	flag.Parse()
 	f.rows = min(max(f.rows, 1), 1_000_000)
@@ -87,8 +89,8 @@ func main() {
 	f.perTx = min(max(f.perTx, 1), 100)
 
 	for _, m := range strings.Split(f.modes, ",") {
-		if m != "delete" && m != "sync" {
-			fmt.Fprintf(os.Stderr, "bulkupdate: -modes: unknown mode %q (delete, sync)\n", m)
+		if m != "delete" && m != "sync" && m != "refresh" {
+			fmt.Fprintf(os.Stderr, "bulkupdate: -modes: unknown mode %q (delete, sync, refresh)\n", m)
 			os.Exit(2)
 		}
 	}
@@ -136,9 +138,17 @@ func run(ctx context.Context, f flags) error {
 	// work on each UPDATE) on replicas of its own, one mode right after the
 	// other so that both see the same minute of this noisy machine.
 	endToEnd := map[string]float64{}
+	defer loopback.DeleteTopics(context.WithoutCancel(ctx), f.nsqdHTTP, benchTopics()...)
 	for _, mode := range strings.Split(f.modes, ",") {
 		rs, err := newReplicas(ctx, f)
 		if err != nil {
+			return err
+		}
+		// The topics hold a channel per replica of every earlier mode and
+		// run: deleted before each mode (and at the end), see
+		// loopback.DeleteTopics.
+		if err := loopback.DeleteTopics(ctx, f.nsqdHTTP, benchTopics()...); err != nil {
+			rs.stop()
 			return err
 		}
 		fs, err := startFlashsync(ctx, f, rs.groups, mode)
@@ -147,9 +157,12 @@ func run(ctx context.Context, f flags) error {
 			return err
 		}
 		var rate float64
-		if mode == "delete" {
+		switch mode {
+		case "delete":
 			rate, err = throughputDelete(ctx, f, conn, fs, base)
-		} else {
+		case "refresh":
+			rate, err = throughputRefresh(ctx, f, conn, fs, base, rs.clients, rs.groups)
+		default:
 			rate, err = throughputSync(ctx, f, conn, fs, base, rs.clients, len(rs.groups[0]))
 		}
 		// A flush during the run would have dropped writes the counters
@@ -176,6 +189,9 @@ func run(ctx context.Context, f flags) error {
 	}
 	if d, s := endToEnd["delete"], endToEnd["sync"]; d > 0 && s > 0 {
 		fmt.Printf("sync / delete, row events/s through every replica: %.2fx (sync %.0f, delete %.0f)\n", s/d, s, d)
+	}
+	if s, r := endToEnd["sync"], endToEnd["refresh"]; s > 0 && r > 0 {
+		fmt.Printf("refresh / sync, row events/s through every replica: %.2fx (refresh %.0f, sync %.0f)\n", r/s, r, s)
 	}
 	if !strings.Contains(f.modes, "sync") {
 		fmt.Println("peer go-mysql-transfer: skipped (runs with -modes sync)")
@@ -286,6 +302,10 @@ type flashsync struct {
 	stopped bool
 }
 
+// benchTopics are the topics of the flashsync children (topic prefix
+// flashsync-bench, groups hot-a and hot-b).
+func benchTopics() []string { return loopback.FlashsyncTopics("flashsync-bench", "hot-a", "hot-b") }
+
 // startFlashsync runs the binary with mode's rule on the table: "delete"
 // deletes 2 keys per row, "sync" writes the row's JSON to 1 key per row.
 func startFlashsync(ctx context.Context, f flags, groups [][]string, mode string) (*flashsync, error) {
@@ -329,11 +349,14 @@ replicas = [%s]
 table = "%s.item"
 route_by = "id"
 `, f.mysql, filepath.Join(tmp, "position"), db, f.window.String(), f.nsqdTCP, f.nsqdHTTP, httpAddr, quote(groups[0]), quote(groups[1]), db)
-	if mode == "sync" {
+	switch mode {
+	case "sync":
 		// The TTL only bounds what a run that dies before its cleanup
 		// leaves on the shared replicas.
 		cfg += fmt.Sprintf("[[rule.sync]]\nkey = %q\nttl = \"15m\"\n", syncKey("{id}"))
-	} else {
+	case "refresh":
+		cfg += fmt.Sprintf("[[rule.sync]]\nkey = %q\nttl = \"15m\"\nrefresh_hot = true\n", syncKey("{id}"))
+	default:
 		cfg += fmt.Sprintf("keys = [%q, %q]\n", db+":item:{id}", pageKey("{id}"))
 	}
 	path := filepath.Join(tmp, "flashsync.toml")

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -68,6 +69,10 @@ func throughputSync(ctx context.Context, f flags, conn *client.Conn, fs *flashsy
 
 	m := fs.metrics
 	const applied, older = `result="applied"`, `result="older"`
+	mem0, err := usedMemory(ctx, replicas)
+	if err != nil {
+		return 0, err
+	}
 	pub0 := m.sum("flashsync_invalidate_sync_writes_published_total")
 	app0, old0 := m.sumWhere("flashsync_purger_sync_writes_total", applied), m.sumWhere("flashsync_purger_sync_writes_total", older)
 	if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET price = price + 1 WHERE id <= %d", db, f.rows)); err != nil {
@@ -84,6 +89,10 @@ func throughputSync(ctx context.Context, f flags, conn *client.Conn, fs *flashsy
 		return 0, fmt.Errorf("sync writes applied: %w (%.0f of %.0f)", err, m.sumWhere("flashsync_purger_sync_writes_total", applied)-app0, want)
 	}
 	synced := time.Since(committed)
+	mem1, err := usedMemory(ctx, replicas)
+	if err != nil {
+		return 0, err
+	}
 	gotApplied := m.sumWhere("flashsync_purger_sync_writes_total", applied) - app0
 	gotOlder := m.sumWhere("flashsync_purger_sync_writes_total", older) - old0
 	// Redis's own time in scripts (sync.lua and the watermark's), read
@@ -134,6 +143,7 @@ func throughputSync(ctx context.Context, f flags, conn *client.Conn, fs *flashsy
 	fmt.Printf("sync:   written to Redis:               %9.0f sync writes/s (%.0f rows x %d replicas in %v: %.0f applied, %.0f older), %.0f row events/s end to end; read back: every row on %d replicas\n",
 		want/synced.Seconds(), writes, perGroup, synced.Round(time.Millisecond), gotApplied, gotOlder, float64(f.rows)/synced.Seconds(), perGroup)
 	fmt.Printf("sync:   Redis time in scripts, all replicas: %.2f s in %.0f calls, %.1f µs per applied write\n", scriptUsec/1e6, scriptCalls, scriptUsec/gotApplied)
+	fmt.Printf("sync:   replicas' used_memory grew by %.1f MB\n", float64(mem1-mem0)/1e6)
 	return float64(f.rows) / synced.Seconds(), nil
 }
 
@@ -317,4 +327,119 @@ rule:
 	el := time.Since(committed)
 	fmt.Printf("peer go-mysql-transfer (%s), 1 copy per row: %.0f row events/s end to end (%d rows in %v)\n", bin, float64(f.rows)/el.Seconds(), f.rows, el.Round(time.Millisecond))
 	return nil
+}
+
+// throughputRefresh times the bulk UPDATE through the refresh_hot sync
+// rule with one row in f.hotEvery held by the replicas of its group
+// beforehand (a reader's fill): done when every write of every row on
+// every replica of its group was applied or found cold. Then the hot rows
+// must hold the new price on every replica of their group, and the cold
+// ones no key and no version anywhere. It prints what the replicas' memory
+// grew by, as throughputSync's callers can compare.
+func throughputRefresh(ctx context.Context, f flags, conn *client.Conn, fs *flashsync, base float64, replicas []*redis.Client, groups [][]string) (float64, error) {
+	var hot, cold []int
+	for id := 1; id <= f.rows; id++ {
+		if id%max(1, f.hotEvery) == 0 {
+			hot = append(hot, id)
+		} else {
+			cold = append(cold, id)
+		}
+	}
+	all := append(slices.Clone(hot), cold...)
+	if err := unlinkSynced(ctx, replicas, all, syncKey); err != nil {
+		return 0, err
+	}
+	defer unlinkSynced(context.Background(), replicas, all, syncKey)
+	// Every replica of both groups holds the hot rows: a row's writes go to
+	// its own group only, so the other group's copies stay as set.
+	for _, rc := range replicas {
+		pipe := rc.Pipeline()
+		for _, id := range hot {
+			pipe.Set(ctx, syncKey(strconv.Itoa(id)), `{"price":"filled"}`, 15*time.Minute)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, fmt.Errorf("seed hot rows on %s: %w", rc.Options().Addr, err)
+		}
+	}
+	mem0, err := usedMemory(ctx, replicas)
+	if err != nil {
+		return 0, err
+	}
+	m := fs.metrics
+	count := func(result string) float64 {
+		return m.sumWhere("flashsync_purger_sync_writes_total", `result="`+result+`"`)
+	}
+	app0, cold0 := count("applied"), count("cold")
+	if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET price = price + 1 WHERE id <= %d", db, f.rows)); err != nil {
+		return 0, err
+	}
+	committed := time.Now()
+	want := float64(f.rows * len(groups[0]))
+	if err := loopback.WaitFor(ctx, 2*time.Minute, 5*time.Millisecond, func() bool { return count("applied")-app0+count("cold")-cold0 >= want }); err != nil {
+		return 0, fmt.Errorf("refresh writes: %w (%.0f applied, %.0f cold of %.0f)", err, count("applied")-app0, count("cold")-cold0, want)
+	}
+	done := time.Since(committed)
+	applied, coldN := count("applied")-app0, count("cold")-cold0
+	mem1, err := usedMemory(ctx, replicas)
+	if err != nil {
+		return 0, err
+	}
+	r, err := conn.Execute(fmt.Sprintf("SELECT price FROM %s.item WHERE id = 1", db))
+	if err != nil {
+		return 0, err
+	}
+	price, err := r.GetString(0, 0)
+	if err != nil {
+		return 0, err
+	}
+	perGroup := len(groups[0])
+	holders := map[int]int{}
+	for _, rc := range replicas {
+		ok, err := matching(ctx, rc, hot, syncKey, true, price)
+		if err != nil {
+			return 0, err
+		}
+		for i, id := range hot {
+			if ok[i] {
+				holders[id]++
+			}
+		}
+		for lo := 0; lo < len(cold); lo += 1000 {
+			var names []string
+			for _, id := range cold[lo:min(lo+1000, len(cold))] {
+				k := syncKey(strconv.Itoa(id))
+				names = append(names, k, versionKey(k))
+			}
+			if n, err := rc.Exists(ctx, names...).Result(); err != nil || n != 0 {
+				return 0, fmt.Errorf("%s holds %d keys of cold rows (%v): a cold row was written", rc.Options().Addr, n, err)
+			}
+		}
+	}
+	for _, id := range hot {
+		if holders[id] != perGroup {
+			return 0, fmt.Errorf("hot row %d holds price %s on %d replicas, want %d", id, price, holders[id], perGroup)
+		}
+	}
+	fmt.Printf("refresh: written to Redis:              %9.0f writes/s decided (%d rows x %d replicas in %v: %.0f applied, %.0f cold), %.0f row events/s end to end; hot rows refreshed on every replica, cold rows untouched\n",
+		want/done.Seconds(), f.rows, perGroup, done.Round(time.Millisecond), applied, coldN, float64(f.rows)/done.Seconds())
+	fmt.Printf("refresh: replicas' used_memory grew by %.1f MB (%d of %d rows hot)\n", float64(mem1-mem0)/1e6, len(hot), f.rows)
+	return float64(f.rows) / done.Seconds(), nil
+}
+
+// usedMemory sums INFO memory's used_memory over the replicas.
+func usedMemory(ctx context.Context, replicas []*redis.Client) (int64, error) {
+	var total int64
+	for _, rc := range replicas {
+		info, err := rc.Info(ctx, "memory").Result()
+		if err != nil {
+			return 0, fmt.Errorf("info memory %s: %w", rc.Options().Addr, err)
+		}
+		for _, line := range strings.Split(info, "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				total += n
+			}
+		}
+	}
+	return total, nil
 }

@@ -123,6 +123,13 @@ func run(ctx context.Context, f flags) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	// The topics hold a channel per replica of every earlier run: deleted
+	// before and after (loopback.DeleteTopics says why).
+	topics := loopback.FlashsyncTopics(topicPrefix, group)
+	if err := loopback.DeleteTopics(ctx, f.nsqdHTTP, topics...); err != nil {
+		return err
+	}
+	defer loopback.DeleteTopics(context.WithoutCancel(ctx), f.nsqdHTTP, topics...)
 
 	conn, err := client.ConnectWithContext(ctx, f.mysql, "root", "", "", 10*time.Second)
 	if err != nil {

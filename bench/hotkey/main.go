@@ -249,6 +249,13 @@ func runMode(ctx context.Context, f flags, m mode, sqlDB *sql.DB) (result, error
 		rcs = append(rcs, rc)
 	}
 
+	// The mode's topics hold a channel per replica of every earlier run:
+	// deleted before and after (loopback.DeleteTopics says why).
+	topics := loopback.FlashsyncTopics("flashsync-bench-hotkey-"+m.name, group)
+	if err := loopback.DeleteTopics(ctx, f.nsqdHTTP, topics...); err != nil {
+		return result{}, err
+	}
+	defer loopback.DeleteTopics(context.WithoutCancel(ctx), f.nsqdHTTP, topics...)
 	fs, err := startFlashsync(ctx, f, m, tmp, replicas)
 	if err != nil {
 		return result{}, err
