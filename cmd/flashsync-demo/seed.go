@@ -54,7 +54,11 @@ func seedCache(ctx context.Context, cfg *configs.Config, limit int, log *slog.Lo
 			for i, v := range row {
 				image[i] = v.Value()
 			}
-			bound.ApplyRow(invalidate.Insert, nil, image, batch)
+			// At a version, so that sync targets ([[rule.sync]]) become
+			// sync writes, which the seed leaves out: sync mode writes
+			// those keys with the row itself on its first change, and a
+			// placeholder there would be read as the row.
+			bound.ApplyRowAt(invalidate.SyncVersion{}, invalidate.Insert, nil, image, batch)
 		}
 		res.Close()
 	}
