@@ -17,10 +17,6 @@ import (
 //go:embed sync.lua
 var syncLua string
 
-// SyncVersionPrefix names a synced key's version key: the prefix, then
-// the key.
-const SyncVersionPrefix = invalidate.SyncVersionPrefix
-
 // DefaultSyncTombstoneTTL is how long a deleted synced key's version is
 // kept: an older write of the key delivered within it (a redelivery, a
 // replay from the canal's checkpoint) is refused.
@@ -56,7 +52,7 @@ func (s *syncScript) apply(ctx context.Context, c redis.Scripter, writes []inval
 	}
 	args := []any{s.tombstone.Milliseconds(), fmt.Sprintf("%010d", epoch)}
 	for _, w := range writes {
-		keys = append(keys, w.Key, SyncVersionPrefix+w.Key)
+		keys = append(keys, w.Key, invalidate.SyncVersionPrefix+w.Key)
 		op := string(w.Op)
 		if w.HotOnly && w.Op != invalidate.SyncDel {
 			op = "r" + op // rset, rhash: only where the key is held

@@ -37,7 +37,7 @@ func readSync(t *testing.T, c *redis.Client, key string) syncState {
 	default:
 		t.Fatalf("%s is a %s", key, typ)
 	}
-	s.version = c.Get(ctx, SyncVersionPrefix+key).Val()
+	s.version = c.Get(ctx, invalidate.SyncVersionPrefix+key).Val()
 	return s
 }
 
@@ -80,13 +80,13 @@ func TestSyncScript(t *testing.T) {
 	if st := readSync(t, c, "k"); st.str != "" || st.version != ver(20).String() {
 		t.Fatalf("tombstoned k: %+v", st)
 	}
-	if ttl := c.PTTL(ctx, SyncVersionPrefix+"k").Val(); ttl <= 0 || ttl > time.Minute {
+	if ttl := c.PTTL(ctx, invalidate.SyncVersionPrefix+"k").Val(); ttl <= 0 || ttl > time.Minute {
 		t.Errorf("tombstone TTL %v, want up to 1m", ttl)
 	}
 	if got := apply(set("k", 21, "back")); !got[0] {
 		t.Fatal("a newer write after the delete was refused")
 	}
-	if ttl := c.PTTL(ctx, SyncVersionPrefix+"k").Val(); ttl != -1 {
+	if ttl := c.PTTL(ctx, invalidate.SyncVersionPrefix+"k").Val(); ttl != -1 {
 		t.Errorf("version TTL %v after a write without TTL, want none", ttl)
 	}
 	// A hash is replaced whole: fields the new image lacks are gone.
@@ -97,7 +97,7 @@ func TestSyncScript(t *testing.T) {
 	}
 	// A value's TTL; its version outlives it by the tombstone's time.
 	apply(invalidate.SyncWrite{Key: "t", Op: invalidate.SyncSet, Version: ver(1), Value: []byte("x"), TTL: 10 * time.Second})
-	vt, kt := c.PTTL(ctx, "t").Val(), c.PTTL(ctx, SyncVersionPrefix+"t").Val()
+	vt, kt := c.PTTL(ctx, "t").Val(), c.PTTL(ctx, invalidate.SyncVersionPrefix+"t").Val()
 	if vt <= 0 || vt > 10*time.Second || kt <= 10*time.Second || kt > 10*time.Second+time.Minute {
 		t.Errorf("TTLs: value %v, version %v; want up to 10s and 10s-1m10s", vt, kt)
 	}
@@ -219,7 +219,7 @@ func BenchmarkSyncFloor(b *testing.B) {
 	value := []byte(`{"id":12345,"name":"item 12345","price":"9.99","stock":10,"view_count":3,"updated_at":"2026-12-03 10:00:00.123456"}`)
 	var args []any
 	for i := range n {
-		args = append(args, fmt.Sprintf("item:json:%d", i), value, SyncVersionPrefix+fmt.Sprintf("item:json:%d", i), ver(uint64(i)).String())
+		args = append(args, fmt.Sprintf("item:json:%d", i), value, invalidate.SyncVersionPrefix+fmt.Sprintf("item:json:%d", i), ver(uint64(i)).String())
 	}
 	for b.Loop() {
 		if err := c.MSet(ctx, args...).Err(); err != nil {

@@ -110,7 +110,7 @@ const (
 // reservedKey tells the keys of the watermark's state and the synced keys'
 // versions, which purges and sync writes skip.
 func reservedKey(k string) bool {
-	return k == invalidate.WatermarkKey || strings.HasPrefix(k, invalidate.WatermarkKey+":") || strings.HasPrefix(k, SyncVersionPrefix)
+	return k == invalidate.WatermarkKey || strings.HasPrefix(k, invalidate.WatermarkKey+":") || strings.HasPrefix(k, invalidate.SyncVersionPrefix)
 }
 
 // watermarkReply is what watermark.lua returns.

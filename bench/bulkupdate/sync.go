@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/flashsync/flashsync/bench/internal/loopback"
-
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,6 +14,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/flashsync/flashsync/bench/internal/loopback"
 )
 
 // pageKey and syncKey name a row's keys in the run's own namespace.
