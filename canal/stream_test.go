@@ -229,11 +229,15 @@ func TestPositionGoneAndReset(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
+	before, ok, err := canal.NewPositionFile(r.posFile).Load()
+	if err != nil || !ok || before.Epoch == 0 {
+		t.Fatalf("position before the reset: %+v, %v, %v; want an epoch", before, ok, err)
+	}
 	stacktest.Exec(t, conn, "INSERT INTO shop.item VALUES (1, 'lost')")
 	stacktest.Exec(t, conn, "RESET MASTER")
 
 	r.start()
-	err := r.waitExit(15*time.Second, "the canal kept running from a position the server no longer has")
+	err = r.waitExit(15*time.Second, "the canal kept running from a position the server no longer has")
 	if !errors.Is(err, canal.ErrPositionGone) || !strings.Contains(err.Error(), "--reset-to-current --flush-all") {
 		t.Fatalf("err = %v, want ErrPositionGone with the recovery command", err)
 	}
@@ -249,6 +253,20 @@ func TestPositionGoneAndReset(t *testing.T) {
 	})
 	stacktest.Exec(t, conn, "INSERT INTO shop.item VALUES (2, 'after')")
 	r.waitKeys("item:2", "name:after")
+	// RESET MASTER took the binlog's offsets back to its start: the sync
+	// versions after the reset still order after every one before it, by
+	// the epoch the reset chose.
+	after, _, err := canal.NewPositionFile(r.posFile).Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	offBefore, _ := invalidate.BinlogOffset(before.File, before.Pos)
+	offAfter, _ := invalidate.BinlogOffset(after.File, after.Pos)
+	vBefore := invalidate.SyncVersion{Epoch: before.Epoch, Offset: offBefore}
+	vAfter := invalidate.SyncVersion{Epoch: after.Epoch, Offset: offAfter}
+	if offAfter >= offBefore || vAfter.Compare(vBefore) <= 0 || vAfter.String() <= vBefore.String() {
+		t.Errorf("before the reset %v (%s), after %v (%s): want a smaller offset and a larger version", vBefore, before, vAfter, after)
+	}
 }
 
 // MariaDB restarting mid-stream: the canal reconnects with backoff from the
