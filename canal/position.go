@@ -36,6 +36,12 @@ type Position struct {
 	// one epoch; a reset may move to a server whose offsets are smaller,
 	// and its writes must still win over every earlier one.
 	Epoch uint32 `json:"epoch,omitempty"`
+	// ServerID is the @@server_id of the server whose binlog File is: a
+	// restart on that server resumes from File:Pos, which it finds at once,
+	// rather than from GTID, which MariaDB finds by reading the binlog file
+	// from its start (the longer the file, the slower the restart). On
+	// another server (a failover, a restore elsewhere) the GTID is used.
+	ServerID uint32 `json:"server_id,omitempty"`
 }
 
 // newEpoch is the epoch of a start that chose its position afresh: later

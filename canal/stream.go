@@ -46,6 +46,12 @@ type session struct {
 	fileBase uint64
 	fileOK   bool
 	gtid     string // GTID of the transaction being read
+	// gset and pending, when the stream started from file:pos on MariaDB
+	// (go-mysql tracks the executed set only from a GTID start): the set
+	// at the last commit, and the GTID of the transaction being read.
+	gset     *mysql.MariadbGTIDSet
+	pending  *mysql.MariadbGTID
+	serverID uint32 // the server's @@server_id, 0 if unknown
 	epoch    uint32 // of the start position: every sync version's first field
 	binder   binder
 	// read is the binlog offset (invalidate.BinlogOffset) of the end of the
@@ -140,13 +146,24 @@ func (c *Canal) stream(ctx context.Context, start Position) error {
 	syncer := replication.NewBinlogSyncer(cfg)
 	defer syncer.Close()
 	var streamer *replication.BinlogStreamer
-	if start.GTID != "" {
+	serverID, byPos := c.resumeByPosition(ctx, start)
+	var gset *mysql.MariadbGTIDSet
+	switch {
+	case start.GTID != "" && byPos:
+		set, perr := mysql.ParseMariadbGTIDSet(start.GTID)
+		if perr != nil {
+			return fatal("saved gtid %q: %w", start.GTID, perr)
+		}
+		gset = set.(*mysql.MariadbGTIDSet)
+		c.log.Info("resuming by file:pos on the server that wrote it, not by gtid (which MariaDB finds by reading the binlog file from its start)", "server_id", serverID, "file", start.File, "pos", start.Pos)
+		streamer, err = syncer.StartSync(mysql.Position{Name: start.File, Pos: start.Pos})
+	case start.GTID != "":
 		set, perr := mysql.ParseGTIDSet(c.opts.MySQL.Flavor, start.GTID)
 		if perr != nil {
 			return fatal("saved gtid %q: %w", start.GTID, perr)
 		}
 		streamer, err = syncer.StartSyncGTID(set)
-	} else {
+	default:
 		streamer, err = syncer.StartSync(mysql.Position{Name: start.File, Pos: start.Pos})
 	}
 	if err != nil {
@@ -173,7 +190,7 @@ func (c *Canal) stream(ctx context.Context, start Position) error {
 			return c.opts.Publisher.Publish(ctx, b, m)
 		}
 	}
-	s := &session{c: c, parser: parser.New(), schema: start.Schema, epoch: start.Epoch, binder: newBinder(c.opts.Rules)}
+	s := &session{c: c, parser: parser.New(), schema: start.Schema, epoch: start.Epoch, binder: newBinder(c.opts.Rules), gset: gset, serverID: serverID}
 	s.setFile(start.File)
 	// Coverage starts at the checkpoint: every change before it was
 	// published (and acknowledged) by an earlier session.
@@ -292,6 +309,10 @@ func (s *session) event(ev *replication.BinlogEvent) error {
 		s.setFile(string(e.NextLogName))
 	case *replication.MariadbGTIDEvent:
 		s.gtid = e.GTID.String()
+		if s.gset != nil {
+			g := e.GTID
+			s.pending = &g
+		}
 	case *replication.GTIDEvent:
 		if next, err := e.GTIDNext(); err == nil {
 			s.gtid = next.String()
@@ -335,7 +356,18 @@ func (s *session) query(h *replication.EventHeader, e *replication.QueryEvent) e
 }
 
 func (s *session) commit(h *replication.EventHeader, gset mysql.GTIDSet) {
-	pos := Position{File: s.file, Pos: h.LogPos, Flavor: s.c.opts.MySQL.Flavor, Schema: s.schema, Epoch: s.epoch}
+	pos := Position{File: s.file, Pos: h.LogPos, Flavor: s.c.opts.MySQL.Flavor, Schema: s.schema, Epoch: s.epoch, ServerID: s.serverID}
+	if gset == nil && s.gset != nil {
+		if s.pending != nil {
+			// MariaDB's set holds each domain's last sequence, so adding
+			// the committed transaction's GTID is the set after it.
+			if err := s.gset.AddSet(s.pending); err != nil {
+				s.c.log.Warn("gtid not added to the position's set", "gtid", s.pending.String(), "err", err)
+			}
+			s.pending = nil
+		}
+		gset = s.gset
+	}
 	if gset != nil {
 		pos.GTID = gset.String()
 	}
@@ -534,4 +566,46 @@ func binlogEnd(conn *client.Conn) (uint64, error) {
 		return 0, fmt.Errorf("show master status: binlog file %q has no sequence number", file)
 	}
 	return off, nil
+}
+
+// resumeByPosition tells whether the stream from start may begin at its
+// file:pos although it has a GTID, and the server's @@server_id (0 if it
+// could not be read). It may on MariaDB when the position was saved
+// reading this very server (its server_id) and the server still has the
+// file, at least pos long: file:pos is then the same place as the GTID,
+// found without MariaDB reading the file from its start. Anything else —
+// another server (a failover), the file gone or shorter (a restore), the
+// checks failing — resumes by GTID, as before.
+func (c *Canal) resumeByPosition(ctx context.Context, start Position) (serverID uint32, ok bool) {
+	if c.opts.MySQL.Flavor != mysql.MariaDBFlavor {
+		return 0, false
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := connect(cctx, c.opts.MySQL)
+	if err != nil {
+		return 0, false
+	}
+	defer conn.Close()
+	r, err := conn.Execute("SELECT @@GLOBAL.server_id")
+	if err != nil {
+		return 0, false
+	}
+	id, _ := r.GetUint(0, 0)
+	serverID = uint32(id)
+	if start.GTID == "" || start.ServerID == 0 || start.ServerID != serverID {
+		return serverID, false
+	}
+	logs, err := conn.Execute("SHOW BINARY LOGS")
+	if err != nil {
+		return serverID, false
+	}
+	for i := range logs.RowNumber() {
+		name, _ := logs.GetString(i, 0)
+		size, _ := logs.GetUint(i, 1)
+		if name == start.File {
+			return serverID, size >= uint64(start.Pos)
+		}
+	}
+	return serverID, false
 }

@@ -289,3 +289,68 @@ func TestReconnectsWhenMariaDBRestarts(t *testing.T) {
 		t.Fatalf("Run after the restarts: %v", err)
 	}
 }
+
+// A restart on the server that wrote the position resumes from its
+// file:pos (no GTID lookup), and the positions it saves still carry the
+// executed GTID set, as a GTID start's do: equal to the server's own after
+// the last commit, with the server's id. A position of another server (a
+// failover) resumes by GTID and misses nothing either.
+func TestResumeByPositionKeepsTheGTID(t *testing.T) {
+	_, conn, r := shopRunner(t)
+	stacktest.Exec(t, conn, "INSERT INTO shop.item VALUES (1, 'one')")
+	r.waitKeys("item:1")
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	serverID := func() uint32 {
+		res, err := conn.Execute("SELECT @@server_id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := res.GetUint(0, 0)
+		return uint32(id)
+	}()
+	checkSaved := func(want string) {
+		t.Helper()
+		stacktest.Eventually(t, 10*time.Second, func() error {
+			res, err := conn.Execute("SELECT @@gtid_binlog_pos")
+			if err != nil {
+				return err
+			}
+			gtid, _ := res.GetString(0, 0)
+			pos, _, err := canal.NewPositionFile(r.posFile).Load()
+			if err != nil {
+				return err
+			}
+			if pos.GTID != gtid || pos.ServerID != serverID {
+				return fmt.Errorf("saved gtid %q server %d, want the server's %q and %d (%s)", pos.GTID, pos.ServerID, gtid, serverID, want)
+			}
+			return nil
+		})
+	}
+	checkSaved("before the restart")
+	r.start()
+	for i := 2; i <= 4; i++ {
+		stacktest.Exec(t, conn, "INSERT INTO shop.item VALUES (?, ?)", i, fmt.Sprint("n", i))
+	}
+	r.waitKeys("item:2", "item:3", "item:4")
+	checkSaved("after a file:pos resume and three commits")
+
+	// As if the position came from another server: by GTID.
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	f := canal.NewPositionFile(r.posFile)
+	pos, _, err := f.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos.ServerID = serverID + 1
+	if err := f.Save(pos); err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	stacktest.Exec(t, conn, "INSERT INTO shop.item VALUES (5, 'five')")
+	r.waitKeys("item:5")
+	checkSaved("after a gtid resume")
+}
