@@ -573,6 +573,10 @@ func currentPosition(conn *client.Conn, flavor string) (Position, error) {
 	if g, err := conn.Execute(gq); err == nil {
 		p.GTID, _ = g.GetString(0, 0)
 	}
+	if r, err := conn.Execute("SELECT @@GLOBAL.server_id"); err == nil {
+		id, _ := r.GetUint(0, 0)
+		p.ServerID = uint32(id)
+	}
 	return p, nil
 }
 
