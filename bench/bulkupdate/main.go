@@ -44,6 +44,7 @@ type flags struct {
 	nsqdTCP  string
 	nsqdHTTP string
 	binary   string
+	transfer string
 	rows     int
 	bigRows  int
 	latencyN int
@@ -68,6 +69,7 @@ func main() {
 	flag.StringVar(&f.nsqdTCP, "nsqd-tcp", "127.0.0.1:14150", "nsqd TCP address")
 	flag.StringVar(&f.nsqdHTTP, "nsqd-http", "127.0.0.1:14151", "nsqd HTTP address")
 	flag.StringVar(&f.binary, "flashsync", "bin/flashsync", "flashsync binary to run (`make build`)")
+	flag.StringVar(&f.transfer, "transfer", "", "go-mysql-transfer binary for the peer run of sync mode (default: go-mysql-transfer on PATH, else skipped)")
 	flag.IntVar(&f.rows, "rows", 100000, "rows in the bulk UPDATE (max 1,000,000)")
 	flag.IntVar(&f.bigRows, "big-rows", 0, "rows of the one-transaction RSS run (0 skips; max 2,000,000)")
 	flag.IntVar(&f.latencyN, "latency-changes", 10000, "single-row transactions for the latency run (max 100,000)")

@@ -232,10 +232,22 @@ func unlinkSynced(ctx context.Context, replicas []*redis.Client, ids []int, key 
 // flashsync writes one per replica of the group). Done when every row holds
 // the new price there, read back until then.
 func transferPeer(ctx context.Context, f flags, conn *client.Conn, rc *redis.Client) error {
-	bin, err := exec.LookPath("go-mysql-transfer")
-	if err != nil {
-		fmt.Println("peer go-mysql-transfer: skipped (no go-mysql-transfer on PATH)")
-		return nil
+	bin := f.transfer
+	if bin == "" {
+		var err error
+		if bin, err = exec.LookPath("go-mysql-transfer"); err != nil {
+			fmt.Println("peer go-mysql-transfer: skipped (no -transfer and no go-mysql-transfer on PATH; docs/BENCHMARKS.md says how to build it)")
+			return nil
+		}
+	}
+	// go-mysql-transfer refuses an empty password: a user of its own.
+	for _, q := range []string{
+		"CREATE USER IF NOT EXISTS 'fsbench_transfer'@'127.0.0.1' IDENTIFIED BY 'fsbench'",
+		"GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'fsbench_transfer'@'127.0.0.1'",
+	} {
+		if _, err := conn.Execute(q); err != nil {
+			return fmt.Errorf("transfer's user: %s: %w", q, err)
+		}
 	}
 	tmp, err := os.MkdirTemp("", "bulkupdate-transfer-")
 	if err != nil {
@@ -244,8 +256,8 @@ func transferPeer(ctx context.Context, f flags, conn *client.Conn, rc *redis.Cli
 	defer os.RemoveAll(tmp)
 	key := func(id string) string { return db + ":gmt:" + id }
 	cfg := fmt.Sprintf(`addr: %s
-user: root
-pass: ""
+user: fsbench_transfer
+pass: fsbench
 charset: utf8mb4
 slave_id: 4244
 flavor: mariadb
