@@ -246,9 +246,18 @@ func measure(ctx context.Context, f flags, exe, name, file string, pos uint32, p
 	defer d.stop()
 	pid := d.cmd.Process.Pid
 	var res result
+	reps := float64(len(rcs))
+	var firstAt time.Time
+	var firstN float64
 	wait := func(what string, n int) error {
-		want := float64(n * len(rcs))
-		err := loopback.WaitFor(ctx, 5*time.Minute, 10*time.Millisecond, func() bool { return d.exited() || d.dels() >= want })
+		want := float64(n) * reps
+		err := loopback.WaitFor(ctx, 5*time.Minute, 10*time.Millisecond, func() bool {
+			got := d.dels()
+			if got > 0 && firstAt.IsZero() {
+				firstAt, firstN = time.Now(), got
+			}
+			return d.exited() || got >= want
+		})
 		if err == nil && d.exited() {
 			err = errExited
 		}
@@ -262,6 +271,13 @@ func measure(ctx context.Context, f flags, exe, name, file string, pos uint32, p
 	}
 	res.catchup = time.Since(started)
 	res.catchupCPU = cpuSecs(pid)
+	res.rss = peakRSS(pid)
+	// From the first DEL seen on: the rate once the daemon is up and
+	// reading, without its start (schema load, NSQ connections).
+	res.firstDel = firstAt.Sub(started)
+	if steady := res.catchup - res.firstDel; steady > 0 {
+		res.steady = (float64(f.rows) - firstN/reps) / steady.Seconds()
+	}
 	if err := wait("replay of the earlier latency run", f.rows+prior); err != nil {
 		return result{}, err
 	}
@@ -337,6 +353,7 @@ func latency(ctx context.Context, f flags, rcs []*redis.Client, pid, lo, latN in
 	var graceEnd <-chan time.Time
 	next, done := 0, 0
 	sending := true
+	var sentFor time.Duration
 	for {
 		var tc <-chan time.Time
 		if sending {
@@ -346,15 +363,25 @@ func latency(ctx context.Context, f flags, rcs []*redis.Client, pid, lo, latN in
 		case now := <-tc:
 			if next >= latN || now.After(sendUntil) {
 				sending = false
+				sentFor = now.Sub(began)
 				close(ids)
 				go func() { wg.Wait(); close(workersDone) }()
 				continue
 			}
-			select {
-			case ids <- next:
-				next++
-			default: // the workers are saturated: this tick's UPDATE is skipped
-				res.skipped++
+			// Every UPDATE due by now, not one per tick: the ticker drops
+			// ticks when this loop is late, and the rate would sag with
+			// the machine's noise. What the workers cannot take yet waits
+			// for the next tick.
+			due := min(latN, int(now.Sub(began)*time.Duration(f.rate)/time.Second))
+		send:
+			for next < due {
+				select {
+				case ids <- next:
+					next++
+				default:
+					res.backlog = max(res.backlog, due-next)
+					break send
+				}
 			}
 		case <-workersDone:
 			workersDone = nil
@@ -378,6 +405,7 @@ func latency(ctx context.Context, f flags, rcs []*redis.Client, pid, lo, latN in
 	}
 	res.cpu = cpuSecs(pid) - cpu0
 	res.committed = next
+	res.achieved = float64(next) / sentFor.Seconds()
 	for i := range next {
 		if seen[i] < len(rcs) {
 			res.lost++
@@ -390,4 +418,19 @@ func latency(ctx context.Context, f flags, rcs []*redis.Client, pid, lo, latN in
 		return errors.New("no UPDATE committed")
 	}
 	return nil
+}
+
+// peakRSS is the process's high-water resident set (VmHWM), in bytes.
+func peakRSS(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }

@@ -110,10 +110,14 @@ func main() {
 type result struct {
 	catchup    time.Duration // daemon start -> rows x replicas DELs
 	catchupCPU float64       // CPU seconds over the catch-up, start included
+	firstDel   time.Duration // daemon start -> first DEL counted
+	steady     float64       // catch-up rows/s from the first DEL on
+	rss        int64         // peak RSS at the catch-up's end
+	achieved   float64       // UPDATEs/s the latency run committed
 	lat        []time.Duration
 	committed  int
 	lost       int
-	skipped    int // ticks the workers were too busy for
+	backlog    int // most UPDATEs due that the busy workers had not taken
 	cpu        float64
 }
 
@@ -195,35 +199,45 @@ func run(ctx context.Context, f flags) error {
 
 func report(round int, f flags, fs, nv result) {
 	rate := func(r result) float64 { return float64(f.rows) / r.catchup.Seconds() }
-	fmt.Printf("round %d catch-up:  flashsync %7.0f rows/s (%v, %.2f CPU-s)  naive %7.0f rows/s (%v, %.2f CPU-s)  flashsync/naive %.2fx\n",
-		round, rate(fs), fs.catchup.Round(time.Millisecond), fs.catchupCPU, rate(nv), nv.catchup.Round(time.Millisecond), nv.catchupCPU, rate(fs)/rate(nv))
-	us := func(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/1e6) }
+	fmt.Printf("round %d catch-up, start to last DEL:  flashsync %7.0f rows/s (%v)  naive %7.0f rows/s (%v)  flashsync/naive %.2fx\n",
+		round, rate(fs), fs.catchup.Round(time.Millisecond), rate(nv), nv.catchup.Round(time.Millisecond), rate(fs)/rate(nv))
+	fmt.Printf("round %d catch-up, first to last DEL:  flashsync %7.0f rows/s (first DEL %v)  naive %7.0f rows/s (first DEL %v)  flashsync/naive %.2fx\n",
+		round, fs.steady, fs.firstDel.Round(time.Millisecond), nv.steady, nv.firstDel.Round(time.Millisecond), fs.steady/nv.steady)
+	fmt.Printf("round %d catch-up cpu and memory: flashsync %.2f CPU-s, peak RSS %d MB  naive %.2f CPU-s, peak RSS %d MB\n",
+		round, fs.catchupCPU, fs.rss>>20, nv.catchupCPU, nv.rss>>20)
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/1e6) }
 	for _, x := range []struct {
 		name string
 		r    result
 	}{{"flashsync", fs}, {"naive", nv}} {
-		fmt.Printf("round %d latency %-9s at %d/s: p50 %s p99 %s max %s  lost %d of %d (skipped ticks %d)\n",
-			round, x.name, f.rate, us(x.r.q(0.50)), us(x.r.q(0.99)), us(x.r.q(1)), x.r.lost, x.r.committed, x.r.skipped)
+		fmt.Printf("round %d latency %-9s at %d/s (%.0f/s achieved): p50 %s p99 %s max %s  lost %d of %d, backlog max %d\n",
+			round, x.name, f.rate, x.r.achieved, ms(x.r.q(0.50)), ms(x.r.q(0.99)), ms(x.r.q(1)), x.r.lost, x.r.committed, x.r.backlog)
 	}
 	ratio := 0.0
 	if nv.cpuPer1000() > 0 {
 		ratio = fs.cpuPer1000() / nv.cpuPer1000()
 	}
-	fmt.Printf("round %d cpu per 1000 changes: flashsync %.3f s  naive %.3f s  flashsync/naive %.2fx\n", round, fs.cpuPer1000(), nv.cpuPer1000(), ratio)
+	fmt.Printf("round %d cpu per 1000 changes at %d/s: flashsync %.3f s  naive %.3f s  flashsync/naive %.2fx\n", round, f.rate, fs.cpuPer1000(), nv.cpuPer1000(), ratio)
 }
 
 func summary(all map[string][]result) {
 	fs, nv := all["flashsync"], all["naive"]
-	var catch, p99, cpu []string
-	for i := range fs {
-		catch = append(catch, fmt.Sprintf("%.2f", nv[i].catchup.Seconds()/fs[i].catchup.Seconds()))
-		p99 = append(p99, fmt.Sprintf("%.2f", float64(fs[i].q(0.99))/float64(max(nv[i].q(0.99), 1))))
-		if nv[i].cpuPer1000() > 0 {
-			cpu = append(cpu, fmt.Sprintf("%.2f", fs[i].cpuPer1000()/nv[i].cpuPer1000()))
+	var catch, steady, p50, p99, cpu []string
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "-"
 		}
+		return fmt.Sprintf("%.2f", a/b)
 	}
-	fmt.Printf("summary flashsync/naive per round: catch-up rows/s %s; latency p99 %s; cpu per change %s\n",
-		strings.Join(catch, " "), strings.Join(p99, " "), strings.Join(cpu, " "))
+	for i := range fs {
+		catch = append(catch, ratio(nv[i].catchup.Seconds(), fs[i].catchup.Seconds()))
+		steady = append(steady, ratio(fs[i].steady, nv[i].steady))
+		p50 = append(p50, ratio(float64(fs[i].q(0.50)), float64(nv[i].q(0.50))))
+		p99 = append(p99, ratio(float64(fs[i].q(0.99)), float64(nv[i].q(0.99))))
+		cpu = append(cpu, ratio(fs[i].cpuPer1000(), nv[i].cpuPer1000()))
+	}
+	fmt.Printf("summary flashsync/naive by round: catch-up rows/s %s (first DEL on: %s); latency p50 %s, p99 %s; cpu per change %s\n",
+		strings.Join(catch, " "), strings.Join(steady, " "), strings.Join(p50, " "), strings.Join(p99, " "), strings.Join(cpu, " "))
 }
 
 func setup(ctx context.Context, db *sql.DB, name string, rows int) error {
