@@ -117,7 +117,8 @@ type result struct {
 	lat        []time.Duration
 	committed  int
 	lost       int
-	backlog    int // most UPDATEs due that the busy workers had not taken
+	commitP99  time.Duration // the latency run's UPDATE round trips
+	backlog    int           // most UPDATEs due that the busy workers had not taken
 	cpu        float64
 }
 
@@ -210,8 +211,8 @@ func report(round int, f flags, fs, nv result) {
 		name string
 		r    result
 	}{{"flashsync", fs}, {"naive", nv}} {
-		fmt.Printf("round %d latency %-9s at %d/s (%.0f/s achieved): p50 %s p99 %s max %s  lost %d of %d, backlog max %d\n",
-			round, x.name, f.rate, x.r.achieved, ms(x.r.q(0.50)), ms(x.r.q(0.99)), ms(x.r.q(1)), x.r.lost, x.r.committed, x.r.backlog)
+		fmt.Printf("round %d latency %-9s at %d/s (%.0f/s achieved): p50 %s p99 %s max %s  lost %d of %d; UPDATE p99 %s, backlog max %d\n",
+			round, x.name, f.rate, x.r.achieved, ms(x.r.q(0.50)), ms(x.r.q(0.99)), ms(x.r.q(1)), x.r.lost, x.r.committed, ms(x.r.commitP99), x.r.backlog)
 	}
 	ratio := 0.0
 	if nv.cpuPer1000() > 0 {
