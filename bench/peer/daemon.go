@@ -115,6 +115,20 @@ func startDaemon(ctx context.Context, f flags, exe, name, file string, pos uint3
 		if err := os.WriteFile(posFile, fmt.Appendf(nil, `{"file":%q,"pos":%d,"flavor":"mariadb"}`, file, pos), 0o644); err != nil {
 			return nil, err
 		}
+		nsq := fmt.Sprintf("nsqd_tcp = [%q]\nnsqd_http = [%q]", f.nsqdTCP, f.nsqdHTTP)
+		if f.embedded {
+			// In flashsync's process, on ports and in a directory of this
+			// child's own: nothing to share, nothing to delete after.
+			tcp, err := loopback.FreeAddr()
+			if err != nil {
+				return nil, err
+			}
+			httpNSQ, err := loopback.FreeAddr()
+			if err != nil {
+				return nil, err
+			}
+			nsq = fmt.Sprintf("embedded_tcp = %q\nembedded_http = %q\nembedded_data_path = %q", tcp, httpNSQ, filepath.Join(tmp, "nsqd"))
+		}
 		cfg := fmt.Sprintf(`[mysql]
 addr = %q
 user = "root"
@@ -126,8 +140,7 @@ position_file = %q
 include_tables = ["%s\\..*"]
 
 [nsq]
-nsqd_tcp = [%q]
-nsqd_http = [%q]
+%s
 topic_prefix = %q
 
 [http]
@@ -141,7 +154,7 @@ replicas = ["%s"]
 table = "%s.item"
 route_by = "id"
 keys = ["%s{id}"]
-`, f.mysql, flashsyncServerID, posFile, f.db, f.nsqdTCP, f.nsqdHTTP, topicPrefix, httpAddr, group, strings.Join(replicas, `", "`), f.db, keyPrefix)
+`, f.mysql, flashsyncServerID, posFile, f.db, nsq, topicPrefix, httpAddr, group, strings.Join(replicas, `", "`), f.db, keyPrefix)
 		path := filepath.Join(tmp, "flashsync.toml")
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			return nil, err
@@ -218,7 +231,7 @@ func measure(ctx context.Context, f flags, exe, name, file string, pos uint32, p
 		}
 		replicas, rcs = append(replicas, r.Addr()), append(rcs, rc)
 	}
-	if name == "flashsync" {
+	if name == "flashsync" && !f.embedded {
 		// The topics hold a channel per replica of every earlier run:
 		// deleted before and after (loopback.DeleteTopics says why).
 		if err := deleteTopics(ctx, f.nsqdHTTP, topics); err != nil {

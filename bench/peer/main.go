@@ -34,6 +34,7 @@ type flags struct {
 	mysql      string
 	nsqdTCP    string
 	nsqdHTTP   string
+	embedded   bool
 	binary     string
 	db         string
 	rows       int
@@ -65,6 +66,7 @@ func main() {
 	flag.StringVar(&f.mysql, "mysql", "127.0.0.1:13306", "MariaDB address (root, no password)")
 	flag.StringVar(&f.nsqdTCP, "nsqd-tcp", "127.0.0.1:14150", "nsqd TCP address for flashsync")
 	flag.StringVar(&f.nsqdHTTP, "nsqd-http", "127.0.0.1:14151", "nsqd HTTP address for flashsync")
+	flag.BoolVar(&f.embedded, "embedded-nsqd", false, "flashsync runs its own nsqd in process (private ports and data) instead of -nsqd-tcp's")
 	flag.StringVar(&f.binary, "flashsync", "bin/flashsync", "flashsync binary run as the child (`make build`)")
 	flag.StringVar(&f.db, "db", "peer_bench", "private database the run creates and drops")
 	flag.IntVar(&f.rows, "rows", 200000, "single-row UPDATEs of the catch-up, in transactions of 1,000 (max 1,000,000)")
@@ -160,10 +162,15 @@ func run(ctx context.Context, f flags) error {
 	}
 	defer sqlDB.ExecContext(context.WithoutCancel(ctx), "DROP DATABASE IF EXISTS "+f.db)
 	topics := flashsyncTopics()
-	defer deleteTopics(context.WithoutCancel(ctx), f.nsqdHTTP, topics)
+	nsqd := "nsqd " + f.nsqdTCP
+	if f.embedded {
+		nsqd = "flashsync's embedded nsqd"
+	} else {
+		defer deleteTopics(context.WithoutCancel(ctx), f.nsqdHTTP, topics)
+	}
 
-	fmt.Printf("flashsync peer: %d rounds; catch-up %d single-row UPDATEs in tx of 1,000 from a saved position; latency %d/s autocommit for %v over %d connections; 1 group of 2 private replicas; nsqd %s\n",
-		f.rounds, f.rows, f.rate, f.latencyFor, f.workers, f.nsqdTCP)
+	fmt.Printf("flashsync peer: %d rounds; catch-up %d single-row UPDATEs in tx of 1,000 from a saved position; latency %d/s autocommit for %v over %d connections; 1 group of 2 private replicas; %s\n",
+		f.rounds, f.rows, f.rate, f.latencyFor, f.workers, nsqd)
 	names := []string{"flashsync", "naive"}
 	all := map[string][]result{}
 	for round := 1; round <= f.rounds; round++ {
