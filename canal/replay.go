@@ -447,12 +447,13 @@ func (r *replay) serverError(err error) error {
 
 // reading is the state of one read of the range.
 type reading struct {
-	r      *replay
-	binder binder
-	file   string
-	at     int      // index of file; len(files) for one newer than the plan
-	last   Position // of the last event read
-	lastAt place
+	r        *replay
+	binder   binder
+	unsigned unsignedCache
+	file     string
+	at       int      // index of file; len(files) for one newer than the plan
+	last     Position // of the last event read
+	lastAt   place
 	// boundary is past the last event read outside a transaction: a
 	// replay resumed there misses nothing.
 	boundary   Position
@@ -481,7 +482,7 @@ type txnState struct {
 
 func (r *replay) read(ctx context.Context) (ReplayResult, error) {
 	s := &reading{
-		r: r, binder: newBinder(r.opts.Rules), file: r.from.File, at: r.span.start.file,
+		r: r, binder: newBinder(r.opts.Rules), unsigned: unsignedCache{}, file: r.from.File, at: r.span.start.file,
 		last: r.from, boundary: r.from, published: r.from, lastAt: r.span.start, boundaryAt: r.span.start,
 		cur: r.opts.Rules.NewBatch(),
 		txn: txnState{targets: r.opts.Rules.NewBatch()},
@@ -671,7 +672,7 @@ func (s *reading) rows(h *replication.EventHeader, e *replication.RowsEvent) err
 	if err != nil {
 		return fmt.Errorf("rows of %s at %s: %w", table, at, err)
 	}
-	if unsigned := e.Table.UnsignedMap(); unsigned != nil {
+	if unsigned := s.unsigned.columns(e.Table); unsigned != nil {
 		for _, row := range e.Rows {
 			fixUnsigned(row, unsigned)
 		}

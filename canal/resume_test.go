@@ -2,7 +2,11 @@ package canal
 
 import (
 	"context"
+	"slices"
 	"testing"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/flashsync/flashsync/internal/stacktest"
 )
@@ -39,5 +43,28 @@ func TestResumeByPosition(t *testing.T) {
 	c.opts.MySQL.Flavor = "mysql"
 	if _, got := c.resumeByPosition(context.Background(), Position{File: cur.File, Pos: cur.Pos, GTID: cur.GTID, ServerID: id}); got {
 		t.Error("mysql flavor resumed by position")
+	}
+}
+
+// The unsigned columns of a table map, cached per table map: the same
+// table id with other column types (a DDL) computes them again.
+func TestUnsignedCache(t *testing.T) {
+	c := unsignedCache{}
+	// BIGINT UNSIGNED, VARCHAR, INT (signed), TINYINT UNSIGNED: the bitmap
+	// has one bit per numeric column, most significant first.
+	tm := &replication.TableMapEvent{TableID: 7, ColumnCount: 4,
+		ColumnType:       []byte{mysql.MYSQL_TYPE_LONGLONG, mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_TINY},
+		SignednessBitmap: []byte{0b10100000}}
+	if got := c.columns(tm); !slices.Equal(got, []int{0, 3}) {
+		t.Fatalf("unsigned columns %v, want [0 3]", got)
+	}
+	row := []any{int64(-1), "x", int32(-1), int8(-1)}
+	fixUnsigned(row, c.columns(tm))
+	if row[0] != uint64(1<<64-1) || row[2] != int32(-1) || row[3] != uint8(255) {
+		t.Errorf("fixed row %v", row)
+	}
+	altered := &replication.TableMapEvent{TableID: 7, ColumnCount: 1, ColumnType: []byte{mysql.MYSQL_TYPE_LONG}, SignednessBitmap: []byte{0}}
+	if got := c.columns(altered); len(got) != 0 {
+		t.Errorf("after the DDL: %v, want none", got)
 	}
 }

@@ -54,6 +54,7 @@ type session struct {
 	serverID uint32 // the server's @@server_id, 0 if unknown
 	epoch    uint32 // of the start position: every sync version's first field
 	binder   binder
+	unsigned unsignedCache
 	// read is the binlog offset (invalidate.BinlogOffset) of the end of the
 	// last event handled; the prober's heartbeats read it.
 	read atomic.Uint64
@@ -190,7 +191,7 @@ func (c *Canal) stream(ctx context.Context, start Position) error {
 			return c.opts.Publisher.Publish(ctx, b, m)
 		}
 	}
-	s := &session{c: c, parser: parser.New(), schema: start.Schema, epoch: start.Epoch, binder: newBinder(c.opts.Rules), gset: gset, serverID: serverID}
+	s := &session{c: c, parser: parser.New(), schema: start.Schema, epoch: start.Epoch, binder: newBinder(c.opts.Rules), unsigned: unsignedCache{}, gset: gset, serverID: serverID}
 	s.setFile(start.File)
 	// Coverage starts at the checkpoint: every change before it was
 	// published (and acknowledged) by an earlier session.
@@ -411,7 +412,7 @@ func (s *session) rows(h *replication.EventHeader, e *replication.RowsEvent) err
 	if bound == nil {
 		return nil
 	}
-	if unsigned := e.Table.UnsignedMap(); unsigned != nil {
+	if unsigned := s.unsigned.columns(e.Table); unsigned != nil {
 		for _, row := range e.Rows {
 			fixUnsigned(row, unsigned)
 		}
@@ -474,11 +475,41 @@ func applyRows(bound *invalidate.Bound, version *invalidate.SyncVersion, action 
 	}
 }
 
-// fixUnsigned reinterprets the signed integers go-mysql decodes for
-// unsigned columns, so ids above the signed range render right.
-func fixUnsigned(row []any, unsigned map[int]bool) {
-	for i, u := range unsigned {
-		if !u || i >= len(row) {
+// unsignedCache keeps, per table map, the indexes of its unsigned integer
+// columns: go-mysql's UnsignedMap builds a map for every rows event (6% of
+// a catch-up's CPU, docs/BENCHMARKS.md), and the rows events of a table
+// share its table map.
+type unsignedCache map[uint64]*unsignedColumns
+
+type unsignedColumns struct {
+	types, signedness string // the table map's column types and signedness bitmap
+	cols              []int
+}
+
+// columns returns t's unsigned columns, in order.
+func (c unsignedCache) columns(t *replication.TableMapEvent) []int {
+	if u := c[t.TableID]; u != nil && u.types == string(t.ColumnType) && u.signedness == string(t.SignednessBitmap) {
+		return u.cols
+	}
+	var cols []int
+	for i, unsigned := range t.UnsignedMap() {
+		if unsigned {
+			cols = append(cols, i)
+		}
+	}
+	slices.Sort(cols)
+	if len(c) >= 1024 { // table ids a long run of DDL left behind
+		clear(c)
+	}
+	c[t.TableID] = &unsignedColumns{types: string(t.ColumnType), signedness: string(t.SignednessBitmap), cols: cols}
+	return cols
+}
+
+// fixUnsigned reinterprets the signed integers go-mysql decodes for the
+// unsigned columns cols, so ids above the signed range render right.
+func fixUnsigned(row []any, cols []int) {
+	for _, i := range cols {
+		if i >= len(row) {
 			continue
 		}
 		switch v := row[i].(type) {
