@@ -126,14 +126,17 @@ func DecodePurge(body []byte) (*Purge, error) {
 	// Sync writes are decoded into their wire form (the outer Sync field
 	// shadows Purge's) and converted, rather than by SyncWrite's
 	// UnmarshalJSON, which would scan each one a second time.
+	p, fast := decodePurgeFast(body)
 	var wire struct {
 		Purge
 		Sync []syncWireJSON `json:"sync,omitempty"`
 	}
-	if err := json.Unmarshal(body, &wire); err != nil {
-		return nil, fmt.Errorf("decode purge: %w", err)
+	if !fast {
+		if err := json.Unmarshal(body, &wire); err != nil {
+			return nil, fmt.Errorf("decode purge: %w", err)
+		}
+		p = wire.Purge
 	}
-	p := wire.Purge
 	if len(wire.Sync) > 0 {
 		p.Sync = make([]SyncWrite, len(wire.Sync))
 		for i := range wire.Sync {
