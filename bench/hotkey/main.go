@@ -23,20 +23,18 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	_ "github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/bench/internal/child"
 	"github.com/flashsync/flashsync/bench/internal/loopback"
 	"github.com/flashsync/flashsync/bench/internal/redisproc"
 	"github.com/flashsync/flashsync/cacheaside"
@@ -282,11 +280,11 @@ func runMode(ctx context.Context, f flags, m mode, sqlDB *sql.DB) (result, error
 	redisCPU := func() float64 {
 		var s float64
 		for _, pid := range redisPIDs {
-			s += cpuSecs(pid)
+			s += child.CPUSeconds(pid)
 		}
 		return s
 	}
-	self0, child0, redis0 := cpuSecs(os.Getpid()), cpuSecs(fs.cmd.Process.Pid), redisCPU()
+	self0, child0, redis0 := child.CPUSeconds(os.Getpid()), child.CPUSeconds(fs.proc.PID()), redisCPU()
 	res := result{mode: m.name}
 	start := time.Now()
 	end := start.Add(f.duration)
@@ -332,7 +330,7 @@ func runMode(ctx context.Context, f flags, m mode, sqlDB *sql.DB) (result, error
 	}
 	wg.Wait()
 	res.secs = time.Since(start).Seconds()
-	res.selfCPU, res.childCPU, res.redisCPU = cpuSecs(os.Getpid())-self0, cpuSecs(fs.cmd.Process.Pid)-child0, redisCPU()-redis0
+	res.selfCPU, res.childCPU, res.redisCPU = child.CPUSeconds(os.Getpid())-self0, child.CPUSeconds(fs.proc.PID())-child0, redisCPU()-redis0
 	stopLoad()
 	if err := <-writerErr; err != nil {
 		return result{}, fmt.Errorf("writer: %w", err)
@@ -460,10 +458,8 @@ func write(ctx context.Context, sqlDB *sql.DB, rate int, duration time.Duration,
 
 // flashsync is the binary under test, run as a child process.
 type flashsync struct {
-	cmd     *exec.Cmd
+	proc    *child.Process
 	metrics metricsAt
-	done    chan error
-	stopped bool
 }
 
 func startFlashsync(ctx context.Context, f flags, m mode, tmp string, replicas []string) (*flashsync, error) {
@@ -500,18 +496,11 @@ replicas = ["%s"]
 		return nil, err
 	}
 	logPath := filepath.Join(tmp, "flashsync.log")
-	log, err := os.Create(logPath)
+	proc, err := child.Start(f.binary, []string{"all", "-config", path}, logPath)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (run `make build`)", err)
 	}
-	cmd := exec.Command(f.binary, "all", "-config", path)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return nil, fmt.Errorf("start %s (run `make build`): %w", f.binary, err)
-	}
-	fs := &flashsync{cmd: cmd, metrics: metricsAt("http://" + httpAddr + "/metrics"), done: make(chan error, 1)}
-	go func() { fs.done <- cmd.Wait(); log.Close() }()
+	fs := &flashsync{proc: proc, metrics: metricsAt("http://" + httpAddr + "/metrics")}
 	if err := loopback.WaitFor(ctx, 30*time.Second, 20*time.Millisecond, func() bool {
 		return fs.exited() || fs.metrics.sum("flashsync_canal_position_saves_total") > 0
 	}); err != nil || fs.exited() {
@@ -522,61 +511,11 @@ replicas = ["%s"]
 	return fs, nil
 }
 
-// exited tells whether the child is gone (its wait result is put back for
-// stop).
-func (fs *flashsync) exited() bool {
-	select {
-	case err := <-fs.done:
-		fs.done <- err
-		return true
-	default:
-		return false
-	}
-}
+// exited tells whether the child is gone.
+func (fs *flashsync) exited() bool { return fs.proc.Exited() }
 
 // stop ends the child with SIGTERM and waits for it.
-func (fs *flashsync) stop() error {
-	if fs.stopped {
-		return nil
-	}
-	fs.stopped = true
-	fs.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-fs.done:
-		if err != nil {
-			return fmt.Errorf("flashsync exit: %w", err)
-		}
-		return nil
-	case <-time.After(15 * time.Second):
-		fs.cmd.Process.Kill()
-		<-fs.done
-		return errors.New("flashsync did not stop within 15 s of SIGTERM")
-	}
-}
-
-// clockTicks is Linux's USER_HZ, the unit of /proc/PID/stat's times.
-const clockTicks = 100
-
-// cpuSecs is a process's user + system CPU time (0 when unreadable).
-func cpuSecs(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which may hold spaces: utime is
-	// field 14 and stime 15.
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return 0
-	}
-	fs := strings.Fields(string(data[i+1:]))
-	if len(fs) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseFloat(fs[11], 64)
-	s, _ := strconv.ParseFloat(fs[12], 64)
-	return (u + s) / clockTicks
-}
+func (fs *flashsync) stop() error { return fs.proc.Stop(15 * time.Second) }
 
 type metricsAt string
 

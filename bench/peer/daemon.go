@@ -8,16 +8,15 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/bench/internal/child"
 	"github.com/flashsync/flashsync/bench/internal/loopback"
 	"github.com/flashsync/flashsync/bench/internal/redisproc"
 )
@@ -36,23 +35,14 @@ func deleteTopics(ctx context.Context, nsqdHTTP string, topics []string) error {
 // daemon is one child under test and how its DELs are counted.
 type daemon struct {
 	name string
-	cmd  *exec.Cmd
+	proc *child.Process
 	tmp  string
-	done chan error
 	// dels is the DELs sent so far, summed over the replicas.
 	dels    func() float64
 	stopped bool
 }
 
-func (d *daemon) exited() bool {
-	select {
-	case err := <-d.done:
-		d.done <- err
-		return true
-	default:
-		return false
-	}
-}
+func (d *daemon) exited() bool { return d.proc.Exited() }
 
 func (d *daemon) log() string {
 	out, _ := os.ReadFile(filepath.Join(d.tmp, "daemon.log"))
@@ -69,18 +59,10 @@ func (d *daemon) stop() error {
 	}
 	d.stopped = true
 	defer os.RemoveAll(d.tmp)
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-d.done:
-		if err != nil {
-			return fmt.Errorf("%s exited: %w\n%s", d.name, err, d.log())
-		}
-		return nil
-	case <-time.After(15 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.done
-		return fmt.Errorf("%s did not stop within 15 s of SIGTERM", d.name)
+	if err := d.proc.Stop(15 * time.Second); err != nil {
+		return fmt.Errorf("%s: %w\n%s", d.name, err, d.log())
 	}
+	return nil
 }
 
 // startDaemon starts name ("flashsync" or "naive") at the binlog position
@@ -90,11 +72,13 @@ func startDaemon(ctx context.Context, f flags, exe, name, file string, pos uint3
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{name: name, tmp: tmp, done: make(chan error, 1)}
+	d := &daemon{name: name, tmp: tmp}
+	var bin string
+	var args []string
 	switch name {
 	case "naive":
-		d.cmd = exec.Command(exe, "-naive-child", "-mysql", f.mysql, "-db", f.db, "-from", fmt.Sprintf("%s:%d", file, pos),
-			"-replicas", strings.Join(replicas, ","), "-server-id", strconv.Itoa(naiveServerID), "-timeout", f.timeout.String())
+		bin, args = exe, []string{"-naive-child", "-mysql", f.mysql, "-db", f.db, "-from", fmt.Sprintf("%s:%d", file, pos),
+			"-replicas", strings.Join(replicas, ","), "-server-id", strconv.Itoa(naiveServerID), "-timeout", f.timeout.String()}
 		// One DEL command per key: Redis's own count is the naive one's.
 		d.dels = func() float64 {
 			var n float64
@@ -159,21 +143,14 @@ keys = ["%s{id}"]
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			return nil, err
 		}
-		d.cmd = exec.Command(f.binary, "all", "-config", path)
+		bin, args = f.binary, []string{"all", "-config", path}
 		metrics := "http://" + httpAddr + "/metrics"
 		d.dels = func() float64 { return metricSum(metrics, "flashsync_purger_keys_deleted_total") }
 	}
-	log, err := os.Create(filepath.Join(tmp, "daemon.log"))
-	if err != nil {
-		return nil, err
-	}
-	d.cmd.Stdout, d.cmd.Stderr = log, log
-	if err := d.cmd.Start(); err != nil {
-		log.Close()
+	if d.proc, err = child.Start(bin, args, filepath.Join(tmp, "daemon.log")); err != nil {
 		os.RemoveAll(tmp)
-		return nil, fmt.Errorf("start %s: %w", name, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	go func() { d.done <- d.cmd.Wait(); log.Close() }()
 	return d, nil
 }
 
@@ -257,7 +234,7 @@ func measure(ctx context.Context, f flags, exe, name, file string, pos uint32, p
 		return result{}, err
 	}
 	defer d.stop()
-	pid := d.cmd.Process.Pid
+	pid := d.proc.PID()
 	var res result
 	reps := float64(len(rcs))
 	var firstAt time.Time
@@ -283,7 +260,7 @@ func measure(ctx context.Context, f flags, exe, name, file string, pos uint32, p
 		return result{}, err
 	}
 	res.catchup = time.Since(started)
-	res.catchupCPU = cpuSecs(pid)
+	res.catchupCPU = child.CPUSeconds(pid)
 	res.rss = peakRSS(pid)
 	// From the first DEL seen on: the rate once the daemon is up and
 	// reading, without its start (schema load, NSQ connections).
@@ -360,7 +337,7 @@ func latency(ctx context.Context, f flags, rcs []*redis.Client, pid, lo, latN in
 
 	last := make([]time.Time, latN)
 	seen := make([]int, latN)
-	cpu0 := cpuSecs(pid)
+	cpu0 := child.CPUSeconds(pid)
 	tick := time.NewTicker(time.Second / time.Duration(f.rate))
 	defer tick.Stop()
 	began := time.Now()
@@ -421,7 +398,7 @@ func latency(ctx context.Context, f flags, rcs []*redis.Client, pid, lo, latN in
 			break
 		}
 	}
-	res.cpu = cpuSecs(pid) - cpu0
+	res.cpu = child.CPUSeconds(pid) - cpu0
 	res.committed = next
 	res.achieved = float64(next) / sentFor.Seconds()
 	for i := range next {

@@ -22,7 +22,6 @@ import (
 	"os/signal"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -301,30 +300,6 @@ func catchupLoad(ctx context.Context, db *sql.DB, name string, rows int) error {
 	}
 	return nil
 }
-
-// cpuSecs is a process's utime+stime, all its threads, in seconds.
-func cpuSecs(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which may hold spaces: utime is field
-	// 14 and stime 15.
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return 0
-	}
-	fs := strings.Fields(string(data[i+1:]))
-	if len(fs) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseFloat(fs[11], 64)
-	s, _ := strconv.ParseFloat(fs[12], 64)
-	return (u + s) / clockTicks
-}
-
-// clockTicks is Linux's USER_HZ, the unit of /proc/PID/stat's times.
-const clockTicks = 100
 
 // sortedLat sorts and returns lat, for the quantiles.
 func sortedLat(lat []time.Duration) []time.Duration {

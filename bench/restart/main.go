@@ -23,15 +23,14 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/flashsync/flashsync/bench/internal/child"
 	"github.com/flashsync/flashsync/bench/internal/loopback"
 	"github.com/flashsync/flashsync/bench/internal/redisproc"
 )
@@ -125,10 +124,10 @@ func run(ctx context.Context, f flags) error {
 		return err
 	}
 	if err := loopback.WaitFor(ctx, 30*time.Second, 10*time.Millisecond, func() bool { _, err := os.Stat(posFile); return err == nil }); err != nil {
-		ch.stop()
+		ch.Stop(stopGrace)
 		return fmt.Errorf("first start saved no position: %w", err)
 	}
-	if err := ch.stop(); err != nil {
+	if err := ch.Stop(stopGrace); err != nil {
 		return err
 	}
 	saved, err := os.ReadFile(posFile)
@@ -183,7 +182,7 @@ func firstPurge(ctx context.Context, f flags, conn *client.Conn, tmp, posFile, r
 	if err != nil {
 		return 0, err
 	}
-	defer ch.stop()
+	defer ch.Stop(stopGrace)
 	if _, err := conn.Execute(fmt.Sprintf("UPDATE %s.item SET v = %d WHERE id = 1", db, round)); err != nil {
 		return 0, err
 	}
@@ -197,18 +196,11 @@ func firstPurge(ctx context.Context, f flags, conn *client.Conn, tmp, posFile, r
 	}); err != nil {
 		return 0, fmt.Errorf("the change's key was not purged: %w", err)
 	}
-	return gone.Sub(began), ch.stop()
-}
-
-// child is one flashsync process.
-type child struct {
-	cmd     *exec.Cmd
-	done    chan error
-	stopped bool
+	return gone.Sub(began), ch.Stop(stopGrace)
 }
 
 // start1 starts `flashsync all` with the bench's config (canal and purger).
-func start1(ctx context.Context, f flags, tmp, posFile, redisAddr string) (*child, error) {
+func start1(ctx context.Context, f flags, tmp, posFile, redisAddr string) (*child.Process, error) {
 	httpAddr, err := loopback.FreeAddr()
 	if err != nil {
 		return nil, err
@@ -244,18 +236,11 @@ keys = ["rs:item:{id}"]
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	log, err := os.Create(filepath.Join(tmp, "flashsync.log"))
+	logPath := filepath.Join(tmp, "flashsync.log")
+	c, err := child.Start(f.binary, []string{"all", "-config", path}, logPath)
 	if err != nil {
 		return nil, err
 	}
-	defer log.Close()
-	cmd := exec.CommandContext(ctx, f.binary, "all", "-config", path)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", f.binary, err)
-	}
-	c := &child{cmd: cmd, done: make(chan error, 1)}
-	go func() { c.done <- cmd.Wait() }()
 	// Ready when it answers /healthz at all (200 or 503): its listener is
 	// up; the clock runs from the process start either way.
 	if err := loopback.WaitFor(ctx, 30*time.Second, 5*time.Millisecond, func() bool {
@@ -267,28 +252,11 @@ keys = ["rs:item:{id}"]
 		resp.Body.Close()
 		return true
 	}); err != nil {
-		c.stop()
-		return nil, fmt.Errorf("flashsync did not serve /healthz: %w (log %s)", err, log.Name())
+		c.Stop(stopGrace)
+		return nil, fmt.Errorf("flashsync did not serve /healthz: %w (log %s)", err, logPath)
 	}
 	return c, nil
 }
 
-// stop sends SIGTERM and waits (SIGKILL after 15 s).
-func (c *child) stop() error {
-	if c.stopped {
-		return nil
-	}
-	c.stopped = true
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-c.done:
-		if err != nil {
-			return fmt.Errorf("flashsync exit: %w", err)
-		}
-		return nil
-	case <-time.After(15 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-c.done
-		return errors.New("flashsync did not stop within 15 s of SIGTERM; killed")
-	}
-}
+// stopGrace is how long a child may take to exit on SIGTERM.
+const stopGrace = 15 * time.Second
