@@ -140,23 +140,7 @@ func TestStormHAKillLosesNothing(t *testing.T) {
 		return holder, holderPID(holder), token, nil
 	}
 
-	// canal-a starts alone, so it is the first leader: it saves the start
-	// position before reading anything. Then canal-b waits as the standby.
-	canals[0].start(t, logs)
-	waitFirstLeader(t, canals[0], conn, haDB, haName)
-	canals[1].start(t, logs)
-	canals[1].waitStandby(t)
-	purger.start(t, logs)
-	stacktest.Eventually(t, 20*time.Second, func() error {
-		if err := purger.alive(); err != nil {
-			t.Fatal(err)
-		}
-		status, body, err := (&env{cfg: Config{HTTPAddr: purger.httpAddr}}).healthz()
-		if err == nil && status != 200 {
-			err = fmt.Errorf("purger /healthz answered %d %s", status, strings.TrimSpace(body))
-		}
-		return err
-	})
+	startHA(t, canals, purger, conn, haDB, haName, logs)
 	_, _, firstToken, err := lease()
 	if err != nil {
 		t.Fatal(err)
@@ -484,6 +468,28 @@ func TestStormHAKillLosesNothing(t *testing.T) {
 			t.Errorf("%s: %v", p.name, err)
 		}
 	}
+}
+
+// startHA starts canals[0] alone, so that it is the first leader and saves
+// the start position before reading anything, then canals[1] as the
+// standby, then the purger, and waits until the purger is healthy.
+func startHA(t *testing.T, canals []*stormProc, purger *stormProc, conn *client.Conn, haDB, haName string, logs *stormLogs) {
+	t.Helper()
+	canals[0].start(t, logs)
+	waitFirstLeader(t, canals[0], conn, haDB, haName)
+	canals[1].start(t, logs)
+	canals[1].waitStandby(t)
+	purger.start(t, logs)
+	stacktest.Eventually(t, 20*time.Second, func() error {
+		if err := purger.alive(); err != nil {
+			t.Fatal(err)
+		}
+		status, body, err := (&env{cfg: Config{HTTPAddr: purger.httpAddr}}).healthz()
+		if err == nil && status != 200 {
+			err = fmt.Errorf("purger /healthz answered %d %s", status, strings.TrimSpace(body))
+		}
+		return err
+	})
 }
 
 // waitFirstLeader waits until c, the first canal started, holds the lease

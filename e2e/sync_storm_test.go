@@ -106,21 +106,7 @@ func TestSyncStormHA(t *testing.T) {
 		holder, _ := r.GetString(0, 0)
 		return holderPID(holder), nil
 	}
-	canals[0].start(t, logs)
-	waitFirstLeader(t, canals[0], conn, haDB, haName)
-	canals[1].start(t, logs)
-	canals[1].waitStandby(t)
-	purger.start(t, logs)
-	stacktest.Eventually(t, 20*time.Second, func() error {
-		if err := purger.alive(); err != nil {
-			t.Fatal(err)
-		}
-		status, body, err := (&env{cfg: Config{HTTPAddr: purger.httpAddr}}).healthz()
-		if err == nil && status != 200 {
-			err = fmt.Errorf("purger /healthz answered %d %s", status, strings.TrimSpace(body))
-		}
-		return err
-	})
+	startHA(t, canals, purger, conn, haDB, haName, logs)
 
 	// Readers: each read is an MGET of a key and its version, one state.
 	// seen holds, per replica and key, the newest version any reader saw,
