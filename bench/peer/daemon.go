@@ -40,6 +40,41 @@ type daemon struct {
 	// dels is the DELs sent so far, summed over the replicas.
 	dels    func() float64
 	stopped bool
+	// pprof is the flashsync child's /debug/pprof/profile URL.
+	pprof string
+}
+
+// profileTo writes a CPU profile of the flashsync child taken over the next
+// seconds to path, in the background; wait returns once it is written.
+func (d *daemon) profileTo(ctx context.Context, path string, seconds int) (wait func() error) {
+	done := make(chan error, 1)
+	go func() {
+		done <- func() error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s?seconds=%d", d.pprof, seconds), nil)
+			if err != nil {
+				return err
+			}
+			// The child's operator port opens shortly after its start.
+			var resp *http.Response
+			client := &http.Client{Timeout: time.Duration(seconds+10) * time.Second}
+			if werr := loopback.WaitFor(ctx, 10*time.Second, 5*time.Millisecond, func() bool {
+				resp, err = client.Do(req)
+				return err == nil
+			}); werr != nil {
+				return fmt.Errorf("profile: %w (%v)", werr, err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("profile: %s", resp.Status)
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return fmt.Errorf("profile: %w", err)
+			}
+			return os.WriteFile(path, body, 0o644)
+		}()
+	}()
+	return func() error { return <-done }
 }
 
 func (d *daemon) exited() bool { return d.proc.Exited() }
@@ -145,6 +180,7 @@ keys = ["%s{id}"]
 		}
 		bin, args = f.binary, []string{"all", "-config", path}
 		metrics := "http://" + httpAddr + "/metrics"
+		d.pprof = "http://" + httpAddr + "/debug/pprof/profile"
 		d.dels = func() float64 { return metricSum(metrics, "flashsync_purger_keys_deleted_total") }
 	}
 	if d.proc, err = child.Start(bin, args, filepath.Join(tmp, "daemon.log")); err != nil {
@@ -190,7 +226,7 @@ func delCalls(ctx context.Context, rc *redis.Client) float64 {
 // measure runs one daemon alone on new replicas: the catch-up from
 // file:pos (rows keys, then prior keys of the earlier slot's latency run),
 // then the latency run on ids lo..lo+latN-1.
-func measure(ctx context.Context, f flags, exe, name, file string, pos uint32, prior, lo, latN int, topics []string) (result, error) {
+func measure(ctx context.Context, f flags, exe, name string, round int, file string, pos uint32, prior, lo, latN int, topics []string) (result, error) {
 	var replicas []string
 	var rcs []*redis.Client
 	for range 2 {
@@ -256,6 +292,15 @@ func measure(ctx context.Context, f flags, exe, name, file string, pos uint32, p
 		}
 		return nil
 	}
+	profile := func(what string, seconds int) func() error {
+		if f.profile == "" || d.pprof == "" {
+			return func() error { return nil }
+		}
+		return d.profileTo(ctx, filepath.Join(f.profile, fmt.Sprintf("round%d-%s.pprof", round, what)), seconds)
+	}
+	// pprof takes whole seconds, and the catch-up runs at 100k-250k
+	// rows/s here: one second per 200k rows stays within it.
+	catchupProfile := profile("catchup", max(1, f.rows/200000))
 	if err := wait("catch-up", f.rows); err != nil {
 		return result{}, err
 	}
@@ -271,8 +316,15 @@ func measure(ctx context.Context, f flags, exe, name, file string, pos uint32, p
 	if err := wait("replay of the earlier latency run", f.rows+prior); err != nil {
 		return result{}, err
 	}
+	if err := catchupProfile(); err != nil {
+		return result{}, err
+	}
+	latencyProfile := profile("latency", max(1, int(f.latencyFor/time.Second)-1))
 	if err := latency(ctx, f, rcs, pid, lo, latN, &res); err != nil {
 		return result{}, fmt.Errorf("latency: %w", err)
+	}
+	if err := latencyProfile(); err != nil {
+		return result{}, err
 	}
 	return res, d.stop()
 }

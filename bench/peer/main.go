@@ -42,6 +42,7 @@ type flags struct {
 	workers    int
 	latencyFor time.Duration
 	timeout    time.Duration
+	profile    string
 
 	// The naive child's own flags (-naive-child).
 	naiveChild bool
@@ -74,6 +75,7 @@ func main() {
 	flag.IntVar(&f.workers, "workers", 4, "connections issuing the latency run's UPDATEs (max 16)")
 	flag.DurationVar(&f.latencyFor, "latency-for", 10*time.Second, "length of each latency run (max 2m)")
 	flag.DurationVar(&f.timeout, "timeout", 30*time.Minute, "give up after this long")
+	flag.StringVar(&f.profile, "profile", "", "directory for CPU profiles of the flashsync child, one of its catch-up and one of its latency run per round (pprof format)")
 	flag.BoolVar(&f.naiveChild, "naive-child", false, "internal: run as the naive consumer")
 	flag.StringVar(&f.from, "from", "", "internal (-naive-child): binlog file:pos to start at")
 	flag.StringVar(&f.replicas, "replicas", "", "internal (-naive-child): Redis replicas, comma-separated")
@@ -190,7 +192,7 @@ func run(ctx context.Context, f flags) error {
 		prior := 0
 		for slot, name := range order {
 			lo := f.rows + slot*latN + 1
-			r, err := measure(ctx, f, exe, name, file, pos, prior, lo, latN, topics)
+			r, err := measure(ctx, f, exe, name, round, file, pos, prior, lo, latN, topics)
 			if err != nil {
 				return fmt.Errorf("round %d %s: %w", round, name, err)
 			}
